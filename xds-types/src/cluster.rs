@@ -1,0 +1,334 @@
+//! Validated `Cluster` (and its inline `ClusterLoadAssignment`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::error::{Result, ValidationError};
+use crate::pb::envoy::config::cluster::v3 as pb;
+use crate::pb::envoy::config::core::v3 as core;
+use crate::pb::envoy::config::endpoint::v3 as endpoint;
+use crate::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+use crate::type_urls;
+use crate::util::{duration, optional_timeout, unpack_any};
+
+/// Envoy's default `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default `dns_refresh_rate`.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+/// Envoy's default idle timeout of upstream connections.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A named group of upstream endpoints and how to reach them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub discovery: Discovery,
+    pub lb_policy: LbPolicy,
+    pub connect_timeout: Duration,
+    pub endpoints: Vec<LbEndpoint>,
+    pub protocol: UpstreamProtocol,
+    /// Idle pooled connections are closed after this long; `None` keeps them.
+    pub idle_timeout: Option<Duration>,
+    pub dns_lookup_family: DnsLookupFamily,
+}
+
+/// How the endpoint addresses are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// Addresses are IP literals.
+    Static,
+    /// Every address of every hostname is an endpoint, re-resolved at this rate.
+    StrictDns { refresh: Duration },
+    /// One hostname; connections go to the first address it resolves to.
+    LogicalDns { refresh: Duration },
+}
+
+/// Load balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    /// Power of `choice_count` choices.
+    LeastRequest { choice_count: u32 },
+    Random,
+}
+
+/// Which IP family DNS clusters use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+/// HTTP version spoken to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+/// One endpoint and its weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbEndpoint {
+    /// An IP literal (STATIC) or a hostname (DNS clusters).
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    /// False for endpoints whose `health_status` excludes them from load balancing.
+    pub healthy: bool,
+}
+
+impl TryFrom<&pb::Cluster> for Cluster {
+    type Error = ValidationError;
+
+    fn try_from(c: &pb::Cluster) -> Result<Self> {
+        use pb::cluster::{ClusterDiscoveryType as T, DiscoveryType as D, LbPolicy as L};
+        if c.name.is_empty() {
+            return Err(ValidationError::required("name"));
+        }
+        let refresh = optional_timeout(
+            c.dns_refresh_rate.as_ref(),
+            "dns_refresh_rate",
+            Some(DEFAULT_DNS_REFRESH),
+        )?
+        .unwrap_or(DEFAULT_DNS_REFRESH);
+        if refresh < Duration::from_millis(1) {
+            return Err(ValidationError::new("dns_refresh_rate", "must be at least 1ms"));
+        }
+        let discovery = match c.cluster_discovery_type.as_ref() {
+            None => Discovery::Static,
+            Some(T::Type(t)) => match D::try_from(*t) {
+                Ok(D::Static) => Discovery::Static,
+                Ok(D::StrictDns) => Discovery::StrictDns { refresh },
+                Ok(D::LogicalDns) => Discovery::LogicalDns { refresh },
+                Ok(other) => {
+                    return Err(ValidationError::new(
+                        "type",
+                        format!("cluster type {} is not supported", other.as_str_name()),
+                    ))
+                }
+                Err(_) => return Err(ValidationError::new("type", "unknown cluster type")),
+            },
+            Some(_) => return Err(ValidationError::unsupported("cluster_type")),
+        };
+        let lb_policy = match L::try_from(c.lb_policy) {
+            Ok(L::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(L::LeastRequest) => {
+                let choice_count = match c.lb_config.as_ref() {
+                    Some(pb::cluster::LbConfig::LeastRequestLbConfig(l)) => {
+                        l.choice_count.as_ref().map_or(2, |v| v.value)
+                    }
+                    _ => 2,
+                };
+                if choice_count < 2 {
+                    return Err(ValidationError::new(
+                        "least_request_lb_config.choice_count",
+                        "must be at least 2",
+                    ));
+                }
+                LbPolicy::LeastRequest { choice_count }
+            }
+            Ok(L::Random) => LbPolicy::Random,
+            Ok(other) => {
+                return Err(ValidationError::new(
+                    "lb_policy",
+                    format!("{} is not supported", other.as_str_name()),
+                ))
+            }
+            Err(_) => return Err(ValidationError::new("lb_policy", "unknown policy")),
+        };
+        if c.lb_config.is_some() && !matches!(lb_policy, LbPolicy::LeastRequest { .. }) {
+            return Err(ValidationError::new(
+                "least_request_lb_config",
+                "only valid with lb_policy LEAST_REQUEST",
+            ));
+        }
+        let dns_lookup_family = {
+            use pb::cluster::DnsLookupFamily as F;
+            match F::try_from(c.dns_lookup_family) {
+                Ok(F::Auto) => DnsLookupFamily::Auto,
+                Ok(F::V4Only) => DnsLookupFamily::V4Only,
+                Ok(F::V6Only) => DnsLookupFamily::V6Only,
+                Ok(F::V4Preferred) => DnsLookupFamily::V4Preferred,
+                Ok(F::All) => DnsLookupFamily::All,
+                Err(_) => return Err(ValidationError::new("dns_lookup_family", "unknown value")),
+            }
+        };
+        let endpoints = match c.load_assignment.as_ref() {
+            Some(la) => endpoints(la, discovery).map_err(|e| e.within("load_assignment"))?,
+            None => Vec::new(),
+        };
+        if matches!(discovery, Discovery::LogicalDns { .. }) && endpoints.len() != 1 {
+            return Err(ValidationError::new(
+                "load_assignment",
+                "LOGICAL_DNS clusters need exactly one endpoint",
+            ));
+        }
+        let (protocol, idle_timeout) = protocol_options(c)?;
+        Ok(Self {
+            name: c.name.clone(),
+            discovery,
+            lb_policy,
+            connect_timeout: match c.connect_timeout.as_ref() {
+                Some(d) => duration(d, "connect_timeout")?,
+                None => DEFAULT_CONNECT_TIMEOUT,
+            },
+            endpoints,
+            protocol,
+            idle_timeout,
+            dns_lookup_family,
+        })
+    }
+}
+
+fn protocol_options(c: &pb::Cluster) -> Result<(UpstreamProtocol, Option<Duration>)> {
+    let mut protocol = if c.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    let mut idle = Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT);
+    for (key, any) in &c.typed_extension_protocol_options {
+        let path = format!("typed_extension_protocol_options[{key:?}]");
+        if key != type_urls::HTTP_PROTOCOL_OPTIONS_KEY {
+            return Err(ValidationError::new(path, "unsupported protocol options"));
+        }
+        let options: upstream_http::HttpProtocolOptions =
+            unpack_any(any, type_urls::HTTP_PROTOCOL_OPTIONS, &path)?;
+        use upstream_http::http_protocol_options::{
+            explicit_http_config::ProtocolConfig as P, UpstreamProtocolOptions as U,
+        };
+        match options.upstream_protocol_options {
+            None => {}
+            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+                Some(P::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
+                Some(P::Http2ProtocolOptions(_)) => protocol = UpstreamProtocol::Http2,
+                _ => {
+                    return Err(ValidationError::new(
+                        format!("{path}.explicit_http_config"),
+                        "one of http_protocol_options or http2_protocol_options is required",
+                    ))
+                }
+            },
+            Some(_) => return Err(ValidationError::unsupported(format!("{path}.upstream_protocol_options"))),
+        }
+        if let Some(common) = options.common_http_protocol_options.as_ref() {
+            idle = http_idle_timeout(common, &format!("{path}.common_http_protocol_options"), idle)?;
+        }
+    }
+    Ok((protocol, idle))
+}
+
+/// Envoy's `HttpProtocolOptions.idle_timeout` (zero disables).
+pub(crate) fn http_idle_timeout(
+    options: &core::HttpProtocolOptions,
+    path: &str,
+    default: Option<Duration>,
+) -> Result<Option<Duration>> {
+    optional_timeout(
+        options.idle_timeout.as_ref(),
+        &format!("{path}.idle_timeout"),
+        default,
+    )
+}
+
+fn endpoints(la: &endpoint::ClusterLoadAssignment, discovery: Discovery) -> Result<Vec<LbEndpoint>> {
+    use core::HealthStatus as H;
+    let mut out = Vec::new();
+    for (l, locality) in la.endpoints.iter().enumerate() {
+        let lpath = format!("endpoints[{l}]");
+        if locality.priority != 0 {
+            return Err(ValidationError::new(format!("{lpath}.priority"), "only priority 0 is supported"));
+        }
+        for (e, lb) in locality.lb_endpoints.iter().enumerate() {
+            let epath = format!("{lpath}.lb_endpoints[{e}]");
+            let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) = lb.host_identifier.as_ref() else {
+                return Err(ValidationError::required(format!("{epath}.endpoint")));
+            };
+            let address = ep.address.as_ref().ok_or_else(|| ValidationError::required(format!("{epath}.endpoint.address")))?;
+            let (host, port) = socket_address(address).map_err(|e| e.within(format!("{epath}.endpoint.address")))?;
+            if discovery == Discovery::Static && host.parse::<IpAddr>().is_err() {
+                return Err(ValidationError::new(
+                    format!("{epath}.endpoint.address.socket_address.address"),
+                    format!("{host:?} is not an IP address (STATIC clusters need IPs; use STRICT_DNS for hostnames)"),
+                ));
+            }
+            let weight = lb.load_balancing_weight.as_ref().map_or(1, |v| v.value);
+            if weight == 0 {
+                return Err(ValidationError::new(format!("{epath}.load_balancing_weight"), "must be at least 1"));
+            }
+            let healthy = !matches!(
+                H::try_from(lb.health_status),
+                Ok(H::Unhealthy | H::Draining | H::Timeout)
+            );
+            out.push(LbEndpoint { host, port, weight, healthy });
+        }
+    }
+    Ok(out)
+}
+
+/// Host and port of an Envoy `Address` (TCP socket addresses only).
+pub fn socket_address(address: &core::Address) -> Result<(String, u16)> {
+    use core::address::Address as A;
+    let Some(A::SocketAddress(sa)) = address.address.as_ref() else {
+        return Err(ValidationError::required("socket_address"));
+    };
+    if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
+        return Err(ValidationError::new("socket_address.protocol", "only TCP is supported"));
+    }
+    if sa.address.is_empty() {
+        return Err(ValidationError::required("socket_address.address"));
+    }
+    let port = match sa.port_specifier.as_ref() {
+        Some(core::socket_address::PortSpecifier::PortValue(p)) => u16::try_from(*p)
+            .map_err(|_| ValidationError::new("socket_address.port_value", "must be at most 65535"))?,
+        _ => return Err(ValidationError::required("socket_address.port_value")),
+    };
+    Ok((sa.address.clone(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(yaml: &str) -> Result<Cluster> {
+        let c: pb::Cluster = crate::decode::from_yaml(yaml, "envoy.config.cluster.v3.Cluster")?;
+        Cluster::try_from(&c)
+    }
+
+    #[test]
+    fn static_cluster_needs_ips() {
+        let err = cluster(
+            "name: a\ntype: STATIC\nload_assignment: {cluster_name: a, endpoints: [{lb_endpoints: [
+               {endpoint: {address: {socket_address: {address: localhost, port_value: 1}}}}]}]}",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.path,
+            "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"
+        );
+    }
+
+    #[test]
+    fn http2_via_typed_protocol_options() {
+        let c = cluster(
+            r#"name: a
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {}}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.protocol, UpstreamProtocol::Http2);
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn unsupported_lb_policy_is_named() {
+        let err = cluster("name: a\nlb_policy: MAGLEV").unwrap_err();
+        assert_eq!(err.path, "lb_policy");
+    }
+}

@@ -1,0 +1,125 @@
+//! Decoding Envoy resources from the two shapes they arrive in: proto3-JSON/YAML (the
+//! authoring format of Envoy's docs and bootstraps) and protobuf bytes (xDS).
+//!
+//! Both go through a `prost-reflect` [`DynamicMessage`] built from Envoy's own descriptors
+//! (shipped by `envoy-types`), so `"@type"`-tagged `Any` fields resolve, unknown JSON fields
+//! are refused with their path, and [`crate::fields::check`] sees every set field before
+//! the typed conversion runs. We chose `prost-reflect` over `xds-api`'s serde because it
+//! works with the same prost/tonic generation as `envoy-types` and covers every Envoy type.
+
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage};
+
+use crate::error::{Result, ValidationError};
+use crate::fields;
+
+static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
+
+/// Envoy's descriptor pool, decoded once.
+pub fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(DESCRIPTORS).expect("envoy-types ships a valid descriptor set")
+    })
+}
+
+/// Descriptor of a message by full name (`envoy.config.cluster.v3.Cluster`).
+pub fn message_descriptor(full_name: &str) -> Result<MessageDescriptor> {
+    pool()
+        .get_message_by_name(full_name)
+        .ok_or_else(|| ValidationError::new("", format!("unknown message type {full_name}")))
+}
+
+/// Parses YAML (or JSON, which YAML includes) in Envoy's proto3-JSON shape into `T`,
+/// rejecting unknown and unsupported fields with their paths.
+pub fn from_yaml<T: prost::Message + Default>(text: &str, full_name: &str) -> Result<T> {
+    let value: serde_json::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ValidationError::new("", format!("invalid YAML/JSON: {e}")))?;
+    from_json_value(value, full_name)
+}
+
+/// Converts a JSON value in proto3-JSON shape into `T` (see [`from_yaml`]).
+pub fn from_json_value<T: prost::Message + Default>(
+    value: serde_json::Value,
+    full_name: &str,
+) -> Result<T> {
+    let dynamic = dynamic_from_json(value, full_name)?;
+    fields::check(&dynamic)?;
+    dynamic
+        .transcode_to::<T>()
+        .map_err(|e| ValidationError::new("", format!("cannot convert {full_name}: {e}")))
+}
+
+/// Parses a JSON value into a dynamic message of `full_name`, naming the JSON path of the
+/// first offending value.
+pub fn dynamic_from_json(value: serde_json::Value, full_name: &str) -> Result<DynamicMessage> {
+    let descriptor = message_descriptor(full_name)?;
+    let mut track = serde_path_to_error::Track::new();
+    let deserializer = serde_path_to_error::Deserializer::new(value, &mut track);
+    DynamicMessage::deserialize(descriptor, deserializer).map_err(|e| {
+        let path = track.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ValidationError::new(path, e.to_string())
+    })
+}
+
+/// Decodes protobuf bytes of `full_name` into `T` after the unsupported-field check.
+pub fn from_bytes<T: prost::Message + Default>(bytes: &[u8], full_name: &str) -> Result<T> {
+    let descriptor = message_descriptor(full_name)?;
+    let dynamic = DynamicMessage::decode(descriptor, bytes)
+        .map_err(|e| ValidationError::new("", format!("cannot decode {full_name}: {e}")))?;
+    fields::check(&dynamic)?;
+    T::decode(bytes)
+        .map_err(|e| ValidationError::new("", format!("cannot decode {full_name}: {e}")))
+}
+
+/// Renders a typed message as proto3-JSON (for `/config_dump` and CLI output).
+pub fn to_json<T: prost::Message>(message: &T, full_name: &str) -> Result<serde_json::Value> {
+    let descriptor = message_descriptor(full_name)?;
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+        .map_err(|e| ValidationError::new("", format!("cannot encode {full_name}: {e}")))?;
+    dynamic_to_json(&dynamic)
+}
+
+/// Renders a dynamic message as proto3-JSON.
+pub fn dynamic_to_json(dynamic: &DynamicMessage) -> Result<serde_json::Value> {
+    let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| {
+            ValidationError::new(
+                "",
+                format!("cannot render {}: {e}", dynamic.descriptor().full_name()),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::envoy::config::cluster::v3::Cluster;
+
+    #[test]
+    fn unknown_json_field_is_named() {
+        let err = from_yaml::<Cluster>(
+            "name: a\nload_assignment: {cluster_name: a, endpointz: []}",
+            "envoy.config.cluster.v3.Cluster",
+        )
+        .unwrap_err();
+        assert!(err.path.contains("load_assignment"), "{err}");
+        assert!(err.message.contains("endpointz"), "{err}");
+    }
+
+    #[test]
+    fn yaml_round_trips_through_json() {
+        let cluster: Cluster = from_yaml(
+            "name: web\nconnect_timeout: 0.25s\ntype: STATIC",
+            "envoy.config.cluster.v3.Cluster",
+        )
+        .unwrap();
+        assert_eq!(cluster.name, "web");
+        let json = to_json(&cluster, "envoy.config.cluster.v3.Cluster").unwrap();
+        assert_eq!(json["connect_timeout"], "0.250s");
+    }
+}

@@ -1,0 +1,126 @@
+//! Validated HTTP connection manager (with its inline route table and router filter).
+
+use std::time::Duration;
+
+use crate::cluster::http_idle_timeout;
+use crate::error::{Result, ValidationError};
+use crate::pb::envoy::extensions::filters::http::router::v3::Router;
+use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
+use crate::route::RouteTable;
+use crate::type_urls;
+use crate::util::{optional_timeout, unpack_any};
+
+/// Envoy's default downstream idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default drain timeout.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default `max_request_headers_kb`.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Envoy's default `max_headers_count`.
+pub const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
+
+/// How a listener speaks HTTP to its clients and where its routes come from.
+#[derive(Debug, Clone)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub route_table: RouteTable,
+    /// Lowercased upgrade protocols (e.g. `websocket`) proxied as upgrades.
+    pub upgrades: Vec<String>,
+    /// Time allowed for the request headers; `None` = no limit (Envoy's default).
+    pub request_headers_timeout: Option<Duration>,
+    /// Close connections with no active request after this long.
+    pub idle_timeout: Option<Duration>,
+    pub max_request_headers_kb: u32,
+    pub max_headers_count: u32,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub drain_timeout: Duration,
+    /// Value of the `server` response header.
+    pub server_name: String,
+}
+
+/// Which HTTP versions a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/1.1, or HTTP/2 with prior knowledge (detected by the preface).
+    Auto,
+    Http1,
+    Http2,
+}
+
+impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
+    type Error = ValidationError;
+
+    fn try_from(h: &pb::HttpConnectionManager) -> Result<Self> {
+        use pb::http_connection_manager::{CodecType as C, RouteSpecifier as R};
+        let codec = match C::try_from(h.codec_type) {
+            Ok(C::Auto) => Codec::Auto,
+            Ok(C::Http1) => Codec::Http1,
+            Ok(C::Http2) => Codec::Http2,
+            _ => return Err(ValidationError::new("codec_type", "only AUTO, HTTP1 and HTTP2 are supported")),
+        };
+        let route_table = match h.route_specifier.as_ref() {
+            Some(R::RouteConfig(rc)) => RouteTable::try_from(rc).map_err(|e| e.within("route_config"))?,
+            Some(_) => return Err(ValidationError::unsupported("route_specifier")),
+            None => return Err(ValidationError::required("route_config")),
+        };
+        if h.http_filters.is_empty() {
+            return Err(ValidationError::new("http_filters", "the router filter is required"));
+        }
+        for (i, f) in h.http_filters.iter().enumerate() {
+            let path = format!("http_filters[{i}]");
+            let last = i + 1 == h.http_filters.len();
+            match f.config_type.as_ref() {
+                Some(pb::http_filter::ConfigType::TypedConfig(any)) => {
+                    let _: Router = unpack_any(any, type_urls::ROUTER, &format!("{path}.typed_config"))?;
+                }
+                _ => return Err(ValidationError::required(format!("{path}.typed_config"))),
+            }
+            if !last {
+                return Err(ValidationError::new(path, "the router filter must be the last filter"));
+            }
+        }
+        let upgrades = h
+            .upgrade_configs
+            .iter()
+            .filter(|u| u.enabled.as_ref().map_or(true, |v| v.value))
+            .map(|u| u.upgrade_type.to_ascii_lowercase())
+            .collect();
+        let (idle_timeout, max_headers_count) = match h.common_http_protocol_options.as_ref() {
+            Some(o) => (
+                http_idle_timeout(o, "common_http_protocol_options", Some(DEFAULT_IDLE_TIMEOUT))?,
+                o.max_headers_count.as_ref().map_or(DEFAULT_MAX_HEADERS_COUNT, |v| v.value),
+            ),
+            None => (Some(DEFAULT_IDLE_TIMEOUT), DEFAULT_MAX_HEADERS_COUNT),
+        };
+        let max_request_headers_kb = h.max_request_headers_kb.as_ref().map_or(DEFAULT_MAX_REQUEST_HEADERS_KB, |v| v.value);
+        if !(1..=8192).contains(&max_request_headers_kb) {
+            return Err(ValidationError::new("max_request_headers_kb", "must be in [1, 8192]"));
+        }
+        if max_headers_count == 0 {
+            return Err(ValidationError::new("common_http_protocol_options.max_headers_count", "must be at least 1"));
+        }
+        Ok(Self {
+            stat_prefix: h.stat_prefix.clone(),
+            codec,
+            route_table,
+            upgrades,
+            request_headers_timeout: optional_timeout(h.request_headers_timeout.as_ref(), "request_headers_timeout", None)?,
+            idle_timeout,
+            max_request_headers_kb,
+            max_headers_count,
+            use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
+            xff_num_trusted_hops: h.xff_num_trusted_hops,
+            skip_xff_append: h.skip_xff_append,
+            generate_request_id: h.generate_request_id.as_ref().map_or(true, |v| v.value),
+            preserve_external_request_id: h.preserve_external_request_id,
+            drain_timeout: optional_timeout(h.drain_timeout.as_ref(), "drain_timeout", Some(DEFAULT_DRAIN_TIMEOUT))?
+                .unwrap_or(Duration::ZERO),
+            server_name: if h.server_name.is_empty() { "sluice".into() } else { h.server_name.clone() },
+        })
+    }
+}

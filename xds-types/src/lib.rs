@@ -1,0 +1,33 @@
+#![allow(deprecated)] // Envoy deprecates fields (exact_match, http2_protocol_options) that operators still use.
+//! The shared language of Sluice's two planes: Envoy's xDS v3 resources, decoded and
+//! validated into small Rust types.
+//!
+//! # Layout
+//! - [`pb`]: Envoy's generated protobuf types (from the `envoy-types` crate). Raw protos are
+//!   used only through this module.
+//! - [`decode`]: proto3-JSON / YAML and binary decoding through Envoy's own descriptors,
+//!   with the unsupported-field check of [`fields`] applied first.
+//! - [`fields`]: the table of supported fields; it drives rejection (with field paths) and
+//!   `docs/xds-support.md`.
+//! - [`listener`], [`hcm`], [`route`], [`cluster`], [`bootstrap`]: the validated model.
+//!   Every conversion is pure: no I/O, no locks; regexes compile here, once.
+//! - [`error`]: [`ValidationError`], which always names the field path.
+
+pub mod bootstrap;
+pub mod cluster;
+pub mod decode;
+pub mod error;
+pub mod fields;
+pub mod hcm;
+pub mod listener;
+pub mod pb;
+pub mod route;
+pub mod type_urls;
+mod util;
+
+pub use bootstrap::Bootstrap;
+pub use cluster::Cluster;
+pub use error::ValidationError;
+pub use hcm::HttpConnectionManager;
+pub use listener::Listener;
+pub use route::RouteTable;

@@ -1,0 +1,967 @@
+//! Validated `RouteConfiguration`: virtual hosts, routes, matchers and actions.
+//!
+//! Matchers here are pure values with `matches` methods; the data plane indexes virtual
+//! hosts by domain once per table. Regexes compile during conversion, never per request.
+
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::error::{Result, ValidationError};
+use crate::pb::envoy::config::core::v3 as core;
+use crate::pb::envoy::config::route::v3 as pb;
+use crate::pb::envoy::r#type::matcher::v3 as matcher;
+use crate::util::{duration, optional_timeout};
+
+/// Envoy's default route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Envoy's default retry back-off base interval.
+pub const DEFAULT_RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// A whole route configuration, ready to be indexed by the data plane.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Route-configuration-level mutations; applied after virtual host and route level.
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+}
+
+/// A set of domains and the routes tried, in order, for requests to them.
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    pub name: String,
+    /// Lowercased domains: exact, `*.suffix`/`*suffix`, `prefix*`, or `*`.
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    /// Used by routes that have no retry policy of their own.
+    pub retry_policy: Option<RetryPolicy>,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+}
+
+/// One route: the first whose matcher accepts a request decides its fate.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+}
+
+/// Conditions on path, headers and query parameters; all must hold.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    /// When false, `prefix`/`path`/`path_separated_prefix` compare case-insensitively.
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query_parameters: Vec<QueryParameterMatcher>,
+}
+
+/// The path specifier of a route.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// Matches the start of `:path` (query included, as Envoy).
+    Prefix(String),
+    /// Matches `:path` without its query exactly.
+    Exact(String),
+    /// Full match of `:path` without its query.
+    Regex(Regex),
+    /// The path equals the prefix or continues with `/` after it.
+    SeparatedPrefix(String),
+}
+
+/// A condition on one request header.
+#[derive(Debug, Clone)]
+pub struct HeaderMatcher {
+    /// Lowercased header name.
+    pub name: String,
+    pub kind: HeaderMatchKind,
+    pub invert: bool,
+    pub treat_missing_as_empty: bool,
+}
+
+/// What a header must look like.
+#[derive(Debug, Clone)]
+pub enum HeaderMatchKind {
+    /// Presence (`true`) or absence (`false`).
+    Present(bool),
+    Value(StringMatcher),
+}
+
+/// A condition on one query parameter.
+#[derive(Debug, Clone)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    /// `None` means "present".
+    pub value: Option<StringMatcher>,
+}
+
+/// Envoy's `StringMatcher`.
+#[derive(Debug, Clone)]
+pub struct StringMatcher {
+    pub pattern: StringPattern,
+    pub ignore_case: bool,
+}
+
+/// The pattern of a [`StringMatcher`].
+#[derive(Debug, Clone)]
+pub enum StringPattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    /// Full match.
+    Regex(Regex),
+}
+
+/// What a matched route does.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Forward(Box<ForwardAction>),
+    Redirect(Redirect),
+    Direct(DirectResponse),
+}
+
+/// Send the request upstream.
+#[derive(Debug, Clone)]
+pub struct ForwardAction {
+    pub target: ClusterTarget,
+    pub prefix_rewrite: Option<String>,
+    /// Pattern and substitution in Rust `regex` replacement syntax (`${1}`).
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: Option<String>,
+    /// `None` disables the timeout (Envoy's `0s`).
+    pub timeout: Option<Duration>,
+    pub retry_policy: Option<RetryPolicy>,
+    /// Status when the named cluster does not exist (503 or 404).
+    pub cluster_not_found_status: u16,
+}
+
+/// Which cluster receives the request.
+#[derive(Debug, Clone)]
+pub enum ClusterTarget {
+    Cluster(String),
+    /// `(cluster, weight)`, weights > 0 summing to `total`.
+    Weighted { clusters: Vec<(String, u32)>, total: u32 },
+}
+
+/// When and how often to retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub retry_on: RetryOn,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retriable_status_codes: Vec<u16>,
+    pub base_interval: Duration,
+    pub max_interval: Duration,
+}
+
+/// The retry conditions Sluice implements (Envoy's `x-envoy-retry-on` names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// `5xx`: any 5xx response, connect failure or reset.
+    pub server_error: bool,
+    /// `gateway-error`: 502, 503, 504.
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub retriable_status_codes: bool,
+}
+
+/// A redirect answered by the proxy itself.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<RedirectPath>,
+    pub status: u16,
+    pub strip_query: bool,
+}
+
+/// How a redirect changes the path.
+#[derive(Debug, Clone)]
+pub enum RedirectPath {
+    Replace(String),
+    /// Replace the matched route prefix.
+    Prefix(String),
+}
+
+/// A response answered by the proxy itself.
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: Option<Vec<u8>>,
+}
+
+/// Header additions and removals at one level.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMutations {
+    pub add: Vec<HeaderAddition>,
+    /// Lowercased names.
+    pub remove: Vec<String>,
+}
+
+/// One header to add.
+#[derive(Debug, Clone)]
+pub struct HeaderAddition {
+    /// Lowercased name.
+    pub name: String,
+    pub value: String,
+    pub action: AppendAction,
+    pub keep_empty_value: bool,
+}
+
+/// Envoy's `HeaderValueOption.HeaderAppendAction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+impl RouteTable {
+    /// Every cluster name any route may send to.
+    pub fn referenced_clusters(&self) -> impl Iterator<Item = &str> {
+        self.virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.iter())
+            .flat_map(|r| match &r.action {
+                RouteAction::Forward(f) => match &f.target {
+                    ClusterTarget::Cluster(c) => vec![c.as_str()],
+                    ClusterTarget::Weighted { clusters, .. } => {
+                        clusters.iter().map(|(c, _)| c.as_str()).collect()
+                    }
+                },
+                _ => Vec::new(),
+            })
+    }
+}
+
+impl TryFrom<&pb::RouteConfiguration> for RouteTable {
+    type Error = ValidationError;
+
+    fn try_from(rc: &pb::RouteConfiguration) -> Result<Self> {
+        let virtual_hosts = rc
+            .virtual_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, vh)| {
+                VirtualHost::try_from(vh).map_err(|e| e.within(format!("virtual_hosts[{i}]")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, vh) in virtual_hosts.iter().enumerate() {
+            for domain in &vh.domains {
+                if !seen.insert(domain.clone()) {
+                    return Err(ValidationError::new(
+                        format!("virtual_hosts[{i}].domains"),
+                        format!("domain {domain:?} appears in more than one virtual host"),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            name: rc.name.clone(),
+            virtual_hosts,
+            request_headers: mutations(
+                &rc.request_headers_to_add,
+                &rc.request_headers_to_remove,
+                "request_headers_to_add",
+                "request_headers_to_remove",
+            )?,
+            response_headers: mutations(
+                &rc.response_headers_to_add,
+                &rc.response_headers_to_remove,
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            )?,
+        })
+    }
+}
+
+impl TryFrom<&pb::VirtualHost> for VirtualHost {
+    type Error = ValidationError;
+
+    fn try_from(vh: &pb::VirtualHost) -> Result<Self> {
+        if vh.domains.is_empty() {
+            return Err(ValidationError::required("domains"));
+        }
+        let domains = vh
+            .domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| validate_domain(d).map_err(|e| e.within(format!("domains[{i}]"))))
+            .collect::<Result<Vec<_>>>()?;
+        let routes = vh
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Route::try_from(r).map_err(|e| e.within(format!("routes[{i}]"))))
+            .collect::<Result<Vec<_>>>()?;
+        let retry_policy = vh
+            .retry_policy
+            .as_ref()
+            .map(|p| retry_policy(p).map_err(|e| e.within("retry_policy")))
+            .transpose()?;
+        Ok(Self {
+            name: vh.name.clone(),
+            domains,
+            routes,
+            retry_policy,
+            request_headers: mutations(
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+                "request_headers_to_add",
+                "request_headers_to_remove",
+            )?,
+            response_headers: mutations(
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            )?,
+        })
+    }
+}
+
+fn validate_domain(domain: &str) -> Result<String> {
+    let d = domain.to_ascii_lowercase();
+    if d.is_empty() {
+        return Err(ValidationError::new("", "domain must not be empty"));
+    }
+    let stars = d.matches('*').count();
+    let ok = stars == 0 || d == "*" || (stars == 1 && (d.starts_with('*') || d.ends_with('*')));
+    if !ok {
+        return Err(ValidationError::new(
+            "",
+            format!("invalid domain {domain:?}: a wildcard may only be the first or last character"),
+        ));
+    }
+    Ok(d)
+}
+
+impl TryFrom<&pb::Route> for Route {
+    type Error = ValidationError;
+
+    fn try_from(r: &pb::Route) -> Result<Self> {
+        let m = r.r#match.as_ref().ok_or_else(|| ValidationError::required("match"))?;
+        let matcher = RouteMatch::try_from(m).map_err(|e| e.within("match"))?;
+        let action = match r.action.as_ref() {
+            None => return Err(ValidationError::new("", "one of route, redirect or direct_response is required")),
+            Some(pb::route::Action::Route(a)) => RouteAction::Forward(Box::new(
+                ForwardAction::try_from(a).map_err(|e| e.within("route"))?,
+            )),
+            Some(pb::route::Action::Redirect(a)) => {
+                RouteAction::Redirect(Redirect::try_from(a).map_err(|e| e.within("redirect"))?)
+            }
+            Some(pb::route::Action::DirectResponse(a)) => RouteAction::Direct(
+                DirectResponse::try_from(a).map_err(|e| e.within("direct_response"))?,
+            ),
+            Some(_) => return Err(ValidationError::unsupported("action")),
+        };
+        if let (RouteAction::Redirect(Redirect { path: Some(RedirectPath::Prefix(_)), .. }), PathMatch::Regex(_)) = (&action, &matcher.path) {
+            return Err(ValidationError::new("redirect.prefix_rewrite", "prefix_rewrite needs a prefix or path route match"));
+        }
+        if let RouteAction::Forward(f) = &action {
+            if f.prefix_rewrite.is_some() && matches!(matcher.path, PathMatch::Regex(_)) {
+                return Err(ValidationError::new("route.prefix_rewrite", "prefix_rewrite needs a prefix, path or path_separated_prefix match"));
+            }
+        }
+        Ok(Self {
+            name: r.name.clone(),
+            matcher,
+            action,
+            request_headers: mutations(
+                &r.request_headers_to_add,
+                &r.request_headers_to_remove,
+                "request_headers_to_add",
+                "request_headers_to_remove",
+            )?,
+            response_headers: mutations(
+                &r.response_headers_to_add,
+                &r.response_headers_to_remove,
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            )?,
+        })
+    }
+}
+
+impl TryFrom<&pb::RouteMatch> for RouteMatch {
+    type Error = ValidationError;
+
+    fn try_from(m: &pb::RouteMatch) -> Result<Self> {
+        use pb::route_match::PathSpecifier as P;
+        let case_sensitive = m.case_sensitive.as_ref().map_or(true, |v| v.value);
+        let fold = |s: &str| if case_sensitive { s.to_string() } else { s.to_ascii_lowercase() };
+        let path = match m.path_specifier.as_ref() {
+            None => return Err(ValidationError::new("", "one of prefix, path, safe_regex or path_separated_prefix is required")),
+            Some(P::Prefix(p)) => PathMatch::Prefix(fold(p)),
+            Some(P::Path(p)) => PathMatch::Exact(fold(p)),
+            Some(P::SafeRegex(r)) => {
+                PathMatch::Regex(regex(r).map_err(|e| e.within("safe_regex"))?)
+            }
+            Some(P::PathSeparatedPrefix(p)) => {
+                if !p.starts_with('/') || p.ends_with('/') || p.contains(['?', '#']) {
+                    return Err(ValidationError::new(
+                        "path_separated_prefix",
+                        "must start with '/', must not end with '/', and must not contain '?' or '#'",
+                    ));
+                }
+                PathMatch::SeparatedPrefix(fold(p))
+            }
+            Some(_) => return Err(ValidationError::unsupported("path_specifier")),
+        };
+        let headers = m
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| HeaderMatcher::try_from(h).map_err(|e| e.within(format!("headers[{i}]"))))
+            .collect::<Result<_>>()?;
+        let query_parameters = m
+            .query_parameters
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                query_matcher(q).map_err(|e| e.within(format!("query_parameters[{i}]")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { path, case_sensitive, headers, query_parameters })
+    }
+}
+
+impl RouteMatch {
+    /// Whether the path part of `path_and_query` satisfies the path specifier.
+    pub fn matches_path(&self, path_and_query: &str) -> bool {
+        let path_only = path_and_query.split('?').next().unwrap_or("");
+        let lowered;
+        let (full, path_only) = if self.case_sensitive {
+            (path_and_query, path_only)
+        } else {
+            lowered = path_and_query.to_ascii_lowercase();
+            let p = lowered.split('?').next().unwrap_or("");
+            (lowered.as_str(), p)
+        };
+        match &self.path {
+            PathMatch::Prefix(p) => full.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path_only == p,
+            // Regex matching is case sensitive in Envoy regardless of `case_sensitive`.
+            PathMatch::Regex(r) => r.is_match(path_and_query.split('?').next().unwrap_or("")),
+            PathMatch::SeparatedPrefix(p) => {
+                path_only == p
+                    || (path_only.starts_with(p.as_str())
+                        && path_only.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+        }
+    }
+
+    /// The matched prefix to replace for `prefix_rewrite` (Envoy rewrites only prefix,
+    /// path and path_separated_prefix matches).
+    pub fn rewritable_prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) | PathMatch::SeparatedPrefix(p) => Some(p),
+            PathMatch::Regex(_) => None,
+        }
+    }
+}
+
+impl TryFrom<&pb::HeaderMatcher> for HeaderMatcher {
+    type Error = ValidationError;
+
+    fn try_from(h: &pb::HeaderMatcher) -> Result<Self> {
+        use pb::header_matcher::HeaderMatchSpecifier as S;
+        let name = validate_header_name(&h.name).map_err(|e| e.within("name"))?;
+        let exact = |s: &str| StringMatcher { pattern: StringPattern::Exact(s.into()), ignore_case: false };
+        let kind = match h.header_match_specifier.as_ref() {
+            None => HeaderMatchKind::Present(true),
+            Some(S::ExactMatch(v)) => HeaderMatchKind::Value(exact(v)),
+            Some(S::SafeRegexMatch(r)) => HeaderMatchKind::Value(StringMatcher {
+                pattern: StringPattern::Regex(regex(r).map_err(|e| e.within("safe_regex_match"))?),
+                ignore_case: false,
+            }),
+            Some(S::PresentMatch(p)) => HeaderMatchKind::Present(*p),
+            Some(S::PrefixMatch(p)) => HeaderMatchKind::Value(StringMatcher { pattern: StringPattern::Prefix(p.clone()), ignore_case: false }),
+            Some(S::SuffixMatch(p)) => HeaderMatchKind::Value(StringMatcher { pattern: StringPattern::Suffix(p.clone()), ignore_case: false }),
+            Some(S::ContainsMatch(p)) => HeaderMatchKind::Value(StringMatcher { pattern: StringPattern::Contains(p.clone()), ignore_case: false }),
+            Some(S::StringMatch(m)) => HeaderMatchKind::Value(string_matcher(m).map_err(|e| e.within("string_match"))?),
+            Some(_) => return Err(ValidationError::unsupported("header_match_specifier")),
+        };
+        Ok(Self { name, kind, invert: h.invert_match, treat_missing_as_empty: h.treat_missing_header_as_empty })
+    }
+}
+
+impl HeaderMatcher {
+    /// Evaluates the matcher against the header's value (multiple values joined by `,`).
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let value = match value {
+            None if self.treat_missing_as_empty => Some(""),
+            v => v,
+        };
+        let result = match (&self.kind, value) {
+            (HeaderMatchKind::Present(want), v) => v.is_some() == *want,
+            (HeaderMatchKind::Value(_), None) => return false,
+            (HeaderMatchKind::Value(m), Some(v)) => m.matches(v),
+        };
+        result != self.invert
+    }
+}
+
+fn query_matcher(q: &pb::QueryParameterMatcher) -> Result<QueryParameterMatcher> {
+    use pb::query_parameter_matcher::QueryParameterMatchSpecifier as S;
+    if q.name.is_empty() {
+        return Err(ValidationError::required("name"));
+    }
+    let value = match q.query_parameter_match_specifier.as_ref() {
+        None | Some(S::PresentMatch(true)) => None,
+        Some(S::PresentMatch(false)) => {
+            return Err(ValidationError::new("present_match", "present_match: false is not meaningful; omit the matcher"))
+        }
+        Some(S::StringMatch(m)) => Some(string_matcher(m).map_err(|e| e.within("string_match"))?),
+    };
+    Ok(QueryParameterMatcher { name: q.name.clone(), value })
+}
+
+impl QueryParameterMatcher {
+    /// Whether `query` (without `?`) satisfies this matcher.
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        let Some(query) = query else { return false };
+        query.split('&').any(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            k == self.name && self.value.as_ref().is_none_or(|m| m.matches(v))
+        })
+    }
+}
+
+/// Converts an Envoy `StringMatcher`.
+pub fn string_matcher(m: &matcher::StringMatcher) -> Result<StringMatcher> {
+    use matcher::string_matcher::MatchPattern as P;
+    let pattern = match m.match_pattern.as_ref() {
+        None => return Err(ValidationError::new("", "one of exact, prefix, suffix, contains or safe_regex is required")),
+        Some(P::Exact(s)) => StringPattern::Exact(s.clone()),
+        Some(P::Prefix(s)) => StringPattern::Prefix(s.clone()),
+        Some(P::Suffix(s)) => StringPattern::Suffix(s.clone()),
+        Some(P::Contains(s)) => StringPattern::Contains(s.clone()),
+        Some(P::SafeRegex(r)) => StringPattern::Regex(regex(r).map_err(|e| e.within("safe_regex"))?),
+        Some(_) => return Err(ValidationError::unsupported("match_pattern")),
+    };
+    Ok(StringMatcher { pattern, ignore_case: m.ignore_case })
+}
+
+impl StringMatcher {
+    /// Evaluates the matcher (regexes ignore `ignore_case`, as in Envoy).
+    pub fn matches(&self, value: &str) -> bool {
+        let fold = |s: &str| if self.ignore_case { s.to_ascii_lowercase() } else { s.to_string() };
+        match &self.pattern {
+            StringPattern::Exact(p) => fold(value) == fold(p),
+            StringPattern::Prefix(p) => fold(value).starts_with(&fold(p)),
+            StringPattern::Suffix(p) => fold(value).ends_with(&fold(p)),
+            StringPattern::Contains(p) => fold(value).contains(&fold(p)),
+            StringPattern::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Compiles an Envoy `RegexMatcher` as a full-string match.
+fn regex(r: &matcher::RegexMatcher) -> Result<Regex> {
+    compile_regex(&r.regex, true).map_err(|e| e.within("regex"))
+}
+
+fn compile_regex(pattern: &str, anchored: bool) -> Result<Regex> {
+    if pattern.len() > 4096 {
+        return Err(ValidationError::new("", "regex is longer than 4096 bytes"));
+    }
+    let source = if anchored { format!("^(?:{pattern})$") } else { pattern.to_string() };
+    regex::RegexBuilder::new(&source)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| ValidationError::new("", format!("invalid regex: {e}")))
+}
+
+impl TryFrom<&pb::RouteAction> for ForwardAction {
+    type Error = ValidationError;
+
+    fn try_from(a: &pb::RouteAction) -> Result<Self> {
+        use pb::route_action::ClusterSpecifier as C;
+        let target = match a.cluster_specifier.as_ref() {
+            Some(C::Cluster(c)) if !c.is_empty() => ClusterTarget::Cluster(c.clone()),
+            Some(C::Cluster(_)) => return Err(ValidationError::required("cluster")),
+            Some(C::WeightedClusters(w)) => weighted(w).map_err(|e| e.within("weighted_clusters"))?,
+            Some(_) => return Err(ValidationError::unsupported("cluster_specifier")),
+            None => return Err(ValidationError::new("", "one of cluster or weighted_clusters is required")),
+        };
+        let regex_rewrite = a
+            .regex_rewrite
+            .as_ref()
+            .map(|r| {
+                let pattern = r.pattern.as_ref().ok_or_else(|| ValidationError::required("pattern"))?;
+                let re = compile_regex(&pattern.regex, false).map_err(|e| e.within("pattern.regex"))?;
+                Ok::<_, ValidationError>((re, re2_substitution(&r.substitution)))
+            })
+            .transpose()
+            .map_err(|e| e.within("regex_rewrite"))?;
+        let host_rewrite = match a.host_rewrite_specifier.as_ref() {
+            None => None,
+            Some(pb::route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
+                http::HeaderValue::from_str(h).map_err(|_| {
+                    ValidationError::new("host_rewrite_literal", "not a valid header value")
+                })?;
+                Some(h.clone())
+            }
+            Some(_) => return Err(ValidationError::unsupported("host_rewrite_specifier")),
+        };
+        let cluster_not_found_status = match a.cluster_not_found_response_code {
+            0 => 503,
+            1 => 404,
+            2 => 500,
+            other => return Err(ValidationError::new("cluster_not_found_response_code", format!("unknown code {other}"))),
+        };
+        Ok(Self {
+            target,
+            prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+            regex_rewrite,
+            host_rewrite,
+            timeout: optional_timeout(a.timeout.as_ref(), "timeout", Some(DEFAULT_ROUTE_TIMEOUT))?,
+            retry_policy: a
+                .retry_policy
+                .as_ref()
+                .map(|p| retry_policy(p).map_err(|e| e.within("retry_policy")))
+                .transpose()?,
+            cluster_not_found_status,
+        })
+    }
+}
+
+/// RE2 substitutions use `\1`; Rust's regex uses `${1}`. `$` must be escaped.
+fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn weighted(w: &pb::WeightedCluster) -> Result<ClusterTarget> {
+    if w.clusters.is_empty() {
+        return Err(ValidationError::required("clusters"));
+    }
+    let mut clusters = Vec::with_capacity(w.clusters.len());
+    let mut total: u32 = 0;
+    for (i, c) in w.clusters.iter().enumerate() {
+        let path = format!("clusters[{i}]");
+        if c.name.is_empty() {
+            return Err(ValidationError::required(format!("{path}.name")));
+        }
+        let weight = c.weight.as_ref().map_or(0, |v| v.value);
+        total = total
+            .checked_add(weight)
+            .ok_or_else(|| ValidationError::new(format!("{path}.weight"), "weights overflow"))?;
+        if weight > 0 {
+            clusters.push((c.name.clone(), weight));
+        }
+    }
+    if total == 0 {
+        return Err(ValidationError::new("clusters", "the sum of weights must be greater than 0"));
+    }
+    if let Some(expected) = w.total_weight.as_ref().map(|v| v.value) {
+        if expected != total {
+            return Err(ValidationError::new("total_weight", format!("is {expected} but the weights sum to {total}")));
+        }
+    }
+    Ok(ClusterTarget::Weighted { clusters, total })
+}
+
+fn retry_policy(p: &pb::RetryPolicy) -> Result<RetryPolicy> {
+    let mut retry_on = RetryOn::default();
+    for cond in p.retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match cond {
+            "5xx" => retry_on.server_error = true,
+            "gateway-error" => retry_on.gateway_error = true,
+            "connect-failure" => retry_on.connect_failure = true,
+            "reset" => retry_on.reset = true,
+            "retriable-status-codes" => retry_on.retriable_status_codes = true,
+            other => return Err(ValidationError::new("retry_on", format!("unsupported retry condition {other:?}"))),
+        }
+    }
+    let (base_interval, max_interval) = match p.retry_back_off.as_ref() {
+        None => (DEFAULT_RETRY_BASE_INTERVAL, DEFAULT_RETRY_BASE_INTERVAL * 10),
+        Some(b) => {
+            let base = b.base_interval.as_ref().ok_or_else(|| ValidationError::required("retry_back_off.base_interval"))?;
+            let base = duration(base, "retry_back_off.base_interval")?;
+            if base.is_zero() {
+                return Err(ValidationError::new("retry_back_off.base_interval", "must be greater than 0"));
+            }
+            let max = match b.max_interval.as_ref() {
+                Some(m) => duration(m, "retry_back_off.max_interval")?,
+                None => base * 10,
+            };
+            if max < base {
+                return Err(ValidationError::new("retry_back_off.max_interval", "must not be less than base_interval"));
+            }
+            (base, max)
+        }
+    };
+    let retriable_status_codes = p
+        .retriable_status_codes
+        .iter()
+        .map(|c| {
+            u16::try_from(*c)
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .ok_or_else(|| ValidationError::new("retriable_status_codes", format!("{c} is not an HTTP status")))
+        })
+        .collect::<Result<_>>()?;
+    Ok(RetryPolicy {
+        retry_on,
+        num_retries: p.num_retries.as_ref().map_or(1, |v| v.value),
+        per_try_timeout: optional_timeout(p.per_try_timeout.as_ref(), "per_try_timeout", None)?,
+        retriable_status_codes,
+        base_interval,
+        max_interval,
+    })
+}
+
+impl RetryPolicy {
+    /// Whether an upstream response status calls for another try.
+    pub fn retries_status(&self, status: u16) -> bool {
+        (self.retry_on.server_error && (500..600).contains(&status))
+            || (self.retry_on.gateway_error && matches!(status, 502..=504))
+            || (self.retry_on.retriable_status_codes && self.retriable_status_codes.contains(&status))
+    }
+
+    /// Whether a failure to connect calls for another try.
+    pub fn retries_connect_failure(&self) -> bool {
+        self.retry_on.server_error || self.retry_on.gateway_error || self.retry_on.connect_failure
+    }
+
+    /// Whether a reset (no response headers) calls for another try.
+    pub fn retries_reset(&self) -> bool {
+        self.retry_on.server_error || self.retry_on.gateway_error || self.retry_on.reset
+    }
+}
+
+impl TryFrom<&pb::RedirectAction> for Redirect {
+    type Error = ValidationError;
+
+    fn try_from(r: &pb::RedirectAction) -> Result<Self> {
+        use pb::redirect_action::{PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S};
+        let scheme = match r.scheme_rewrite_specifier.as_ref() {
+            None => None,
+            Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+            Some(S::HttpsRedirect(false)) => None,
+            Some(S::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
+        };
+        let port = match r.port_redirect {
+            0 => None,
+            p => Some(u16::try_from(p).map_err(|_| ValidationError::new("port_redirect", "must be at most 65535"))?),
+        };
+        let path = match r.path_rewrite_specifier.as_ref() {
+            None => None,
+            Some(P::PathRedirect(p)) => Some(RedirectPath::Replace(p.clone())),
+            Some(P::PrefixRewrite(p)) => Some(RedirectPath::Prefix(p.clone())),
+            Some(_) => return Err(ValidationError::unsupported("regex_rewrite")),
+        };
+        let status = match C::try_from(r.response_code) {
+            Ok(C::MovedPermanently) => 301,
+            Ok(C::Found) => 302,
+            Ok(C::SeeOther) => 303,
+            Ok(C::TemporaryRedirect) => 307,
+            Ok(C::PermanentRedirect) => 308,
+            Err(_) => return Err(ValidationError::new("response_code", "unknown redirect code")),
+        };
+        Ok(Self {
+            scheme,
+            host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+            port,
+            path,
+            status,
+            strip_query: r.strip_query,
+        })
+    }
+}
+
+impl TryFrom<&pb::DirectResponseAction> for DirectResponse {
+    type Error = ValidationError;
+
+    fn try_from(d: &pb::DirectResponseAction) -> Result<Self> {
+        if !(200..600).contains(&d.status) {
+            return Err(ValidationError::new("status", "must be in [200, 600)"));
+        }
+        let body = d
+            .body
+            .as_ref()
+            .map(|b| data_source(b).map_err(|e| e.within("body")))
+            .transpose()?;
+        Ok(Self { status: d.status as u16, body })
+    }
+}
+
+fn data_source(d: &core::DataSource) -> Result<Vec<u8>> {
+    use core::data_source::Specifier as S;
+    match d.specifier.as_ref() {
+        Some(S::InlineString(s)) => Ok(s.clone().into_bytes()),
+        Some(S::InlineBytes(b)) => Ok(b.clone()),
+        Some(_) => Err(ValidationError::unsupported("specifier")),
+        None => Err(ValidationError::new("", "one of inline_string or inline_bytes is required")),
+    }
+}
+
+fn validate_header_name(name: &str) -> Result<String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.is_empty() {
+        return Err(ValidationError::required(""));
+    }
+    if lower.starts_with(':') {
+        // Pseudo-headers such as `:authority` are matchable in Envoy.
+        return Ok(lower);
+    }
+    http::HeaderName::from_bytes(lower.as_bytes())
+        .map_err(|_| ValidationError::new("", format!("{name:?} is not a valid header name")))?;
+    Ok(lower)
+}
+
+/// Converts one level's header additions and removals.
+pub fn mutations(
+    add: &[core::HeaderValueOption],
+    remove: &[String],
+    add_field: &str,
+    remove_field: &str,
+) -> Result<HeaderMutations> {
+    let add = add
+        .iter()
+        .enumerate()
+        .map(|(i, o)| header_addition(o).map_err(|e| e.within(format!("{add_field}[{i}]"))))
+        .collect::<Result<_>>()?;
+    let remove = remove
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let n = validate_header_name(n).map_err(|e| e.within(format!("{remove_field}[{i}]")))?;
+            if n.starts_with(':') || n == "host" {
+                return Err(ValidationError::new(format!("{remove_field}[{i}]"), "pseudo-headers and host cannot be removed"));
+            }
+            Ok(n)
+        })
+        .collect::<Result<_>>()?;
+    Ok(HeaderMutations { add, remove })
+}
+
+fn header_addition(o: &core::HeaderValueOption) -> Result<HeaderAddition> {
+    use core::header_value_option::HeaderAppendAction as A;
+    let header = o.header.as_ref().ok_or_else(|| ValidationError::required("header"))?;
+    let name = validate_header_name(&header.key).map_err(|e| e.within("header.key"))?;
+    if name.starts_with(':') || name == "host" {
+        return Err(ValidationError::new("header.key", "pseudo-headers and host cannot be added"));
+    }
+    if header.value.contains('%') {
+        return Err(ValidationError::new("header.value", "command operators (%...%) are not supported"));
+    }
+    http::HeaderValue::from_str(&header.value)
+        .map_err(|_| ValidationError::new("header.value", "not a valid header value"))?;
+    let action = match (o.append.as_ref().map(|v| v.value), A::try_from(o.append_action)) {
+        (Some(_), Ok(a)) if a != A::AppendIfExistsOrAdd => {
+            return Err(ValidationError::new("append", "append and append_action cannot both be set"))
+        }
+        (Some(true), _) => AppendAction::AppendIfExistsOrAdd,
+        (Some(false), _) => AppendAction::OverwriteIfExistsOrAdd,
+        (None, Ok(A::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
+        (None, Ok(A::AddIfAbsent)) => AppendAction::AddIfAbsent,
+        (None, Ok(A::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
+        (None, Ok(A::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
+        (None, Err(_)) => return Err(ValidationError::new("append_action", "unknown action")),
+    };
+    Ok(HeaderAddition { name, value: header.value.clone(), action, keep_empty_value: o.keep_empty_value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> Result<RouteTable> {
+        let rc: pb::RouteConfiguration =
+            crate::decode::from_yaml(yaml, "envoy.config.route.v3.RouteConfiguration")?;
+        RouteTable::try_from(&rc)
+    }
+
+    #[test]
+    fn invalid_regex_names_its_route() {
+        let err = table(
+            "virtual_hosts: [{name: a, domains: ['*'], routes: [
+               {match: {prefix: /}, route: {cluster: c}},
+               {match: {safe_regex: {regex: '(['}}, route: {cluster: c}}]}]",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "virtual_hosts[0].routes[1].match.safe_regex.regex");
+    }
+
+    #[test]
+    fn bad_retry_condition_is_rejected() {
+        let err = table(
+            "virtual_hosts: [{name: a, domains: ['*'], routes: [
+               {match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 'envoy-ratelimited'}}}]}]",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "virtual_hosts[0].routes[0].route.retry_policy.retry_on");
+    }
+
+    #[test]
+    fn duplicate_domains_are_rejected() {
+        let err = table(
+            "virtual_hosts: [{name: a, domains: ['x.com']}, {name: b, domains: ['X.com']}]",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "virtual_hosts[1].domains");
+    }
+
+    #[test]
+    fn path_matchers() {
+        let t = table(
+            "virtual_hosts: [{name: a, domains: ['*'], routes: [
+               {match: {path_separated_prefix: /api}, route: {cluster: c}},
+               {match: {prefix: /CaSe, case_sensitive: false}, route: {cluster: c}},
+               {match: {safe_regex: {regex: '/v[0-9]+/.*'}}, route: {cluster: c}}]}]",
+        )
+        .unwrap();
+        let r = &t.virtual_hosts[0].routes;
+        assert!(r[0].matcher.matches_path("/api"));
+        assert!(r[0].matcher.matches_path("/api/x?q"));
+        assert!(!r[0].matcher.matches_path("/apix"));
+        assert!(r[1].matcher.matches_path("/case/x"));
+        assert!(r[2].matcher.matches_path("/v12/x?y=1"));
+        assert!(!r[2].matcher.matches_path("/x/v12/x"));
+    }
+
+    #[test]
+    fn substitution_translates_group_references() {
+        assert_eq!(re2_substitution(r"/\1/$x\\"), "/${1}/$$x\\");
+    }
+
+    #[test]
+    fn header_value_formatters_are_rejected() {
+        let err = table(
+            "request_headers_to_add: [{header: {key: x, value: '%START_TIME%'}}]",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "request_headers_to_add[0].header.value");
+    }
+}

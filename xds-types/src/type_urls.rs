@@ -1,0 +1,24 @@
+//! Type URLs of the resources and extensions Sluice understands, written once.
+
+/// Prefix every `google.protobuf.Any` type URL carries.
+pub const PREFIX: &str = "type.googleapis.com/";
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE_CONFIGURATION: &str =
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const CLUSTER_LOAD_ASSIGNMENT: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+pub const CONNECTION_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+pub const HTTP_PROTOCOL_OPTIONS: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// The key under which clusters carry [`HTTP_PROTOCOL_OPTIONS`] in
+/// `typed_extension_protocol_options`.
+pub const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// The message name part of a type URL (`type.googleapis.com/a.b.C` → `a.b.C`).
+pub fn message_name(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
