@@ -1,1 +1,89 @@
-fn main(){}
+//! `sluice -c bootstrap.yaml`: the data plane binary, flag-compatible with `envoy` where
+//! the flags overlap.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Envoy-compatible HTTP proxy")]
+struct Cli {
+    /// Bootstrap file (YAML or JSON, Envoy's bootstrap format).
+    #[arg(short = 'c', long = "config-path")]
+    config_path: PathBuf,
+    /// Worker threads (default: the number of CPUs).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Log filter, e.g. `info` or `info,access=info` for access logs.
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    log_level: String,
+    /// Seconds to wait for open connections when draining on shutdown.
+    #[arg(long = "drain-time-s", default_value_t = 5)]
+    drain_time_s: u64,
+    /// Validate the bootstrap and exit (Envoy's `--mode validate`).
+    #[arg(long = "mode", default_value = "serve", value_parser = ["serve", "validate"])]
+    mode: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.log_level.contains("access") {
+        cli.log_level.clone()
+    } else {
+        format!("{},access=off", cli.log_level)
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let text = match std::fs::read_to_string(&cli.config_path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", cli.config_path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let bootstrap = match xds_types::Bootstrap::from_yaml(&text) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: invalid bootstrap {}: {e}", cli.config_path.display());
+            return ExitCode::from(1);
+        }
+    };
+    if cli.mode == "validate" {
+        eprintln!("configuration '{}' OK", cli.config_path.display());
+        return ExitCode::SUCCESS;
+    }
+    let concurrency = cli
+        .concurrency
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(concurrency)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = sluice::server::Options {
+        config_path: cli.config_path,
+        drain_time: Duration::from_secs(cli.drain_time_s),
+        concurrency,
+    };
+    match runtime.block_on(sluice::server::run(bootstrap, options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -202,16 +202,14 @@ pub struct DirectResponse {
 #[derive(Debug, Clone, Default)]
 pub struct HeaderMutations {
     pub add: Vec<HeaderAddition>,
-    /// Lowercased names.
-    pub remove: Vec<String>,
+    pub remove: Vec<http::HeaderName>,
 }
 
 /// One header to add.
 #[derive(Debug, Clone)]
 pub struct HeaderAddition {
-    /// Lowercased name.
-    pub name: String,
-    pub value: String,
+    pub name: http::HeaderName,
+    pub value: http::HeaderValue,
     pub action: AppendAction,
     pub keep_empty_value: bool,
 }
@@ -860,7 +858,7 @@ pub fn mutations(
             if n.starts_with(':') || n == "host" {
                 return Err(ValidationError::new(format!("{remove_field}[{i}]"), "pseudo-headers and host cannot be removed"));
             }
-            Ok(n)
+            Ok(http::HeaderName::from_bytes(n.as_bytes()).expect("validated above"))
         })
         .collect::<Result<_>>()?;
     Ok(HeaderMutations { add, remove })
@@ -876,7 +874,7 @@ fn header_addition(o: &core::HeaderValueOption) -> Result<HeaderAddition> {
     if header.value.contains('%') {
         return Err(ValidationError::new("header.value", "command operators (%...%) are not supported"));
     }
-    http::HeaderValue::from_str(&header.value)
+    let value = http::HeaderValue::from_str(&header.value)
         .map_err(|_| ValidationError::new("header.value", "not a valid header value"))?;
     let action = match (o.append.as_ref().map(|v| v.value), A::try_from(o.append_action)) {
         (Some(_), Ok(a)) if a != A::AppendIfExistsOrAdd => {
@@ -890,7 +888,8 @@ fn header_addition(o: &core::HeaderValueOption) -> Result<HeaderAddition> {
         (None, Ok(A::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
         (None, Err(_)) => return Err(ValidationError::new("append_action", "unknown action")),
     };
-    Ok(HeaderAddition { name, value: header.value.clone(), action, keep_empty_value: o.keep_empty_value })
+    let name = http::HeaderName::from_bytes(name.as_bytes()).expect("validated above");
+    Ok(HeaderAddition { name, value, action, keep_empty_value: o.keep_empty_value })
 }
 
 #[cfg(test)]

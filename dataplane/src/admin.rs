@@ -1,0 +1,170 @@
+//! The admin listener, with Envoy's endpoints where Sluice has the feature:
+//! `/ready`, `/server_info`, `/stats`, `/stats/prometheus`, `/config_dump`, `/clusters`,
+//! `/listeners` and `POST /quitquitquit`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::body::{self, Body};
+use crate::config::SnapshotStore;
+use crate::listener::ListenerManager;
+
+/// State the admin endpoints read and the shutdown path writes.
+pub struct AdminState {
+    pub store: SnapshotStore,
+    pub listeners: Arc<ListenerManager>,
+    /// Set when the server starts draining; `/ready` then answers 503.
+    pub draining: AtomicBool,
+    /// Notified by `/quitquitquit`.
+    pub shutdown: Arc<Notify>,
+    pub started: Instant,
+    pub concurrency: usize,
+}
+
+/// Serves the admin API on `socket` until the process exits.
+pub async fn serve(socket: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, _) = match socket.accept().await {
+            Ok(a) => a,
+            Err(error) => {
+                warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |r| handle(state.clone(), r));
+            if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%error, "admin connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path();
+    let method = request.method();
+    let response = match (method, path) {
+        (&Method::GET | &Method::HEAD, "/ready") => {
+            if state.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
+            } else {
+                text(StatusCode::OK, "LIVE\n")
+            }
+        }
+        (&Method::GET, "/server_info") => json_response(server_info(&state)),
+        (&Method::GET, "/stats") => text(StatusCode::OK, state.store.stats().render_text()),
+        (&Method::GET, "/stats/prometheus") => {
+            let mut r = text(StatusCode::OK, state.store.stats().render_prometheus());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/config_dump") => json_response(config_dump(&state)),
+        (&Method::GET, "/clusters") => text(StatusCode::OK, clusters(&state)),
+        (&Method::GET, "/listeners") => text(
+            StatusCode::OK,
+            state
+                .listeners
+                .addresses()
+                .iter()
+                .map(|(n, a)| format!("{n}::{a}\n"))
+                .collect::<String>(),
+        ),
+        (&Method::POST, "/quitquitquit") => {
+            state.shutdown.notify_one();
+            text(StatusCode::OK, "OK\n")
+        }
+        (_, "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST\n"),
+        _ => text(StatusCode::NOT_FOUND, "invalid path\n"),
+    };
+    Ok(response)
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut r = Response::new(body::full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    r
+}
+
+fn json_response(value: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(body::full(serde_json::to_vec_pretty(&value).unwrap_or_default()));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn server_info(state: &AdminState) -> serde_json::Value {
+    let snapshot = state.store.load();
+    json!({
+        "version": concat!("sluice/", env!("CARGO_PKG_VERSION")),
+        "state": if state.draining.load(Ordering::Relaxed) { "DRAINING" } else { "LIVE" },
+        "uptime_current_epoch": format!("{}s", state.started.elapsed().as_secs()),
+        "node": { "id": snapshot.bootstrap.node_id, "cluster": snapshot.bootstrap.node_cluster },
+        "command_line_options": { "concurrency": state.concurrency },
+        "config_version": snapshot.version,
+    })
+}
+
+/// Envoy's config dump shape: one entry per config type, static resources as loaded.
+fn config_dump(state: &AdminState) -> serde_json::Value {
+    let snapshot = state.store.load();
+    let raw = &snapshot.bootstrap.raw;
+    let bootstrap = xds_types::decode::to_json(raw, xds_types::bootstrap::BOOTSTRAP)
+        .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    let statics = raw.static_resources.clone().unwrap_or_default();
+    let listeners: Vec<_> = statics
+        .listeners
+        .iter()
+        .map(|l| json!({ "listener": xds_types::decode::to_json(l, "envoy.config.listener.v3.Listener").ok() }))
+        .collect();
+    let clusters: Vec<_> = statics
+        .clusters
+        .iter()
+        .map(|c| json!({ "cluster": xds_types::decode::to_json(c, "envoy.config.cluster.v3.Cluster").ok() }))
+        .collect();
+    json!({
+        "configs": [
+            { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap },
+            { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snapshot.version.to_string(), "static_listeners": listeners },
+            { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snapshot.version.to_string(), "static_clusters": clusters },
+        ]
+    })
+}
+
+/// Envoy's `/clusters` text: `cluster::host:port::stat::value` lines.
+fn clusters(state: &AdminState) -> String {
+    let snapshot = state.store.load();
+    let mut names: Vec<&String> = snapshot.clusters.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for name in names {
+        let cluster = &snapshot.clusters[name];
+        out.push_str(&format!("{name}::default_priority::max_requests::1024\n"));
+        for e in &cluster.endpoints().endpoints {
+            let a = &e.authority;
+            out.push_str(&format!("{name}::{a}::rq_active::{}\n", e.active.load(Ordering::Relaxed)));
+            out.push_str(&format!("{name}::{a}::weight::{}\n", e.weight));
+            out.push_str(&format!("{name}::{a}::health_flags::healthy\n"));
+        }
+    }
+    out
+}

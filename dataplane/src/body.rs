@@ -1,0 +1,113 @@
+//! The one body type every request and response is carried in: a boxed stream of frames,
+//! so hyper's `Incoming` bodies stream through unbuffered in both directions.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// Errors a body can fail with, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streaming body of either direction.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body from bytes held in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Streams hyper's incoming body as a [`Body`].
+pub fn incoming(body: hyper::body::Incoming) -> Body {
+    body.map_err(|e| Box::new(e) as BoxError).boxed()
+}
+
+pin_project_lite::pin_project! {
+    /// A body that holds `guard` until the stream ends (or the body is dropped): keeps
+    /// in-flight counters and least-request state true for streamed responses.
+    pub struct Guarded<G> {
+        #[pin]
+        inner: Body,
+        guard: Option<G>,
+    }
+}
+
+impl<G> Guarded<G> {
+    /// Wraps `inner`, holding `guard` until it ends.
+    pub fn new(inner: Body, guard: G) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<G> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let result = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        if !matches!(result, Some(Ok(_))) || this.inner.is_end_stream() {
+            this.guard.take();
+        }
+        std::task::Poll::Ready(result)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Fires once when a request body has been fully received (or failed): Envoy starts the
+/// route timeout at the end of the downstream request, not at its first byte.
+#[derive(Debug, Default)]
+pub struct EndOfStream {
+    done: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl EndOfStream {
+    /// Marks the body complete and wakes the waiter.
+    pub fn fire(&self) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.notify.notify_waiters();
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves once the body is complete.
+    pub async fn wait(&self) {
+        while !self.done.load(std::sync::atomic::Ordering::Acquire) {
+            let notified = self.notify.notified();
+            if self.done.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A guard that fires an [`EndOfStream`] when the wrapped body ends.
+#[derive(Debug)]
+pub struct FireOnDrop(pub std::sync::Arc<EndOfStream>);
+
+impl Drop for FireOnDrop {
+    fn drop(&mut self) {
+        self.0.fire();
+    }
+}

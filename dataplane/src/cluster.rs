@@ -1,0 +1,293 @@
+//! Upstream clusters at run time: endpoints, load balancing and the connection pools.
+//!
+//! A [`ClusterState`] is built from a validated [`xds_types::Cluster`] and lives in the
+//! config snapshot. When an update leaves a cluster's config unchanged, the new snapshot
+//! reuses the same `Arc<ClusterState>`, so pools, least-request counters and round-robin
+//! position carry across. DNS results are cluster run-time state (like health), refreshed
+//! by a task owned by the cluster, not config: they swap inside the cluster.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rand::Rng;
+use tracing::{debug, warn};
+use xds_types::cluster::{Discovery, DnsLookupFamily, LbPolicy, UpstreamProtocol};
+
+use crate::body::Body;
+use crate::stats::{ClusterStats, Stats};
+
+/// The pooled HTTP client of one cluster (pools are per endpoint authority).
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+/// One endpoint as the load balancer sees it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// `host:port` used as the request authority (and pool key).
+    pub authority: String,
+    pub weight: u32,
+    /// Requests in flight, for LEAST_REQUEST.
+    pub active: AtomicU64,
+}
+
+/// The endpoints of a cluster and the precomputed round-robin schedule over them.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Indices into `endpoints`, each repeated by weight, interleaved (smooth WRR).
+    schedule: Vec<usize>,
+    total_weight: u64,
+}
+
+/// A cluster at run time.
+pub struct ClusterState {
+    pub config: xds_types::Cluster,
+    pub client: UpstreamClient,
+    pub stats: ClusterStats,
+    endpoints: ArcSwap<EndpointSet>,
+    rr_cursor: AtomicUsize,
+}
+
+impl std::fmt::Debug for ClusterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterState")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest round-robin schedule precomputed; larger weight sums use weighted random.
+const MAX_SCHEDULE: u64 = 1 << 16;
+
+impl EndpointSet {
+    /// Builds the set from `(authority, weight)` pairs.
+    pub fn new(endpoints: Vec<(String, u32)>) -> Self {
+        let endpoints: Vec<Arc<Endpoint>> = endpoints
+            .into_iter()
+            .map(|(authority, weight)| {
+                Arc::new(Endpoint {
+                    authority,
+                    weight,
+                    active: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let total_weight: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+        let schedule = smooth_weighted_schedule(&endpoints, total_weight);
+        Self {
+            endpoints,
+            schedule,
+            total_weight,
+        }
+    }
+}
+
+/// Nginx's smooth weighted round robin, unrolled once into a fixed schedule.
+fn smooth_weighted_schedule(endpoints: &[Arc<Endpoint>], total: u64) -> Vec<usize> {
+    let gcd = endpoints
+        .iter()
+        .map(|e| u64::from(e.weight))
+        .fold(0, num_gcd);
+    if endpoints.is_empty() || gcd == 0 || total / gcd > MAX_SCHEDULE {
+        return Vec::new();
+    }
+    let weights: Vec<i64> = endpoints
+        .iter()
+        .map(|e| (u64::from(e.weight) / gcd) as i64)
+        .collect();
+    let sum: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(sum as usize);
+    for _ in 0..sum {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+            .expect("non-empty");
+        current[best] -= sum;
+        schedule.push(best);
+    }
+    schedule
+}
+
+fn num_gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        num_gcd(b, a % b)
+    }
+}
+
+impl ClusterState {
+    /// Creates the cluster, its pool and (for DNS clusters) its resolver task.
+    pub fn new(config: xds_types::Cluster, stats: &Stats) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .http2_only(config.protocol == UpstreamProtocol::Http2)
+            .set_host(false);
+        let client = builder.build(connector);
+        let static_endpoints = match config.discovery {
+            Discovery::Static | Discovery::LogicalDns { .. } => config
+                .endpoints
+                .iter()
+                .filter(|e| e.healthy)
+                .map(|e| (authority(&e.host, e.port), e.weight))
+                .collect(),
+            Discovery::StrictDns { .. } => Vec::new(),
+        };
+        let cluster_stats = stats.cluster(&config.name);
+        let state = Arc::new(Self {
+            config,
+            client,
+            stats: cluster_stats,
+            endpoints: ArcSwap::from_pointee(EndpointSet::new(static_endpoints)),
+            rr_cursor: AtomicUsize::new(0),
+        });
+        state
+            .stats
+            .membership_total
+            .set(state.endpoints.load().endpoints.len() as i64);
+        if let Discovery::StrictDns { refresh } = state.config.discovery {
+            tokio::spawn(resolve_loop(Arc::downgrade(&state), refresh));
+        }
+        state
+    }
+
+    /// The current endpoints.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
+    }
+
+    /// Picks an endpoint by the cluster's policy; `None` when there is none.
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        let set = self.endpoints.load();
+        let n = set.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let index = match self.config.lb_policy {
+            LbPolicy::RoundRobin if !set.schedule.is_empty() => {
+                let i = self.rr_cursor.fetch_add(1, Ordering::Relaxed);
+                set.schedule[i % set.schedule.len()]
+            }
+            LbPolicy::LeastRequest { choice_count } => {
+                let mut rng = rand::rng();
+                let mut best = rng.random_range(0..n);
+                for _ in 1..choice_count {
+                    let other = rng.random_range(0..n);
+                    if set.endpoints[other].active.load(Ordering::Relaxed)
+                        < set.endpoints[best].active.load(Ordering::Relaxed)
+                    {
+                        best = other;
+                    }
+                }
+                best
+            }
+            LbPolicy::RoundRobin | LbPolicy::Random => weighted_random(&set),
+        };
+        Some(set.endpoints[index].clone())
+    }
+}
+
+fn weighted_random(set: &EndpointSet) -> usize {
+    let mut target = rand::rng().random_range(0..set.total_weight.max(1));
+    for (i, e) in set.endpoints.iter().enumerate() {
+        let w = u64::from(e.weight);
+        if target < w {
+            return i;
+        }
+        target -= w;
+    }
+    set.endpoints.len() - 1
+}
+
+/// `host:port`, bracketing IPv6 literals.
+pub fn authority(host: &str, port: u16) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        _ => format!("{host}:{port}"),
+    }
+}
+
+/// Re-resolves a STRICT_DNS cluster's hostnames until the cluster is dropped.
+async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
+    loop {
+        let Some(state) = cluster.upgrade() else {
+            return;
+        };
+        let mut resolved = Vec::new();
+        for e in state.config.endpoints.iter().filter(|e| e.healthy) {
+            match tokio::net::lookup_host((e.host.as_str(), e.port)).await {
+                Ok(addrs) => {
+                    let mut addrs: Vec<SocketAddr> = addrs
+                        .filter(|a| family_allows(state.config.dns_lookup_family, a))
+                        .collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    resolved.extend(
+                        addrs
+                            .into_iter()
+                            .map(|a| (authority(&a.ip().to_string(), a.port()), e.weight)),
+                    );
+                }
+                Err(error) => {
+                    warn!(cluster = %state.config.name, host = %e.host, %error, "dns resolution failed")
+                }
+            }
+        }
+        let current: Vec<(String, u32)> = state
+            .endpoints
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| (e.authority.clone(), e.weight))
+            .collect();
+        if current != resolved && !(resolved.is_empty() && !current.is_empty()) {
+            debug!(cluster = %state.config.name, endpoints = resolved.len(), "dns endpoints changed");
+            state.stats.membership_total.set(resolved.len() as i64);
+            state.endpoints.store(Arc::new(EndpointSet::new(resolved)));
+        }
+        drop(state);
+        tokio::time::sleep(refresh).await;
+    }
+}
+
+fn family_allows(family: DnsLookupFamily, addr: &SocketAddr) -> bool {
+    match family {
+        DnsLookupFamily::V4Only => addr.is_ipv4(),
+        DnsLookupFamily::V6Only => addr.is_ipv6(),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_weights_are_plain_round_robin() {
+        let set = EndpointSet::new(vec![("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]);
+        assert_eq!(set.schedule, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn weights_interleave_smoothly() {
+        let set = EndpointSet::new(vec![("a".into(), 5), ("b".into(), 1), ("c".into(), 1)]);
+        assert_eq!(set.schedule, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+}

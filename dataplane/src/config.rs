@@ -1,0 +1,112 @@
+//! The config snapshot: everything a request needs, immutable, published with one
+//! `ArcSwap::store`. A request calls [`SnapshotStore::load`] once and makes every
+//! decision (listener settings, route, cluster) from that one view.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use xds_types::{Bootstrap, Listener};
+
+use crate::cluster::ClusterState;
+use crate::router::CompiledRoutes;
+use crate::stats::{HttpStats, Stats};
+
+/// One immutable view of the whole configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increments with every publish; shown by `/config_dump`.
+    pub version: u64,
+    pub bootstrap: Arc<Bootstrap>,
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    pub clusters: HashMap<String, Arc<ClusterState>>,
+}
+
+/// A listener's config with its compiled route table and its counters.
+pub struct ListenerRuntime {
+    pub config: Listener,
+    pub routes: CompiledRoutes,
+    pub stats: HttpStats,
+}
+
+impl std::fmt::Debug for ListenerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerRuntime")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the current snapshot lives; cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    current: Arc<ArcSwap<Snapshot>>,
+    versions: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+}
+
+impl SnapshotStore {
+    /// A store holding the snapshot built from `bootstrap`.
+    pub fn new(bootstrap: Bootstrap, stats: Arc<Stats>) -> Self {
+        let snapshot = build(bootstrap, None, &stats, 1);
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(snapshot)),
+            versions: Arc::new(AtomicU64::new(1)),
+            stats,
+        }
+    }
+
+    /// The current snapshot; hold it for the whole request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Builds a snapshot from a new bootstrap, reusing unchanged clusters, and publishes
+    /// it atomically. Returns the new snapshot.
+    pub fn publish(&self, bootstrap: Bootstrap) -> Arc<Snapshot> {
+        let previous = self.current.load_full();
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let next = Arc::new(build(bootstrap, Some(&previous), &self.stats, version));
+        self.current.store(next.clone());
+        next
+    }
+
+    /// The process-wide metrics.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+fn build(bootstrap: Bootstrap, previous: Option<&Snapshot>, stats: &Stats, version: u64) -> Snapshot {
+    let clusters = bootstrap
+        .clusters
+        .iter()
+        .map(|config| {
+            let reused = previous
+                .and_then(|p| p.clusters.get(&config.name))
+                .filter(|existing| existing.config == *config)
+                .cloned();
+            let state = reused.unwrap_or_else(|| ClusterState::new(config.clone(), stats));
+            (config.name.clone(), state)
+        })
+        .collect();
+    let listeners = bootstrap
+        .listeners
+        .iter()
+        .map(|l| {
+            let runtime = ListenerRuntime {
+                config: l.clone(),
+                routes: CompiledRoutes::new(l.http.route_table.clone()),
+                stats: stats.http(&l.http.stat_prefix),
+            };
+            (l.name.clone(), Arc::new(runtime))
+        })
+        .collect();
+    Snapshot {
+        version,
+        bootstrap: Arc::new(bootstrap),
+        listeners,
+        clusters,
+    }
+}

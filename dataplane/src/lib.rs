@@ -1,0 +1,25 @@
+//! `sluice`, the data plane: an Envoy-compatible HTTP proxy configured by Envoy's own
+//! bootstrap and resource types.
+//!
+//! # Layout
+//! - [`server`]: the process — first snapshot, listeners, admin, signals (reload, drain).
+//! - [`config`]: the immutable [`config::Snapshot`] and its `ArcSwap` store.
+//! - [`listener`]: binding, accepting, and serving connections with hyper (timeouts, limits).
+//! - [`proxy`]: the request path — route, then direct response, redirect or forward.
+//! - [`router`]: virtual host and route selection, compiled per route table.
+//! - [`cluster`]: upstream endpoints, load balancing, connection pools, DNS.
+//! - [`local_reply`]: responses the proxy makes itself, and Envoy's response flags.
+//! - [`admin`], [`stats`]: the admin endpoints and the counters behind them.
+//! - [`body`], [`conn`]: body and connection plumbing shared by the above.
+
+pub mod admin;
+pub mod body;
+pub mod cluster;
+pub mod config;
+pub mod conn;
+pub mod listener;
+pub mod local_reply;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod stats;

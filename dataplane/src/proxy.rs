@@ -1,0 +1,778 @@
+//! The request path: one snapshot load, route, then a direct response, a redirect, or a
+//! forward to an upstream cluster with Envoy's timeout, retry and header semantics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
+use rand::Rng;
+use tracing::{debug, info};
+use xds_types::route::{
+    AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderMutations, Redirect,
+    RedirectPath, RetryPolicy, RouteAction,
+};
+
+use crate::body::{self, Body, EndOfStream, FireOnDrop, Guarded};
+use crate::cluster::Endpoint;
+use crate::config::{ListenerRuntime, Snapshot, SnapshotStore};
+use crate::conn::ConnState;
+use crate::local_reply::{self, ResponseFlag};
+use crate::router::RouteMatch;
+use crate::stats::{class_index, Stats};
+
+/// Request bodies up to this size are buffered when a retry policy may need to replay
+/// them (Envoy's default per-connection buffer limit); larger ones stream once.
+const RETRY_BUFFER_LIMIT: u64 = 1 << 20;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// What every request on one downstream connection shares.
+pub struct ConnContext {
+    pub listener_name: Arc<str>,
+    pub store: SnapshotStore,
+    pub remote: SocketAddr,
+    pub conn: Arc<ConnState>,
+    pub flags: Arc<FlagCounters>,
+}
+
+/// One counter per [`ResponseFlag`].
+pub struct FlagCounters(Vec<(ResponseFlag, prometheus_client::metrics::counter::Counter)>);
+
+impl FlagCounters {
+    /// Creates the counters in `stats`.
+    pub fn new(stats: &Stats) -> Arc<Self> {
+        Arc::new(Self(
+            ResponseFlag::ALL
+                .iter()
+                .map(|f| (*f, stats.response_flag(f.short_name())))
+                .collect(),
+        ))
+    }
+
+    fn inc(&self, flag: ResponseFlag) {
+        if let Some((_, c)) = self.0.iter().find(|(f, _)| *f == flag) {
+            c.inc();
+        }
+    }
+}
+
+/// What happened to a request, for stats and the access log.
+#[derive(Default)]
+struct Outcome {
+    flag: Option<ResponseFlag>,
+    cluster: Option<String>,
+    upstream: Option<String>,
+    attempts: u32,
+}
+
+/// Decrements a gauge when dropped.
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Marks an endpoint busy for least-request balancing until dropped.
+struct EndpointGuard(Arc<Endpoint>);
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one downstream request.
+pub async fn serve(
+    ctx: Arc<ConnContext>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let active = ctx.conn.request_started();
+    let started = Instant::now();
+    let snapshot = ctx.store.load();
+    let Some(listener) = snapshot.listeners.get(&*ctx.listener_name).cloned() else {
+        // The listener was removed while this connection drains.
+        let mut response = local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, "listener draining");
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
+    };
+    let stats = listener.stats.clone();
+    stats.downstream_rq_total.inc();
+    let rq_active = GaugeGuard::new(&stats.downstream_rq_active);
+    let method = request.method().clone();
+    let version = request.version();
+    let path = path_and_query(request.uri()).to_string();
+    let host = request_host(&request).to_string();
+
+    let mut outcome = Outcome::default();
+    let (mut response, mutations) =
+        route_request(&ctx, &snapshot, &listener, request, &host, &path, &mut outcome).await;
+    for m in mutations {
+        apply_mutations(response.headers_mut(), m);
+    }
+    if let Ok(server) = HeaderValue::from_str(&listener.config.http.server_name) {
+        response.headers_mut().insert(header::SERVER, server);
+    }
+
+    let status = response.status().as_u16();
+    stats.downstream_rq_xx[class_index(status)].inc();
+    if let Some(flag) = outcome.flag {
+        ctx.flags.inc(flag);
+    }
+    info!(
+        target: "access",
+        method = %method,
+        path = %path,
+        protocol = ?version,
+        authority = %host,
+        status,
+        response_flags = outcome.flag.map_or("-", ResponseFlag::short_name),
+        upstream_cluster = outcome.cluster.as_deref().unwrap_or("-"),
+        upstream_host = outcome.upstream.as_deref().unwrap_or("-"),
+        attempts = outcome.attempts,
+        duration_ms = started.elapsed().as_millis() as u64,
+        downstream_remote_address = %ctx.remote,
+    );
+    let (parts, body) = response.into_parts();
+    let body = Guarded::new(body, (active, rq_active)).boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Routes and executes the action; returns the response and the response header
+/// mutations to apply (route, virtual host, route table: Envoy's order).
+async fn route_request<'s>(
+    ctx: &ConnContext,
+    snapshot: &'s Snapshot,
+    listener: &'s ListenerRuntime,
+    request: Request<Incoming>,
+    host: &str,
+    path: &str,
+    outcome: &mut Outcome,
+) -> (Response<Body>, Vec<&'s HeaderMutations>) {
+    let Some(RouteMatch {
+        virtual_host,
+        route,
+    }) = listener.routes.route(host, path, request.headers())
+    else {
+        listener.stats.no_route.inc();
+        outcome.flag = Some(ResponseFlag::NoRouteFound);
+        return (local_reply::for_flag(ResponseFlag::NoRouteFound), Vec::new());
+    };
+    let mutations = vec![
+        &route.response_headers,
+        &virtual_host.response_headers,
+        &listener.routes.table.response_headers,
+    ];
+    let response = match &route.action {
+        RouteAction::Direct(direct) => direct_response(direct),
+        RouteAction::Redirect(redirect) => redirect_response(redirect, route, host, path),
+        RouteAction::Forward(action) => {
+            let request_mutations = [
+                &route.request_headers,
+                &virtual_host.request_headers,
+                &listener.routes.table.request_headers,
+            ];
+            let policy = action
+                .retry_policy
+                .as_ref()
+                .or(virtual_host.retry_policy.as_ref());
+            let plan = ForwardPlan {
+                action,
+                policy,
+                request_mutations,
+                rewrite_prefix: route.matcher.rewritable_prefix(),
+            };
+            forward(ctx, snapshot, listener, plan, request, host, path, outcome).await
+        }
+    };
+    (response, mutations)
+}
+
+fn direct_response(direct: &DirectResponse) -> Response<Body> {
+    let mut response = match &direct.body {
+        Some(b) => {
+            let mut r = Response::new(body::full(Bytes::from(b.clone())));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        }
+        None => Response::new(body::empty()),
+    };
+    *response.status_mut() = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
+    response
+}
+
+fn redirect_response(
+    redirect: &Redirect,
+    route: &xds_types::route::Route,
+    host: &str,
+    path_and_query: &str,
+) -> Response<Body> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let (original_host, original_port) = split_host_port(host);
+    let scheme = redirect.scheme.as_deref().unwrap_or("http");
+    let target_host = redirect.host.as_deref().unwrap_or(original_host);
+    let port = match (redirect.port, redirect.scheme.is_some()) {
+        (Some(p), _) => Some(p.to_string()),
+        // A scheme change drops the original port, as Envoy does for default ports.
+        (None, true) => None,
+        (None, false) => original_port.map(str::to_string),
+    };
+    let mut new_path = match &redirect.path {
+        None => path.to_string(),
+        Some(RedirectPath::Replace(p)) => p.clone(),
+        Some(RedirectPath::Prefix(p)) => {
+            let matched = route.matcher.rewritable_prefix().unwrap_or("").len();
+            format!("{p}{}", path.get(matched..).unwrap_or(""))
+        }
+    };
+    if !redirect.strip_query && !new_path.contains('?') {
+        if let Some(q) = query {
+            new_path.push('?');
+            new_path.push_str(q);
+        }
+    }
+    let location = match port {
+        Some(p) => format!("{scheme}://{target_host}:{p}{new_path}"),
+        None => format!("{scheme}://{target_host}{new_path}"),
+    };
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+/// Everything `forward` needs from the matched route.
+struct ForwardPlan<'a> {
+    action: &'a ForwardAction,
+    policy: Option<&'a RetryPolicy>,
+    request_mutations: [&'a HeaderMutations; 3],
+    rewrite_prefix: Option<&'a str>,
+}
+
+/// A request body as the retry loop sees it.
+enum RequestBody {
+    /// Fully buffered: every try can send it again.
+    Replayable(Bytes),
+    /// Streamed: sent once, so the request gets exactly one try.
+    Streaming(Option<Body>),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    listener: &ListenerRuntime,
+    plan: ForwardPlan<'_>,
+    mut request: Request<Incoming>,
+    host: &str,
+    path: &str,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let action = plan.action;
+    let cluster_name = match &action.target {
+        ClusterTarget::Cluster(name) => name.as_str(),
+        ClusterTarget::Weighted { clusters, total } => pick_weighted(clusters, *total),
+    };
+    outcome.cluster = Some(cluster_name.to_string());
+    let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
+        listener.stats.no_cluster.inc();
+        outcome.flag = Some(ResponseFlag::NoClusterFound);
+        let status = StatusCode::from_u16(action.cluster_not_found_status)
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return local_reply::reply(status, "");
+    };
+
+    let upgrade = requested_upgrade(request.headers());
+    if let Some(protocol) = &upgrade {
+        if !listener.config.http.upgrades.iter().any(|u| u == protocol) {
+            outcome.flag = Some(ResponseFlag::UpgradeFailed);
+            return local_reply::for_flag(ResponseFlag::UpgradeFailed);
+        }
+    }
+    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let (parts, incoming) = request.into_parts();
+    let is_chunked_h1 = parts.version <= Version::HTTP_11
+        && parts
+            .headers
+            .get(header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+
+    let headers = upstream_headers(ctx, listener, &plan, parts.headers, host, upgrade.is_some());
+    let upstream_path = rewrite_path(action, plan.rewrite_prefix, path);
+    let version = match cluster.config.protocol {
+        xds_types::cluster::UpstreamProtocol::Http1 => Version::HTTP_11,
+        xds_types::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+
+    let end_of_request = Arc::new(EndOfStream::default());
+    let may_retry = plan.policy.is_some_and(|p| p.num_retries > 0);
+    let mut body = match prepare_body(incoming, may_retry, is_chunked_h1, &end_of_request).await {
+        Ok(body) => body,
+        Err(()) => {
+            outcome.flag = Some(ResponseFlag::DownstreamProtocolError);
+            let mut r = local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    let max_tries = match (&body, plan.policy) {
+        (RequestBody::Replayable(_), Some(p)) => 1 + p.num_retries,
+        _ => 1,
+    };
+
+    let overall = deadline_after(end_of_request.clone(), action.timeout);
+    tokio::pin!(overall);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        outcome.attempts = attempt;
+        let Some(endpoint) = cluster.pick() else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            outcome.flag = Some(ResponseFlag::NoHealthyUpstream);
+            return local_reply::for_flag(ResponseFlag::NoHealthyUpstream);
+        };
+        outcome.upstream = Some(endpoint.authority.clone());
+        let try_body = match &mut body {
+            RequestBody::Replayable(bytes) => body::full(bytes.clone()),
+            RequestBody::Streaming(b) => b.take().unwrap_or_else(body::empty),
+        };
+        let upstream_request = match build_request(&parts.method, version, &endpoint, &upstream_path, &headers, try_body) {
+            Some(r) => r,
+            None => {
+                outcome.flag = Some(ResponseFlag::DownstreamProtocolError);
+                return local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
+            }
+        };
+        cluster.stats.upstream_rq_total.inc();
+        endpoint.active.fetch_add(1, Ordering::Relaxed);
+        let in_flight = (EndpointGuard(endpoint.clone()), GaugeGuard::new(&cluster.stats.upstream_rq_active));
+        let per_try = deadline_after(end_of_request.clone(), plan.policy.and_then(|p| p.per_try_timeout));
+
+        let result = tokio::select! {
+            r = cluster.client.request(upstream_request) => TryResult::Done(r),
+            _ = &mut overall => TryResult::Timeout,
+            _ = per_try => TryResult::PerTryTimeout,
+        };
+        let retries_left = attempt < max_tries;
+        let policy = plan.policy;
+        let retry_flag = match result {
+            TryResult::Done(Ok(response)) => {
+                let status = response.status().as_u16();
+                cluster.stats.upstream_rq_xx[class_index(status)].inc();
+                if retries_left && policy.is_some_and(|p| p.retries_status(status)) {
+                    debug!(cluster = %cluster.config.name, status, attempt, "retrying on status");
+                    None
+                } else {
+                    if attempt > 1 && policy.is_some_and(|p| p.retries_status(status)) {
+                        outcome.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
+                        cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+                    }
+                    return upstream_response(response, downstream_upgrade, in_flight);
+                }
+            }
+            TryResult::Done(Err(error)) => {
+                let connect = error.is_connect();
+                if connect {
+                    cluster.stats.upstream_cx_connect_fail.inc();
+                }
+                debug!(cluster = %cluster.config.name, %error, attempt, "upstream request failed");
+                let flag = if connect {
+                    ResponseFlag::UpstreamConnectionFailure
+                } else {
+                    ResponseFlag::UpstreamConnectionTermination
+                };
+                let retriable = policy.is_some_and(|p| {
+                    if connect { p.retries_connect_failure() } else { p.retries_reset() }
+                });
+                Some((flag, retriable))
+            }
+            TryResult::PerTryTimeout => {
+                cluster.stats.upstream_rq_per_try_timeout.inc();
+                let retriable = policy.is_some_and(|p| p.retries_status(504) || p.retries_reset());
+                Some((ResponseFlag::UpstreamRequestTimeout, retriable))
+            }
+            TryResult::Timeout => {
+                cluster.stats.upstream_rq_timeout.inc();
+                listener.stats.downstream_rq_timeout.inc();
+                outcome.flag = Some(ResponseFlag::UpstreamRequestTimeout);
+                return local_reply::for_flag(ResponseFlag::UpstreamRequestTimeout);
+            }
+        };
+        drop(in_flight);
+        if let Some((flag, retriable)) = retry_flag {
+            if !(retries_left && retriable) {
+                outcome.flag = Some(if attempt > 1 && retriable {
+                    cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+                    ResponseFlag::UpstreamRetryLimitExceeded
+                } else {
+                    flag
+                });
+                return local_reply::for_flag(flag);
+            }
+        }
+        cluster.stats.upstream_rq_retry.inc();
+        let policy = policy.expect("retries imply a policy");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(policy, attempt)) => {}
+            _ = &mut overall => {
+                cluster.stats.upstream_rq_timeout.inc();
+                outcome.flag = Some(ResponseFlag::UpstreamRequestTimeout);
+                return local_reply::for_flag(ResponseFlag::UpstreamRequestTimeout);
+            }
+        }
+    }
+}
+
+enum TryResult {
+    Done(Result<Response<Incoming>, hyper_util::client::legacy::Error>),
+    Timeout,
+    PerTryTimeout,
+}
+
+/// Resolves `timeout` after the request body completed; never when `timeout` is `None`.
+async fn deadline_after(end_of_request: Arc<EndOfStream>, timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => {
+            end_of_request.wait().await;
+            tokio::time::sleep(t).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Envoy's fully jittered exponential back-off.
+fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let ceiling = policy
+        .base_interval
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(policy.max_interval);
+    let millis = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+fn pick_weighted(clusters: &[(String, u32)], total: u32) -> &str {
+    let mut target = rand::rng().random_range(0..total);
+    for (name, weight) in clusters {
+        if target < *weight {
+            return name;
+        }
+        target -= weight;
+    }
+    &clusters[clusters.len() - 1].0
+}
+
+/// Buffers a body that may need replaying, or passes it through as a stream. A chunked
+/// HTTP/1 body's first frame is read before anything goes upstream, so malformed chunking
+/// is answered with 400 and never reaches an upstream.
+async fn prepare_body(
+    incoming: Incoming,
+    may_retry: bool,
+    is_chunked_h1: bool,
+    end_of_request: &Arc<EndOfStream>,
+) -> Result<RequestBody, ()> {
+    if incoming.is_end_stream() {
+        end_of_request.fire();
+        return Ok(RequestBody::Replayable(Bytes::new()));
+    }
+    if may_retry && incoming.size_hint().exact().is_some_and(|n| n <= RETRY_BUFFER_LIMIT) {
+        let bytes = incoming.collect().await.map_err(|_| ())?.to_bytes();
+        end_of_request.fire();
+        return Ok(RequestBody::Replayable(bytes));
+    }
+    let guard = FireOnDrop(end_of_request.clone());
+    let body = if is_chunked_h1 {
+        let mut stream = BodyStream::new(incoming);
+        match stream.next().await {
+            None => {
+                end_of_request.fire();
+                return Ok(RequestBody::Replayable(Bytes::new()));
+            }
+            Some(Err(_)) => return Err(()),
+            Some(Ok(first)) => {
+                let rest = stream.map(|f| f.map_err(|e| Box::new(e) as body::BoxError));
+                let all = futures_util::stream::once(async move { Ok(first) }).chain(rest);
+                BodyExt::boxed(StreamBody::new(all))
+            }
+        }
+    } else {
+        body::incoming(incoming)
+    };
+    Ok(RequestBody::Streaming(Some(Guarded::new(body, guard).boxed())))
+}
+
+fn build_request(
+    method: &Method,
+    version: Version,
+    endpoint: &Endpoint,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Option<Request<Body>> {
+    let uri: Uri = format!("http://{}{}", endpoint.authority, path).parse().ok()?;
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers.clone();
+    Some(request)
+}
+
+/// Turns the upstream response into the downstream one; for a completed upgrade, splices
+/// the two upgraded connections together.
+fn upstream_response<G: Send + Sync + 'static>(
+    mut response: Response<Incoming>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    in_flight: G,
+) -> Response<Body> {
+    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
+    if upgraded {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let downstream_upgrade = downstream_upgrade.expect("checked above");
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            match tokio::try_join!(downstream_upgrade, upstream_upgrade) {
+                Ok((down, up)) => {
+                    let mut down = TokioIo::new(down);
+                    let mut up = TokioIo::new(up);
+                    if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        debug!(%error, "upgraded connection ended");
+                    }
+                }
+                Err(error) => debug!(%error, "upgrade failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, body::empty());
+    }
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, Guarded::new(body::incoming(incoming), in_flight).boxed())
+}
+
+fn upstream_headers(
+    ctx: &ConnContext,
+    listener: &ListenerRuntime,
+    plan: &ForwardPlan<'_>,
+    mut headers: HeaderMap,
+    host: &str,
+    keep_upgrade: bool,
+) -> HeaderMap {
+    let hcm = &listener.config.http;
+    strip_hop_by_hop(&mut headers, keep_upgrade);
+    headers.remove(header::EXPECT);
+    if hcm.use_remote_address && !hcm.skip_xff_append {
+        let ip = ctx.remote.ip().to_string();
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) => format!("{existing},{ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+    }
+    if hcm.use_remote_address || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
+    if hcm.generate_request_id && (regenerate || !headers.contains_key(&X_REQUEST_ID)) {
+        let id = uuid::Uuid::new_v4().to_string();
+        headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(&id).expect("uuid is ascii"));
+    }
+    let host_value = plan.action.host_rewrite.as_deref().unwrap_or(host);
+    if let Ok(v) = HeaderValue::from_str(host_value) {
+        headers.insert(header::HOST, v);
+    }
+    for m in plan.request_mutations {
+        apply_mutations(&mut headers, m);
+    }
+    headers
+}
+
+fn rewrite_path(action: &ForwardAction, matched_prefix: Option<&str>, path: &str) -> String {
+    let mut path = path.to_string();
+    if let (Some(new_prefix), Some(matched)) = (&action.prefix_rewrite, matched_prefix) {
+        let rest = path.get(matched.len()..).unwrap_or("");
+        path = format!("{new_prefix}{rest}");
+    }
+    if let Some((regex, substitution)) = &action.regex_rewrite {
+        let (p, q) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path.clone(), None),
+        };
+        let rewritten = regex.replace_all(&p, substitution.as_str()).into_owned();
+        path = match q {
+            Some(q) => format!("{rewritten}?{q}"),
+            None => rewritten,
+        };
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
+}
+
+/// Applies removals, then additions, of one level.
+pub fn apply_mutations(headers: &mut HeaderMap, m: &HeaderMutations) {
+    for name in &m.remove {
+        headers.remove(name);
+    }
+    for add in &m.add {
+        if add.value.is_empty() && !add.keep_empty_value {
+            continue;
+        }
+        match add.action {
+            AppendAction::AppendIfExistsOrAdd => {
+                headers.append(add.name.clone(), add.value.clone());
+            }
+            AppendAction::AddIfAbsent => {
+                if !headers.contains_key(&add.name) {
+                    headers.insert(add.name.clone(), add.value.clone());
+                }
+            }
+            AppendAction::OverwriteIfExistsOrAdd => {
+                headers.insert(add.name.clone(), add.value.clone());
+            }
+            AppendAction::OverwriteIfExists => {
+                if headers.contains_key(&add.name) {
+                    headers.insert(add.name.clone(), add.value.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The upgrade protocol a request asks for (`Connection: upgrade` plus `Upgrade: x`).
+fn requested_upgrade(headers: &HeaderMap) -> Option<String> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return None;
+    }
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+}
+
+/// Removes hop-by-hop headers (and those named by `Connection`); an upgrade keeps
+/// `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &HTTP2_SETTINGS] {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", |p| p.as_str())
+}
+
+fn request_host<B>(request: &Request<B>) -> &str {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+fn split_host_port(host: &str) -> (&str, Option<&str>) {
+    if host.starts_with('[') {
+        return match host.rsplit_once("]:") {
+            Some((h, p)) => (&host[..h.len() + 1], Some(p)),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => (h, Some(p)),
+        _ => (host, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers, deflate".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn host_and_port_split() {
+        assert_eq!(split_host_port("a.com:80"), ("a.com", Some("80")));
+        assert_eq!(split_host_port("[::1]:8080"), ("[::1]", Some("8080")));
+        assert_eq!(split_host_port("a.com"), ("a.com", None));
+    }
+}

@@ -1,0 +1,173 @@
+//! Route selection, compiled once per route table: virtual hosts are indexed by domain
+//! (exact, longest `*suffix`, longest `prefix*`, then `*`, as Envoy orders them; a port in
+//! `Host` is part of the name, as in Envoy without `strip_matching_host_port`) and routes
+//! are tried in order with matchers that were compiled during validation.
+
+use std::collections::HashMap;
+
+use http::HeaderMap;
+use xds_types::route::{Route, RouteTable, VirtualHost};
+
+/// A route table ready to serve.
+#[derive(Debug)]
+pub struct CompiledRoutes {
+    pub table: RouteTable,
+    exact: HashMap<String, usize>,
+    /// `(suffix, vhost)`, longest suffix first.
+    suffixes: Vec<(String, usize)>,
+    /// `(prefix, vhost)`, longest prefix first.
+    prefixes: Vec<(String, usize)>,
+    catch_all: Option<usize>,
+}
+
+/// What the router found for a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMatch<'a> {
+    pub virtual_host: &'a VirtualHost,
+    pub route: &'a Route,
+}
+
+impl CompiledRoutes {
+    /// Indexes the virtual hosts of `table` by domain.
+    pub fn new(table: RouteTable) -> Self {
+        let mut exact = HashMap::new();
+        let mut suffixes = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut catch_all = None;
+        for (i, vh) in table.virtual_hosts.iter().enumerate() {
+            for domain in &vh.domains {
+                if domain == "*" {
+                    catch_all = Some(i);
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    suffixes.push((suffix.to_string(), i));
+                } else if let Some(prefix) = domain.strip_suffix('*') {
+                    prefixes.push((prefix.to_string(), i));
+                } else {
+                    exact.insert(domain.clone(), i);
+                }
+            }
+        }
+        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Self {
+            table,
+            exact,
+            suffixes,
+            prefixes,
+            catch_all,
+        }
+    }
+
+    /// The virtual host serving `host` (already lowercased by the caller or not).
+    pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let host = host.to_ascii_lowercase();
+        let index = self
+            .exact
+            .get(&host)
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+                    .map(|(_, i)| *i)
+            })
+            .or(self.catch_all)?;
+        self.table.virtual_hosts.get(index)
+    }
+
+    /// The first route of the matching virtual host whose matcher accepts the request.
+    pub fn route<'a>(
+        &'a self,
+        host: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Option<RouteMatch<'a>> {
+        let virtual_host = self.virtual_host(host)?;
+        let query = path_and_query.split_once('?').map(|(_, q)| q);
+        let route = virtual_host.routes.iter().find(|r| {
+            let m = &r.matcher;
+            m.matches_path(path_and_query)
+                && m.headers
+                    .iter()
+                    .all(|h| h.matches(header_value(headers, &h.name, host, path_and_query).as_deref()))
+                && m.query_parameters.iter().all(|q| q.matches(query))
+        })?;
+        Some(RouteMatch {
+            virtual_host,
+            route,
+        })
+    }
+}
+
+/// A header's value for matching: values of a repeated header joined by `,`, and the
+/// pseudo-headers `:authority`/`:path` answered from the request.
+fn header_value(headers: &HeaderMap, name: &str, host: &str, path: &str) -> Option<String> {
+    match name {
+        ":authority" => return Some(host.to_string()),
+        ":path" => return Some(path.to_string()),
+        _ => {}
+    }
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    Some(values.fold(first.to_string(), |mut acc, v| {
+        acc.push(',');
+        acc.push_str(v);
+        acc
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+    fn compile(yaml: &str) -> CompiledRoutes {
+        let rc: RouteConfiguration =
+            xds_types::decode::from_yaml(yaml, "envoy.config.route.v3.RouteConfiguration").unwrap();
+        CompiledRoutes::new(RouteTable::try_from(&rc).unwrap())
+    }
+
+    #[test]
+    fn domain_precedence_follows_envoy() {
+        let r = compile(
+            "virtual_hosts: [
+               {name: exact, domains: ['api.example.com']},
+               {name: suffix, domains: ['*.example.com']},
+               {name: longer_suffix, domains: ['*.eu.example.com']},
+               {name: prefix, domains: ['api.*']},
+               {name: any, domains: ['*']}]",
+        );
+        let vh = |h: &str| r.virtual_host(h).unwrap().name.clone();
+        assert_eq!(vh("API.example.com"), "exact");
+        // As in Envoy, a port in Host is part of the name being matched.
+        assert_eq!(vh("api.example.com:8080"), "prefix");
+        assert_eq!(vh("x.example.com"), "suffix");
+        assert_eq!(vh("x.eu.example.com"), "longer_suffix");
+        assert_eq!(vh("api.other.org"), "prefix");
+        assert_eq!(vh("other.org"), "any");
+    }
+
+    #[test]
+    fn routes_match_headers_and_query() {
+        let r = compile(
+            "virtual_hosts: [{name: a, domains: ['*'], routes: [
+               {name: h, match: {prefix: /, headers: [{name: x-canary, string_match: {exact: 'yes'}}]}, direct_response: {status: 200}},
+               {name: q, match: {prefix: /, query_parameters: [{name: debug, present_match: true}]}, direct_response: {status: 200}},
+               {name: inv, match: {prefix: /, headers: [{name: x-block, present_match: true, invert_match: true}]}, direct_response: {status: 200}}]}]",
+        );
+        let mut headers = HeaderMap::new();
+        let name = |p: &str, h: &HeaderMap| r.route("h", p, h).map(|m| m.route.name.clone());
+        assert_eq!(name("/x?debug", &headers).as_deref(), Some("q"));
+        assert_eq!(name("/x", &headers).as_deref(), Some("inv"));
+        headers.insert("x-block", "1".parse().unwrap());
+        assert_eq!(name("/x", &headers), None);
+        headers.insert("x-canary", "yes".parse().unwrap());
+        assert_eq!(name("/x", &headers).as_deref(), Some("h"));
+    }
+}

@@ -1,0 +1,108 @@
+//! The process: build the first snapshot, start listeners and the admin server, reload on
+//! `SIGHUP`, drain on `SIGTERM`/`SIGINT`/`/quitquitquit`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+use xds_types::Bootstrap;
+
+use crate::admin::{self, AdminState};
+use crate::config::SnapshotStore;
+use crate::listener::{bind, ListenerError, ListenerManager};
+use crate::proxy::FlagCounters;
+use crate::stats::Stats;
+
+/// What `sluice` was started with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The bootstrap file, re-read on `SIGHUP`.
+    pub config_path: PathBuf,
+    /// How long draining waits for open connections.
+    pub drain_time: Duration,
+    /// Worker threads, reported by `/server_info`.
+    pub concurrency: usize,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error("admin: cannot bind {address}: {source}")]
+    AdminBind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs until asked to stop, then drains.
+pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerError> {
+    let stats = Stats::new();
+    let admin_address = bootstrap.admin;
+    let store = SnapshotStore::new(bootstrap, stats.clone());
+    let listeners = Arc::new(ListenerManager::new(store.clone(), FlagCounters::new(&stats)));
+    listeners.reconcile(&store.load())?;
+    let shutdown = Arc::new(Notify::new());
+    let admin_state = Arc::new(AdminState {
+        store: store.clone(),
+        listeners: listeners.clone(),
+        draining: Default::default(),
+        shutdown: shutdown.clone(),
+        started: Instant::now(),
+        concurrency: options.concurrency,
+    });
+    if let Some(address) = admin_address {
+        let socket = bind(address).map_err(|source| ServerError::AdminBind { address, source })?;
+        info!(%address, "admin listening");
+        tokio::spawn(admin::serve(socket, admin_state.clone()));
+    }
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&options, &store, &listeners).await,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = shutdown.notified() => break,
+        }
+    }
+    info!(drain_time = ?options.drain_time, "draining");
+    admin_state.draining.store(true, Ordering::Relaxed);
+    listeners.shutdown(options.drain_time).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the bootstrap; a valid one is published as a new snapshot, an invalid one is
+/// logged and the current config keeps serving.
+async fn reload(options: &Options, store: &SnapshotStore, listeners: &ListenerManager) {
+    let text = match tokio::fs::read_to_string(&options.config_path).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(path = %options.config_path.display(), error = %e, "reload: cannot read bootstrap; keeping current config");
+            return;
+        }
+    };
+    let bootstrap = match Bootstrap::from_yaml(&text) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(path = %options.config_path.display(), error = %e, "reload: invalid bootstrap; keeping current config");
+            return;
+        }
+    };
+    let snapshot = store.publish(bootstrap);
+    if let Err(e) = listeners.reconcile(&snapshot) {
+        error!(error = %e, "reload: listener failed to start");
+    }
+    info!(version = snapshot.version, "reloaded bootstrap");
+}

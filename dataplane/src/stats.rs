@@ -1,0 +1,221 @@
+//! Counters and gauges, named as Envoy names them so dashboards carry over.
+//!
+//! Each metric is one `prometheus-client` handle (an `Arc`'d atomic) held by the code that
+//! updates it; the hot path never takes a lock. The registry and the flat name index used
+//! by `/stats` sit behind a mutex touched only when a listener or cluster is created and
+//! when the admin endpoints render.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// The process-wide metric registry.
+#[derive(Default)]
+pub struct Stats {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    registry: Registry,
+    counters: BTreeMap<&'static str, Family<Labels, Counter>>,
+    gauges: BTreeMap<&'static str, Family<Labels, Gauge>>,
+    /// Envoy-style flat names (`cluster.web.upstream_rq_total`) for `/stats`.
+    flat: BTreeMap<String, Metric>,
+}
+
+#[derive(Clone)]
+enum Metric {
+    Counter(Counter),
+    Gauge(Gauge),
+}
+
+/// Response code classes, indexed by `status / 100 - 1`.
+pub const CODE_CLASSES: [&str; 5] = ["1", "2", "3", "4", "5"];
+
+/// Counters of one HTTP connection manager (Envoy's `http.<stat_prefix>.*`).
+#[derive(Clone)]
+pub struct HttpStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_overflow: Counter,
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_xx: [Counter; 5],
+    pub downstream_rq_timeout: Counter,
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+}
+
+/// Counters of one cluster (Envoy's `cluster.<name>.*`).
+#[derive(Clone)]
+pub struct ClusterStats {
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_xx: [Counter; 5],
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_per_try_timeout: Counter,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub membership_total: Gauge,
+}
+
+impl Stats {
+    /// A fresh, empty registry.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn counter(&self, family: &'static str, help: &str, labels: Labels, flat: String) -> Counter {
+        let mut inner = self.inner.lock().expect("stats lock");
+        let fam = match inner.counters.get(family) {
+            Some(fam) => fam.clone(),
+            None => {
+                let fam = Family::<Labels, Counter>::default();
+                inner.registry.register(family, help.to_string(), fam.clone());
+                inner.counters.insert(family, fam.clone());
+                fam
+            }
+        };
+        let c = fam.get_or_create(&labels).clone();
+        inner.flat.insert(flat, Metric::Counter(c.clone()));
+        c
+    }
+
+    fn gauge(&self, family: &'static str, help: &str, labels: Labels, flat: String) -> Gauge {
+        let mut inner = self.inner.lock().expect("stats lock");
+        let fam = match inner.gauges.get(family) {
+            Some(fam) => fam.clone(),
+            None => {
+                let fam = Family::<Labels, Gauge>::default();
+                inner.registry.register(family, help.to_string(), fam.clone());
+                inner.gauges.insert(family, fam.clone());
+                fam
+            }
+        };
+        let g = fam.get_or_create(&labels).clone();
+        inner.flat.insert(flat, Metric::Gauge(g.clone()));
+        g
+    }
+
+    /// The counters of the connection manager with this `stat_prefix` (shared by name).
+    pub fn http(&self, prefix: &str) -> HttpStats {
+        let l = || vec![("envoy_http_conn_manager_prefix".to_string(), prefix.to_string())];
+        let name = |n: &str| format!("http.{prefix}.{n}");
+        let class = |i: usize| {
+            let mut labels = l();
+            labels.push(("envoy_response_code_class".into(), CODE_CLASSES[i].into()));
+            self.counter(
+                "envoy_http_downstream_rq_xx",
+                "Downstream responses by code class",
+                labels,
+                name(&format!("downstream_rq_{}xx", CODE_CLASSES[i])),
+            )
+        };
+        HttpStats {
+            downstream_cx_total: self.counter("envoy_http_downstream_cx", "Downstream connections accepted", l(), name("downstream_cx_total")),
+            downstream_cx_active: self.gauge("envoy_http_downstream_cx_active", "Open downstream connections", l(), name("downstream_cx_active")),
+            downstream_cx_overflow: self.counter("envoy_http_downstream_cx_overflow", "Connections refused by the connection limit", l(), name("downstream_cx_overflow")),
+            downstream_rq_total: self.counter("envoy_http_downstream_rq", "Downstream requests", l(), name("downstream_rq_total")),
+            downstream_rq_active: self.gauge("envoy_http_downstream_rq_active", "Downstream requests in flight", l(), name("downstream_rq_active")),
+            downstream_rq_xx: [class(0), class(1), class(2), class(3), class(4)],
+            downstream_rq_timeout: self.counter("envoy_http_downstream_rq_timeout", "Requests whose headers timed out (408)", l(), name("downstream_rq_timeout")),
+            no_route: self.counter("envoy_http_no_route", "Requests matching no route", l(), name("no_route")),
+            no_cluster: self.counter("envoy_http_no_cluster", "Requests routed to a missing cluster", l(), name("no_cluster")),
+        }
+    }
+
+    /// The counters of the cluster with this name (shared by name across updates).
+    pub fn cluster(&self, cluster: &str) -> ClusterStats {
+        let l = || vec![("envoy_cluster_name".to_string(), cluster.to_string())];
+        let name = |n: &str| format!("cluster.{cluster}.{n}");
+        let class = |i: usize| {
+            let mut labels = l();
+            labels.push(("envoy_response_code_class".into(), CODE_CLASSES[i].into()));
+            self.counter(
+                "envoy_cluster_upstream_rq_xx",
+                "Upstream responses by code class",
+                labels,
+                name(&format!("upstream_rq_{}xx", CODE_CLASSES[i])),
+            )
+        };
+        ClusterStats {
+            upstream_rq_total: self.counter("envoy_cluster_upstream_rq", "Upstream requests", l(), name("upstream_rq_total")),
+            upstream_rq_active: self.gauge("envoy_cluster_upstream_rq_active", "Upstream requests in flight", l(), name("upstream_rq_active")),
+            upstream_rq_xx: [class(0), class(1), class(2), class(3), class(4)],
+            upstream_rq_retry: self.counter("envoy_cluster_upstream_rq_retry", "Retries", l(), name("upstream_rq_retry")),
+            upstream_rq_timeout: self.counter("envoy_cluster_upstream_rq_timeout", "Requests that timed out", l(), name("upstream_rq_timeout")),
+            upstream_rq_per_try_timeout: self.counter("envoy_cluster_upstream_rq_per_try_timeout", "Tries that timed out", l(), name("upstream_rq_per_try_timeout")),
+            upstream_cx_connect_fail: self.counter("envoy_cluster_upstream_cx_connect_fail", "Failed upstream connects", l(), name("upstream_cx_connect_fail")),
+            upstream_rq_retry_limit_exceeded: self.counter("envoy_cluster_upstream_rq_retry_limit_exceeded", "Requests that ran out of retries", l(), name("upstream_rq_retry_limit_exceeded")),
+            upstream_cx_none_healthy: self.counter("envoy_cluster_upstream_cx_none_healthy", "Requests with no healthy endpoint", l(), name("upstream_cx_none_healthy")),
+            membership_total: self.gauge("envoy_cluster_membership_total", "Endpoints in the cluster", l(), name("membership_total")),
+        }
+    }
+
+    /// A counter per response flag (`UF`, `UT`, …), for operators to alert on.
+    pub fn response_flag(&self, flag: &str) -> Counter {
+        self.counter(
+            "sluice_http_downstream_rq_response_flag",
+            "Downstream requests by Envoy response flag",
+            vec![("envoy_response_flag".to_string(), flag.to_string())],
+            format!("http.response_flag.{flag}"),
+        )
+    }
+
+    /// Envoy's `/stats` text: `name: value` lines, sorted.
+    pub fn render_text(&self) -> String {
+        let inner = self.inner.lock().expect("stats lock");
+        let mut out = String::new();
+        for (name, metric) in &inner.flat {
+            let value = match metric {
+                Metric::Counter(c) => c.get() as i64,
+                Metric::Gauge(g) => g.get(),
+            };
+            out.push_str(&format!("{name}: {value}\n"));
+        }
+        out
+    }
+
+    /// Prometheus/OpenMetrics text exposition.
+    pub fn render_prometheus(&self) -> String {
+        let inner = self.inner.lock().expect("stats lock");
+        let mut out = String::new();
+        encode(&mut out, &inner.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Index of a status code's class in [`CODE_CLASSES`].
+pub fn class_index(status: u16) -> usize {
+    (usize::from(status / 100).clamp(1, 5)) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_by_name_and_rendered_in_both_formats() {
+        let stats = Stats::new();
+        let a = stats.cluster("web");
+        let b = stats.cluster("web");
+        a.upstream_rq_total.inc();
+        b.upstream_rq_total.inc();
+        a.upstream_rq_xx[class_index(503)].inc();
+        let text = stats.render_text();
+        assert!(text.contains("cluster.web.upstream_rq_total: 2\n"), "{text}");
+        assert!(text.contains("cluster.web.upstream_rq_5xx: 1\n"), "{text}");
+        let prom = stats.render_prometheus();
+        assert!(prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"web\"} 2"), "{prom}");
+    }
+}
