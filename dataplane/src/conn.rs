@@ -19,6 +19,10 @@ pub struct ConnState {
     pub head_pending: AtomicBool,
     /// Read or write events, ever (for idle detection without clock reads per I/O).
     pub io_events: AtomicU64,
+    /// The request head being read carries both `Content-Length` and
+    /// `Transfer-Encoding`; the request is refused with 400 (hyper would silently prefer
+    /// `Transfer-Encoding`, Envoy refuses, and so do we).
+    pub conflicting_framing: AtomicBool,
 }
 
 impl ConnState {
@@ -41,19 +45,71 @@ impl Drop for ActiveRequest {
     }
 }
 
+/// Longest request head the framing inspector buffers.
+const MAX_INSPECTED_HEAD: usize = 64 * 1024;
+
 pin_project_lite::pin_project! {
-    /// A socket that reports its activity to a [`ConnState`].
+    /// A socket that reports its activity to a [`ConnState`] and inspects HTTP/1 request
+    /// heads for conflicting framing headers.
     pub struct TrackedIo<S> {
         #[pin]
         inner: S,
         state: Arc<ConnState>,
+        head: HeadInspector,
     }
 }
 
 impl<S> TrackedIo<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, state: Arc<ConnState>) -> Self {
-        Self { inner, state }
+        Self {
+            inner,
+            state,
+            head: HeadInspector::default(),
+        }
+    }
+}
+
+/// Collects the bytes of the next HTTP/1 request head and parses it with `httparse` once
+/// complete. Only the framing headers are looked at; hyper remains the parser of record.
+#[derive(Debug, Default)]
+struct HeadInspector {
+    buffer: Vec<u8>,
+    /// `started` value of the last request whose head was inspected.
+    inspected_for: Option<u64>,
+    /// Not HTTP/1 (the HTTP/2 preface): stop inspecting.
+    disabled: bool,
+}
+
+impl HeadInspector {
+    fn observe(&mut self, state: &ConnState, bytes: &[u8]) {
+        if self.disabled || state.active.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let started = state.started.load(Ordering::Relaxed);
+        if self.inspected_for == Some(started) {
+            return;
+        }
+        if self.buffer.is_empty() && bytes.starts_with(b"PRI * HTTP/2") {
+            self.disabled = true;
+            return;
+        }
+        self.buffer.extend_from_slice(bytes);
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&self.buffer) {
+            Ok(httparse::Status::Partial) if self.buffer.len() < MAX_INSPECTED_HEAD => return,
+            Ok(httparse::Status::Complete(_)) => {
+                let has = |name: &str| request.headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+                if has("content-length") && has("transfer-encoding") {
+                    state.conflicting_framing.store(true, Ordering::Relaxed);
+                }
+            }
+            // Too long or malformed: hyper answers those itself (431/400).
+            _ => {}
+        }
+        self.buffer.clear();
+        self.inspected_for = Some(started);
     }
 }
 
@@ -67,6 +123,7 @@ impl<S: AsyncRead> AsyncRead for TrackedIo<S> {
         let before = buf.filled().len();
         let result = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
+            this.head.observe(this.state, &buf.filled()[before..]);
             this.state.io_events.fetch_add(1, Ordering::Relaxed);
             if this.state.active.load(Ordering::Relaxed) == 0 {
                 this.state.head_pending.store(true, Ordering::Relaxed);

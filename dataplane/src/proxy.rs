@@ -125,6 +125,15 @@ pub async fn serve(
     let stats = listener.stats.clone();
     stats.downstream_rq_total.inc();
     let rq_active = GaugeGuard::new(&stats.downstream_rq_active);
+    if ctx.conn.conflicting_framing.swap(false, Ordering::Relaxed) {
+        // Both Content-Length and Transfer-Encoding: a request smuggling attempt.
+        stats.downstream_rq_xx[class_index(400)].inc();
+        ctx.flags.inc(ResponseFlag::DownstreamProtocolError);
+        let mut response = local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        drop((active, rq_active));
+        return Ok(response);
+    }
     let method = request.method().clone();
     let version = request.version();
     let path = path_and_query(request.uri()).to_string();

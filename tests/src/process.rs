@@ -1,0 +1,169 @@
+//! A real `sluice` process started from a bootstrap text, stopped (by PID) when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::client::HttpClient;
+
+/// Path of a workspace binary: `$SLUICE_BIN_DIR/NAME`, else beside the test executable's
+/// `deps/` directory (the target profile directory cargo built it into).
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("SLUICE_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    profile_dir.join(name)
+}
+
+/// A running `sluice`.
+pub struct Sluice {
+    child: Child,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sluice {
+    /// Starts `sluice -c` with `bootstrap` (which must put the admin server on `admin`)
+    /// and waits until `/ready` answers.
+    pub async fn start(bootstrap: &str, admin: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with_args(bootstrap, admin, &[]).await
+    }
+
+    /// As [`Sluice::start`], with extra command-line arguments.
+    pub async fn start_with_args(bootstrap: &str, admin: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("bootstrap.yaml");
+        std::fs::write(&config_path, bootstrap)?;
+        let bin = binary("sluice");
+        if !bin.exists() {
+            bail!("{} not found: build it first (cargo build --bins)", bin.display());
+        }
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", "2", "--drain-time-s", "2"])
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let mut sluice = Self { child, admin, config_path, _dir: dir };
+        sluice.wait_ready().await?;
+        Ok(sluice)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = HttpClient::http1();
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("sluice exited early: {status}");
+            }
+            if let Ok(r) = client.get(self.admin, "admin", "/ready", &[]).await {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("sluice did not become ready")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        let _ = kill(self.child.id(), signal);
+    }
+
+    /// Writes a new bootstrap and sends SIGHUP.
+    pub fn reload(&self, bootstrap: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.config_path, bootstrap)?;
+        self.signal(libc::SIGHUP);
+        Ok(())
+    }
+
+    /// `GET` an admin path.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
+        let r = HttpClient::http1().get(self.admin, "admin", path, &[]).await?;
+        Ok(String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// The value of one `/stats` counter (0 when absent).
+    pub async fn stat(&self, name: &str) -> anyhow::Result<i64> {
+        let stats = self.admin_get("/stats").await?;
+        Ok(stats
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Resident set size in bytes, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_of(self.child.id())
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("sluice did not exit");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kill(pid: u32, signal: i32) -> std::io::Result<()> {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+/// Resident set size of a process in bytes (VmRSS).
+pub fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident set size of a process in bytes (VmHWM).
+pub fn peak_rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

@@ -1,0 +1,195 @@
+//! An HTTP upstream for tests and the demo: it answers with a JSON description of the
+//! request, and its behaviour is steered by request headers (so path rewrites by the proxy
+//! do not interfere):
+//! - `x-test-status: N` — answer with status N;
+//! - `x-test-fail-first: K` with `x-test-key: ID` — the first K requests of that key get 503;
+//! - `x-test-delay-ms: N` — wait before answering;
+//! - `x-test-response-bytes: N` — stream N bytes instead of JSON;
+//! - `x-test-echo-body: 1` — stream the request body back.
+//!
+//! It records every request whose body it read completely, so tests can assert what an
+//! upstream did (or did not) see.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A request the upstream received in full.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body_bytes: u64,
+}
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct State {
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    failures: Mutex<HashMap<String, u64>>,
+}
+
+impl Upstream {
+    /// Starts an upstream named `name` (reported as `server` in its JSON) on a free port.
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        Self::serve(listener, name)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn serve(listener: TcpListener, name: &str) -> Self {
+        let addr = listener.local_addr().expect("local addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(State {
+            name: name.to_string(),
+            seen: seen.clone(),
+            failures: Mutex::default(),
+        });
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |r| handle(state.clone(), r));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, name: name.to_string(), seen, task }
+    }
+
+    /// Requests received in full so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Forgets what was seen.
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn header<'a>(r: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let status = header(&request, "x-test-status").and_then(|s| s.parse().ok());
+    let delay = header(&request, "x-test-delay-ms").and_then(|s| s.parse().ok());
+    let response_bytes: Option<u64> = header(&request, "x-test-response-bytes").and_then(|s| s.parse().ok());
+    let echo = header(&request, "x-test-echo-body").is_some();
+    let fail_first: Option<u64> = header(&request, "x-test-fail-first").and_then(|s| s.parse().ok());
+    let key = header(&request, "x-test-key").unwrap_or("").to_string();
+    let method = request.method().to_string();
+    let path = request.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
+    let headers = request.headers().clone();
+    let mut all_headers = serde_json::Map::new();
+    for name in headers.keys() {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        all_headers.insert(name.to_string(), values.join(",").into());
+    }
+
+    if echo {
+        let seen = state.seen.clone();
+        let (_, body) = request.into_parts();
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = total.clone();
+        let stream = body.into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk))
+        });
+        let on_end = futures_util::stream::once(async move {
+            let body_bytes = total.load(std::sync::atomic::Ordering::Relaxed);
+            seen.lock().unwrap().push(Seen { method, path, headers, body_bytes });
+            Ok(Frame::data(Bytes::new()))
+        });
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream.chain(on_end)))));
+    }
+
+    // Read the whole body, counting bytes without keeping them.
+    let mut body = request.into_body();
+    let mut body_bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => {
+                return Ok(simple(StatusCode::BAD_REQUEST, "bad body"));
+            }
+        }
+    }
+    state.seen.lock().unwrap().push(Seen { method: method.clone(), path: path.clone(), headers: headers.clone(), body_bytes });
+
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(k) = fail_first {
+        let mut failures = state.failures.lock().unwrap();
+        let n = failures.entry(key).or_insert(0);
+        *n += 1;
+        if *n <= k {
+            return Ok(simple(StatusCode::SERVICE_UNAVAILABLE, "planned failure"));
+        }
+    }
+    if let Some(n) = response_bytes {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = n / chunk.len() as u64;
+        let rest = (n % chunk.len() as u64) as usize;
+        let tail = chunk.slice(..rest);
+        let stream = futures_util::stream::iter((0..chunks).map(move |_| chunk.clone()))
+            .chain(futures_util::stream::iter((rest > 0).then_some(tail)))
+            .map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut().insert("content-type", "application/octet-stream".parse().unwrap());
+        return Ok(r);
+    }
+    let json = serde_json::json!({
+        "server": state.name,
+        "method": method,
+        "path": path,
+        "headers": all_headers,
+        "body_bytes": body_bytes,
+    });
+    let mut r = Response::new(Full::new(Bytes::from(json.to_string())).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("x-upstream", state.name.parse().unwrap());
+    Ok(r)
+}
+
+fn simple(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r
+}
