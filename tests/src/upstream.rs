@@ -112,6 +112,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     let fail_first: Option<u64> = header(&request, "x-test-fail-first").and_then(|s| s.parse().ok());
     let key = header(&request, "x-test-key").unwrap_or("").to_string();
     let method = request.method().to_string();
+    let version = format!("{:?}", request.version());
     let path = request.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
     let headers = request.headers().clone();
     let mut all_headers = serde_json::Map::new();
@@ -177,6 +178,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     let json = serde_json::json!({
         "server": state.name,
         "method": method,
+        "version": version,
         "path": path,
         "headers": all_headers,
         "body_bytes": body_bytes,
