@@ -1,8 +1,28 @@
 //! Locates the FileDescriptorSet that the `envoy-types` crate ships (but does not export)
-//! and copies it into OUT_DIR, so proto3-JSON/YAML authoring can use `prost-reflect`
-//! without copying Envoy's `.proto` files or descriptors into this repository.
+//! and writes the part of it Sluice reads into OUT_DIR, so proto3-JSON/YAML authoring can
+//! use `prost-reflect` without copying Envoy's `.proto` files or descriptors into this
+//! repository. The full set (every Envoy extension) costs ~50 MB of RSS once decoded; the
+//! transitive closure of the messages below is a fraction of that.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+
+use prost::Message;
+use prost_types::{FileDescriptorProto, FileDescriptorSet};
+
+/// Messages that can appear in a bootstrap or an xDS resource Sluice accepts, including
+/// inside `Any` fields. Everything they import comes along.
+const ROOTS: &[&str] = &[
+    "envoy.config.bootstrap.v3.Bootstrap",
+    "envoy.config.listener.v3.Listener",
+    "envoy.config.route.v3.RouteConfiguration",
+    "envoy.config.cluster.v3.Cluster",
+    "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+    "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+];
 
 const ENVOY_TYPES_DIR: &str = "envoy-types-0.7.7";
 
@@ -16,7 +36,37 @@ fn main() {
         )
     });
     println!("cargo:rerun-if-changed={}", source.display());
-    std::fs::copy(&source, &out).expect("copy envoy descriptor set");
+    let bytes = std::fs::read(&source).expect("read envoy descriptor set");
+    let set = FileDescriptorSet::decode(bytes.as_slice()).expect("decode envoy descriptor set");
+    std::fs::write(&out, prune(set).encode_to_vec()).expect("write descriptor set");
+}
+
+/// Keeps the files defining [`ROOTS`] and everything they import, in the original
+/// (dependency-first) order.
+fn prune(set: FileDescriptorSet) -> FileDescriptorSet {
+    let by_name: HashMap<&str, &FileDescriptorProto> =
+        set.file.iter().map(|f| (f.name(), f)).collect();
+    let mut keep = HashSet::new();
+    let mut pending: Vec<&str> = ROOTS
+        .iter()
+        .map(|root| {
+            let (package, message) = root.rsplit_once('.').expect("qualified name");
+            set.file
+                .iter()
+                .find(|f| f.package() == package && f.message_type.iter().any(|m| m.name() == message))
+                .unwrap_or_else(|| panic!("{root} is not in the envoy-types descriptor set"))
+                .name()
+        })
+        .collect();
+    while let Some(name) = pending.pop() {
+        if keep.insert(name.to_string()) {
+            let file = by_name.get(name).unwrap_or_else(|| panic!("missing {name}"));
+            pending.extend(file.dependency.iter().map(String::as_str));
+        }
+    }
+    FileDescriptorSet {
+        file: set.file.iter().filter(|f| keep.contains(f.name())).cloned().collect(),
+    }
 }
 
 fn find_descriptor_set() -> Option<PathBuf> {

@@ -81,7 +81,7 @@ pub fn for_flag(flag: ResponseFlag) -> Response<Body> {
         ResponseFlag::NoHealthyUpstream => reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
         ResponseFlag::UpstreamConnectionFailure | ResponseFlag::UpstreamRetryLimitExceeded => reply(
             StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
         ),
         ResponseFlag::UpstreamConnectionTermination => reply(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,0 +1,161 @@
+//! The process lifecycle: a bad bootstrap exits with the field path, SIGHUP swaps the
+//! config under load without a failed request (and every response comes from one
+//! snapshot), an invalid reload keeps the old config, SIGTERM drains.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_tests::client::HttpClient;
+use sluice_tests::config::{bootstrap, cluster, http_listener};
+use sluice_tests::process::{binary, Sluice};
+use sluice_tests::upstream::Upstream;
+use sluice_tests::{eventually, free_addr};
+
+fn versioned(admin: std::net::SocketAddr, listener: std::net::SocketAddr, version: u32, v1: &Upstream, v2: &Upstream) -> String {
+    let target = if version % 2 == 1 { "v1" } else { "v2" };
+    let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"],
+        "response_headers_to_add": [ { "header": { "key": "x-config-version", "value": target } } ],
+        "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": target } } ] } ] });
+    bootstrap(
+        admin,
+        vec![http_listener("ingress", listener, routes, json!({}))],
+        vec![cluster("v1", &[(v1.addr, 1)], json!({})), cluster("v2", &[(v2.addr, 1)], json!({}))],
+    )
+}
+
+#[tokio::test]
+async fn invalid_bootstrap_exits_with_the_field_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        r#"
+static_resources:
+  clusters:
+  - name: a
+    lb_policy: MAGLEV
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary("sluice")).arg("-c").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("static_resources.clusters[0].lb_policy"), "{stderr}");
+
+    std::fs::write(&path, "static_resources: {clusters: [{name: a, circuit_breakers: {}}]}").unwrap();
+    let out = std::process::Command::new(binary("sluice")).arg("-c").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("static_resources.clusters[0].circuit_breakers: field is not supported"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sighup_swaps_under_load_fail_no_request() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let admin = free_addr();
+    let listener = free_addr();
+    let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mismatched = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..8 {
+        let (stop, failures, mismatched) = (stop.clone(), failures.clone(), mismatched.clone());
+        workers.push(tokio::spawn(async move {
+            let client = HttpClient::http1();
+            let mut served: HashMap<String, u64> = HashMap::new();
+            // Bounded: stops when told, after 30 s, or after 20,000 requests.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match client.get(listener, "h", "/", &[]).await {
+                    Ok(r) if r.status == 200 => {
+                        let server = r.json()["server"].as_str().unwrap_or("").to_string();
+                        if r.header("x-config-version").as_deref() != Some(server.as_str()) {
+                            mismatched.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *served.entry(server).or_default() += 1;
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            served
+        }));
+    }
+    for version in 2..=51 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sluice.reload(&versioned(admin, listener, version, &v1, &v2)).unwrap();
+        let expected = i64::from(version);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                let info: serde_json::Value = serde_json::from_str(&sluice.admin_get("/server_info").await.unwrap()).unwrap();
+                info["config_version"].as_i64() == Some(expected)
+            })
+            .await,
+            "reload {version} not applied"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut served: HashMap<String, u64> = HashMap::new();
+    for w in workers {
+        for (k, v) in w.await.unwrap() {
+            *served.entry(k).or_default() += v;
+        }
+    }
+    let total: u64 = served.values().sum();
+    eprintln!("served {total} requests across 50 swaps: {served:?}");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests");
+    assert_eq!(mismatched.load(Ordering::Relaxed), 0, "a response mixed two config versions");
+    assert!(served.get("v1").copied().unwrap_or(0) > 0 && served.get("v2").copied().unwrap_or(0) > 0, "{served:?}");
+    assert!(total > 1000, "load too small: {total}");
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_previous_config() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let admin = free_addr();
+    let listener = free_addr();
+    let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin).await.unwrap();
+    let client = HttpClient::http1();
+    sluice.reload("static_resources: {listeners: [{name: broken}]}").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client.get(listener, "h", "/", &[]).await.unwrap();
+    assert_eq!(r.json()["server"], "v1");
+    let info: serde_json::Value = serde_json::from_str(&sluice.admin_get("/server_info").await.unwrap()).unwrap();
+    assert_eq!(info["config_version"], 1);
+    // A valid reload afterwards applies.
+    sluice.reload(&versioned(admin, listener, 2, &v1, &v2)).unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { client.get(listener, "h", "/", &[]).await.unwrap().json()["server"] == "v2" }).await);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let admin = free_addr();
+    let listener = free_addr();
+    let mut sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin).await.unwrap();
+    let client = HttpClient::http1();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(listener, "h", "/slow", &[("x-test-delay-ms", "800")]).await }
+    });
+    assert!(eventually(Duration::from_secs(5), || async { !v1.seen().is_empty() }).await);
+    sluice.signal(libc::SIGTERM);
+    let reply = slow.await.unwrap().expect("in-flight request completes");
+    assert_eq!(reply.status, 200);
+    let status = sluice.wait_exit(Duration::from_secs(5)).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(tokio::net::TcpStream::connect(listener).await.is_err(), "no longer accepting");
+}
