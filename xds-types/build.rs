@@ -53,19 +53,28 @@ fn prune(set: FileDescriptorSet) -> FileDescriptorSet {
             let (package, message) = root.rsplit_once('.').expect("qualified name");
             set.file
                 .iter()
-                .find(|f| f.package() == package && f.message_type.iter().any(|m| m.name() == message))
+                .find(|f| {
+                    f.package() == package && f.message_type.iter().any(|m| m.name() == message)
+                })
                 .unwrap_or_else(|| panic!("{root} is not in the envoy-types descriptor set"))
                 .name()
         })
         .collect();
     while let Some(name) = pending.pop() {
         if keep.insert(name.to_string()) {
-            let file = by_name.get(name).unwrap_or_else(|| panic!("missing {name}"));
+            let file = by_name
+                .get(name)
+                .unwrap_or_else(|| panic!("missing {name}"));
             pending.extend(file.dependency.iter().map(String::as_str));
         }
     }
     FileDescriptorSet {
-        file: set.file.iter().filter(|f| keep.contains(f.name())).cloned().collect(),
+        file: set
+            .file
+            .iter()
+            .filter(|f| keep.contains(f.name()))
+            .cloned()
+            .collect(),
     }
 }
 

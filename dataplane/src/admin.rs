@@ -55,7 +55,10 @@ pub async fn serve(socket: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<AdminState>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path();
     let method = request.method();
     let response = match (method, path) {
@@ -72,7 +75,9 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Result<Re
             let mut r = text(StatusCode::OK, state.store.stats().render_prometheus());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -91,7 +96,10 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Result<Re
             state.shutdown.notify_one();
             text(StatusCode::OK, "OK\n")
         }
-        (_, "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST\n"),
+        (_, "/quitquitquit") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "This endpoint requires POST\n",
+        ),
         _ => text(StatusCode::NOT_FOUND, "invalid path\n"),
     };
     Ok(response)
@@ -100,15 +108,21 @@ async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Result<Re
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut r = Response::new(body::full(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
     r
 }
 
 fn json_response(value: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(body::full(serde_json::to_vec_pretty(&value).unwrap_or_default()));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut r = Response::new(body::full(
+        serde_json::to_vec_pretty(&value).unwrap_or_default(),
+    ));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -161,7 +175,10 @@ fn clusters(state: &AdminState) -> String {
         out.push_str(&format!("{name}::default_priority::max_requests::1024\n"));
         for e in &cluster.endpoints().endpoints {
             let a = &e.authority;
-            out.push_str(&format!("{name}::{a}::rq_active::{}\n", e.active.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "{name}::{a}::rq_active::{}\n",
+                e.active.load(Ordering::Relaxed)
+            ));
             out.push_str(&format!("{name}::{a}::weight::{}\n", e.weight));
             out.push_str(&format!("{name}::{a}::health_flags::healthy\n"));
         }

@@ -257,7 +257,10 @@ async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
             .iter()
             .map(|e| (e.authority.clone(), e.weight))
             .collect();
-        if current != resolved && !(resolved.is_empty() && !current.is_empty()) {
+        // An empty answer never replaces known endpoints (a DNS outage keeps the last
+        // good set, as Envoy does).
+        let keep_last_good = resolved.is_empty() && !current.is_empty();
+        if current != resolved && !keep_last_good {
             debug!(cluster = %state.config.name, endpoints = resolved.len(), "dns endpoints changed");
             state.stats.membership_total.set(resolved.len() as i64);
             state.endpoints.store(Arc::new(EndpointSet::new(resolved)));

@@ -78,7 +78,12 @@ impl SnapshotStore {
     }
 }
 
-fn build(bootstrap: Bootstrap, previous: Option<&Snapshot>, stats: &Stats, version: u64) -> Snapshot {
+fn build(
+    bootstrap: Bootstrap,
+    previous: Option<&Snapshot>,
+    stats: &Stats,
+    version: u64,
+) -> Snapshot {
     let clusters = bootstrap
         .clusters
         .iter()

@@ -100,7 +100,12 @@ impl HeadInspector {
         match request.parse(&self.buffer) {
             Ok(httparse::Status::Partial) if self.buffer.len() < MAX_INSPECTED_HEAD => return,
             Ok(httparse::Status::Complete(_)) => {
-                let has = |name: &str| request.headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+                let has = |name: &str| {
+                    request
+                        .headers
+                        .iter()
+                        .any(|h| h.name.eq_ignore_ascii_case(name))
+                };
                 if has("content-length") && has("transfer-encoding") {
                     state.conflicting_framing.store(true, Ordering::Relaxed);
                 }

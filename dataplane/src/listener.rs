@@ -104,10 +104,14 @@ impl ListenerManager {
             source,
         })?;
         let (drain, drain_rx) = watch::channel(false);
-        let limit = listener
-            .config
-            .connection_limit
-            .map(|l| (Arc::new(Semaphore::new(l.max_connections.min(Semaphore::MAX_PERMITS as u64) as usize)), l.delay));
+        let limit = listener.config.connection_limit.map(|l| {
+            (
+                Arc::new(Semaphore::new(
+                    l.max_connections.min(Semaphore::MAX_PERMITS as u64) as usize,
+                )),
+                l.delay,
+            )
+        });
         info!(listener = %name, %address, "listening");
         tokio::spawn(accept_loop(
             socket,
@@ -276,7 +280,8 @@ async fn serve_connection(
         Codec::Http2 => builder.http2_only(),
     };
     let service_ctx = ctx.clone();
-    let service = hyper::service::service_fn(move |request| proxy::serve(service_ctx.clone(), request));
+    let service =
+        hyper::service::service_fn(move |request| proxy::serve(service_ctx.clone(), request));
     let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
 
     let header_timeout = hcm.request_headers_timeout;
@@ -369,5 +374,8 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 fn duplicate(stream: TcpStream) -> std::io::Result<(TcpStream, Option<TcpStream>)> {
     let std_stream = stream.into_std()?;
     let spare = std_stream.try_clone()?;
-    Ok((TcpStream::from_std(std_stream)?, Some(TcpStream::from_std(spare)?)))
+    Ok((
+        TcpStream::from_std(std_stream)?,
+        Some(TcpStream::from_std(spare)?),
+    ))
 }

@@ -51,7 +51,10 @@ fn main() -> ExitCode {
     let bootstrap = match xds_types::Bootstrap::from_yaml(&text) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("error: invalid bootstrap {}: {e}", cli.config_path.display());
+            eprintln!(
+                "error: invalid bootstrap {}: {e}",
+                cli.config_path.display()
+            );
             return ExitCode::from(1);
         }
     };

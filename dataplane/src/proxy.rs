@@ -130,7 +130,9 @@ pub async fn serve(
         stats.downstream_rq_xx[class_index(400)].inc();
         ctx.flags.inc(ResponseFlag::DownstreamProtocolError);
         let mut response = local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         drop((active, rq_active));
         return Ok(response);
     }
@@ -140,8 +142,16 @@ pub async fn serve(
     let host = request_host(&request).to_string();
 
     let mut outcome = Outcome::default();
-    let (mut response, mutations) =
-        route_request(&ctx, &snapshot, &listener, request, &host, &path, &mut outcome).await;
+    let (mut response, mutations) = route_request(
+        &ctx,
+        &snapshot,
+        &listener,
+        request,
+        &host,
+        &path,
+        &mut outcome,
+    )
+    .await;
     for m in mutations {
         apply_mutations(response.headers_mut(), m);
     }
@@ -191,7 +201,10 @@ async fn route_request<'s>(
     else {
         listener.stats.no_route.inc();
         outcome.flag = Some(ResponseFlag::NoRouteFound);
-        return (local_reply::for_flag(ResponseFlag::NoRouteFound), Vec::new());
+        return (
+            local_reply::for_flag(ResponseFlag::NoRouteFound),
+            Vec::new(),
+        );
     };
     let mutations = vec![
         &route.response_headers,
@@ -275,7 +288,8 @@ fn redirect_response(
         None => format!("{scheme}://{target_host}{new_path}"),
     };
     let mut response = Response::new(body::empty());
-    *response.status_mut() = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    *response.status_mut() =
+        StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
@@ -352,7 +366,8 @@ async fn forward(
         Err(()) => {
             outcome.flag = Some(ResponseFlag::DownstreamProtocolError);
             let mut r = local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
     };
@@ -377,7 +392,14 @@ async fn forward(
             RequestBody::Replayable(bytes) => body::full(bytes.clone()),
             RequestBody::Streaming(b) => b.take().unwrap_or_else(body::empty),
         };
-        let upstream_request = match build_request(&parts.method, version, &endpoint, &upstream_path, &headers, try_body) {
+        let upstream_request = match build_request(
+            &parts.method,
+            version,
+            &endpoint,
+            &upstream_path,
+            &headers,
+            try_body,
+        ) {
             Some(r) => r,
             None => {
                 outcome.flag = Some(ResponseFlag::DownstreamProtocolError);
@@ -386,8 +408,14 @@ async fn forward(
         };
         cluster.stats.upstream_rq_total.inc();
         endpoint.active.fetch_add(1, Ordering::Relaxed);
-        let in_flight = (EndpointGuard(endpoint.clone()), GaugeGuard::new(&cluster.stats.upstream_rq_active));
-        let per_try = deadline_after(end_of_request.clone(), plan.policy.and_then(|p| p.per_try_timeout));
+        let in_flight = (
+            EndpointGuard(endpoint.clone()),
+            GaugeGuard::new(&cluster.stats.upstream_rq_active),
+        );
+        let per_try = deadline_after(
+            end_of_request.clone(),
+            plan.policy.and_then(|p| p.per_try_timeout),
+        );
 
         let result = tokio::select! {
             r = cluster.client.request(upstream_request) => TryResult::Done(r),
@@ -423,7 +451,11 @@ async fn forward(
                     ResponseFlag::UpstreamConnectionTermination
                 };
                 let retriable = policy.is_some_and(|p| {
-                    if connect { p.retries_connect_failure() } else { p.retries_reset() }
+                    if connect {
+                        p.retries_connect_failure()
+                    } else {
+                        p.retries_reset()
+                    }
                 });
                 Some((flag, retriable))
             }
@@ -515,7 +547,12 @@ async fn prepare_body(
         end_of_request.fire();
         return Ok(RequestBody::Replayable(Bytes::new()));
     }
-    if may_retry && incoming.size_hint().exact().is_some_and(|n| n <= RETRY_BUFFER_LIMIT) {
+    if may_retry
+        && incoming
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= RETRY_BUFFER_LIMIT)
+    {
         let bytes = incoming.collect().await.map_err(|_| ())?.to_bytes();
         end_of_request.fire();
         return Ok(RequestBody::Replayable(bytes));
@@ -538,7 +575,9 @@ async fn prepare_body(
     } else {
         body::incoming(incoming)
     };
-    Ok(RequestBody::Streaming(Some(Guarded::new(body, guard).boxed())))
+    Ok(RequestBody::Streaming(Some(
+        Guarded::new(body, guard).boxed(),
+    )))
 }
 
 fn build_request(
@@ -549,7 +588,9 @@ fn build_request(
     headers: &HeaderMap,
     body: Body,
 ) -> Option<Request<Body>> {
-    let uri: Uri = format!("http://{}{}", endpoint.authority, path).parse().ok()?;
+    let uri: Uri = format!("http://{}{}", endpoint.authority, path)
+        .parse()
+        .ok()?;
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
@@ -565,7 +606,8 @@ fn upstream_response<G: Send + Sync + 'static>(
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     in_flight: G,
 ) -> Response<Body> {
-    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
+    let upgraded =
+        response.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
     if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let downstream_upgrade = downstream_upgrade.expect("checked above");
@@ -587,7 +629,10 @@ fn upstream_response<G: Send + Sync + 'static>(
     }
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, Guarded::new(body::incoming(incoming), in_flight).boxed())
+    Response::from_parts(
+        parts,
+        Guarded::new(body::incoming(incoming), in_flight).boxed(),
+    )
 }
 
 fn upstream_headers(
@@ -617,7 +662,10 @@ fn upstream_headers(
     let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
     if hcm.generate_request_id && (regenerate || !headers.contains_key(&X_REQUEST_ID)) {
         let id = uuid::Uuid::new_v4().to_string();
-        headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(&id).expect("uuid is ascii"));
+        headers.insert(
+            X_REQUEST_ID.clone(),
+            HeaderValue::from_str(&id).expect("uuid is ascii"),
+        );
     }
     let host_value = plan.action.host_rewrite.as_deref().unwrap_or(host);
     if let Ok(v) = HeaderValue::from_str(host_value) {
@@ -726,7 +774,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

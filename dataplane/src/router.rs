@@ -47,8 +47,8 @@ impl CompiledRoutes {
                 }
             }
         }
-        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         Self {
             table,
             exact,
@@ -93,9 +93,9 @@ impl CompiledRoutes {
         let route = virtual_host.routes.iter().find(|r| {
             let m = &r.matcher;
             m.matches_path(path_and_query)
-                && m.headers
-                    .iter()
-                    .all(|h| h.matches(header_value(headers, &h.name, host, path_and_query).as_deref()))
+                && m.headers.iter().all(|h| {
+                    h.matches(header_value(headers, &h.name, host, path_and_query).as_deref())
+                })
                 && m.query_parameters.iter().all(|q| q.matches(query))
         })?;
         Some(RouteMatch {

@@ -48,7 +48,10 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
     let stats = Stats::new();
     let admin_address = bootstrap.admin;
     let store = SnapshotStore::new(bootstrap, stats.clone());
-    let listeners = Arc::new(ListenerManager::new(store.clone(), FlagCounters::new(&stats)));
+    let listeners = Arc::new(ListenerManager::new(
+        store.clone(),
+        FlagCounters::new(&stats),
+    ));
     listeners.reconcile(&store.load())?;
     let shutdown = Arc::new(Notify::new());
     let admin_state = Arc::new(AdminState {

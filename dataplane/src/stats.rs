@@ -81,7 +81,9 @@ impl Stats {
             Some(fam) => fam.clone(),
             None => {
                 let fam = Family::<Labels, Counter>::default();
-                inner.registry.register(family, help.to_string(), fam.clone());
+                inner
+                    .registry
+                    .register(family, help.to_string(), fam.clone());
                 inner.counters.insert(family, fam.clone());
                 fam
             }
@@ -97,7 +99,9 @@ impl Stats {
             Some(fam) => fam.clone(),
             None => {
                 let fam = Family::<Labels, Gauge>::default();
-                inner.registry.register(family, help.to_string(), fam.clone());
+                inner
+                    .registry
+                    .register(family, help.to_string(), fam.clone());
                 inner.gauges.insert(family, fam.clone());
                 fam
             }
@@ -109,7 +113,12 @@ impl Stats {
 
     /// The counters of the connection manager with this `stat_prefix` (shared by name).
     pub fn http(&self, prefix: &str) -> HttpStats {
-        let l = || vec![("envoy_http_conn_manager_prefix".to_string(), prefix.to_string())];
+        let l = || {
+            vec![(
+                "envoy_http_conn_manager_prefix".to_string(),
+                prefix.to_string(),
+            )]
+        };
         let name = |n: &str| format!("http.{prefix}.{n}");
         let class = |i: usize| {
             let mut labels = l();
@@ -122,15 +131,55 @@ impl Stats {
             )
         };
         HttpStats {
-            downstream_cx_total: self.counter("envoy_http_downstream_cx", "Downstream connections accepted", l(), name("downstream_cx_total")),
-            downstream_cx_active: self.gauge("envoy_http_downstream_cx_active", "Open downstream connections", l(), name("downstream_cx_active")),
-            downstream_cx_overflow: self.counter("envoy_http_downstream_cx_overflow", "Connections refused by the connection limit", l(), name("downstream_cx_overflow")),
-            downstream_rq_total: self.counter("envoy_http_downstream_rq", "Downstream requests", l(), name("downstream_rq_total")),
-            downstream_rq_active: self.gauge("envoy_http_downstream_rq_active", "Downstream requests in flight", l(), name("downstream_rq_active")),
+            downstream_cx_total: self.counter(
+                "envoy_http_downstream_cx",
+                "Downstream connections accepted",
+                l(),
+                name("downstream_cx_total"),
+            ),
+            downstream_cx_active: self.gauge(
+                "envoy_http_downstream_cx_active",
+                "Open downstream connections",
+                l(),
+                name("downstream_cx_active"),
+            ),
+            downstream_cx_overflow: self.counter(
+                "envoy_http_downstream_cx_overflow",
+                "Connections refused by the connection limit",
+                l(),
+                name("downstream_cx_overflow"),
+            ),
+            downstream_rq_total: self.counter(
+                "envoy_http_downstream_rq",
+                "Downstream requests",
+                l(),
+                name("downstream_rq_total"),
+            ),
+            downstream_rq_active: self.gauge(
+                "envoy_http_downstream_rq_active",
+                "Downstream requests in flight",
+                l(),
+                name("downstream_rq_active"),
+            ),
             downstream_rq_xx: [class(0), class(1), class(2), class(3), class(4)],
-            downstream_rq_timeout: self.counter("envoy_http_downstream_rq_timeout", "Requests whose headers timed out (408)", l(), name("downstream_rq_timeout")),
-            no_route: self.counter("envoy_http_no_route", "Requests matching no route", l(), name("no_route")),
-            no_cluster: self.counter("envoy_http_no_cluster", "Requests routed to a missing cluster", l(), name("no_cluster")),
+            downstream_rq_timeout: self.counter(
+                "envoy_http_downstream_rq_timeout",
+                "Requests whose headers timed out (408)",
+                l(),
+                name("downstream_rq_timeout"),
+            ),
+            no_route: self.counter(
+                "envoy_http_no_route",
+                "Requests matching no route",
+                l(),
+                name("no_route"),
+            ),
+            no_cluster: self.counter(
+                "envoy_http_no_cluster",
+                "Requests routed to a missing cluster",
+                l(),
+                name("no_cluster"),
+            ),
         }
     }
 
@@ -149,16 +198,61 @@ impl Stats {
             )
         };
         ClusterStats {
-            upstream_rq_total: self.counter("envoy_cluster_upstream_rq", "Upstream requests", l(), name("upstream_rq_total")),
-            upstream_rq_active: self.gauge("envoy_cluster_upstream_rq_active", "Upstream requests in flight", l(), name("upstream_rq_active")),
+            upstream_rq_total: self.counter(
+                "envoy_cluster_upstream_rq",
+                "Upstream requests",
+                l(),
+                name("upstream_rq_total"),
+            ),
+            upstream_rq_active: self.gauge(
+                "envoy_cluster_upstream_rq_active",
+                "Upstream requests in flight",
+                l(),
+                name("upstream_rq_active"),
+            ),
             upstream_rq_xx: [class(0), class(1), class(2), class(3), class(4)],
-            upstream_rq_retry: self.counter("envoy_cluster_upstream_rq_retry", "Retries", l(), name("upstream_rq_retry")),
-            upstream_rq_timeout: self.counter("envoy_cluster_upstream_rq_timeout", "Requests that timed out", l(), name("upstream_rq_timeout")),
-            upstream_rq_per_try_timeout: self.counter("envoy_cluster_upstream_rq_per_try_timeout", "Tries that timed out", l(), name("upstream_rq_per_try_timeout")),
-            upstream_cx_connect_fail: self.counter("envoy_cluster_upstream_cx_connect_fail", "Failed upstream connects", l(), name("upstream_cx_connect_fail")),
-            upstream_rq_retry_limit_exceeded: self.counter("envoy_cluster_upstream_rq_retry_limit_exceeded", "Requests that ran out of retries", l(), name("upstream_rq_retry_limit_exceeded")),
-            upstream_cx_none_healthy: self.counter("envoy_cluster_upstream_cx_none_healthy", "Requests with no healthy endpoint", l(), name("upstream_cx_none_healthy")),
-            membership_total: self.gauge("envoy_cluster_membership_total", "Endpoints in the cluster", l(), name("membership_total")),
+            upstream_rq_retry: self.counter(
+                "envoy_cluster_upstream_rq_retry",
+                "Retries",
+                l(),
+                name("upstream_rq_retry"),
+            ),
+            upstream_rq_timeout: self.counter(
+                "envoy_cluster_upstream_rq_timeout",
+                "Requests that timed out",
+                l(),
+                name("upstream_rq_timeout"),
+            ),
+            upstream_rq_per_try_timeout: self.counter(
+                "envoy_cluster_upstream_rq_per_try_timeout",
+                "Tries that timed out",
+                l(),
+                name("upstream_rq_per_try_timeout"),
+            ),
+            upstream_cx_connect_fail: self.counter(
+                "envoy_cluster_upstream_cx_connect_fail",
+                "Failed upstream connects",
+                l(),
+                name("upstream_cx_connect_fail"),
+            ),
+            upstream_rq_retry_limit_exceeded: self.counter(
+                "envoy_cluster_upstream_rq_retry_limit_exceeded",
+                "Requests that ran out of retries",
+                l(),
+                name("upstream_rq_retry_limit_exceeded"),
+            ),
+            upstream_cx_none_healthy: self.counter(
+                "envoy_cluster_upstream_cx_none_healthy",
+                "Requests with no healthy endpoint",
+                l(),
+                name("upstream_cx_none_healthy"),
+            ),
+            membership_total: self.gauge(
+                "envoy_cluster_membership_total",
+                "Endpoints in the cluster",
+                l(),
+                name("membership_total"),
+            ),
         }
     }
 
@@ -213,9 +307,15 @@ mod tests {
         b.upstream_rq_total.inc();
         a.upstream_rq_xx[class_index(503)].inc();
         let text = stats.render_text();
-        assert!(text.contains("cluster.web.upstream_rq_total: 2\n"), "{text}");
+        assert!(
+            text.contains("cluster.web.upstream_rq_total: 2\n"),
+            "{text}"
+        );
         assert!(text.contains("cluster.web.upstream_rq_5xx: 1\n"), "{text}");
         let prom = stats.render_prometheus();
-        assert!(prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"web\"} 2"), "{prom}");
+        assert!(
+            prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"web\"} 2"),
+            "{prom}"
+        );
     }
 }

@@ -33,7 +33,10 @@ impl Reply {
 
     /// A response header as a string.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
@@ -46,12 +49,18 @@ pub struct HttpClient {
 impl HttpClient {
     /// An HTTP/1.1 client.
     pub fn http1() -> Self {
-        Self { client: Client::builder(TokioExecutor::new()).build_http() }
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
     }
 
     /// An HTTP/2 cleartext (prior knowledge) client.
     pub fn http2() -> Self {
-        Self { client: Client::builder(TokioExecutor::new()).http2_only(true).build_http() }
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
     }
 
     /// Sends a request to `addr` and reads the whole response.
@@ -64,25 +73,44 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> anyhow::Result<Reply> {
-        let mut builder = Request::builder().method(method).uri(format!("http://{addr}{path}")).header("host", host);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("host", host);
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
         let request = builder.body(Full::new(body.into()))?;
-        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request)).await??;
+        let response =
+            tokio::time::timeout(Duration::from_secs(30), self.client.request(request)).await??;
         let (parts, body) = response.into_parts();
         let body = body.collect().await?.to_bytes();
-        Ok(Reply { status: parts.status, headers: parts.headers, body })
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
     }
 
     /// GET with headers.
-    pub async fn get(&self, addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
-        self.send(addr, Method::GET, host, path, headers, Bytes::new()).await
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        self.send(addr, Method::GET, host, path, headers, Bytes::new())
+            .await
     }
 }
 
 /// Writes `raw` to a new connection and reads until the server closes it or `timeout`.
-pub async fn raw_exchange(addr: SocketAddr, raw: &[u8], timeout: Duration) -> anyhow::Result<String> {
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    raw: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(raw).await?;
     let mut out = Vec::new();

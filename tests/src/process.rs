@@ -16,7 +16,10 @@ pub fn binary(name: &str) -> PathBuf {
         return Path::new(&dir).join(name);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     profile_dir.join(name)
 }
 
@@ -36,13 +39,20 @@ impl Sluice {
     }
 
     /// As [`Sluice::start`], with extra command-line arguments.
-    pub async fn start_with_args(bootstrap: &str, admin: SocketAddr, args: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start_with_args(
+        bootstrap: &str,
+        admin: SocketAddr,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&config_path, bootstrap)?;
         let bin = binary("sluice");
         if !bin.exists() {
-            bail!("{} not found: build it first (cargo build --bins)", bin.display());
+            bail!(
+                "{} not found: build it first (cargo build --bins)",
+                bin.display()
+            );
         }
         let child = Command::new(&bin)
             .arg("-c")
@@ -52,7 +62,12 @@ impl Sluice {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut sluice = Self { child, admin, config_path, _dir: dir };
+        let mut sluice = Self {
+            child,
+            admin,
+            config_path,
+            _dir: dir,
+        };
         sluice.wait_ready().await?;
         Ok(sluice)
     }
@@ -92,7 +107,9 @@ impl Sluice {
 
     /// `GET` an admin path.
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<String> {
-        let r = HttpClient::http1().get(self.admin, "admin", path, &[]).await?;
+        let r = HttpClient::http1()
+            .get(self.admin, "admin", path, &[])
+            .await?;
         Ok(String::from_utf8_lossy(&r.body).into_owned())
     }
 
@@ -112,7 +129,10 @@ impl Sluice {
     }
 
     /// Waits for the process to exit by itself.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait()? {
@@ -134,7 +154,10 @@ impl Drop for Sluice {
 }
 
 fn kill(pid: u32, signal: i32) -> std::io::Result<()> {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
     if status.success() {
         Ok(())
     } else {

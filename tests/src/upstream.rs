@@ -54,7 +54,9 @@ struct State {
 impl Upstream {
     /// Starts an upstream named `name` (reported as `server` in its JSON) on a free port.
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         Self::serve(listener, name)
     }
 
@@ -69,7 +71,9 @@ impl Upstream {
         });
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 tokio::spawn(async move {
@@ -80,7 +84,12 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, name: name.to_string(), seen, task }
+        Self {
+            addr,
+            name: name.to_string(),
+            seen,
+            task,
+        }
     }
 
     /// Requests received in full so far.
@@ -104,20 +113,32 @@ fn header<'a>(r: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let status = header(&request, "x-test-status").and_then(|s| s.parse().ok());
     let delay = header(&request, "x-test-delay-ms").and_then(|s| s.parse().ok());
-    let response_bytes: Option<u64> = header(&request, "x-test-response-bytes").and_then(|s| s.parse().ok());
+    let response_bytes: Option<u64> =
+        header(&request, "x-test-response-bytes").and_then(|s| s.parse().ok());
     let echo = header(&request, "x-test-echo-body").is_some();
-    let fail_first: Option<u64> = header(&request, "x-test-fail-first").and_then(|s| s.parse().ok());
+    let fail_first: Option<u64> =
+        header(&request, "x-test-fail-first").and_then(|s| s.parse().ok());
     let key = header(&request, "x-test-key").unwrap_or("").to_string();
     let method = request.method().to_string();
     let version = format!("{:?}", request.version());
-    let path = request.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
     let headers = request.headers().clone();
     let mut all_headers = serde_json::Map::new();
     for name in headers.keys() {
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         all_headers.insert(name.to_string(), values.join(",").into());
     }
 
@@ -127,16 +148,24 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = total.clone();
         let stream = body.into_data_stream().map(move |chunk| {
-            let chunk = chunk.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            let chunk =
+                chunk.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk))
         });
         let on_end = futures_util::stream::once(async move {
             let body_bytes = total.load(std::sync::atomic::Ordering::Relaxed);
-            seen.lock().unwrap().push(Seen { method, path, headers, body_bytes });
+            seen.lock().unwrap().push(Seen {
+                method,
+                path,
+                headers,
+                body_bytes,
+            });
             Ok(Frame::data(Bytes::new()))
         });
-        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream.chain(on_end)))));
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(
+            stream.chain(on_end),
+        ))));
     }
 
     // Read the whole body, counting bytes without keeping them.
@@ -150,7 +179,12 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             }
         }
     }
-    state.seen.lock().unwrap().push(Seen { method: method.clone(), path: path.clone(), headers: headers.clone(), body_bytes });
+    state.seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        headers: headers.clone(),
+        body_bytes,
+    });
 
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -172,7 +206,8 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             .chain(futures_util::stream::iter((rest > 0).then_some(tail)))
             .map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-        r.headers_mut().insert("content-type", "application/octet-stream".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/octet-stream".parse().unwrap());
         return Ok(r);
     }
     let json = serde_json::json!({
@@ -183,15 +218,27 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         "headers": all_headers,
         "body_bytes": body_bytes,
     });
-    let mut r = Response::new(Full::new(Bytes::from(json.to_string())).map_err(|never| match never {}).boxed());
-    *r.status_mut() = status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
-    r.headers_mut().insert("x-upstream", state.name.parse().unwrap());
+    let mut r = Response::new(
+        Full::new(Bytes::from(json.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("x-upstream", state.name.parse().unwrap());
     Ok(r)
 }
 
 fn simple(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
     r
 }

@@ -10,16 +10,36 @@ use serde_json::{json, Value};
 use sluice_tests::client::{HttpClient, Reply};
 use sluice_tests::config::{bootstrap, cluster, http_listener};
 use sluice_tests::envoy::Envoy;
+use sluice_tests::free_addr;
 use sluice_tests::process::Sluice;
 use sluice_tests::upstream::Upstream;
-use sluice_tests::free_addr;
 
 /// Request headers (as seen by the upstream) and response headers worth comparing.
 const UPSTREAM_HEADERS: &[&str] = &[
-    "host", "x-forwarded-for", "x-forwarded-proto", "x-route", "x-vhost", "x-table", "x-remove-me",
-    "x-hop", "keep-alive", "connection", "upgrade", "te", "content-length", "transfer-encoding", "x-custom",
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-route",
+    "x-vhost",
+    "x-table",
+    "x-remove-me",
+    "x-hop",
+    "keep-alive",
+    "connection",
+    "upgrade",
+    "te",
+    "content-length",
+    "transfer-encoding",
+    "x-custom",
 ];
-const RESPONSE_HEADERS: &[&str] = &["location", "content-type", "x-resp-route", "x-resp-vhost", "x-resp-table", "x-upstream"];
+const RESPONSE_HEADERS: &[&str] = &[
+    "location",
+    "content-type",
+    "x-resp-route",
+    "x-resp-vhost",
+    "x-resp-table",
+    "x-upstream",
+];
 
 fn direct(body: &str) -> Value {
     json!({ "status": 200, "body": { "inline_string": body } })
@@ -78,7 +98,14 @@ fn routes() -> Value {
 }
 
 /// `(label, host, method, path, headers, body)`.
-type Case = (&'static str, &'static str, Method, &'static str, Vec<(&'static str, &'static str)>, &'static str);
+type Case = (
+    &'static str,
+    &'static str,
+    Method,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+);
 
 fn corpus() -> Vec<Case> {
     use Method as M;
@@ -88,55 +115,242 @@ fn corpus() -> Vec<Case> {
         ("vh suffix", "a.wild.test", M::GET, "/", vec![], ""),
         ("vh suffix deep", "a.b.wild.test", M::GET, "/", vec![], ""),
         ("vh prefix", "pre.example", M::GET, "/", vec![], ""),
-        ("vh catch-all", "unknown.example", M::GET, "/exact", vec![], ""),
+        (
+            "vh catch-all",
+            "unknown.example",
+            M::GET,
+            "/exact",
+            vec![],
+            "",
+        ),
         ("path exact", "h", M::GET, "/exact", vec![], ""),
-        ("path exact with query", "h", M::GET, "/exact?x=1", vec![], ""),
+        (
+            "path exact with query",
+            "h",
+            M::GET,
+            "/exact?x=1",
+            vec![],
+            "",
+        ),
         ("path exact miss", "h", M::GET, "/exactly", vec![], ""),
         ("caseless", "h", M::GET, "/caseless/a", vec![], ""),
         ("caseless upper", "h", M::GET, "/CASELESS", vec![], ""),
         ("regex", "h", M::GET, "/regex/42", vec![], ""),
         ("regex miss", "h", M::GET, "/regex/4x", vec![], ""),
         ("separated prefix", "h", M::GET, "/sep", vec![], ""),
-        ("separated prefix child", "h", M::GET, "/sep/child", vec![], ""),
-        ("separated prefix miss", "h", M::GET, "/separate", vec![], ""),
-        ("header exact", "h", M::GET, "/hdr", vec![("x-match", "yes")], ""),
-        ("header suffix", "h", M::GET, "/hdr", vec![("x-match", "the-end")], ""),
-        ("header present", "h", M::GET, "/hdr", vec![("x-present", "1")], ""),
-        ("header none", "h", M::GET, "/hdr", vec![("x-match", "no")], ""),
+        (
+            "separated prefix child",
+            "h",
+            M::GET,
+            "/sep/child",
+            vec![],
+            "",
+        ),
+        (
+            "separated prefix miss",
+            "h",
+            M::GET,
+            "/separate",
+            vec![],
+            "",
+        ),
+        (
+            "header exact",
+            "h",
+            M::GET,
+            "/hdr",
+            vec![("x-match", "yes")],
+            "",
+        ),
+        (
+            "header suffix",
+            "h",
+            M::GET,
+            "/hdr",
+            vec![("x-match", "the-end")],
+            "",
+        ),
+        (
+            "header present",
+            "h",
+            M::GET,
+            "/hdr",
+            vec![("x-present", "1")],
+            "",
+        ),
+        (
+            "header none",
+            "h",
+            M::GET,
+            "/hdr",
+            vec![("x-match", "no")],
+            "",
+        ),
         ("query exact", "h", M::GET, "/q?v=1", vec![], ""),
         ("query present", "h", M::GET, "/q?a=1&flag", vec![], ""),
         ("query none", "h", M::GET, "/q?v=2", vec![], ""),
-        ("prefix rewrite", "h", M::GET, "/rewrite/prefix/a/b?c=d", vec![], ""),
-        ("regex rewrite", "h", M::GET, "/rewrite/regex/abc/123", vec![], ""),
+        (
+            "prefix rewrite",
+            "h",
+            M::GET,
+            "/rewrite/prefix/a/b?c=d",
+            vec![],
+            "",
+        ),
+        (
+            "regex rewrite",
+            "h",
+            M::GET,
+            "/rewrite/regex/abc/123",
+            vec![],
+            "",
+        ),
         ("host rewrite", "orig.example", M::GET, "/host", vec![], ""),
-        ("https redirect", "site.example", M::GET, "/redirect/https/x?y=1", vec![], ""),
-        ("path redirect", "site.example", M::GET, "/redirect/path/x?y=1", vec![], ""),
-        ("prefix redirect", "site.example", M::GET, "/redirect/prefix/rest?q=1", vec![], ""),
+        (
+            "https redirect",
+            "site.example",
+            M::GET,
+            "/redirect/https/x?y=1",
+            vec![],
+            "",
+        ),
+        (
+            "path redirect",
+            "site.example",
+            M::GET,
+            "/redirect/path/x?y=1",
+            vec![],
+            "",
+        ),
+        (
+            "prefix redirect",
+            "site.example",
+            M::GET,
+            "/redirect/prefix/rest?q=1",
+            vec![],
+            "",
+        ),
         ("direct response", "h", M::GET, "/direct", vec![], ""),
         ("direct empty", "h", M::GET, "/empty", vec![], ""),
-        ("header mutations", "h", M::GET, "/headers", vec![("x-remove-me", "1"), ("x-route", "client"), ("x-table", "client")], ""),
-        ("header mutations defaults", "h", M::GET, "/headers", vec![], ""),
-        ("hop by hop", "h", M::GET, "/exact", vec![("connection", "x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5"), ("te", "trailers")], ""),
-        ("xff append", "h", M::GET, "/exact", vec![("x-forwarded-for", "203.0.113.7")], ""),
-        ("xfp overwrite", "h", M::GET, "/exact", vec![("x-forwarded-proto", "https")], ""),
-        ("post body", "h", M::POST, "/api/upload", vec![("content-type", "text/plain")], "hello world"),
+        (
+            "header mutations",
+            "h",
+            M::GET,
+            "/headers",
+            vec![
+                ("x-remove-me", "1"),
+                ("x-route", "client"),
+                ("x-table", "client"),
+            ],
+            "",
+        ),
+        (
+            "header mutations defaults",
+            "h",
+            M::GET,
+            "/headers",
+            vec![],
+            "",
+        ),
+        (
+            "hop by hop",
+            "h",
+            M::GET,
+            "/exact",
+            vec![
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+            ],
+            "",
+        ),
+        (
+            "xff append",
+            "h",
+            M::GET,
+            "/exact",
+            vec![("x-forwarded-for", "203.0.113.7")],
+            "",
+        ),
+        (
+            "xfp overwrite",
+            "h",
+            M::GET,
+            "/exact",
+            vec![("x-forwarded-proto", "https")],
+            "",
+        ),
+        (
+            "post body",
+            "h",
+            M::POST,
+            "/api/upload",
+            vec![("content-type", "text/plain")],
+            "hello world",
+        ),
         ("put body", "h", M::PUT, "/api/item", vec![], "0123456789"),
         ("delete", "h", M::DELETE, "/api/item/1", vec![], ""),
         ("head", "h", M::HEAD, "/exact", vec![], ""),
-        ("upstream 500 passthrough", "h", M::GET, "/api/fail", vec![("x-test-status", "500")], ""),
-        ("upstream 404 passthrough", "h", M::GET, "/api/none", vec![("x-test-status", "404")], ""),
-        ("retry then success", "h", M::GET, "/retry/ok", vec![("x-test-fail-first", "1")], ""),
-        ("retry exhausted", "h", M::GET, "/retry/fail", vec![("x-test-fail-first", "5")], ""),
-        ("timeout", "h", M::GET, "/timeout", vec![("x-test-delay-ms", "1000")], ""),
+        (
+            "upstream 500 passthrough",
+            "h",
+            M::GET,
+            "/api/fail",
+            vec![("x-test-status", "500")],
+            "",
+        ),
+        (
+            "upstream 404 passthrough",
+            "h",
+            M::GET,
+            "/api/none",
+            vec![("x-test-status", "404")],
+            "",
+        ),
+        (
+            "retry then success",
+            "h",
+            M::GET,
+            "/retry/ok",
+            vec![("x-test-fail-first", "1")],
+            "",
+        ),
+        (
+            "retry exhausted",
+            "h",
+            M::GET,
+            "/retry/fail",
+            vec![("x-test-fail-first", "5")],
+            "",
+        ),
+        (
+            "timeout",
+            "h",
+            M::GET,
+            "/timeout",
+            vec![("x-test-delay-ms", "1000")],
+            "",
+        ),
         ("connect failure", "h", M::GET, "/down", vec![], ""),
         ("no route", "h", M::GET, "/nothing-here", vec![], ""),
     ]
 }
 
-fn config(admin: SocketAddr, listener: SocketAddr, upstream: &Upstream, dead: SocketAddr) -> String {
+fn config(
+    admin: SocketAddr,
+    listener: SocketAddr,
+    upstream: &Upstream,
+    dead: SocketAddr,
+) -> String {
     bootstrap(
         admin,
-        vec![http_listener("diff", listener, routes(), json!({ "use_remote_address": true }))],
+        vec![http_listener(
+            "diff",
+            listener,
+            routes(),
+            json!({ "use_remote_address": true }),
+        )],
         vec![
             cluster("a", &[(upstream.addr, 1)], json!({})),
             cluster("dead", &[(dead, 1)], json!({})),
@@ -154,7 +368,11 @@ fn normalize(reply: &Reply) -> Value {
         Ok(json) if json.get("server").is_some() => {
             let mut headers: serde_json::Map<String, Value> = UPSTREAM_HEADERS
                 .iter()
-                .filter_map(|h| json["headers"][*h].as_str().map(|v| (h.to_string(), Value::from(v))))
+                .filter_map(|h| {
+                    json["headers"][*h]
+                        .as_str()
+                        .map(|v| (h.to_string(), Value::from(v)))
+                })
                 .collect();
             // Documented difference: for a loopback peer Envoy appends its node's own
             // address, sluice the peer's. Compare everything before the last hop.
@@ -182,7 +400,14 @@ async fn run_corpus(listener: SocketAddr, key_prefix: &str) -> Vec<Value> {
         let mut headers = headers;
         headers.push(("x-test-key", Box::leak(key.into_boxed_str())));
         let reply = client
-            .send(listener, method, host, path, &headers, body.as_bytes().to_vec())
+            .send(
+                listener,
+                method,
+                host,
+                path,
+                &headers,
+                body.as_bytes().to_vec(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{label}: {e}"));
         out.push(json!({ "case": label, "reply": normalize(&reply) }));
@@ -198,16 +423,22 @@ async fn sluice_matches_envoy_on_the_corpus() {
     let dead = free_addr();
 
     let (envoy_admin, envoy_listener) = (free_addr(), free_addr());
-    let envoy = Envoy::start(&config(envoy_admin, envoy_listener, &upstream_for_envoy, dead), envoy_admin)
-        .await
-        .expect("start envoy (installed by tests/run.sh)");
+    let envoy = Envoy::start(
+        &config(envoy_admin, envoy_listener, &upstream_for_envoy, dead),
+        envoy_admin,
+    )
+    .await
+    .expect("start envoy (installed by tests/run.sh)");
     let envoy_replies = run_corpus(envoy_listener, "envoy").await;
     drop(envoy);
 
     let (sluice_admin, sluice_listener) = (free_addr(), free_addr());
-    let sluice = Sluice::start(&config(sluice_admin, sluice_listener, &upstream_for_sluice, dead), sluice_admin)
-        .await
-        .expect("start sluice");
+    let sluice = Sluice::start(
+        &config(sluice_admin, sluice_listener, &upstream_for_sluice, dead),
+        sluice_admin,
+    )
+    .await
+    .expect("start sluice");
     let sluice_replies = run_corpus(sluice_listener, "sluice").await;
     drop(sluice);
 
@@ -220,5 +451,11 @@ async fn sluice_matches_envoy_on_the_corpus() {
             ));
         }
     }
-    assert!(differences.is_empty(), "{} of {} differ:\n{}", differences.len(), envoy_replies.len(), differences.join("\n"));
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ:\n{}",
+        differences.len(),
+        envoy_replies.len(),
+        differences.join("\n")
+    );
 }

@@ -30,9 +30,17 @@ async fn start(hcm: serde_json::Value, limit: Option<u64>) -> Fixture {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
             "stat_prefix": "limit", "max_connections": max } }));
     }
-    let config = bootstrap(admin, vec![l], vec![cluster("a", &[(upstream.addr, 1)], json!({}))]);
+    let config = bootstrap(
+        admin,
+        vec![l],
+        vec![cluster("a", &[(upstream.addr, 1)], json!({}))],
+    );
     let sluice = Sluice::start(&config, admin).await.expect("start");
-    Fixture { sluice, listener, upstream }
+    Fixture {
+        sluice,
+        listener,
+        upstream,
+    }
 }
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -40,13 +48,28 @@ const WAIT: Duration = Duration::from_secs(5);
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let f = start(json!({ "max_request_headers_kb": 16 }), None).await;
-    let raw = format!("GET /big HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n", "a".repeat(20 * 1024));
-    let answer = raw_exchange(f.listener, raw.as_bytes(), WAIT).await.unwrap();
+    let raw = format!(
+        "GET /big HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let answer = raw_exchange(f.listener, raw.as_bytes(), WAIT)
+        .await
+        .unwrap();
     assert_eq!(raw_status(&answer), Some(431), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"));
     // Under the limit is fine.
-    let raw = format!("GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Big: {}\r\n\r\n", "a".repeat(8 * 1024));
-    assert_eq!(raw_status(&raw_exchange(f.listener, raw.as_bytes(), WAIT).await.unwrap()), Some(200));
+    let raw = format!(
+        "GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8 * 1024)
+    );
+    assert_eq!(
+        raw_status(
+            &raw_exchange(f.listener, raw.as_bytes(), WAIT)
+                .await
+                .unwrap()
+        ),
+        Some(200)
+    );
     assert!(f.upstream.seen().iter().all(|s| s.path != "/big"));
 }
 
@@ -54,7 +77,10 @@ async fn oversized_headers_get_431() {
 async fn slowloris_gets_408_and_close() {
     let f = start(json!({ "request_headers_timeout": "0.5s" }), None).await;
     let mut stream = TcpStream::connect(f.listener).await.unwrap();
-    stream.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n")
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut out = Vec::new();
     // Keep trickling header bytes: the timeout covers the whole head, not each read.
@@ -71,12 +97,21 @@ async fn slowloris_gets_408_and_close() {
                 let _ = stream.write_all(b"X-Slow: 1\r\n").await;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "no 408 within 5s");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no 408 within 5s"
+        );
     }
     let answer = String::from_utf8_lossy(&out);
     assert_eq!(raw_status(&answer), Some(408), "{answer}");
     assert!(f.upstream.seen().is_empty());
-    assert_eq!(f.sluice.stat("http.ingress.downstream_rq_timeout").await.unwrap(), 1);
+    assert_eq!(
+        f.sluice
+            .stat("http.ingress.downstream_rq_timeout")
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -91,10 +126,23 @@ async fn request_smuggling_attempts_get_400() {
     ];
     for raw in cases {
         let answer = raw_exchange(f.listener, raw, WAIT).await.unwrap();
-        assert_eq!(raw_status(&answer), Some(400), "{}: {answer}", String::from_utf8_lossy(raw));
-        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "one response, then close: {answer}");
+        assert_eq!(
+            raw_status(&answer),
+            Some(400),
+            "{}: {answer}",
+            String::from_utf8_lossy(raw)
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1").count(),
+            1,
+            "one response, then close: {answer}"
+        );
     }
-    assert!(f.upstream.seen().is_empty(), "upstream saw {:?}", f.upstream.seen());
+    assert!(
+        f.upstream.seen().is_empty(),
+        "upstream saw {:?}",
+        f.upstream.seen()
+    );
 }
 
 #[tokio::test]
@@ -107,15 +155,26 @@ async fn invalid_header_bytes_get_400() {
     ];
     for raw in cases {
         let answer = raw_exchange(f.listener, raw, WAIT).await.unwrap();
-        assert_eq!(raw_status(&answer), Some(400), "{}: {answer}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            raw_status(&answer),
+            Some(400),
+            "{}: {answer}",
+            String::from_utf8_lossy(raw)
+        );
     }
     assert!(f.upstream.seen().is_empty());
 }
 
 #[tokio::test]
 async fn idle_connections_are_closed() {
-    let f = start(json!({ "common_http_protocol_options": { "idle_timeout": "0.3s" } }), None).await;
-    let answer = raw_exchange(f.listener, b"GET /idle HTTP/1.1\r\nHost: h\r\n\r\n", WAIT).await.unwrap();
+    let f = start(
+        json!({ "common_http_protocol_options": { "idle_timeout": "0.3s" } }),
+        None,
+    )
+    .await;
+    let answer = raw_exchange(f.listener, b"GET /idle HTTP/1.1\r\nHost: h\r\n\r\n", WAIT)
+        .await
+        .unwrap();
     // The keep-alive connection was closed by the proxy well before WAIT.
     assert_eq!(raw_status(&answer), Some(200));
     assert_eq!(f.upstream.seen().len(), 1);
@@ -123,7 +182,10 @@ async fn idle_connections_are_closed() {
     let mut stream = TcpStream::connect(f.listener).await.unwrap();
     let mut buf = [0u8; 16];
     use tokio::io::AsyncReadExt;
-    let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.expect("closed by idle timeout").unwrap();
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("closed by idle timeout")
+        .unwrap();
     assert_eq!(n, 0);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
@@ -133,13 +195,42 @@ async fn connection_limit_refuses_extra_connections() {
     let f = start(json!({}), Some(2)).await;
     let _c1 = TcpStream::connect(f.listener).await.unwrap();
     let _c2 = TcpStream::connect(f.listener).await.unwrap();
-    assert!(eventually(WAIT, || async { f.sluice.stat("http.ingress.downstream_cx_active").await.unwrap() == 2 }).await);
-    let answer = raw_exchange(f.listener, b"GET /third HTTP/1.1\r\nHost: h\r\n\r\n", WAIT).await.unwrap_or_default();
+    assert!(
+        eventually(WAIT, || async {
+            f.sluice
+                .stat("http.ingress.downstream_cx_active")
+                .await
+                .unwrap()
+                == 2
+        })
+        .await
+    );
+    let answer = raw_exchange(f.listener, b"GET /third HTTP/1.1\r\nHost: h\r\n\r\n", WAIT)
+        .await
+        .unwrap_or_default();
     assert_eq!(answer, "", "over the limit: closed without a response");
-    assert_eq!(f.sluice.stat("http.ingress.downstream_cx_overflow").await.unwrap(), 1);
+    assert_eq!(
+        f.sluice
+            .stat("http.ingress.downstream_cx_overflow")
+            .await
+            .unwrap(),
+        1
+    );
     drop((_c1, _c2));
-    assert!(eventually(WAIT, || async { f.sluice.stat("http.ingress.downstream_cx_active").await.unwrap() == 0 }).await);
-    let r = HttpClient::http1().get(f.listener, "h", "/after", &[]).await.unwrap();
+    assert!(
+        eventually(WAIT, || async {
+            f.sluice
+                .stat("http.ingress.downstream_cx_active")
+                .await
+                .unwrap()
+                == 0
+        })
+        .await
+    );
+    let r = HttpClient::http1()
+        .get(f.listener, "h", "/after", &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert!(f.upstream.seen().iter().all(|s| s.path != "/third"));
 }

@@ -14,7 +14,13 @@ use sluice_tests::process::{binary, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
 
-fn versioned(admin: std::net::SocketAddr, listener: std::net::SocketAddr, version: u32, v1: &Upstream, v2: &Upstream) -> String {
+fn versioned(
+    admin: std::net::SocketAddr,
+    listener: std::net::SocketAddr,
+    version: u32,
+    v1: &Upstream,
+    v2: &Upstream,
+) -> String {
     let target = if version % 2 == 1 { "v1" } else { "v2" };
     let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"],
         "response_headers_to_add": [ { "header": { "key": "x-config-version", "value": target } } ],
@@ -22,7 +28,10 @@ fn versioned(admin: std::net::SocketAddr, listener: std::net::SocketAddr, versio
     bootstrap(
         admin,
         vec![http_listener("ingress", listener, routes, json!({}))],
-        vec![cluster("v1", &[(v1.addr, 1)], json!({})), cluster("v2", &[(v2.addr, 1)], json!({}))],
+        vec![
+            cluster("v1", &[(v1.addr, 1)], json!({})),
+            cluster("v2", &[(v2.addr, 1)], json!({})),
+        ],
     )
 }
 
@@ -40,16 +49,34 @@ static_resources:
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(binary("sluice")).arg("-c").arg(&path).output().unwrap();
+    let out = std::process::Command::new(binary("sluice"))
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("static_resources.clusters[0].lb_policy"), "{stderr}");
+    assert!(
+        stderr.contains("static_resources.clusters[0].lb_policy"),
+        "{stderr}"
+    );
 
-    std::fs::write(&path, "static_resources: {clusters: [{name: a, circuit_breakers: {}}]}").unwrap();
-    let out = std::process::Command::new(binary("sluice")).arg("-c").arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        "static_resources: {clusters: [{name: a, circuit_breakers: {}}]}",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary("sluice"))
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("static_resources.clusters[0].circuit_breakers: field is not supported"), "{stderr}");
+    assert!(
+        stderr.contains("static_resources.clusters[0].circuit_breakers: field is not supported"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +85,9 @@ async fn fifty_sighup_swaps_under_load_fail_no_request() {
     let v2 = Upstream::start("v2").await;
     let admin = free_addr();
     let listener = free_addr();
-    let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin).await.unwrap();
+    let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin)
+        .await
+        .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
@@ -93,11 +122,14 @@ async fn fifty_sighup_swaps_under_load_fail_no_request() {
     }
     for version in 2..=51 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        sluice.reload(&versioned(admin, listener, version, &v1, &v2)).unwrap();
+        sluice
+            .reload(&versioned(admin, listener, version, &v1, &v2))
+            .unwrap();
         let expected = i64::from(version);
         assert!(
             eventually(Duration::from_secs(5), || async {
-                let info: serde_json::Value = serde_json::from_str(&sluice.admin_get("/server_info").await.unwrap()).unwrap();
+                let info: serde_json::Value =
+                    serde_json::from_str(&sluice.admin_get("/server_info").await.unwrap()).unwrap();
                 info["config_version"].as_i64() == Some(expected)
             })
             .await,
@@ -115,8 +147,15 @@ async fn fifty_sighup_swaps_under_load_fail_no_request() {
     let total: u64 = served.values().sum();
     eprintln!("served {total} requests across 50 swaps: {served:?}");
     assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests");
-    assert_eq!(mismatched.load(Ordering::Relaxed), 0, "a response mixed two config versions");
-    assert!(served.get("v1").copied().unwrap_or(0) > 0 && served.get("v2").copied().unwrap_or(0) > 0, "{served:?}");
+    assert_eq!(
+        mismatched.load(Ordering::Relaxed),
+        0,
+        "a response mixed two config versions"
+    );
+    assert!(
+        served.get("v1").copied().unwrap_or(0) > 0 && served.get("v2").copied().unwrap_or(0) > 0,
+        "{served:?}"
+    );
     assert!(total > 1000, "load too small: {total}");
 }
 
@@ -126,17 +165,29 @@ async fn invalid_reload_keeps_the_previous_config() {
     let v2 = Upstream::start("v2").await;
     let admin = free_addr();
     let listener = free_addr();
-    let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin).await.unwrap();
+    let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin)
+        .await
+        .unwrap();
     let client = HttpClient::http1();
-    sluice.reload("static_resources: {listeners: [{name: broken}]}").unwrap();
+    sluice
+        .reload("static_resources: {listeners: [{name: broken}]}")
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = client.get(listener, "h", "/", &[]).await.unwrap();
     assert_eq!(r.json()["server"], "v1");
-    let info: serde_json::Value = serde_json::from_str(&sluice.admin_get("/server_info").await.unwrap()).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&sluice.admin_get("/server_info").await.unwrap()).unwrap();
     assert_eq!(info["config_version"], 1);
     // A valid reload afterwards applies.
-    sluice.reload(&versioned(admin, listener, 2, &v1, &v2)).unwrap();
-    assert!(eventually(Duration::from_secs(5), || async { client.get(listener, "h", "/", &[]).await.unwrap().json()["server"] == "v2" }).await);
+    sluice
+        .reload(&versioned(admin, listener, 2, &v1, &v2))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            client.get(listener, "h", "/", &[]).await.unwrap().json()["server"] == "v2"
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -145,11 +196,17 @@ async fn sigterm_drains_in_flight_requests() {
     let v2 = Upstream::start("v2").await;
     let admin = free_addr();
     let listener = free_addr();
-    let mut sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin).await.unwrap();
+    let mut sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin)
+        .await
+        .unwrap();
     let client = HttpClient::http1();
     let slow = tokio::spawn({
         let client = client.clone();
-        async move { client.get(listener, "h", "/slow", &[("x-test-delay-ms", "800")]).await }
+        async move {
+            client
+                .get(listener, "h", "/slow", &[("x-test-delay-ms", "800")])
+                .await
+        }
     });
     assert!(eventually(Duration::from_secs(5), || async { !v1.seen().is_empty() }).await);
     sluice.signal(libc::SIGTERM);
@@ -157,5 +214,8 @@ async fn sigterm_drains_in_flight_requests() {
     assert_eq!(reply.status, 200);
     let status = sluice.wait_exit(Duration::from_secs(5)).await.unwrap();
     assert!(status.success(), "{status}");
-    assert!(tokio::net::TcpStream::connect(listener).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(listener).await.is_err(),
+        "no longer accepting"
+    );
 }

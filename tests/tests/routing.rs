@@ -118,25 +118,57 @@ impl Fixture {
         };
         let config = bootstrap(
             admin,
-            vec![http_listener("ingress", listener, routes(), json!({ "use_remote_address": true }))],
+            vec![http_listener(
+                "ingress",
+                listener,
+                routes(),
+                json!({ "use_remote_address": true }),
+            )],
             vec![
                 cluster("a", &[ep(&a)], json!({})),
                 cluster("b", &[ep(&b)], json!({})),
-                cluster("rr3", &rr.iter().map(ep).collect::<Vec<_>>(), json!({ "lb_policy": "ROUND_ROBIN" })),
+                cluster(
+                    "rr3",
+                    &rr.iter().map(ep).collect::<Vec<_>>(),
+                    json!({ "lb_policy": "ROUND_ROBIN" }),
+                ),
                 cluster("dead", &[(dead, 1)], json!({ "connect_timeout": "0.5s" })),
-                cluster("least", &[ep(&a), ep(&b)], json!({ "lb_policy": "LEAST_REQUEST", "least_request_lb_config": { "choice_count": 2 } })),
-                cluster("random", &[ep(&a), ep(&b)], json!({ "lb_policy": "RANDOM" })),
+                cluster(
+                    "least",
+                    &[ep(&a), ep(&b)],
+                    json!({ "lb_policy": "LEAST_REQUEST", "least_request_lb_config": { "choice_count": 2 } }),
+                ),
+                cluster(
+                    "random",
+                    &[ep(&a), ep(&b)],
+                    json!({ "lb_policy": "RANDOM" }),
+                ),
                 dns("strict_dns", "STRICT_DNS", b.addr.port()),
                 dns("logical_dns", "LOGICAL_DNS", b.addr.port()),
                 cluster("h2", &[ep(&b)], http2_options()),
             ],
         );
         let sluice = Sluice::start(&config, admin).await.expect("start sluice");
-        Self { sluice, listener, a, b, rr, client: HttpClient::http1() }
+        Self {
+            sluice,
+            listener,
+            a,
+            b,
+            rr,
+            client: HttpClient::http1(),
+        }
     }
 
-    async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> sluice_tests::client::Reply {
-        self.client.get(self.listener, host, path, headers).await.expect("request")
+    async fn get(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> sluice_tests::client::Reply {
+        self.client
+            .get(self.listener, host, path, headers)
+            .await
+            .expect("request")
     }
 
     async fn body(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> String {
@@ -151,14 +183,21 @@ async fn virtual_hosts_are_selected_by_domain() {
     assert_eq!(f.body("EXACT.test", "/", &[]).await, "vh-exact");
     assert_eq!(f.body("x.wild.test", "/", &[]).await, "vh-suffix");
     assert_eq!(f.body("pre.anything", "/", &[]).await, "vh-prefix");
-    assert_eq!(f.get("other.test", "/exact", &[]).await.json()["server"], "a");
+    assert_eq!(
+        f.get("other.test", "/exact", &[]).await.json()["server"],
+        "a"
+    );
 }
 
 #[tokio::test]
 async fn path_matchers() {
     let f = Fixture::start().await;
     assert_eq!(f.get("h", "/exact", &[]).await.json()["path"], "/exact");
-    assert_eq!(f.get("h", "/exact/more", &[]).await.json()["path"], "/exact/more", "falls through to /");
+    assert_eq!(
+        f.get("h", "/exact/more", &[]).await.json()["path"],
+        "/exact/more",
+        "falls through to /"
+    );
     assert_eq!(f.body("h", "/caseless/x", &[]).await, "caseless");
     assert_eq!(f.body("h", "/CASELESS", &[]).await, "caseless");
     assert_eq!(f.body("h", "/regex/123", &[]).await, "regex");
@@ -172,10 +211,22 @@ async fn path_matchers() {
 #[tokio::test]
 async fn header_and_query_matchers() {
     let f = Fixture::start().await;
-    assert_eq!(f.body("h", "/hdr", &[("x-match", "yes")]).await, "hdr-exact");
-    assert_eq!(f.body("h", "/hdr", &[("x-match", "PREfix")]).await, "hdr-prefix");
-    assert_eq!(f.body("h", "/hdr", &[("x-match", "r42")]).await, "hdr-regex");
-    assert_eq!(f.body("h", "/hdr", &[("x-present", "")]).await, "hdr-present");
+    assert_eq!(
+        f.body("h", "/hdr", &[("x-match", "yes")]).await,
+        "hdr-exact"
+    );
+    assert_eq!(
+        f.body("h", "/hdr", &[("x-match", "PREfix")]).await,
+        "hdr-prefix"
+    );
+    assert_eq!(
+        f.body("h", "/hdr", &[("x-match", "r42")]).await,
+        "hdr-regex"
+    );
+    assert_eq!(
+        f.body("h", "/hdr", &[("x-present", "")]).await,
+        "hdr-present"
+    );
     assert_eq!(f.body("h", "/hdr", &[]).await, "hdr-not-blocked");
     assert_eq!(f.body("h", "/hdr", &[("x-block", "1")]).await, "hdr-none");
     assert_eq!(f.body("h", "/q?v=1", &[]).await, "q-exact");
@@ -186,26 +237,52 @@ async fn header_and_query_matchers() {
 #[tokio::test]
 async fn rewrites() {
     let f = Fixture::start().await;
-    assert_eq!(f.get("h", "/rewrite/prefix/x?y=1", &[]).await.json()["path"], "/new/x?y=1");
-    assert_eq!(f.get("h", "/rewrite/regex/abc/42", &[]).await.json()["path"], "/r/42/abc");
+    assert_eq!(
+        f.get("h", "/rewrite/prefix/x?y=1", &[]).await.json()["path"],
+        "/new/x?y=1"
+    );
+    assert_eq!(
+        f.get("h", "/rewrite/regex/abc/42", &[]).await.json()["path"],
+        "/r/42/abc"
+    );
     let r = f.get("original.example", "/host", &[]).await;
-    assert_eq!(r.upstream_header("host").as_deref(), Some("rewritten.example"));
+    assert_eq!(
+        r.upstream_header("host").as_deref(),
+        Some("rewritten.example")
+    );
     let r = f.get("original.example", "/exact", &[]).await;
-    assert_eq!(r.upstream_header("host").as_deref(), Some("original.example"), "Host is preserved");
+    assert_eq!(
+        r.upstream_header("host").as_deref(),
+        Some("original.example"),
+        "Host is preserved"
+    );
 }
 
 #[tokio::test]
 async fn redirects_and_direct_responses() {
     let f = Fixture::start().await;
-    let r = f.get("site.example:8080", "/redirect/https/a?b=c", &[]).await;
+    let r = f
+        .get("site.example:8080", "/redirect/https/a?b=c", &[])
+        .await;
     assert_eq!(r.status, 301);
-    assert_eq!(r.header("location").as_deref(), Some("https://site.example/redirect/https/a?b=c"));
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("https://site.example/redirect/https/a?b=c")
+    );
     let r = f.get("site.example", "/redirect/path/a?b=c", &[]).await;
     assert_eq!(r.status, 308);
-    assert_eq!(r.header("location").as_deref(), Some("http://site.example/elsewhere"));
-    let r = f.get("site.example", "/redirect/prefix/rest?q=1", &[]).await;
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("http://site.example/elsewhere")
+    );
+    let r = f
+        .get("site.example", "/redirect/prefix/rest?q=1", &[])
+        .await;
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location").as_deref(), Some("http://other.example:8443/moved/rest?q=1"));
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("http://other.example:8443/moved/rest?q=1")
+    );
     let r = f.get("site.example", "/direct", &[]).await;
     assert_eq!(r.status, 418);
     assert_eq!(&r.body[..], b"teapot");
@@ -215,38 +292,81 @@ async fn redirects_and_direct_responses() {
 async fn header_mutations_at_every_level() {
     let f = Fixture::start().await;
     let r = f
-        .get("h", "/headers", &[("x-remove-me", "1"), ("x-route", "client"), ("x-append", "client"), ("x-table", "client")])
+        .get(
+            "h",
+            "/headers",
+            &[
+                ("x-remove-me", "1"),
+                ("x-route", "client"),
+                ("x-append", "client"),
+                ("x-table", "client"),
+            ],
+        )
         .await;
     let up = |n: &str| r.upstream_header(n);
     assert_eq!(up("x-remove-me"), None);
     assert_eq!(up("x-route").as_deref(), Some("r"), "overwrite");
     assert_eq!(up("x-append").as_deref(), Some("client,added"), "append");
-    assert_eq!(up("x-only-if-present"), None, "OVERWRITE_IF_EXISTS does not add");
+    assert_eq!(
+        up("x-only-if-present"),
+        None,
+        "OVERWRITE_IF_EXISTS does not add"
+    );
     assert_eq!(up("x-vhost").as_deref(), Some("v"));
-    assert_eq!(up("x-table").as_deref(), Some("client"), "ADD_IF_ABSENT keeps the client's");
+    assert_eq!(
+        up("x-table").as_deref(),
+        Some("client"),
+        "ADD_IF_ABSENT keeps the client's"
+    );
     assert_eq!(r.header("x-resp-route").as_deref(), Some("r"));
     assert_eq!(r.header("x-resp-vhost").as_deref(), Some("v"));
     assert_eq!(r.header("x-resp-table").as_deref(), Some("t"));
     assert_eq!(r.header("x-upstream"), None, "response header removed");
-    let r = f.get("h", "/headers", &[("x-only-if-present", "old")]).await;
-    assert_eq!(r.upstream_header("x-only-if-present").as_deref(), Some("replaced"));
+    let r = f
+        .get("h", "/headers", &[("x-only-if-present", "old")])
+        .await;
+    assert_eq!(
+        r.upstream_header("x-only-if-present").as_deref(),
+        Some("replaced")
+    );
 }
 
 #[tokio::test]
 async fn proxy_headers_follow_envoy() {
     let f = Fixture::start().await;
     let r = f
-        .get("h", "/exact", &[("x-forwarded-for", "203.0.113.7"), ("connection", "x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5")])
+        .get(
+            "h",
+            "/exact",
+            &[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("keep-alive", "timeout=5"),
+            ],
+        )
         .await;
-    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("203.0.113.7,127.0.0.1"));
-    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
-    let id = r.upstream_header("x-request-id").expect("request id generated");
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.7,127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    let id = r
+        .upstream_header("x-request-id")
+        .expect("request id generated");
     assert_eq!(id.len(), 36);
     assert_eq!(r.upstream_header("x-hop"), None);
     assert_eq!(r.upstream_header("keep-alive"), None);
     assert_eq!(r.header("server").as_deref(), Some("sluice"));
     let r2 = f.get("h", "/exact", &[]).await;
-    assert_ne!(r2.upstream_header("x-request-id"), Some(id), "a fresh id per request");
+    assert_ne!(
+        r2.upstream_header("x-request-id"),
+        Some(id),
+        "a fresh id per request"
+    );
 }
 
 #[tokio::test]
@@ -254,7 +374,12 @@ async fn round_robin_order_is_exact_over_three_endpoints() {
     let f = Fixture::start().await;
     let mut order = Vec::new();
     for _ in 0..9 {
-        order.push(f.get("h", "/rr", &[]).await.json()["server"].as_str().unwrap().to_string());
+        order.push(
+            f.get("h", "/rr", &[]).await.json()["server"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let first: Vec<_> = order[..3].to_vec();
     let mut distinct = first.clone();
@@ -276,8 +401,13 @@ async fn weighted_clusters_split_within_five_percent() {
         tasks.push(tokio::spawn(async move {
             let mut counts: HashMap<String, u32> = HashMap::new();
             for _ in 0..(total / 20) {
-                let r = client.get(addr, "h", "/weighted", &[]).await.expect("request");
-                *counts.entry(r.json()["server"].as_str().unwrap().to_string()).or_default() += 1;
+                let r = client
+                    .get(addr, "h", "/weighted", &[])
+                    .await
+                    .expect("request");
+                *counts
+                    .entry(r.json()["server"].as_str().unwrap().to_string())
+                    .or_default() += 1;
             }
             let _ = worker;
             counts
@@ -298,31 +428,73 @@ async fn weighted_clusters_split_within_five_percent() {
 #[tokio::test]
 async fn retries_then_success() {
     let f = Fixture::start().await;
-    let r = f.get("h", "/retry", &[("x-test-fail-first", "2"), ("x-test-key", "k1")]).await;
+    let r = f
+        .get(
+            "h",
+            "/retry",
+            &[("x-test-fail-first", "2"), ("x-test-key", "k1")],
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(f.a.seen().iter().filter(|s| s.path == "/retry").count(), 3);
-    assert_eq!(f.sluice.stat("cluster.a.upstream_rq_retry").await.unwrap(), 2);
+    assert_eq!(
+        f.sluice.stat("cluster.a.upstream_rq_retry").await.unwrap(),
+        2
+    );
     // Exhausted: the last upstream response is returned.
-    let r = f.get("h", "/retry", &[("x-test-fail-first", "9"), ("x-test-key", "k2")]).await;
+    let r = f
+        .get(
+            "h",
+            "/retry",
+            &[("x-test-fail-first", "9"), ("x-test-key", "k2")],
+        )
+        .await;
     assert_eq!(r.status, 503);
     assert_eq!(&r.body[..], b"planned failure");
     assert_eq!(f.sluice.stat("http.response_flag.URX").await.unwrap(), 1);
     // Retriable status codes only retry the listed ones.
     let r = f.get("h", "/retrycodes", &[("x-test-status", "409")]).await;
     assert_eq!(r.status, 409);
-    assert_eq!(f.a.seen().iter().filter(|s| s.path == "/retrycodes").count(), 3);
-    let r = f.get("h", "/retrycodes/x", &[("x-test-status", "500")]).await;
+    assert_eq!(
+        f.a.seen()
+            .iter()
+            .filter(|s| s.path == "/retrycodes")
+            .count(),
+        3
+    );
+    let r = f
+        .get("h", "/retrycodes/x", &[("x-test-status", "500")])
+        .await;
     assert_eq!(r.status, 500);
-    assert_eq!(f.a.seen().iter().filter(|s| s.path == "/retrycodes/x").count(), 1);
+    assert_eq!(
+        f.a.seen()
+            .iter()
+            .filter(|s| s.path == "/retrycodes/x")
+            .count(),
+        1
+    );
     // gateway-error does not retry a 500.
     f.get("h", "/gateway", &[("x-test-status", "500")]).await;
-    assert_eq!(f.a.seen().iter().filter(|s| s.path == "/gateway").count(), 1);
+    assert_eq!(
+        f.a.seen().iter().filter(|s| s.path == "/gateway").count(),
+        1
+    );
     f.get("h", "/gateway/2", &[("x-test-status", "502")]).await;
-    assert_eq!(f.a.seen().iter().filter(|s| s.path == "/gateway/2").count(), 4);
+    assert_eq!(
+        f.a.seen().iter().filter(|s| s.path == "/gateway/2").count(),
+        4
+    );
     // A POST body is replayed on every try.
     let r = f
         .client
-        .send(f.listener, Method::POST, "h", "/retry/post", &[("x-test-fail-first", "1"), ("x-test-key", "k3")], vec![7u8; 1000])
+        .send(
+            f.listener,
+            Method::POST,
+            "h",
+            "/retry/post",
+            &[("x-test-fail-first", "1"), ("x-test-key", "k3")],
+            vec![7u8; 1000],
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 200);
@@ -338,8 +510,19 @@ async fn timeouts_answer_504() {
     assert_eq!(f.sluice.stat("http.response_flag.UT").await.unwrap(), 1);
     let r = f.get("h", "/pertry", &[("x-test-delay-ms", "1000")]).await;
     assert_eq!(r.status, 504);
-    assert_eq!(f.sluice.stat("cluster.a.upstream_rq_per_try_timeout").await.unwrap(), 2);
-    assert_eq!(f.get("h", "/timeout", &[("x-test-delay-ms", "10")]).await.status, 200);
+    assert_eq!(
+        f.sluice
+            .stat("cluster.a.upstream_rq_per_try_timeout")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        f.get("h", "/timeout", &[("x-test-delay-ms", "10")])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -348,10 +531,21 @@ async fn upstream_failures_answer_503_with_flags() {
     let r = f.get("h", "/down", &[]).await;
     assert_eq!(r.status, 503);
     assert!(String::from_utf8_lossy(&r.body).contains("connection failure"));
-    assert_eq!(f.sluice.stat("cluster.dead.upstream_cx_connect_fail").await.unwrap(), 3);
+    assert_eq!(
+        f.sluice
+            .stat("cluster.dead.upstream_cx_connect_fail")
+            .await
+            .unwrap(),
+        3
+    );
     assert_eq!(f.sluice.stat("http.response_flag.URX").await.unwrap(), 1);
     let prom = f.sluice.admin_get("/stats/prometheus").await.unwrap();
-    assert!(prom.contains("envoy_cluster_upstream_cx_connect_fail_total{envoy_cluster_name=\"dead\"} 3"), "{prom}");
+    assert!(
+        prom.contains(
+            "envoy_cluster_upstream_cx_connect_fail_total{envoy_cluster_name=\"dead\"} 3"
+        ),
+        "{prom}"
+    );
 }
 
 #[tokio::test]
@@ -360,7 +554,14 @@ async fn load_balancers_and_cluster_types() {
     let mut servers = HashMap::<String, u32>::new();
     for path in ["/lr", "/random"] {
         for _ in 0..60 {
-            *servers.entry(f.get("h", path, &[]).await.json()["server"].as_str().unwrap().to_string()).or_default() += 1;
+            *servers
+                .entry(
+                    f.get("h", path, &[]).await.json()["server"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                )
+                .or_default() += 1;
         }
     }
     assert!(servers["a"] > 10 && servers["b"] > 10, "{servers:?}");
@@ -371,7 +572,10 @@ async fn load_balancers_and_cluster_types() {
     }
     let r = f.get("h", "/h2up", &[]).await;
     assert_eq!(r.json()["version"], "HTTP/2.0");
-    assert_eq!(f.get("h", "/exact", &[]).await.json()["version"], "HTTP/1.1");
+    assert_eq!(
+        f.get("h", "/exact", &[]).await.json()["version"],
+        "HTTP/1.1"
+    );
 }
 
 #[tokio::test]
@@ -381,9 +585,25 @@ async fn http2_cleartext_downstream() {
     let r = h2.get(f.listener, "h", "/exact", &[]).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["server"], "a");
-    let r = h2.send(f.listener, Method::POST, "h", "/exact", &[], vec![1u8; 100_000]).await.unwrap();
+    let r = h2
+        .send(
+            f.listener,
+            Method::POST,
+            "h",
+            "/exact",
+            &[],
+            vec![1u8; 100_000],
+        )
+        .await
+        .unwrap();
     assert_eq!(r.json()["body_bytes"], 100_000);
-    assert_eq!(h2.get(f.listener, "x.wild.test", "/", &[]).await.unwrap().body, "vh-suffix");
+    assert_eq!(
+        h2.get(f.listener, "x.wild.test", "/", &[])
+            .await
+            .unwrap()
+            .body,
+        "vh-suffix"
+    );
 }
 
 #[tokio::test]
@@ -391,14 +611,28 @@ async fn admin_endpoints() {
     let f = Fixture::start().await;
     f.get("h", "/exact", &[]).await;
     let stats = f.sluice.admin_get("/stats").await.unwrap();
-    assert!(stats.contains("http.ingress.downstream_rq_2xx: 1"), "{stats}");
+    assert!(
+        stats.contains("http.ingress.downstream_rq_2xx: 1"),
+        "{stats}"
+    );
     assert!(stats.contains("cluster.a.upstream_rq_total: 1"), "{stats}");
-    let info: Value = serde_json::from_str(&f.sluice.admin_get("/server_info").await.unwrap()).unwrap();
+    let info: Value =
+        serde_json::from_str(&f.sluice.admin_get("/server_info").await.unwrap()).unwrap();
     assert_eq!(info["node"]["id"], "test-node");
-    let dump: Value = serde_json::from_str(&f.sluice.admin_get("/config_dump").await.unwrap()).unwrap();
-    assert_eq!(dump["configs"][2]["static_clusters"].as_array().unwrap().len(), 9);
+    let dump: Value =
+        serde_json::from_str(&f.sluice.admin_get("/config_dump").await.unwrap()).unwrap();
+    assert_eq!(
+        dump["configs"][2]["static_clusters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        9
+    );
     let clusters = f.sluice.admin_get("/clusters").await.unwrap();
-    assert!(clusters.contains(&format!("a::{}::weight::1", f.a.addr)), "{clusters}");
+    assert!(
+        clusters.contains(&format!("a::{}::weight::1", f.a.addr)),
+        "{clusters}"
+    );
     assert_eq!(f.sluice.admin_get("/ready").await.unwrap(), "LIVE\n");
     let _ = free_port();
     let _ = &f.b;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_tests::config::{bootstrap, cluster, http_listener};
+use sluice_tests::free_addr;
 use sluice_tests::process::{peak_rss_of, Sluice};
 use sluice_tests::upstream::Upstream;
-use sluice_tests::free_addr;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -20,8 +20,16 @@ async fn start() -> (Sluice, std::net::SocketAddr, Upstream) {
     let listener = free_addr();
     let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
         { "match": { "prefix": "/" }, "route": { "cluster": "a", "timeout": "120s" } } ] } ] });
-    let config = bootstrap(admin, vec![http_listener("ingress", listener, routes, json!({}))], vec![cluster("a", &[(upstream.addr, 1)], json!({}))]);
-    (Sluice::start(&config, admin).await.expect("start"), listener, upstream)
+    let config = bootstrap(
+        admin,
+        vec![http_listener("ingress", listener, routes, json!({}))],
+        vec![cluster("a", &[(upstream.addr, 1)], json!({}))],
+    );
+    (
+        Sluice::start(&config, admin).await.expect("start"),
+        listener,
+        upstream,
+    )
 }
 
 /// Reads an HTTP/1.1 response head, returning it.
@@ -67,7 +75,10 @@ async fn one_gib_each_way_with_bounded_memory() {
     let mut received = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(60), reader.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(60), reader.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         if n == 0 {
             break;
         }
@@ -78,5 +89,8 @@ async fn one_gib_each_way_with_bounded_memory() {
 
     let peak = peak_rss_of(sluice.pid());
     assert!(peak < RSS_LIMIT, "peak RSS {} MiB", peak >> 20);
-    eprintln!("sluice peak RSS after 2 GiB streamed: {:.1} MiB", peak as f64 / (1 << 20) as f64);
+    eprintln!(
+        "sluice peak RSS after 2 GiB streamed: {:.1} MiB",
+        peak as f64 / (1 << 20) as f64
+    );
 }

@@ -7,8 +7,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use sluice_tests::client::{raw_exchange, raw_status};
 use sluice_tests::config::{bootstrap, cluster, http2_options, http_listener};
-use sluice_tests::process::Sluice;
 use sluice_tests::free_addr;
+use sluice_tests::process::Sluice;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -22,7 +22,9 @@ async fn websocket_echo() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
                 while let Some(Ok(msg)) = ws.next().await {
                     if msg.is_close() || ws.send(msg).await.is_err() {
                         break;
@@ -47,7 +49,12 @@ async fn websocket_echo_through_the_proxy() {
     let config = bootstrap(
         admin,
         vec![
-            http_listener("ws", with_upgrades, all_to("ws"), json!({ "upgrade_configs": [ { "upgrade_type": "websocket" } ] })),
+            http_listener(
+                "ws",
+                with_upgrades,
+                all_to("ws"),
+                json!({ "upgrade_configs": [ { "upgrade_type": "websocket" } ] }),
+            ),
             http_listener("plain", without_upgrades, all_to("ws"), json!({})),
         ],
         vec![cluster("ws", &[(upstream, 1)], json!({}))],
@@ -55,13 +62,19 @@ async fn websocket_echo_through_the_proxy() {
     let _sluice = Sluice::start(&config, admin).await.unwrap();
 
     let stream = TcpStream::connect(with_upgrades).await.unwrap();
-    let (mut ws, response) = tokio_tungstenite::client_async("ws://echo.test/chat", stream).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://echo.test/chat", stream)
+        .await
+        .unwrap();
     assert_eq!(response.status(), 101);
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     let big = vec![42u8; 1 << 20];
     ws.send(Message::binary(big.clone())).await.unwrap();
-    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(echoed.into_data().len(), big.len());
     ws.close(None).await.unwrap();
 
@@ -81,7 +94,9 @@ async fn grpc_unary_and_server_streaming() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = listener.local_addr().unwrap();
     let (reporter, service) = tonic_health::server::health_reporter();
-    reporter.set_service_status("demo", tonic_health::ServingStatus::Serving).await;
+    reporter
+        .set_service_status("demo", tonic_health::ServingStatus::Serving)
+        .await;
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -96,20 +111,46 @@ async fn grpc_unary_and_server_streaming() {
     );
     let sluice = Sluice::start(&config, admin).await.unwrap();
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{proxy}")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{proxy}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = HealthClient::new(channel);
-    let reply = client.check(HealthCheckRequest { service: "demo".into() }).await.unwrap();
+    let reply = client
+        .check(HealthCheckRequest {
+            service: "demo".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(reply.into_inner().status, ServingStatus::Serving as i32);
 
     // A gRPC error travels in trailers (grpc-status 5 = NOT_FOUND).
-    let err = client.check(HealthCheckRequest { service: "missing".into() }).await.unwrap_err();
+    let err = client
+        .check(HealthCheckRequest {
+            service: "missing".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 
-    let mut stream = client.watch(HealthCheckRequest { service: "demo".into() }).await.unwrap().into_inner();
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "demo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
-    reporter.set_service_status("demo", tonic_health::ServingStatus::NotServing).await;
-    let second = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    reporter
+        .set_service_status("demo", tonic_health::ServingStatus::NotServing)
+        .await;
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(second.status, ServingStatus::NotServing as i32);
     assert!(sluice.stat("cluster.grpc.upstream_rq_2xx").await.unwrap() >= 3);
 }

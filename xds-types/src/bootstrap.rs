@@ -39,9 +39,13 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
         let admin = match raw.admin.as_ref().and_then(|a| a.address.as_ref()) {
             None => None,
             Some(address) => {
-                let (host, port) = socket_address(address).map_err(|e| e.within("admin.address"))?;
+                let (host, port) =
+                    socket_address(address).map_err(|e| e.within("admin.address"))?;
                 let ip = host.parse().map_err(|_| {
-                    ValidationError::new("admin.address.socket_address.address", "must be an IP address")
+                    ValidationError::new(
+                        "admin.address.socket_address.address",
+                        "must be an IP address",
+                    )
                 })?;
                 Some(SocketAddr::new(ip, port))
             }
@@ -51,16 +55,30 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             .clusters
             .iter()
             .enumerate()
-            .map(|(i, c)| Cluster::try_from(c).map_err(|e| e.within(format!("static_resources.clusters[{i}]"))))
+            .map(|(i, c)| {
+                Cluster::try_from(c)
+                    .map_err(|e| e.within(format!("static_resources.clusters[{i}]")))
+            })
             .collect::<Result<Vec<_>>>()?;
         let listeners = statics
             .listeners
             .iter()
             .enumerate()
-            .map(|(i, l)| Listener::try_from(l).map_err(|e| e.within(format!("static_resources.listeners[{i}]"))))
+            .map(|(i, l)| {
+                Listener::try_from(l)
+                    .map_err(|e| e.within(format!("static_resources.listeners[{i}]")))
+            })
             .collect::<Result<Vec<_>>>()?;
-        unique(clusters.iter().map(|c| c.name.as_str()), "static_resources.clusters", "cluster")?;
-        unique(listeners.iter().map(|l| l.name.as_str()), "static_resources.listeners", "listener")?;
+        unique(
+            clusters.iter().map(|c| c.name.as_str()),
+            "static_resources.clusters",
+            "cluster",
+        )?;
+        unique(
+            listeners.iter().map(|l| l.name.as_str()),
+            "static_resources.listeners",
+            "listener",
+        )?;
         let mut addresses = HashSet::new();
         for (i, l) in listeners.iter().enumerate() {
             if !addresses.insert(l.address) {
@@ -72,14 +90,28 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
         }
         let names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
         for (i, l) in listeners.iter().enumerate() {
-            if let Some(missing) = l.http.route_table.referenced_clusters().find(|c| !names.contains(c)) {
+            if let Some(missing) = l
+                .http
+                .route_table
+                .referenced_clusters()
+                .find(|c| !names.contains(c))
+            {
                 return Err(ValidationError::new(
-                    format!("static_resources.listeners[{i}].filter_chains[0].filters.route_config"),
+                    format!(
+                        "static_resources.listeners[{i}].filter_chains[0].filters.route_config"
+                    ),
                     format!("route references unknown cluster {missing:?}"),
                 ));
             }
         }
-        Ok(Self { node_id: node.id, node_cluster: node.cluster, admin, listeners, clusters, raw })
+        Ok(Self {
+            node_id: node.id,
+            node_cluster: node.cluster,
+            admin,
+            listeners,
+            clusters,
+            raw,
+        })
     }
 }
 
@@ -87,7 +119,10 @@ fn unique<'a>(names: impl Iterator<Item = &'a str>, path: &str, what: &str) -> R
     let mut seen = HashSet::new();
     for (i, name) in names.enumerate() {
         if !seen.insert(name) {
-            return Err(ValidationError::new(format!("{path}[{i}].name"), format!("duplicate {what} name {name:?}")));
+            return Err(ValidationError::new(
+                format!("{path}[{i}].name"),
+                format!("duplicate {what} name {name:?}"),
+            ));
         }
     }
     Ok(())

@@ -48,7 +48,9 @@ pub enum Discovery {
 pub enum LbPolicy {
     RoundRobin,
     /// Power of `choice_count` choices.
-    LeastRequest { choice_count: u32 },
+    LeastRequest {
+        choice_count: u32,
+    },
     Random,
 }
 
@@ -95,7 +97,10 @@ impl TryFrom<&pb::Cluster> for Cluster {
         )?
         .unwrap_or(DEFAULT_DNS_REFRESH);
         if refresh < Duration::from_millis(1) {
-            return Err(ValidationError::new("dns_refresh_rate", "must be at least 1ms"));
+            return Err(ValidationError::new(
+                "dns_refresh_rate",
+                "must be at least 1ms",
+            ));
         }
         let discovery = match c.cluster_discovery_type.as_ref() {
             None => Discovery::Static,
@@ -212,10 +217,18 @@ fn protocol_options(c: &pb::Cluster) -> Result<(UpstreamProtocol, Option<Duratio
                     ))
                 }
             },
-            Some(_) => return Err(ValidationError::unsupported(format!("{path}.upstream_protocol_options"))),
+            Some(_) => {
+                return Err(ValidationError::unsupported(format!(
+                    "{path}.upstream_protocol_options"
+                )))
+            }
         }
         if let Some(common) = options.common_http_protocol_options.as_ref() {
-            idle = http_idle_timeout(common, &format!("{path}.common_http_protocol_options"), idle)?;
+            idle = http_idle_timeout(
+                common,
+                &format!("{path}.common_http_protocol_options"),
+                idle,
+            )?;
         }
     }
     Ok((protocol, idle))
@@ -234,21 +247,33 @@ pub(crate) fn http_idle_timeout(
     )
 }
 
-fn endpoints(la: &endpoint::ClusterLoadAssignment, discovery: Discovery) -> Result<Vec<LbEndpoint>> {
+fn endpoints(
+    la: &endpoint::ClusterLoadAssignment,
+    discovery: Discovery,
+) -> Result<Vec<LbEndpoint>> {
     use core::HealthStatus as H;
     let mut out = Vec::new();
     for (l, locality) in la.endpoints.iter().enumerate() {
         let lpath = format!("endpoints[{l}]");
         if locality.priority != 0 {
-            return Err(ValidationError::new(format!("{lpath}.priority"), "only priority 0 is supported"));
+            return Err(ValidationError::new(
+                format!("{lpath}.priority"),
+                "only priority 0 is supported",
+            ));
         }
         for (e, lb) in locality.lb_endpoints.iter().enumerate() {
             let epath = format!("{lpath}.lb_endpoints[{e}]");
-            let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) = lb.host_identifier.as_ref() else {
+            let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) =
+                lb.host_identifier.as_ref()
+            else {
                 return Err(ValidationError::required(format!("{epath}.endpoint")));
             };
-            let address = ep.address.as_ref().ok_or_else(|| ValidationError::required(format!("{epath}.endpoint.address")))?;
-            let (host, port) = socket_address(address).map_err(|e| e.within(format!("{epath}.endpoint.address")))?;
+            let address = ep
+                .address
+                .as_ref()
+                .ok_or_else(|| ValidationError::required(format!("{epath}.endpoint.address")))?;
+            let (host, port) = socket_address(address)
+                .map_err(|e| e.within(format!("{epath}.endpoint.address")))?;
             if discovery == Discovery::Static && host.parse::<IpAddr>().is_err() {
                 return Err(ValidationError::new(
                     format!("{epath}.endpoint.address.socket_address.address"),
@@ -257,13 +282,21 @@ fn endpoints(la: &endpoint::ClusterLoadAssignment, discovery: Discovery) -> Resu
             }
             let weight = lb.load_balancing_weight.as_ref().map_or(1, |v| v.value);
             if weight == 0 {
-                return Err(ValidationError::new(format!("{epath}.load_balancing_weight"), "must be at least 1"));
+                return Err(ValidationError::new(
+                    format!("{epath}.load_balancing_weight"),
+                    "must be at least 1",
+                ));
             }
             let healthy = !matches!(
                 H::try_from(lb.health_status),
                 Ok(H::Unhealthy | H::Draining | H::Timeout)
             );
-            out.push(LbEndpoint { host, port, weight, healthy });
+            out.push(LbEndpoint {
+                host,
+                port,
+                weight,
+                healthy,
+            });
         }
     }
     Ok(out)
@@ -276,14 +309,20 @@ pub fn socket_address(address: &core::Address) -> Result<(String, u16)> {
         return Err(ValidationError::required("socket_address"));
     };
     if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
-        return Err(ValidationError::new("socket_address.protocol", "only TCP is supported"));
+        return Err(ValidationError::new(
+            "socket_address.protocol",
+            "only TCP is supported",
+        ));
     }
     if sa.address.is_empty() {
         return Err(ValidationError::required("socket_address.address"));
     }
     let port = match sa.port_specifier.as_ref() {
-        Some(core::socket_address::PortSpecifier::PortValue(p)) => u16::try_from(*p)
-            .map_err(|_| ValidationError::new("socket_address.port_value", "must be at most 65535"))?,
+        Some(core::socket_address::PortSpecifier::PortValue(p)) => {
+            u16::try_from(*p).map_err(|_| {
+                ValidationError::new("socket_address.port_value", "must be at most 65535")
+            })?
+        }
         _ => return Err(ValidationError::required("socket_address.port_value")),
     };
     Ok((sa.address.clone(), port))

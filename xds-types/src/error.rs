@@ -70,6 +70,9 @@ mod tests {
             .within("route")
             .within("routes[2]")
             .within("virtual_hosts[0]");
-        assert_eq!(e.to_string(), "virtual_hosts[0].routes[2].route.cluster: field is required");
+        assert_eq!(
+            e.to_string(),
+            "virtual_hosts[0].routes[2].route.cluster: field is required"
+        );
     }
 }

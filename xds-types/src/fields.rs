@@ -208,7 +208,7 @@ fn walk(message: &DynamicMessage, path: &str) -> Result<()> {
         if !supported.iter().any(|(f, _)| *f == field.name()) {
             return Err(ValidationError::unsupported(field_path));
         }
-        walk_value(&value, &field_path)?;
+        walk_value(value, &field_path)?;
     }
     Ok(())
 }
@@ -300,7 +300,7 @@ pub fn set_fields(message: &DynamicMessage, out: &mut Vec<(String, String)>) {
     }
     for (field, value) in message.fields() {
         out.push((descriptor.full_name().to_string(), field.name().to_string()));
-        collect_value(&value, out);
+        collect_value(value, out);
     }
 }
 

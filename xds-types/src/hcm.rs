@@ -61,66 +61,107 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             Ok(C::Auto) => Codec::Auto,
             Ok(C::Http1) => Codec::Http1,
             Ok(C::Http2) => Codec::Http2,
-            _ => return Err(ValidationError::new("codec_type", "only AUTO, HTTP1 and HTTP2 are supported")),
+            _ => {
+                return Err(ValidationError::new(
+                    "codec_type",
+                    "only AUTO, HTTP1 and HTTP2 are supported",
+                ))
+            }
         };
         let route_table = match h.route_specifier.as_ref() {
-            Some(R::RouteConfig(rc)) => RouteTable::try_from(rc).map_err(|e| e.within("route_config"))?,
+            Some(R::RouteConfig(rc)) => {
+                RouteTable::try_from(rc).map_err(|e| e.within("route_config"))?
+            }
             Some(_) => return Err(ValidationError::unsupported("route_specifier")),
             None => return Err(ValidationError::required("route_config")),
         };
         if h.http_filters.is_empty() {
-            return Err(ValidationError::new("http_filters", "the router filter is required"));
+            return Err(ValidationError::new(
+                "http_filters",
+                "the router filter is required",
+            ));
         }
         for (i, f) in h.http_filters.iter().enumerate() {
             let path = format!("http_filters[{i}]");
             let last = i + 1 == h.http_filters.len();
             match f.config_type.as_ref() {
                 Some(pb::http_filter::ConfigType::TypedConfig(any)) => {
-                    let _: Router = unpack_any(any, type_urls::ROUTER, &format!("{path}.typed_config"))?;
+                    let _: Router =
+                        unpack_any(any, type_urls::ROUTER, &format!("{path}.typed_config"))?;
                 }
                 _ => return Err(ValidationError::required(format!("{path}.typed_config"))),
             }
             if !last {
-                return Err(ValidationError::new(path, "the router filter must be the last filter"));
+                return Err(ValidationError::new(
+                    path,
+                    "the router filter must be the last filter",
+                ));
             }
         }
         let upgrades = h
             .upgrade_configs
             .iter()
-            .filter(|u| u.enabled.as_ref().map_or(true, |v| v.value))
+            .filter(|u| u.enabled.as_ref().is_none_or(|v| v.value))
             .map(|u| u.upgrade_type.to_ascii_lowercase())
             .collect();
         let (idle_timeout, max_headers_count) = match h.common_http_protocol_options.as_ref() {
             Some(o) => (
-                http_idle_timeout(o, "common_http_protocol_options", Some(DEFAULT_IDLE_TIMEOUT))?,
-                o.max_headers_count.as_ref().map_or(DEFAULT_MAX_HEADERS_COUNT, |v| v.value),
+                http_idle_timeout(
+                    o,
+                    "common_http_protocol_options",
+                    Some(DEFAULT_IDLE_TIMEOUT),
+                )?,
+                o.max_headers_count
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_HEADERS_COUNT, |v| v.value),
             ),
             None => (Some(DEFAULT_IDLE_TIMEOUT), DEFAULT_MAX_HEADERS_COUNT),
         };
-        let max_request_headers_kb = h.max_request_headers_kb.as_ref().map_or(DEFAULT_MAX_REQUEST_HEADERS_KB, |v| v.value);
+        let max_request_headers_kb = h
+            .max_request_headers_kb
+            .as_ref()
+            .map_or(DEFAULT_MAX_REQUEST_HEADERS_KB, |v| v.value);
         if !(1..=8192).contains(&max_request_headers_kb) {
-            return Err(ValidationError::new("max_request_headers_kb", "must be in [1, 8192]"));
+            return Err(ValidationError::new(
+                "max_request_headers_kb",
+                "must be in [1, 8192]",
+            ));
         }
         if max_headers_count == 0 {
-            return Err(ValidationError::new("common_http_protocol_options.max_headers_count", "must be at least 1"));
+            return Err(ValidationError::new(
+                "common_http_protocol_options.max_headers_count",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             stat_prefix: h.stat_prefix.clone(),
             codec,
             route_table,
             upgrades,
-            request_headers_timeout: optional_timeout(h.request_headers_timeout.as_ref(), "request_headers_timeout", None)?,
+            request_headers_timeout: optional_timeout(
+                h.request_headers_timeout.as_ref(),
+                "request_headers_timeout",
+                None,
+            )?,
             idle_timeout,
             max_request_headers_kb,
             max_headers_count,
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
             xff_num_trusted_hops: h.xff_num_trusted_hops,
             skip_xff_append: h.skip_xff_append,
-            generate_request_id: h.generate_request_id.as_ref().map_or(true, |v| v.value),
+            generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
             preserve_external_request_id: h.preserve_external_request_id,
-            drain_timeout: optional_timeout(h.drain_timeout.as_ref(), "drain_timeout", Some(DEFAULT_DRAIN_TIMEOUT))?
-                .unwrap_or(Duration::ZERO),
-            server_name: if h.server_name.is_empty() { "sluice".into() } else { h.server_name.clone() },
+            drain_timeout: optional_timeout(
+                h.drain_timeout.as_ref(),
+                "drain_timeout",
+                Some(DEFAULT_DRAIN_TIMEOUT),
+            )?
+            .unwrap_or(Duration::ZERO),
+            server_name: if h.server_name.is_empty() {
+                "sluice".into()
+            } else {
+                h.server_name.clone()
+            },
         })
     }
 }

@@ -37,16 +37,31 @@ impl TryFrom<&pb::Listener> for Listener {
         if l.name.is_empty() {
             return Err(ValidationError::required("name"));
         }
-        let address = l.address.as_ref().ok_or_else(|| ValidationError::required("address"))?;
+        let address = l
+            .address
+            .as_ref()
+            .ok_or_else(|| ValidationError::required("address"))?;
         let (host, port) = socket_address(address).map_err(|e| e.within("address"))?;
         let ip: IpAddr = host.parse().map_err(|_| {
-            ValidationError::new("address.socket_address.address", format!("{host:?} is not an IP address"))
+            ValidationError::new(
+                "address.socket_address.address",
+                format!("{host:?} is not an IP address"),
+            )
         })?;
         let [chain] = l.filter_chains.as_slice() else {
-            return Err(ValidationError::new("filter_chains", "exactly one filter chain is supported"));
+            return Err(ValidationError::new(
+                "filter_chains",
+                "exactly one filter chain is supported",
+            ));
         };
-        let (connection_limit, http) = filters(&chain.filters).map_err(|e| e.within("filter_chains[0]"))?;
-        Ok(Self { name: l.name.clone(), address: SocketAddr::new(ip, port), connection_limit, http })
+        let (connection_limit, http) =
+            filters(&chain.filters).map_err(|e| e.within("filter_chains[0]"))?;
+        Ok(Self {
+            name: l.name.clone(),
+            address: SocketAddr::new(ip, port),
+            connection_limit,
+            http,
+        })
     }
 }
 
@@ -59,14 +74,20 @@ fn filters(filters: &[pb::Filter]) -> Result<(Option<ConnectionLimit>, HttpConne
             return Err(ValidationError::required(path));
         };
         if http.is_some() {
-            return Err(ValidationError::new(format!("filters[{i}]"), "the HTTP connection manager must be the last filter"));
+            return Err(ValidationError::new(
+                format!("filters[{i}]"),
+                "the HTTP connection manager must be the last filter",
+            ));
         }
         match any.type_url.as_str() {
             type_urls::CONNECTION_LIMIT if limit.is_none() => {
                 let c: ConnectionLimitPb = unpack_any(any, type_urls::CONNECTION_LIMIT, &path)?;
                 let max_connections = c.max_connections.as_ref().map_or(0, |v| v.value);
                 if max_connections == 0 {
-                    return Err(ValidationError::new(format!("{path}.max_connections"), "must be at least 1"));
+                    return Err(ValidationError::new(
+                        format!("{path}.max_connections"),
+                        "must be at least 1",
+                    ));
                 }
                 limit = Some(ConnectionLimit {
                     max_connections,
@@ -77,9 +98,19 @@ fn filters(filters: &[pb::Filter]) -> Result<(Option<ConnectionLimit>, HttpConne
                 let h: HcmPb = unpack_any(any, type_urls::HTTP_CONNECTION_MANAGER, &path)?;
                 http = Some(HttpConnectionManager::try_from(&h).map_err(|e| e.within(&path))?);
             }
-            other => return Err(ValidationError::new(path, format!("unsupported network filter {other:?}"))),
+            other => {
+                return Err(ValidationError::new(
+                    path,
+                    format!("unsupported network filter {other:?}"),
+                ))
+            }
         }
     }
-    let http = http.ok_or_else(|| ValidationError::new("filters", "an envoy.filters.network.http_connection_manager filter is required"))?;
+    let http = http.ok_or_else(|| {
+        ValidationError::new(
+            "filters",
+            "an envoy.filters.network.http_connection_manager filter is required",
+        )
+    })?;
     Ok((limit, http))
 }

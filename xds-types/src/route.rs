@@ -146,7 +146,10 @@ pub struct ForwardAction {
 pub enum ClusterTarget {
     Cluster(String),
     /// `(cluster, weight)`, weights > 0 summing to `total`.
-    Weighted { clusters: Vec<(String, u32)>, total: u32 },
+    Weighted {
+        clusters: Vec<(String, u32)>,
+        total: u32,
+    },
 }
 
 /// When and how often to retry.
@@ -338,7 +341,9 @@ fn validate_domain(domain: &str) -> Result<String> {
     if !ok {
         return Err(ValidationError::new(
             "",
-            format!("invalid domain {domain:?}: a wildcard may only be the first or last character"),
+            format!(
+                "invalid domain {domain:?}: a wildcard may only be the first or last character"
+            ),
         ));
     }
     Ok(d)
@@ -348,10 +353,18 @@ impl TryFrom<&pb::Route> for Route {
     type Error = ValidationError;
 
     fn try_from(r: &pb::Route) -> Result<Self> {
-        let m = r.r#match.as_ref().ok_or_else(|| ValidationError::required("match"))?;
+        let m = r
+            .r#match
+            .as_ref()
+            .ok_or_else(|| ValidationError::required("match"))?;
         let matcher = RouteMatch::try_from(m).map_err(|e| e.within("match"))?;
         let action = match r.action.as_ref() {
-            None => return Err(ValidationError::new("", "one of route, redirect or direct_response is required")),
+            None => {
+                return Err(ValidationError::new(
+                    "",
+                    "one of route, redirect or direct_response is required",
+                ))
+            }
             Some(pb::route::Action::Route(a)) => RouteAction::Forward(Box::new(
                 ForwardAction::try_from(a).map_err(|e| e.within("route"))?,
             )),
@@ -363,12 +376,25 @@ impl TryFrom<&pb::Route> for Route {
             ),
             Some(_) => return Err(ValidationError::unsupported("action")),
         };
-        if let (RouteAction::Redirect(Redirect { path: Some(RedirectPath::Prefix(_)), .. }), PathMatch::Regex(_)) = (&action, &matcher.path) {
-            return Err(ValidationError::new("redirect.prefix_rewrite", "prefix_rewrite needs a prefix or path route match"));
+        if let (
+            RouteAction::Redirect(Redirect {
+                path: Some(RedirectPath::Prefix(_)),
+                ..
+            }),
+            PathMatch::Regex(_),
+        ) = (&action, &matcher.path)
+        {
+            return Err(ValidationError::new(
+                "redirect.prefix_rewrite",
+                "prefix_rewrite needs a prefix or path route match",
+            ));
         }
         if let RouteAction::Forward(f) = &action {
             if f.prefix_rewrite.is_some() && matches!(matcher.path, PathMatch::Regex(_)) {
-                return Err(ValidationError::new("route.prefix_rewrite", "prefix_rewrite needs a prefix, path or path_separated_prefix match"));
+                return Err(ValidationError::new(
+                    "route.prefix_rewrite",
+                    "prefix_rewrite needs a prefix, path or path_separated_prefix match",
+                ));
             }
         }
         Ok(Self {
@@ -396,10 +422,21 @@ impl TryFrom<&pb::RouteMatch> for RouteMatch {
 
     fn try_from(m: &pb::RouteMatch) -> Result<Self> {
         use pb::route_match::PathSpecifier as P;
-        let case_sensitive = m.case_sensitive.as_ref().map_or(true, |v| v.value);
-        let fold = |s: &str| if case_sensitive { s.to_string() } else { s.to_ascii_lowercase() };
+        let case_sensitive = m.case_sensitive.as_ref().is_none_or(|v| v.value);
+        let fold = |s: &str| {
+            if case_sensitive {
+                s.to_string()
+            } else {
+                s.to_ascii_lowercase()
+            }
+        };
         let path = match m.path_specifier.as_ref() {
-            None => return Err(ValidationError::new("", "one of prefix, path, safe_regex or path_separated_prefix is required")),
+            None => {
+                return Err(ValidationError::new(
+                    "",
+                    "one of prefix, path, safe_regex or path_separated_prefix is required",
+                ))
+            }
             Some(P::Prefix(p)) => PathMatch::Prefix(fold(p)),
             Some(P::Path(p)) => PathMatch::Exact(fold(p)),
             Some(P::SafeRegex(r)) => {
@@ -426,11 +463,14 @@ impl TryFrom<&pb::RouteMatch> for RouteMatch {
             .query_parameters
             .iter()
             .enumerate()
-            .map(|(i, q)| {
-                query_matcher(q).map_err(|e| e.within(format!("query_parameters[{i}]")))
-            })
+            .map(|(i, q)| query_matcher(q).map_err(|e| e.within(format!("query_parameters[{i}]"))))
             .collect::<Result<_>>()?;
-        Ok(Self { path, case_sensitive, headers, query_parameters })
+        Ok(Self {
+            path,
+            case_sensitive,
+            headers,
+            query_parameters,
+        })
     }
 }
 
@@ -475,7 +515,10 @@ impl TryFrom<&pb::HeaderMatcher> for HeaderMatcher {
     fn try_from(h: &pb::HeaderMatcher) -> Result<Self> {
         use pb::header_matcher::HeaderMatchSpecifier as S;
         let name = validate_header_name(&h.name).map_err(|e| e.within("name"))?;
-        let exact = |s: &str| StringMatcher { pattern: StringPattern::Exact(s.into()), ignore_case: false };
+        let exact = |s: &str| StringMatcher {
+            pattern: StringPattern::Exact(s.into()),
+            ignore_case: false,
+        };
         let kind = match h.header_match_specifier.as_ref() {
             None => HeaderMatchKind::Present(true),
             Some(S::ExactMatch(v)) => HeaderMatchKind::Value(exact(v)),
@@ -484,13 +527,29 @@ impl TryFrom<&pb::HeaderMatcher> for HeaderMatcher {
                 ignore_case: false,
             }),
             Some(S::PresentMatch(p)) => HeaderMatchKind::Present(*p),
-            Some(S::PrefixMatch(p)) => HeaderMatchKind::Value(StringMatcher { pattern: StringPattern::Prefix(p.clone()), ignore_case: false }),
-            Some(S::SuffixMatch(p)) => HeaderMatchKind::Value(StringMatcher { pattern: StringPattern::Suffix(p.clone()), ignore_case: false }),
-            Some(S::ContainsMatch(p)) => HeaderMatchKind::Value(StringMatcher { pattern: StringPattern::Contains(p.clone()), ignore_case: false }),
-            Some(S::StringMatch(m)) => HeaderMatchKind::Value(string_matcher(m).map_err(|e| e.within("string_match"))?),
+            Some(S::PrefixMatch(p)) => HeaderMatchKind::Value(StringMatcher {
+                pattern: StringPattern::Prefix(p.clone()),
+                ignore_case: false,
+            }),
+            Some(S::SuffixMatch(p)) => HeaderMatchKind::Value(StringMatcher {
+                pattern: StringPattern::Suffix(p.clone()),
+                ignore_case: false,
+            }),
+            Some(S::ContainsMatch(p)) => HeaderMatchKind::Value(StringMatcher {
+                pattern: StringPattern::Contains(p.clone()),
+                ignore_case: false,
+            }),
+            Some(S::StringMatch(m)) => {
+                HeaderMatchKind::Value(string_matcher(m).map_err(|e| e.within("string_match"))?)
+            }
             Some(_) => return Err(ValidationError::unsupported("header_match_specifier")),
         };
-        Ok(Self { name, kind, invert: h.invert_match, treat_missing_as_empty: h.treat_missing_header_as_empty })
+        Ok(Self {
+            name,
+            kind,
+            invert: h.invert_match,
+            treat_missing_as_empty: h.treat_missing_header_as_empty,
+        })
     }
 }
 
@@ -518,11 +577,17 @@ fn query_matcher(q: &pb::QueryParameterMatcher) -> Result<QueryParameterMatcher>
     let value = match q.query_parameter_match_specifier.as_ref() {
         None | Some(S::PresentMatch(true)) => None,
         Some(S::PresentMatch(false)) => {
-            return Err(ValidationError::new("present_match", "present_match: false is not meaningful; omit the matcher"))
+            return Err(ValidationError::new(
+                "present_match",
+                "present_match: false is not meaningful; omit the matcher",
+            ))
         }
         Some(S::StringMatch(m)) => Some(string_matcher(m).map_err(|e| e.within("string_match"))?),
     };
-    Ok(QueryParameterMatcher { name: q.name.clone(), value })
+    Ok(QueryParameterMatcher {
+        name: q.name.clone(),
+        value,
+    })
 }
 
 impl QueryParameterMatcher {
@@ -540,21 +605,37 @@ impl QueryParameterMatcher {
 pub fn string_matcher(m: &matcher::StringMatcher) -> Result<StringMatcher> {
     use matcher::string_matcher::MatchPattern as P;
     let pattern = match m.match_pattern.as_ref() {
-        None => return Err(ValidationError::new("", "one of exact, prefix, suffix, contains or safe_regex is required")),
+        None => {
+            return Err(ValidationError::new(
+                "",
+                "one of exact, prefix, suffix, contains or safe_regex is required",
+            ))
+        }
         Some(P::Exact(s)) => StringPattern::Exact(s.clone()),
         Some(P::Prefix(s)) => StringPattern::Prefix(s.clone()),
         Some(P::Suffix(s)) => StringPattern::Suffix(s.clone()),
         Some(P::Contains(s)) => StringPattern::Contains(s.clone()),
-        Some(P::SafeRegex(r)) => StringPattern::Regex(regex(r).map_err(|e| e.within("safe_regex"))?),
+        Some(P::SafeRegex(r)) => {
+            StringPattern::Regex(regex(r).map_err(|e| e.within("safe_regex"))?)
+        }
         Some(_) => return Err(ValidationError::unsupported("match_pattern")),
     };
-    Ok(StringMatcher { pattern, ignore_case: m.ignore_case })
+    Ok(StringMatcher {
+        pattern,
+        ignore_case: m.ignore_case,
+    })
 }
 
 impl StringMatcher {
     /// Evaluates the matcher (regexes ignore `ignore_case`, as in Envoy).
     pub fn matches(&self, value: &str) -> bool {
-        let fold = |s: &str| if self.ignore_case { s.to_ascii_lowercase() } else { s.to_string() };
+        let fold = |s: &str| {
+            if self.ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
         match &self.pattern {
             StringPattern::Exact(p) => fold(value) == fold(p),
             StringPattern::Prefix(p) => fold(value).starts_with(&fold(p)),
@@ -574,7 +655,11 @@ fn compile_regex(pattern: &str, anchored: bool) -> Result<Regex> {
     if pattern.len() > 4096 {
         return Err(ValidationError::new("", "regex is longer than 4096 bytes"));
     }
-    let source = if anchored { format!("^(?:{pattern})$") } else { pattern.to_string() };
+    let source = if anchored {
+        format!("^(?:{pattern})$")
+    } else {
+        pattern.to_string()
+    };
     regex::RegexBuilder::new(&source)
         .size_limit(1 << 20)
         .build()
@@ -589,16 +674,27 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
         let target = match a.cluster_specifier.as_ref() {
             Some(C::Cluster(c)) if !c.is_empty() => ClusterTarget::Cluster(c.clone()),
             Some(C::Cluster(_)) => return Err(ValidationError::required("cluster")),
-            Some(C::WeightedClusters(w)) => weighted(w).map_err(|e| e.within("weighted_clusters"))?,
+            Some(C::WeightedClusters(w)) => {
+                weighted(w).map_err(|e| e.within("weighted_clusters"))?
+            }
             Some(_) => return Err(ValidationError::unsupported("cluster_specifier")),
-            None => return Err(ValidationError::new("", "one of cluster or weighted_clusters is required")),
+            None => {
+                return Err(ValidationError::new(
+                    "",
+                    "one of cluster or weighted_clusters is required",
+                ))
+            }
         };
         let regex_rewrite = a
             .regex_rewrite
             .as_ref()
             .map(|r| {
-                let pattern = r.pattern.as_ref().ok_or_else(|| ValidationError::required("pattern"))?;
-                let re = compile_regex(&pattern.regex, false).map_err(|e| e.within("pattern.regex"))?;
+                let pattern = r
+                    .pattern
+                    .as_ref()
+                    .ok_or_else(|| ValidationError::required("pattern"))?;
+                let re =
+                    compile_regex(&pattern.regex, false).map_err(|e| e.within("pattern.regex"))?;
                 Ok::<_, ValidationError>((re, re2_substitution(&r.substitution)))
             })
             .transpose()
@@ -617,7 +713,12 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
             0 => 503,
             1 => 404,
             2 => 500,
-            other => return Err(ValidationError::new("cluster_not_found_response_code", format!("unknown code {other}"))),
+            other => {
+                return Err(ValidationError::new(
+                    "cluster_not_found_response_code",
+                    format!("unknown code {other}"),
+                ))
+            }
         };
         Ok(Self {
             target,
@@ -679,11 +780,17 @@ fn weighted(w: &pb::WeightedCluster) -> Result<ClusterTarget> {
         }
     }
     if total == 0 {
-        return Err(ValidationError::new("clusters", "the sum of weights must be greater than 0"));
+        return Err(ValidationError::new(
+            "clusters",
+            "the sum of weights must be greater than 0",
+        ));
     }
     if let Some(expected) = w.total_weight.as_ref().map(|v| v.value) {
         if expected != total {
-            return Err(ValidationError::new("total_weight", format!("is {expected} but the weights sum to {total}")));
+            return Err(ValidationError::new(
+                "total_weight",
+                format!("is {expected} but the weights sum to {total}"),
+            ));
         }
     }
     Ok(ClusterTarget::Weighted { clusters, total })
@@ -691,30 +798,52 @@ fn weighted(w: &pb::WeightedCluster) -> Result<ClusterTarget> {
 
 fn retry_policy(p: &pb::RetryPolicy) -> Result<RetryPolicy> {
     let mut retry_on = RetryOn::default();
-    for cond in p.retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for cond in p
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         match cond {
             "5xx" => retry_on.server_error = true,
             "gateway-error" => retry_on.gateway_error = true,
             "connect-failure" => retry_on.connect_failure = true,
             "reset" => retry_on.reset = true,
             "retriable-status-codes" => retry_on.retriable_status_codes = true,
-            other => return Err(ValidationError::new("retry_on", format!("unsupported retry condition {other:?}"))),
+            other => {
+                return Err(ValidationError::new(
+                    "retry_on",
+                    format!("unsupported retry condition {other:?}"),
+                ))
+            }
         }
     }
     let (base_interval, max_interval) = match p.retry_back_off.as_ref() {
-        None => (DEFAULT_RETRY_BASE_INTERVAL, DEFAULT_RETRY_BASE_INTERVAL * 10),
+        None => (
+            DEFAULT_RETRY_BASE_INTERVAL,
+            DEFAULT_RETRY_BASE_INTERVAL * 10,
+        ),
         Some(b) => {
-            let base = b.base_interval.as_ref().ok_or_else(|| ValidationError::required("retry_back_off.base_interval"))?;
+            let base = b
+                .base_interval
+                .as_ref()
+                .ok_or_else(|| ValidationError::required("retry_back_off.base_interval"))?;
             let base = duration(base, "retry_back_off.base_interval")?;
             if base.is_zero() {
-                return Err(ValidationError::new("retry_back_off.base_interval", "must be greater than 0"));
+                return Err(ValidationError::new(
+                    "retry_back_off.base_interval",
+                    "must be greater than 0",
+                ));
             }
             let max = match b.max_interval.as_ref() {
                 Some(m) => duration(m, "retry_back_off.max_interval")?,
                 None => base * 10,
             };
             if max < base {
-                return Err(ValidationError::new("retry_back_off.max_interval", "must not be less than base_interval"));
+                return Err(ValidationError::new(
+                    "retry_back_off.max_interval",
+                    "must not be less than base_interval",
+                ));
             }
             (base, max)
         }
@@ -726,7 +855,12 @@ fn retry_policy(p: &pb::RetryPolicy) -> Result<RetryPolicy> {
             u16::try_from(*c)
                 .ok()
                 .filter(|c| (100..600).contains(c))
-                .ok_or_else(|| ValidationError::new("retriable_status_codes", format!("{c} is not an HTTP status")))
+                .ok_or_else(|| {
+                    ValidationError::new(
+                        "retriable_status_codes",
+                        format!("{c} is not an HTTP status"),
+                    )
+                })
         })
         .collect::<Result<_>>()?;
     Ok(RetryPolicy {
@@ -744,7 +878,8 @@ impl RetryPolicy {
     pub fn retries_status(&self, status: u16) -> bool {
         (self.retry_on.server_error && (500..600).contains(&status))
             || (self.retry_on.gateway_error && matches!(status, 502..=504))
-            || (self.retry_on.retriable_status_codes && self.retriable_status_codes.contains(&status))
+            || (self.retry_on.retriable_status_codes
+                && self.retriable_status_codes.contains(&status))
     }
 
     /// Whether a failure to connect calls for another try.
@@ -762,7 +897,9 @@ impl TryFrom<&pb::RedirectAction> for Redirect {
     type Error = ValidationError;
 
     fn try_from(r: &pb::RedirectAction) -> Result<Self> {
-        use pb::redirect_action::{PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S};
+        use pb::redirect_action::{
+            PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+        };
         let scheme = match r.scheme_rewrite_specifier.as_ref() {
             None => None,
             Some(S::HttpsRedirect(true)) => Some("https".to_string()),
@@ -771,7 +908,10 @@ impl TryFrom<&pb::RedirectAction> for Redirect {
         };
         let port = match r.port_redirect {
             0 => None,
-            p => Some(u16::try_from(p).map_err(|_| ValidationError::new("port_redirect", "must be at most 65535"))?),
+            p => Some(
+                u16::try_from(p)
+                    .map_err(|_| ValidationError::new("port_redirect", "must be at most 65535"))?,
+            ),
         };
         let path = match r.path_rewrite_specifier.as_ref() {
             None => None,
@@ -785,7 +925,12 @@ impl TryFrom<&pb::RedirectAction> for Redirect {
             Ok(C::SeeOther) => 303,
             Ok(C::TemporaryRedirect) => 307,
             Ok(C::PermanentRedirect) => 308,
-            Err(_) => return Err(ValidationError::new("response_code", "unknown redirect code")),
+            Err(_) => {
+                return Err(ValidationError::new(
+                    "response_code",
+                    "unknown redirect code",
+                ))
+            }
         };
         Ok(Self {
             scheme,
@@ -810,7 +955,10 @@ impl TryFrom<&pb::DirectResponseAction> for DirectResponse {
             .as_ref()
             .map(|b| data_source(b).map_err(|e| e.within("body")))
             .transpose()?;
-        Ok(Self { status: d.status as u16, body })
+        Ok(Self {
+            status: d.status as u16,
+            body,
+        })
     }
 }
 
@@ -820,7 +968,10 @@ fn data_source(d: &core::DataSource) -> Result<Vec<u8>> {
         Some(S::InlineString(s)) => Ok(s.clone().into_bytes()),
         Some(S::InlineBytes(b)) => Ok(b.clone()),
         Some(_) => Err(ValidationError::unsupported("specifier")),
-        None => Err(ValidationError::new("", "one of inline_string or inline_bytes is required")),
+        None => Err(ValidationError::new(
+            "",
+            "one of inline_string or inline_bytes is required",
+        )),
     }
 }
 
@@ -854,9 +1005,13 @@ pub fn mutations(
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let n = validate_header_name(n).map_err(|e| e.within(format!("{remove_field}[{i}]")))?;
+            let n =
+                validate_header_name(n).map_err(|e| e.within(format!("{remove_field}[{i}]")))?;
             if n.starts_with(':') || n == "host" {
-                return Err(ValidationError::new(format!("{remove_field}[{i}]"), "pseudo-headers and host cannot be removed"));
+                return Err(ValidationError::new(
+                    format!("{remove_field}[{i}]"),
+                    "pseudo-headers and host cannot be removed",
+                ));
             }
             Ok(http::HeaderName::from_bytes(n.as_bytes()).expect("validated above"))
         })
@@ -866,19 +1021,34 @@ pub fn mutations(
 
 fn header_addition(o: &core::HeaderValueOption) -> Result<HeaderAddition> {
     use core::header_value_option::HeaderAppendAction as A;
-    let header = o.header.as_ref().ok_or_else(|| ValidationError::required("header"))?;
+    let header = o
+        .header
+        .as_ref()
+        .ok_or_else(|| ValidationError::required("header"))?;
     let name = validate_header_name(&header.key).map_err(|e| e.within("header.key"))?;
     if name.starts_with(':') || name == "host" {
-        return Err(ValidationError::new("header.key", "pseudo-headers and host cannot be added"));
+        return Err(ValidationError::new(
+            "header.key",
+            "pseudo-headers and host cannot be added",
+        ));
     }
     if header.value.contains('%') {
-        return Err(ValidationError::new("header.value", "command operators (%...%) are not supported"));
+        return Err(ValidationError::new(
+            "header.value",
+            "command operators (%...%) are not supported",
+        ));
     }
     let value = http::HeaderValue::from_str(&header.value)
         .map_err(|_| ValidationError::new("header.value", "not a valid header value"))?;
-    let action = match (o.append.as_ref().map(|v| v.value), A::try_from(o.append_action)) {
+    let action = match (
+        o.append.as_ref().map(|v| v.value),
+        A::try_from(o.append_action),
+    ) {
         (Some(_), Ok(a)) if a != A::AppendIfExistsOrAdd => {
-            return Err(ValidationError::new("append", "append and append_action cannot both be set"))
+            return Err(ValidationError::new(
+                "append",
+                "append and append_action cannot both be set",
+            ))
         }
         (Some(true), _) => AppendAction::AppendIfExistsOrAdd,
         (Some(false), _) => AppendAction::OverwriteIfExistsOrAdd,
@@ -889,7 +1059,12 @@ fn header_addition(o: &core::HeaderValueOption) -> Result<HeaderAddition> {
         (None, Err(_)) => return Err(ValidationError::new("append_action", "unknown action")),
     };
     let name = http::HeaderName::from_bytes(name.as_bytes()).expect("validated above");
-    Ok(HeaderAddition { name, value, action, keep_empty_value: o.keep_empty_value })
+    Ok(HeaderAddition {
+        name,
+        value,
+        action,
+        keep_empty_value: o.keep_empty_value,
+    })
 }
 
 #[cfg(test)]
@@ -910,7 +1085,10 @@ mod tests {
                {match: {safe_regex: {regex: '(['}}, route: {cluster: c}}]}]",
         )
         .unwrap_err();
-        assert_eq!(err.path, "virtual_hosts[0].routes[1].match.safe_regex.regex");
+        assert_eq!(
+            err.path,
+            "virtual_hosts[0].routes[1].match.safe_regex.regex"
+        );
     }
 
     #[test]
@@ -920,15 +1098,17 @@ mod tests {
                {match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: 'envoy-ratelimited'}}}]}]",
         )
         .unwrap_err();
-        assert_eq!(err.path, "virtual_hosts[0].routes[0].route.retry_policy.retry_on");
+        assert_eq!(
+            err.path,
+            "virtual_hosts[0].routes[0].route.retry_policy.retry_on"
+        );
     }
 
     #[test]
     fn duplicate_domains_are_rejected() {
-        let err = table(
-            "virtual_hosts: [{name: a, domains: ['x.com']}, {name: b, domains: ['X.com']}]",
-        )
-        .unwrap_err();
+        let err =
+            table("virtual_hosts: [{name: a, domains: ['x.com']}, {name: b, domains: ['X.com']}]")
+                .unwrap_err();
         assert_eq!(err.path, "virtual_hosts[1].domains");
     }
 
@@ -957,10 +1137,8 @@ mod tests {
 
     #[test]
     fn header_value_formatters_are_rejected() {
-        let err = table(
-            "request_headers_to_add: [{header: {key: x, value: '%START_TIME%'}}]",
-        )
-        .unwrap_err();
+        let err = table("request_headers_to_add: [{header: {key: x, value: '%START_TIME%'}}]")
+            .unwrap_err();
         assert_eq!(err.path, "request_headers_to_add[0].header.value");
     }
 }

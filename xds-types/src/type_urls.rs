@@ -16,7 +16,8 @@ pub const HTTP_PROTOCOL_OPTIONS: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// The key under which clusters carry [`HTTP_PROTOCOL_OPTIONS`] in
 /// `typed_extension_protocol_options`.
-pub const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// The message name part of a type URL (`type.googleapis.com/a.b.C` → `a.b.C`).
 pub fn message_name(type_url: &str) -> &str {

