@@ -30,6 +30,8 @@ pub type UpstreamClient = Client<HttpConnector, Body>;
 pub struct Endpoint {
     /// `host:port` used as the request authority (and pool key).
     pub authority: String,
+    /// `authority` parsed once, so building an upstream URI does not re-parse it.
+    pub uri_authority: Option<http::uri::Authority>,
     pub weight: u32,
     /// Requests in flight, for LEAST_REQUEST.
     pub active: AtomicU64,
@@ -71,6 +73,7 @@ impl EndpointSet {
             .into_iter()
             .map(|(authority, weight)| {
                 Arc::new(Endpoint {
+                    uri_authority: authority.parse().ok(),
                     authority,
                     weight,
                     active: AtomicU64::new(0),

@@ -352,8 +352,23 @@ async fn forward(
             .get(header::TRANSFER_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
 
-    let headers = upstream_headers(ctx, listener, &plan, parts.headers, host, upgrade.is_some());
-    let upstream_path = rewrite_path(action, plan.rewrite_prefix, path);
+    let mut headers = Some(upstream_headers(
+        ctx,
+        listener,
+        &plan,
+        parts.headers,
+        host,
+        upgrade.is_some(),
+    ));
+    let upstream_path = match rewrite_path(action, plan.rewrite_prefix, path) {
+        // Unchanged: reuse the request's parsed path (a cheap `Bytes` clone).
+        None => parts.uri.path_and_query().cloned(),
+        Some(rewritten) => rewritten.parse().ok(),
+    };
+    let Some(upstream_path) = upstream_path else {
+        outcome.flag = Some(ResponseFlag::DownstreamProtocolError);
+        return local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
+    };
     let version = match cluster.config.protocol {
         xds_types::cluster::UpstreamProtocol::Http1 => Version::HTTP_11,
         xds_types::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -392,12 +407,18 @@ async fn forward(
             RequestBody::Replayable(bytes) => body::full(bytes.clone()),
             RequestBody::Streaming(b) => b.take().unwrap_or_else(body::empty),
         };
+        // The last try takes the headers; earlier ones clone them.
+        let try_headers = if attempt < max_tries {
+            headers.clone().unwrap_or_default()
+        } else {
+            headers.take().unwrap_or_default()
+        };
         let upstream_request = match build_request(
             &parts.method,
             version,
             &endpoint,
             &upstream_path,
-            &headers,
+            try_headers,
             try_body,
         ) {
             Some(r) => r,
@@ -584,18 +605,19 @@ fn build_request(
     method: &Method,
     version: Version,
     endpoint: &Endpoint,
-    path: &str,
-    headers: &HeaderMap,
+    path: &http::uri::PathAndQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Option<Request<Body>> {
-    let uri: Uri = format!("http://{}{}", endpoint.authority, path)
-        .parse()
-        .ok()?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(endpoint.uri_authority.clone()?);
+    parts.path_and_query = Some(path.clone());
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
-    *request.uri_mut() = uri;
+    *request.uri_mut() = Uri::from_parts(parts).ok()?;
     *request.version_mut() = version;
-    *request.headers_mut() = headers.clone();
+    *request.headers_mut() = headers;
     Some(request)
 }
 
@@ -661,10 +683,13 @@ fn upstream_headers(
     }
     let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
     if hcm.generate_request_id && (regenerate || !headers.contains_key(&X_REQUEST_ID)) {
-        let id = uuid::Uuid::new_v4().to_string();
+        // A v4 UUID from the thread-local RNG: no getrandom syscall per request.
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut text);
         headers.insert(
             X_REQUEST_ID.clone(),
-            HeaderValue::from_str(&id).expect("uuid is ascii"),
+            HeaderValue::from_str(text).expect("uuid is ascii"),
         );
     }
     let host_value = plan.action.host_rewrite.as_deref().unwrap_or(host);
@@ -677,7 +702,15 @@ fn upstream_headers(
     headers
 }
 
-fn rewrite_path(action: &ForwardAction, matched_prefix: Option<&str>, path: &str) -> String {
+/// The upstream path when a rewrite applies; `None` when the path is unchanged.
+fn rewrite_path(
+    action: &ForwardAction,
+    matched_prefix: Option<&str>,
+    path: &str,
+) -> Option<String> {
+    if action.prefix_rewrite.is_none() && action.regex_rewrite.is_none() {
+        return None;
+    }
     let mut path = path.to_string();
     if let (Some(new_prefix), Some(matched)) = (&action.prefix_rewrite, matched_prefix) {
         let rest = path.get(matched.len()..).unwrap_or("");
@@ -697,7 +730,7 @@ fn rewrite_path(action: &ForwardAction, matched_prefix: Option<&str>, path: &str
     if path.is_empty() {
         path.push('/');
     }
-    path
+    Some(path)
 }
 
 /// Applies removals, then additions, of one level.

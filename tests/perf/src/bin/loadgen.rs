@@ -38,17 +38,22 @@ struct Outcome {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let outcome = runtime.block_on(run(args.clone()))?;
     let h = &outcome.latencies;
     let us = |q: f64| h.value_at_quantile(q) as f64;
-    println!(
+    // The JSON line on stdout is this tool's whole output.
+    use std::io::Write;
+    writeln!(
+        std::io::stdout(),
         "{}",
         serde_json::json!({
             "requests": h.len(), "errors": outcome.errors, "rate": args.rate, "connections": args.connections,
             "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999), "max_us": h.max(),
         })
-    );
+    )?;
     Ok(())
 }
 
@@ -63,7 +68,14 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
         // Spread connections evenly over one interval.
         let offset = per_connection.mul_f64(i as f64 / args.connections as f64);
         tasks.push(tokio::spawn(async move {
-            connection(args, start + offset, end, per_connection, per_connection_max).await
+            connection(
+                args,
+                start + offset,
+                end,
+                per_connection,
+                per_connection_max,
+            )
+            .await
         }));
     }
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -76,7 +88,13 @@ async fn run(args: Args) -> anyhow::Result<Outcome> {
     Ok(Outcome { latencies, errors })
 }
 
-async fn connection(args: Args, first: Instant, end: Instant, interval: Duration, max: u64) -> anyhow::Result<Outcome> {
+async fn connection(
+    args: Args,
+    first: Instant,
+    end: Instant,
+    interval: Duration,
+    max: u64,
+) -> anyhow::Result<Outcome> {
     let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", args.path, args.host).into_bytes();
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;
@@ -89,7 +107,9 @@ async fn connection(args: Args, first: Instant, end: Instant, interval: Duration
             break;
         }
         tokio::time::sleep_until(scheduled.into()).await;
-        let ok = exchange(&mut stream, &request, &mut buf).await.unwrap_or(false);
+        let ok = exchange(&mut stream, &request, &mut buf)
+            .await
+            .unwrap_or(false);
         if ok {
             latencies.record(scheduled.elapsed().as_micros().max(1) as u64)?;
         } else {
@@ -103,7 +123,11 @@ async fn connection(args: Args, first: Instant, end: Instant, interval: Duration
 }
 
 /// Sends one request and reads one response with a Content-Length body.
-async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> anyhow::Result<bool> {
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<bool> {
     stream.write_all(request).await?;
     buf.clear();
     let mut chunk = [0u8; 16 * 1024];
