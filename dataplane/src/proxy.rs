@@ -72,9 +72,11 @@ impl FlagCounters {
     }
 }
 
-/// What happened to a request, for stats and the access log.
+/// What happened to a request, for stats and the access log. The strings are filled only
+/// when the access log is on (`detailed`), to keep allocations off the request path.
 #[derive(Default)]
 struct Outcome {
+    detailed: bool,
     flag: Option<ResponseFlag>,
     cluster: Option<String>,
     upstream: Option<String>,
@@ -141,7 +143,10 @@ pub async fn serve(
     let path = path_and_query(request.uri()).to_string();
     let host = request_host(&request).to_string();
 
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        detailed: tracing::enabled!(target: "access", tracing::Level::INFO),
+        ..Outcome::default()
+    };
     let (mut response, mutations) = route_request(
         &ctx,
         &snapshot,
@@ -328,7 +333,9 @@ async fn forward(
         ClusterTarget::Cluster(name) => name.as_str(),
         ClusterTarget::Weighted { clusters, total } => pick_weighted(clusters, *total),
     };
-    outcome.cluster = Some(cluster_name.to_string());
+    if outcome.detailed {
+        outcome.cluster = Some(cluster_name.to_string());
+    }
     let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
         listener.stats.no_cluster.inc();
         outcome.flag = Some(ResponseFlag::NoClusterFound);
@@ -402,7 +409,9 @@ async fn forward(
             outcome.flag = Some(ResponseFlag::NoHealthyUpstream);
             return local_reply::for_flag(ResponseFlag::NoHealthyUpstream);
         };
-        outcome.upstream = Some(endpoint.authority.clone());
+        if outcome.detailed {
+            outcome.upstream = Some(endpoint.authority.clone());
+        }
         let try_body = match &mut body {
             RequestBody::Replayable(bytes) => body::full(bytes.clone()),
             RequestBody::Streaming(b) => b.take().unwrap_or_else(body::empty),

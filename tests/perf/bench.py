@@ -302,14 +302,14 @@ def main():
                     finally: proxy.stop()
                 results[name]["runs"][proxy_name] = runs
                 print(f"{name:18} {proxy_name:16} " + " ".join(f"{r.get('rps') or 0:9.0f}rps/{r.get('cpu_us_per_req') or 0:6.1f}us" for r in runs), flush=True)
-        if not wanted or "idle_10k" in wanted:
-            results["idle_10k"] = {"description": f"RSS with {args.idle} idle keep-alive connections", "runs": {}}
+        if not wanted or "idle_connections" in wanted:
+            results["idle_connections"] = {"description": f"RSS with {args.idle} idle keep-alive connections", "runs": {}}
             for proxy_name, cls in PROXIES.items():
                 if proxy_name == "upstream-direct": continue
                 proxy = cls(proxy_name, workdir).start()
-                try: results["idle_10k"]["runs"][proxy_name] = [idle_connections(proxy, args.idle)]
+                try: results["idle_connections"]["runs"][proxy_name] = [idle_connections(proxy, args.idle)]
                 finally: proxy.stop()
-                print(f"idle_10k           {proxy_name:16} {results['idle_10k']['runs'][proxy_name][0]['rss_per_conn_kb']:.2f} KiB/conn", flush=True)
+                print(f"idle_connections   {proxy_name:16} {results['idle_connections']['runs'][proxy_name][0]['rss_per_conn_kb']:.2f} KiB/conn", flush=True)
         if not wanted or "reload_10hz" in wanted:
             results["reload_10hz"] = {"description": "sluice alone: wrk 50 connections while the route table is swapped 10 times a second",
                                       "runs": {"sluice": [reload_under_load(workdir, max(args.duration, 5)) for _ in range(args.reps)]}}
@@ -353,7 +353,10 @@ def report(meta, results):
              f"CPU {PROXY_CPU}; the upstream and the load generator are pinned to CPU {LOAD_CPU}. Each cell is the median of",
              f"{meta['reps']} runs of {meta['duration_s']} s with min–max in brackets. CPU µs/request is the proxy process's",
              "user+system CPU time over the requests it served — on this 2-core machine the load generator saturates",
-             "before a fast proxy does, so it is the fair efficiency figure. `upstream-direct` is the ceiling (no proxy).", "",
+             "before a fast proxy does, so it is the fair efficiency figure. `upstream-direct` is the ceiling (no proxy).",
+             "Targets, findings and before/after figures of the optimisation rounds: [performance.md](performance.md).",
+             "The idle-connection scenario holds 9,000 connections: this machine's hard open-file limit is 20,000 and",
+             "HAProxy needs two descriptors per `maxconn`.", "",
              "| machine | |", "| --- | --- |"]
     for k in ["date", "cpu", "cores", "kernel", "sluice", "envoy", "nginx", "haproxy", "wrk", "h2load"]:
         lines.append(f"| {k} | {meta[k]} |")
@@ -361,7 +364,7 @@ def report(meta, results):
     peers = ["envoy", "nginx", "haproxy"]
     for name, data in results.items():
         lines += [f"## {name}", "", data["description"], ""]
-        if name == "idle_10k":
+        if name == "idle_connections":
             lines += ["| proxy | RSS before (MB) | RSS with connections (MB) | KiB per connection |", "| --- | --- | --- | --- |"]
             for p, runs in data["runs"].items():
                 r = runs[0]
@@ -386,8 +389,9 @@ def report(meta, results):
                 if not s or not vals: return None
                 best_p = max(vals, key=vals.get) if higher_better else min(vals, key=vals.get)
                 return f"{s / vals[best_p]:.2f} (best peer: {best_p})"
-            lines += ["", f"sluice / best peer — throughput: **{ratio(throughput_key, True)}**, "
-                          f"CPU µs/req: **{ratio('cpu_us_per_req', False)}**, p99: **{ratio('p99_us', False)}**"]
+            def show(v): return v if v is not None else "–"
+            lines += ["", f"sluice / best peer — throughput: **{show(ratio(throughput_key, True))}**, "
+                          f"CPU µs/req: **{show(ratio('cpu_us_per_req', False))}**, p99: **{show(ratio('p99_us', False))}**"]
         lines.append("")
     lines += ["## Exact commands", "", "```",
               f"proxy:     taskset -c {PROXY_CPU} <proxy> (configs written by tests/perf/bench.py: one worker each)",
@@ -405,7 +409,7 @@ def charts(results, out):
         print("matplotlib missing: charts skipped", file=sys.stderr); return
     names, ratios = [], {p: [] for p in ["envoy", "nginx", "haproxy"]}
     for name, data in results.items():
-        if name in ("idle_10k", "reload_10hz") or "sluice" not in data["runs"]: continue
+        if name in ("idle_connections", "reload_10hz") or "sluice" not in data["runs"]: continue
         key = "mbps" if name in ("h1_16k", "h1_1m") else "rps"
         s = med([r.get(key) for r in data["runs"]["sluice"]])[0]
         names.append(name)

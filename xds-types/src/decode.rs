@@ -7,7 +7,7 @@
 //! the typed conversion runs. We chose `prost-reflect` over `xds-api`'s serde because it
 //! works with the same prost/tonic generation as `envoy-types` and covers every Envoy type.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, Weak};
 
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage};
 
@@ -16,12 +16,20 @@ use crate::fields;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
 
-/// Envoy's descriptor pool, decoded once.
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(DESCRIPTORS).expect("envoy-types ships a valid descriptor set")
-    })
+/// Envoy's descriptor pool. It is decoded on demand and freed when no caller holds it:
+/// it is only needed while config is decoded, and keeping it would cost the proxy several
+/// MB of resident memory for its whole life. Decoding it takes a few milliseconds.
+pub fn pool() -> Arc<DescriptorPool> {
+    static POOL: Mutex<Weak<DescriptorPool>> = Mutex::new(Weak::new());
+    let mut cached = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pool) = cached.upgrade() {
+        return pool;
+    }
+    let pool = Arc::new(
+        DescriptorPool::decode(DESCRIPTORS).expect("envoy-types ships a valid descriptor set"),
+    );
+    *cached = Arc::downgrade(&pool);
+    pool
 }
 
 /// Descriptor of a message by full name (`envoy.config.cluster.v3.Cluster`).
@@ -34,6 +42,7 @@ pub fn message_descriptor(full_name: &str) -> Result<MessageDescriptor> {
 /// Parses YAML (or JSON, which YAML includes) in Envoy's proto3-JSON shape into `T`,
 /// rejecting unknown and unsupported fields with their paths.
 pub fn from_yaml<T: prost::Message + Default>(text: &str, full_name: &str) -> Result<T> {
+    let _pool = pool(); // held for the whole decode, so nested look-ups reuse it
     let value: serde_json::Value = serde_yaml_ng::from_str(text)
         .map_err(|e| ValidationError::new("", format!("invalid YAML/JSON: {e}")))?;
     from_json_value(value, full_name)
@@ -66,6 +75,7 @@ pub fn dynamic_from_json(value: serde_json::Value, full_name: &str) -> Result<Dy
 
 /// Decodes protobuf bytes of `full_name` into `T` after the unsupported-field check.
 pub fn from_bytes<T: prost::Message + Default>(bytes: &[u8], full_name: &str) -> Result<T> {
+    let _pool = pool(); // held for the whole decode, so nested look-ups reuse it
     let descriptor = message_descriptor(full_name)?;
     let dynamic = DynamicMessage::decode(descriptor, bytes)
         .map_err(|e| ValidationError::new("", format!("cannot decode {full_name}: {e}")))?;
