@@ -190,3 +190,66 @@ pub fn peak_rss_of(pid: u32) -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// A running `sluice-cp`, serving the resources written to its file.
+pub struct ControlPlane {
+    child: Child,
+    pub xds: SocketAddr,
+    pub resources_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Starts `sluice-cp` on `xds` with `resources` (YAML documents) and waits for its port.
+    pub async fn start(resources: &str, xds: SocketAddr) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let resources_path = dir.path().join("resources.yaml");
+        std::fs::write(&resources_path, resources)?;
+        let bin = binary("sluice-cp");
+        if !bin.exists() {
+            bail!(
+                "{} not found: build it first (cargo build --bins)",
+                bin.display()
+            );
+        }
+        let child = Command::new(&bin)
+            .arg("--xds-listen")
+            .arg(xds.to_string())
+            .arg("--resources")
+            .arg(&resources_path)
+            .args(["--log-level", "info"])
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let mut cp = Self {
+            child,
+            xds,
+            resources_path,
+            _dir: dir,
+        };
+        for _ in 0..300 {
+            if let Some(status) = cp.child.try_wait()? {
+                bail!("sluice-cp exited early: {status}");
+            }
+            if tokio::net::TcpStream::connect(xds).await.is_ok() {
+                return Ok(cp);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = cp.child.kill();
+        bail!("sluice-cp did not start listening")
+    }
+
+    /// Replaces the resources and sends SIGHUP.
+    pub fn update(&self, resources: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.resources_path, resources)?;
+        Ok(kill(self.child.id(), libc::SIGHUP)?)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

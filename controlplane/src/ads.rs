@@ -1,0 +1,339 @@
+//! The Aggregated Discovery Service: state of the world and delta on one gRPC service.
+//!
+//! Each stream runs one task that owns its protocol state; it reacts to client requests
+//! and to new resource sets (a `watch` channel), and writes responses to a bounded channel
+//! that tonic drains. Where other control planes are known to go wrong:
+//! - a response nonce that is not the last one sent is stale and ignored (SotW);
+//! - a NACK (`error_detail`) is recorded and the rejected version is not sent again until
+//!   the resources change;
+//! - a change of subscribed names is always answered, even with an unchanged version;
+//! - delta honours `initial_resource_versions` on reconnect and removes what was deleted
+//!   meanwhile;
+//! - pushes go clusters first, then listeners (make-before-break).
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use xds_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use xds_types::type_urls;
+
+use crate::resources::{ResourceSet, PUSH_ORDER};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The ADS service; cheap to share between streams.
+#[derive(Clone)]
+pub struct Ads {
+    resources: watch::Receiver<Arc<ResourceSet>>,
+}
+
+impl Ads {
+    /// A service serving whatever `resources` holds now and later.
+    pub fn new(resources: watch::Receiver<Arc<ResourceSet>>) -> Self {
+        Self { resources }
+    }
+}
+
+/// Types a client subscribes to by wildcard when it names no resources (SotW).
+fn wildcard_by_default(type_url: &str) -> bool {
+    type_url == type_urls::LISTENER || type_url == type_urls::CLUSTER
+}
+
+fn node_id(node: Option<&xds_types::pb::envoy::config::core::v3::Node>) -> String {
+    node.map(|n| n.id.clone()).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(SotwStream::default().run(request.into_inner(), self.resources.clone(), tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(DeltaStream::default().run(request.into_inner(), self.resources.clone(), tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// State-of-the-world protocol state of one type on one stream.
+#[derive(Debug, Default)]
+struct SotwType {
+    /// `None`: wildcard.
+    names: Option<BTreeSet<String>>,
+    sent_version: Option<String>,
+    nonce: String,
+    acked_version: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct SotwStream {
+    node: String,
+    types: HashMap<String, SotwType>,
+    nonces: u64,
+}
+
+impl SotwStream {
+    async fn run(
+        mut self,
+        mut requests: Streaming<DiscoveryRequest>,
+        mut resources: watch::Receiver<Arc<ResourceSet>>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        loop {
+            tokio::select! {
+                message = requests.message() => match message {
+                    Ok(Some(request)) => {
+                        let current = resources.borrow().clone();
+                        if let Some(response) = self.on_request(request, &current) {
+                            if tx.send(Ok(response)).await.is_err() { break; }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => { debug!(node = %self.node, %status, "sotw stream ended"); break; }
+                },
+                changed = resources.changed() => {
+                    if changed.is_err() { break; }
+                    let current = resources.borrow_and_update().clone();
+                    for type_url in PUSH_ORDER {
+                        if let Some(response) = self.push(type_url, &current, false) {
+                            if tx.send(Ok(response)).await.is_err() { return; }
+                        }
+                    }
+                }
+            }
+        }
+        info!(node = %self.node, "sotw stream closed");
+    }
+
+    fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        current: &ResourceSet,
+    ) -> Option<DiscoveryResponse> {
+        if self.node.is_empty() {
+            self.node = node_id(request.node.as_ref());
+            info!(node = %self.node, "sotw stream opened");
+        }
+        let type_url = request.type_url.clone();
+        let state = self.types.entry(type_url.clone()).or_default();
+        if !request.response_nonce.is_empty() && request.response_nonce != state.nonce {
+            debug!(node = %self.node, %type_url, nonce = %request.response_nonce, "stale nonce ignored");
+            return None;
+        }
+        if let Some(error) = &request.error_detail {
+            warn!(node = %self.node, %type_url, version = ?state.sent_version, error = %error.message, "NACK");
+        } else if !request.response_nonce.is_empty() {
+            state.acked_version = Some(request.version_info.clone());
+            debug!(node = %self.node, %type_url, version = %request.version_info, "ACK");
+        }
+        let names = if request.resource_names.is_empty() && wildcard_by_default(&type_url) {
+            None
+        } else {
+            Some(request.resource_names.iter().cloned().collect())
+        };
+        let first = request.response_nonce.is_empty() && state.sent_version.is_none();
+        let changed = names != state.names;
+        state.names = names;
+        (first || changed)
+            .then(|| self.push(&type_url, current, true))
+            .flatten()
+    }
+
+    /// A response for `type_url` when the client is subscribed and lacks this version
+    /// (or `force`: a new subscription is always answered).
+    fn push(
+        &mut self,
+        type_url: &str,
+        current: &ResourceSet,
+        force: bool,
+    ) -> Option<DiscoveryResponse> {
+        let version = current.type_version(type_url);
+        let state = self.types.get_mut(type_url)?;
+        if !force && state.sent_version.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        let resources = current
+            .of_type(type_url)
+            .filter(|(name, _)| state.names.as_ref().is_none_or(|n| n.contains(*name)))
+            .map(|(_, e)| (*e.any).clone())
+            .collect();
+        self.nonces += 1;
+        state.nonce = self.nonces.to_string();
+        state.sent_version = Some(version.clone());
+        debug!(node = %self.node, %type_url, %version, "sotw push");
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: type_url.to_string(),
+            nonce: state.nonce.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Delta protocol state of one type on one stream.
+#[derive(Debug, Default)]
+struct DeltaType {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client has: name → version.
+    known: HashMap<String, String>,
+    started: bool,
+}
+
+#[derive(Debug, Default)]
+struct DeltaStream {
+    node: String,
+    types: HashMap<String, DeltaType>,
+    nonces: u64,
+}
+
+impl DeltaStream {
+    async fn run(
+        mut self,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        mut resources: watch::Receiver<Arc<ResourceSet>>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) {
+        loop {
+            tokio::select! {
+                message = requests.message() => match message {
+                    Ok(Some(request)) => {
+                        let current = resources.borrow().clone();
+                        if let Some(response) = self.on_request(request, &current) {
+                            if tx.send(Ok(response)).await.is_err() { break; }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => { debug!(node = %self.node, %status, "delta stream ended"); break; }
+                },
+                changed = resources.changed() => {
+                    if changed.is_err() { break; }
+                    let current = resources.borrow_and_update().clone();
+                    for type_url in PUSH_ORDER {
+                        if let Some(response) = self.push(type_url, &current, false) {
+                            if tx.send(Ok(response)).await.is_err() { return; }
+                        }
+                    }
+                }
+            }
+        }
+        info!(node = %self.node, "delta stream closed");
+    }
+
+    fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        current: &ResourceSet,
+    ) -> Option<DeltaDiscoveryResponse> {
+        if self.node.is_empty() {
+            self.node = node_id(request.node.as_ref());
+            info!(node = %self.node, "delta stream opened");
+        }
+        let type_url = request.type_url.clone();
+        let state = self.types.entry(type_url.clone()).or_default();
+        if let Some(error) = &request.error_detail {
+            warn!(node = %self.node, %type_url, nonce = %request.response_nonce, error = %error.message, "NACK");
+        }
+        let first = !state.started;
+        if first {
+            state.started = true;
+            state.known = request.initial_resource_versions.clone();
+            state.wildcard = request.resource_names_subscribe.is_empty();
+        }
+        for name in &request.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.names.insert(name.clone());
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+                state.known.remove(name);
+            }
+        }
+        let subscription_changed = !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty();
+        if first || subscription_changed {
+            self.push(&type_url, current, first)
+        } else {
+            None
+        }
+    }
+
+    /// The resources the client lacks and the names it must drop; `None` when there is
+    /// nothing to say (unless `always`, for the first answer of a type).
+    fn push(
+        &mut self,
+        type_url: &str,
+        current: &ResourceSet,
+        always: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let state = self.types.get_mut(type_url)?;
+        let wanted = |name: &str| state.wildcard || state.names.contains(name);
+        let resources: Vec<Resource> = current
+            .of_type(type_url)
+            .filter(|(name, entry)| wanted(name) && state.known.get(*name) != Some(&entry.version))
+            .map(|(name, entry)| Resource {
+                name: name.clone(),
+                version: entry.version.clone(),
+                resource: Some((*entry.any).clone()),
+                ..Default::default()
+            })
+            .collect();
+        let present: BTreeSet<&String> = current.of_type(type_url).map(|(n, _)| n).collect();
+        let removed: Vec<String> = state
+            .known
+            .keys()
+            .filter(|name| !present.contains(name) || !wanted(name))
+            .cloned()
+            .collect();
+        if resources.is_empty() && removed.is_empty() && !always {
+            return None;
+        }
+        for r in &resources {
+            state.known.insert(r.name.clone(), r.version.clone());
+        }
+        for name in &removed {
+            state.known.remove(name);
+        }
+        self.nonces += 1;
+        debug!(node = %self.node, %type_url, updated = resources.len(), removed = removed.len(), "delta push");
+        Some(DeltaDiscoveryResponse {
+            system_version_info: current.type_version(type_url),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce: self.nonces.to_string(),
+            ..Default::default()
+        })
+    }
+}
