@@ -18,6 +18,9 @@ use crate::listener::{bind, ListenerError, ListenerManager};
 use crate::proxy::FlagCounters;
 use crate::stats::Stats;
 
+/// How long Envoy's descriptor pool is kept after the last config decode.
+const DESCRIPTOR_IDLE: Duration = Duration::from_secs(30);
+
 /// What `sluice` was started with.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -68,6 +71,14 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         tokio::spawn(admin::serve(socket, admin_state.clone()));
     }
 
+    // Config decoding keeps Envoy's descriptors in memory; free them once config is quiet.
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(DESCRIPTOR_IDLE);
+        loop {
+            tick.tick().await;
+            xds_types::decode::release_idle_pool(DESCRIPTOR_IDLE);
+        }
+    });
     let mut hangup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
@@ -87,19 +98,25 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
 }
 
 /// Re-reads the bootstrap; a valid one is published as a new snapshot, an invalid one is
-/// logged and the current config keeps serving.
+/// logged and the current config keeps serving. Reading and validating run on a blocking
+/// thread, so a reload never stalls the workers serving traffic (with one worker, parsing
+/// on it added tens of milliseconds to every in-flight request's latency).
 async fn reload(options: &Options, store: &SnapshotStore, listeners: &ListenerManager) {
-    let text = match tokio::fs::read_to_string(&options.config_path).await {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(path = %options.config_path.display(), error = %e, "reload: cannot read bootstrap; keeping current config");
+    let path = options.config_path.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read bootstrap: {e}"))?;
+        Bootstrap::from_yaml(&text).map_err(|e| format!("invalid bootstrap: {e}"))
+    })
+    .await;
+    let bootstrap = match parsed {
+        Ok(Ok(b)) => b,
+        Ok(Err(error)) => {
+            warn!(path = %options.config_path.display(), %error, "reload refused; keeping current config");
             return;
         }
-    };
-    let bootstrap = match Bootstrap::from_yaml(&text) {
-        Ok(b) => b,
-        Err(e) => {
-            warn!(path = %options.config_path.display(), error = %e, "reload: invalid bootstrap; keeping current config");
+        Err(error) => {
+            error!(%error, "reload task failed; keeping current config");
             return;
         }
     };

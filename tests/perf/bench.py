@@ -317,6 +317,13 @@ def main():
         upstream.send_signal(signal.SIGTERM); upstream.wait(5)
     out = Path(args.out); (out / "benchmarks").mkdir(parents=True, exist_ok=True)
     meta = environment(args)
+    previous = out / "benchmarks" / "results.json"
+    if wanted and previous.exists():
+        # A partial run (--only) replaces its scenarios in the last full run's results.
+        merged = json.loads(previous.read_text())["results"]
+        merged.update(results)
+        results = merged
+        meta["partial_rerun"] = f"{', '.join(wanted)} re-run at {meta['date']}"
     (out / "benchmarks" / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / "benchmarks.md").write_text(report(meta, results))
     charts(results, out / "benchmarks")
@@ -358,8 +365,9 @@ def report(meta, results):
              "The idle-connection scenario holds 9,000 connections: this machine's hard open-file limit is 20,000 and",
              "HAProxy needs two descriptors per `maxconn`.", "",
              "| machine | |", "| --- | --- |"]
-    for k in ["date", "cpu", "cores", "kernel", "sluice", "envoy", "nginx", "haproxy", "wrk", "h2load"]:
-        lines.append(f"| {k} | {meta[k]} |")
+    for k in ["date", "cpu", "cores", "kernel", "sluice", "envoy", "nginx", "haproxy", "wrk", "h2load", "partial_rerun"]:
+        if k in meta:
+            lines.append(f"| {k} | {meta[k]} |")
     lines += ["", "![throughput ratios](benchmarks/throughput_ratio.png)", "![latency at fixed rate](benchmarks/latency_fixed_rate.png)", ""]
     peers = ["envoy", "nginx", "haproxy"]
     for name, data in results.items():

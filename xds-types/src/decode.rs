@@ -7,7 +7,8 @@
 //! the typed conversion runs. We chose `prost-reflect` over `xds-api`'s serde because it
 //! works with the same prost/tonic generation as `envoy-types` and covers every Envoy type.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage};
 
@@ -16,21 +17,37 @@ use crate::fields;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
 
-/// Envoy's descriptor pool. It is decoded on demand and freed when no caller holds it:
-/// it is only needed while config is decoded, and keeping it would cost the proxy several
-/// MB of resident memory for its whole life. Decoding it takes a few milliseconds.
+/// Envoy's descriptor pool, decoded on demand. It is only needed while config is decoded,
+/// and keeping it costs the proxy several MB of resident memory for its whole life, so
+/// [`release_idle_pool`] frees it once config has stopped changing. Decoding it again
+/// takes a few tens of milliseconds, which is why it is not freed after every use.
 pub fn pool() -> Arc<DescriptorPool> {
-    static POOL: Mutex<Weak<DescriptorPool>> = Mutex::new(Weak::new());
     let mut cached = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(pool) = cached.upgrade() {
-        return pool;
+    let now = Instant::now();
+    if let Some((pool, last_used)) = cached.as_mut() {
+        *last_used = now;
+        return pool.clone();
     }
     let pool = Arc::new(
         DescriptorPool::decode(DESCRIPTORS).expect("envoy-types ships a valid descriptor set"),
     );
-    *cached = Arc::downgrade(&pool);
+    *cached = Some((pool.clone(), now));
     pool
 }
+
+/// Frees the descriptor pool when it has not been used for `max_idle` (call it
+/// periodically from a long-running process).
+pub fn release_idle_pool(max_idle: Duration) {
+    let mut cached = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if cached
+        .as_ref()
+        .is_some_and(|(_, last_used)| last_used.elapsed() >= max_idle)
+    {
+        *cached = None;
+    }
+}
+
+static POOL: Mutex<Option<(Arc<DescriptorPool>, Instant)>> = Mutex::new(None);
 
 /// Descriptor of a message by full name (`envoy.config.cluster.v3.Cluster`).
 pub fn message_descriptor(full_name: &str) -> Result<MessageDescriptor> {
@@ -42,7 +59,6 @@ pub fn message_descriptor(full_name: &str) -> Result<MessageDescriptor> {
 /// Parses YAML (or JSON, which YAML includes) in Envoy's proto3-JSON shape into `T`,
 /// rejecting unknown and unsupported fields with their paths.
 pub fn from_yaml<T: prost::Message + Default>(text: &str, full_name: &str) -> Result<T> {
-    let _pool = pool(); // held for the whole decode, so nested look-ups reuse it
     let value: serde_json::Value = serde_yaml_ng::from_str(text)
         .map_err(|e| ValidationError::new("", format!("invalid YAML/JSON: {e}")))?;
     from_json_value(value, full_name)
@@ -75,7 +91,6 @@ pub fn dynamic_from_json(value: serde_json::Value, full_name: &str) -> Result<Dy
 
 /// Decodes protobuf bytes of `full_name` into `T` after the unsupported-field check.
 pub fn from_bytes<T: prost::Message + Default>(bytes: &[u8], full_name: &str) -> Result<T> {
-    let _pool = pool(); // held for the whole decode, so nested look-ups reuse it
     let descriptor = message_descriptor(full_name)?;
     let dynamic = DynamicMessage::decode(descriptor, bytes)
         .map_err(|e| ValidationError::new("", format!("cannot decode {full_name}: {e}")))?;
