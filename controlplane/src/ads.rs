@@ -61,7 +61,12 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(SotwStream::default().run(request.into_inner(), self.resources.clone(), tx));
+        tokio::spawn(run(
+            SotwStream::default(),
+            request.into_inner(),
+            self.resources.clone(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -72,11 +77,66 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(DeltaStream::default().run(request.into_inner(), self.resources.clone(), tx));
+        tokio::spawn(run(
+            DeltaStream::default(),
+            request.into_inner(),
+            self.resources.clone(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// One flavour of the xDS protocol (state of the world or delta) on one stream.
+trait Protocol: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    /// The answer to a client request, if one is due.
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+        current: &ResourceSet,
+    ) -> Option<Self::Response>;
+    /// The update for `type_url` after the resources changed, if the client lacks it.
+    fn on_change(&mut self, type_url: &str, current: &ResourceSet) -> Option<Self::Response>;
+    /// The node on the other end, for logs.
+    fn node(&self) -> &str;
+}
+
+/// Drives one stream: client requests and resource changes in, responses out, until
+/// either side goes away.
+async fn run<P: Protocol>(
+    mut protocol: P,
+    mut requests: Streaming<P::Request>,
+    mut resources: watch::Receiver<Arc<ResourceSet>>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) {
+    loop {
+        tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => {
+                    let current = resources.borrow().clone();
+                    if let Some(response) = protocol.on_request(request, &current) {
+                        if tx.send(Ok(response)).await.is_err() { break; }
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => { debug!(node = %protocol.node(), %status, "stream ended"); break; }
+            },
+            changed = resources.changed() => {
+                if changed.is_err() { break; }
+                let current = resources.borrow_and_update().clone();
+                for type_url in PUSH_ORDER {
+                    if let Some(response) = protocol.on_change(type_url, &current) {
+                        if tx.send(Ok(response)).await.is_err() { return; }
+                    }
+                }
+            }
+        }
+    }
+    info!(node = %protocol.node(), "stream closed");
 }
 
 /// State-of-the-world protocol state of one type on one stream.
@@ -97,39 +157,7 @@ struct SotwStream {
 }
 
 impl SotwStream {
-    async fn run(
-        mut self,
-        mut requests: Streaming<DiscoveryRequest>,
-        mut resources: watch::Receiver<Arc<ResourceSet>>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) {
-        loop {
-            tokio::select! {
-                message = requests.message() => match message {
-                    Ok(Some(request)) => {
-                        let current = resources.borrow().clone();
-                        if let Some(response) = self.on_request(request, &current) {
-                            if tx.send(Ok(response)).await.is_err() { break; }
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => { debug!(node = %self.node, %status, "sotw stream ended"); break; }
-                },
-                changed = resources.changed() => {
-                    if changed.is_err() { break; }
-                    let current = resources.borrow_and_update().clone();
-                    for type_url in PUSH_ORDER {
-                        if let Some(response) = self.push(type_url, &current, false) {
-                            if tx.send(Ok(response)).await.is_err() { return; }
-                        }
-                    }
-                }
-            }
-        }
-        info!(node = %self.node, "sotw stream closed");
-    }
-
-    fn on_request(
+    fn handle_request(
         &mut self,
         request: DiscoveryRequest,
         current: &ResourceSet,
@@ -213,39 +241,7 @@ struct DeltaStream {
 }
 
 impl DeltaStream {
-    async fn run(
-        mut self,
-        mut requests: Streaming<DeltaDiscoveryRequest>,
-        mut resources: watch::Receiver<Arc<ResourceSet>>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) {
-        loop {
-            tokio::select! {
-                message = requests.message() => match message {
-                    Ok(Some(request)) => {
-                        let current = resources.borrow().clone();
-                        if let Some(response) = self.on_request(request, &current) {
-                            if tx.send(Ok(response)).await.is_err() { break; }
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => { debug!(node = %self.node, %status, "delta stream ended"); break; }
-                },
-                changed = resources.changed() => {
-                    if changed.is_err() { break; }
-                    let current = resources.borrow_and_update().clone();
-                    for type_url in PUSH_ORDER {
-                        if let Some(response) = self.push(type_url, &current, false) {
-                            if tx.send(Ok(response)).await.is_err() { return; }
-                        }
-                    }
-                }
-            }
-        }
-        info!(node = %self.node, "delta stream closed");
-    }
-
-    fn on_request(
+    fn handle_request(
         &mut self,
         request: DeltaDiscoveryRequest,
         current: &ResourceSet,
@@ -335,5 +331,51 @@ impl DeltaStream {
             nonce: self.nonces.to_string(),
             ..Default::default()
         })
+    }
+}
+
+impl Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        current: &ResourceSet,
+    ) -> Option<DiscoveryResponse> {
+        self.handle_request(request, current)
+    }
+
+    fn on_change(&mut self, type_url: &str, current: &ResourceSet) -> Option<DiscoveryResponse> {
+        self.push(type_url, current, false)
+    }
+
+    fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+impl Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        current: &ResourceSet,
+    ) -> Option<DeltaDiscoveryResponse> {
+        self.handle_request(request, current)
+    }
+
+    fn on_change(
+        &mut self,
+        type_url: &str,
+        current: &ResourceSet,
+    ) -> Option<DeltaDiscoveryResponse> {
+        self.push(type_url, current, false)
+    }
+
+    fn node(&self) -> &str {
+        &self.node
     }
 }

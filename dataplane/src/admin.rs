@@ -172,7 +172,6 @@ fn clusters(state: &AdminState) -> String {
     let mut out = String::new();
     for name in names {
         let cluster = &snapshot.clusters[name];
-        out.push_str(&format!("{name}::default_priority::max_requests::1024\n"));
         for e in &cluster.endpoints().endpoints {
             let a = &e.authority;
             out.push_str(&format!(
@@ -180,6 +179,7 @@ fn clusters(state: &AdminState) -> String {
                 e.active.load(Ordering::Relaxed)
             ));
             out.push_str(&format!("{name}::{a}::weight::{}\n", e.weight));
+            // Endpoints Envoy would mark unhealthy are not in the set at all.
             out.push_str(&format!("{name}::{a}::health_flags::healthy\n"));
         }
     }

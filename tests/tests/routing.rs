@@ -9,15 +9,16 @@ use http::Method;
 use serde_json::{json, Value};
 use sluice_tests::client::HttpClient;
 use sluice_tests::config::{bootstrap, cluster, http2_options, http_listener};
+use sluice_tests::free_addr;
 use sluice_tests::process::Sluice;
 use sluice_tests::upstream::Upstream;
-use sluice_tests::{free_addr, free_port};
 
 struct Fixture {
     sluice: Sluice,
     listener: SocketAddr,
     a: Upstream,
-    b: Upstream,
+    /// Kept alive for the clusters that route to it.
+    _b: Upstream,
     rr: Vec<Upstream>,
     client: HttpClient,
 }
@@ -153,7 +154,7 @@ impl Fixture {
             sluice,
             listener,
             a,
-            b,
+            _b: b,
             rr,
             client: HttpClient::http1(),
         }
@@ -395,7 +396,7 @@ async fn weighted_clusters_split_within_five_percent() {
     let f = Fixture::start().await;
     let total = 10_000;
     let mut tasks = Vec::new();
-    for worker in 0..20 {
+    for _ in 0..20 {
         let client = f.client.clone();
         let addr = f.listener;
         tasks.push(tokio::spawn(async move {
@@ -409,7 +410,6 @@ async fn weighted_clusters_split_within_five_percent() {
                     .entry(r.json()["server"].as_str().unwrap().to_string())
                     .or_default() += 1;
             }
-            let _ = worker;
             counts
         }));
     }
@@ -634,6 +634,4 @@ async fn admin_endpoints() {
         "{clusters}"
     );
     assert_eq!(f.sluice.admin_get("/ready").await.unwrap(), "LIVE\n");
-    let _ = free_port();
-    let _ = &f.b;
 }

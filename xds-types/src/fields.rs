@@ -228,6 +228,16 @@ fn walk_value(value: &Value, path: &str) -> Result<()> {
 }
 
 fn walk_any(any: &DynamicMessage, path: &str) -> Result<()> {
+    let (type_url, inner) = unpack(any);
+    let inner = inner.ok_or_else(|| {
+        ValidationError::new(path, format!("unknown or undecodable type {type_url:?}"))
+    })?;
+    walk(&inner, path)
+}
+
+/// The type URL of a dynamic `Any` and, when the pool knows the type and the bytes decode,
+/// the message it carries.
+fn unpack(any: &DynamicMessage) -> (String, Option<DynamicMessage>) {
     let type_url = any
         .get_field_by_name("type_url")
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -236,13 +246,10 @@ fn walk_any(any: &DynamicMessage, path: &str) -> Result<()> {
         .get_field_by_name("value")
         .and_then(|v| v.as_bytes().cloned())
         .unwrap_or_default();
-    let name = crate::type_urls::message_name(&type_url);
-    let descriptor = pool()
-        .get_message_by_name(name)
-        .ok_or_else(|| ValidationError::new(path, format!("unknown type {type_url:?}")))?;
-    let inner = DynamicMessage::decode(descriptor, bytes)
-        .map_err(|e| ValidationError::new(path, format!("cannot decode {type_url}: {e}")))?;
-    walk(&inner, path)
+    let inner = pool()
+        .get_message_by_name(crate::type_urls::message_name(&type_url))
+        .and_then(|d| DynamicMessage::decode(d, bytes).ok());
+    (type_url, inner)
 }
 
 fn join(path: &str, field: &str) -> String {
@@ -276,44 +283,6 @@ pub fn render_markdown() -> String {
         }
     }
     out
-}
-
-/// Every `(message, field)` set anywhere in `message`; used by the coverage test.
-pub fn set_fields(message: &DynamicMessage, out: &mut Vec<(String, String)>) {
-    let descriptor = message.descriptor();
-    if descriptor.full_name() == "google.protobuf.Any" {
-        let type_url = message
-            .get_field_by_name("type_url")
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let bytes = message
-            .get_field_by_name("value")
-            .and_then(|v| v.as_bytes().cloned())
-            .unwrap_or_default();
-        if let Some(d) = pool().get_message_by_name(crate::type_urls::message_name(&type_url)) {
-            if let Ok(inner) = DynamicMessage::decode(d, bytes) {
-                out.push((inner.descriptor().full_name().to_string(), String::new()));
-                set_fields(&inner, out);
-            }
-        }
-        return;
-    }
-    for (field, value) in message.fields() {
-        out.push((descriptor.full_name().to_string(), field.name().to_string()));
-        collect_value(value, out);
-    }
-}
-
-fn collect_value(value: &Value, out: &mut Vec<(String, String)>) {
-    match value {
-        Value::Message(m) => {
-            out.push((m.descriptor().full_name().to_string(), String::new()));
-            set_fields(m, out);
-        }
-        Value::List(items) => items.iter().for_each(|v| collect_value(v, out)),
-        Value::Map(map) => map.values().for_each(|v| collect_value(v, out)),
-        _ => {}
-    }
 }
 
 #[cfg(test)]
