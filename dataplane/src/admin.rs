@@ -25,6 +25,8 @@ pub struct AdminState {
     pub listeners: Arc<ListenerManager>,
     /// Set when the server starts draining; `/ready` then answers 503.
     pub draining: AtomicBool,
+    /// False until the first full xDS sync (always true without `dynamic_resources`).
+    pub ready: Arc<AtomicBool>,
     /// Notified by `/quitquitquit`.
     pub shutdown: Arc<Notify>,
     pub started: Instant,
@@ -65,6 +67,8 @@ async fn handle(
         (&Method::GET | &Method::HEAD, "/ready") => {
             if state.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
+            } else if !state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "INITIALIZING\n")
             } else {
                 text(StatusCode::OK, "LIVE\n")
             }

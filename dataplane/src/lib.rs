@@ -10,6 +10,7 @@
 //! - [`cluster`]: upstream endpoints, load balancing, connection pools, DNS.
 //! - [`local_reply`]: responses the proxy makes itself, and Envoy's response flags.
 //! - [`admin`], [`stats`]: the admin endpoints and the counters behind them.
+//! - [`xds`]: the ADS client (state of the world and delta) for `dynamic_resources`.
 //! - [`body`], [`conn`]: body and connection plumbing shared by the above.
 
 pub mod admin;
@@ -23,3 +24,4 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod stats;
+pub mod xds;

@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
+use xds_types::pb::envoy::config::core::v3::Node;
 use xds_types::Bootstrap;
 
 use crate::admin::{self, AdminState};
@@ -17,6 +18,7 @@ use crate::config::SnapshotStore;
 use crate::listener::{bind, ListenerError, ListenerManager};
 use crate::proxy::FlagCounters;
 use crate::stats::Stats;
+use crate::xds;
 
 /// How long Envoy's descriptor pool is kept after the last config decode.
 const DESCRIPTOR_IDLE: Duration = Duration::from_secs(30);
@@ -50,6 +52,13 @@ pub enum ServerError {
 pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerError> {
     let stats = Stats::new();
     let admin_address = bootstrap.admin;
+    let ads = bootstrap.ads.clone();
+    let node = Node {
+        id: bootstrap.node_id.clone(),
+        cluster: bootstrap.node_cluster.clone(),
+        ..Default::default()
+    };
+    let ready = Arc::new(AtomicBool::new(ads.is_none()));
     let store = SnapshotStore::new(bootstrap, stats.clone());
     let listeners = Arc::new(ListenerManager::new(
         store.clone(),
@@ -61,6 +70,7 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         store: store.clone(),
         listeners: listeners.clone(),
         draining: Default::default(),
+        ready: ready.clone(),
         shutdown: shutdown.clone(),
         started: Instant::now(),
         concurrency: options.concurrency,
@@ -71,6 +81,9 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         tokio::spawn(admin::serve(socket, admin_state.clone()));
     }
 
+    if let Some(ads) = ads {
+        tokio::spawn(xds::run(ads, node, store.clone(), listeners.clone(), ready));
+    }
     // Config decoding keeps Envoy's descriptors in memory; free them once config is quiet.
     tokio::spawn(async {
         let mut tick = tokio::time::interval(DESCRIPTOR_IDLE);

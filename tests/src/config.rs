@@ -74,3 +74,45 @@ pub fn merge(base: &mut Value, extra: Value) {
         }
     }
 }
+
+/// Control-plane resource documents: cluster `web` (one endpoint) and a listener on
+/// `listener` routing to it, stamping `x-config: <stamp>` on responses.
+pub fn xds_resources(listener: SocketAddr, upstream: SocketAddr, stamp: &str) -> String {
+    let mut listener_doc = http_listener(
+        "ingress",
+        listener,
+        json!({ "name": "routes", "virtual_hosts": [ { "name": "all", "domains": ["*"],
+            "response_headers_to_add": [ { "header": { "key": "x-config", "value": stamp } } ],
+            "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": "web" } } ] } ] }),
+        json!({}),
+    );
+    merge(
+        &mut listener_doc,
+        json!({ "@type": "type.googleapis.com/envoy.config.listener.v3.Listener" }),
+    );
+    let cluster_doc = json!({
+        "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "name": "web", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": "web", "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": address(upstream) } } ] } ] }
+    });
+    format!("{cluster_doc}\n---\n{listener_doc}\n")
+}
+
+/// A bootstrap that takes listeners and clusters over ADS from `xds` (`api_type` is
+/// `GRPC` or `DELTA_GRPC`); Envoy and sluice read the same document.
+pub fn ads_bootstrap(admin: SocketAddr, xds: SocketAddr, api_type: &str, node_id: &str) -> String {
+    let mut xds_cluster = cluster("xds", &[(xds, 1)], json!({}));
+    merge(&mut xds_cluster, http2_options());
+    json!({
+        "node": { "id": node_id, "cluster": "default" },
+        "admin": { "address": address(admin) },
+        "dynamic_resources": {
+            "ads_config": { "api_type": api_type, "transport_api_version": "V3",
+                            "grpc_services": [ { "envoy_grpc": { "cluster_name": "xds" } } ] },
+            "lds_config": { "ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "60s" },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" }
+        },
+        "static_resources": { "clusters": [ xds_cluster ] }
+    })
+    .to_string()
+}

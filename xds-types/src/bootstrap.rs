@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::cluster::{socket_address, Cluster};
 use crate::decode;
@@ -12,6 +13,9 @@ use crate::pb::envoy::config::bootstrap::v3 as pb;
 /// Full name of the bootstrap message.
 pub const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 
+/// Envoy's default `initial_fetch_timeout`.
+pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A validated bootstrap. `raw` keeps the accepted proto for `/config_dump`.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
@@ -20,7 +24,22 @@ pub struct Bootstrap {
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+    /// Where listeners and clusters come from besides the static ones.
+    pub ads: Option<AdsSource>,
     pub raw: pb::Bootstrap,
+}
+
+/// `dynamic_resources`: listeners and clusters over one ADS stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsSource {
+    /// The static cluster the control plane is reached through.
+    pub cluster: String,
+    /// `DELTA_GRPC` rather than `GRPC`.
+    pub delta: bool,
+    pub listeners: bool,
+    pub clusters: bool,
+    /// How long readiness waits for the first response of each type.
+    pub initial_fetch_timeout: Duration,
 }
 
 impl Bootstrap {
@@ -104,12 +123,25 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
                 ));
             }
         }
+        let ads = match raw.dynamic_resources.as_ref() {
+            None => None,
+            Some(d) => Some(ads_source(d).map_err(|e| e.within("dynamic_resources"))?),
+        };
+        if let Some(ads) = &ads {
+            if !names.contains(ads.cluster.as_str()) {
+                return Err(ValidationError::new(
+                    "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                    format!("unknown static cluster {:?}", ads.cluster),
+                ));
+            }
+        }
         Ok(Self {
             node_id: node.id,
             node_cluster: node.cluster,
             admin,
             listeners,
             clusters,
+            ads,
             raw,
         })
     }
@@ -126,4 +158,70 @@ fn unique<'a>(names: impl Iterator<Item = &'a str>, path: &str, what: &str) -> R
         }
     }
     Ok(())
+}
+
+fn ads_source(d: &pb::bootstrap::DynamicResources) -> Result<AdsSource> {
+    use crate::pb::envoy::config::core::v3 as core;
+    let ads = d
+        .ads_config
+        .as_ref()
+        .ok_or_else(|| ValidationError::required("ads_config"))?;
+    let delta = match core::api_config_source::ApiType::try_from(ads.api_type) {
+        Ok(core::api_config_source::ApiType::Grpc) => false,
+        Ok(core::api_config_source::ApiType::DeltaGrpc) => true,
+        _ => {
+            return Err(ValidationError::new(
+                "ads_config.api_type",
+                "only GRPC and DELTA_GRPC are supported",
+            ))
+        }
+    };
+    let [service] = ads.grpc_services.as_slice() else {
+        return Err(ValidationError::new(
+            "ads_config.grpc_services",
+            "exactly one gRPC service is supported",
+        ));
+    };
+    let cluster = match service.target_specifier.as_ref() {
+        Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(g)) if !g.cluster_name.is_empty() => {
+            g.cluster_name.clone()
+        }
+        _ => {
+            return Err(ValidationError::required(
+                "ads_config.grpc_services[0].envoy_grpc.cluster_name",
+            ))
+        }
+    };
+    let mut initial_fetch_timeout = DEFAULT_INITIAL_FETCH_TIMEOUT;
+    let mut source = |config: Option<&core::ConfigSource>, field: &str| -> Result<bool> {
+        let Some(config) = config else {
+            return Ok(false);
+        };
+        if !matches!(
+            config.config_source_specifier,
+            Some(core::config_source::ConfigSourceSpecifier::Ads(_))
+        ) {
+            return Err(ValidationError::new(
+                field,
+                "only ads config sources are supported",
+            ));
+        }
+        if let Some(t) = crate::util::optional_timeout(
+            config.initial_fetch_timeout.as_ref(),
+            &format!("{field}.initial_fetch_timeout"),
+            None,
+        )? {
+            initial_fetch_timeout = t;
+        }
+        Ok(true)
+    };
+    let listeners = source(d.lds_config.as_ref(), "lds_config")?;
+    let clusters = source(d.cds_config.as_ref(), "cds_config")?;
+    Ok(AdsSource {
+        cluster,
+        delta,
+        listeners,
+        clusters,
+        initial_fetch_timeout,
+    })
 }

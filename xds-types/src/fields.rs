@@ -31,7 +31,25 @@ macro_rules! supported {
 
 /// The supported subset of Envoy's v3 API.
 pub const SUPPORTED: &[SupportedMessage] = supported! {
-    "envoy.config.bootstrap.v3.Bootstrap" => ["node", "admin", "static_resources"],
+    "envoy.config.bootstrap.v3.Bootstrap" => ["node", "admin", "static_resources", "dynamic_resources"],
+    "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => [
+        "ads_config",
+        "lds_config": "ADS only",
+        "cds_config": "ADS only",
+    ],
+    "envoy.config.core.v3.ApiConfigSource" => [
+        "api_type": "GRPC (state of the world) or DELTA_GRPC",
+        "transport_api_version": "V3",
+        "grpc_services": "exactly one, envoy_grpc naming a static cluster",
+        "set_node_on_first_message_only": "accepted; the node is sent on every request",
+    ],
+    "envoy.config.core.v3.GrpcService" => ["envoy_grpc"],
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name"],
+    "envoy.config.core.v3.ConfigSource" => [
+        "ads", "resource_api_version": "V3",
+        "initial_fetch_timeout": "readiness waits at most this long for the first response (default 15s)",
+    ],
+    "envoy.config.core.v3.AggregatedConfigSource" => [],
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => ["listeners", "clusters"],
     "envoy.config.bootstrap.v3.Admin" => ["address"],
     "envoy.config.core.v3.Node" => [
