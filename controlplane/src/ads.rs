@@ -25,6 +25,7 @@ use xds_types::pb::envoy::service::discovery::v3::{
 };
 use xds_types::type_urls;
 
+use crate::fleet::{Fleet, Nack};
 use crate::resources::{ResourceSet, PUSH_ORDER};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -33,12 +34,14 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct Ads {
     resources: watch::Receiver<Arc<ResourceSet>>,
+    fleet: Arc<Fleet>,
 }
 
 impl Ads {
-    /// A service serving whatever `resources` holds now and later.
-    pub fn new(resources: watch::Receiver<Arc<ResourceSet>>) -> Self {
-        Self { resources }
+    /// A service serving whatever `resources` holds now and later, recording every node's
+    /// status in `fleet`.
+    pub fn new(resources: watch::Receiver<Arc<ResourceSet>>, fleet: Arc<Fleet>) -> Self {
+        Self { resources, fleet }
     }
 }
 
@@ -62,7 +65,10 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(run(
-            SotwStream::default(),
+            SotwStream {
+                fleet: self.fleet.clone(),
+                ..Default::default()
+            },
             request.into_inner(),
             self.resources.clone(),
             tx,
@@ -78,7 +84,10 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(run(
-            DeltaStream::default(),
+            DeltaStream {
+                fleet: self.fleet.clone(),
+                ..Default::default()
+            },
             request.into_inner(),
             self.resources.clone(),
             tx,
@@ -103,6 +112,8 @@ trait Protocol: Send + 'static {
     fn on_change(&mut self, type_url: &str, current: &ResourceSet) -> Option<Self::Response>;
     /// The node on the other end, for logs.
     fn node(&self) -> &str;
+    /// The fleet view this stream reports to.
+    fn fleet(&self) -> &Fleet;
 }
 
 /// Drives one stream: client requests and resource changes in, responses out, until
@@ -136,6 +147,7 @@ async fn run<P: Protocol>(
             }
         }
     }
+    protocol.fleet().disconnected(protocol.node());
     info!(node = %protocol.node(), "stream closed");
 }
 
@@ -151,6 +163,7 @@ struct SotwType {
 
 #[derive(Debug, Default)]
 struct SotwStream {
+    fleet: Arc<Fleet>,
     node: String,
     types: HashMap<String, SotwType>,
     nonces: u64,
@@ -164,6 +177,8 @@ impl SotwStream {
     ) -> Option<DiscoveryResponse> {
         if self.node.is_empty() {
             self.node = node_id(request.node.as_ref());
+            self.fleet
+                .connected(&request.node.clone().unwrap_or_default(), false);
             info!(node = %self.node, "sotw stream opened");
         }
         let type_url = request.type_url.clone();
@@ -174,8 +189,17 @@ impl SotwStream {
         }
         if let Some(error) = &request.error_detail {
             warn!(node = %self.node, %type_url, version = ?state.sent_version, error = %error.message, "NACK");
+            let nack = Nack {
+                version: state.sent_version.clone().unwrap_or_default(),
+                error: error.message.clone(),
+            };
+            self.fleet
+                .update(&self.node, &type_url, |t| t.last_nack = Some(nack));
         } else if !request.response_nonce.is_empty() {
             state.acked_version = Some(request.version_info.clone());
+            self.fleet.update(&self.node, &type_url, |t| {
+                t.acked_version = Some(request.version_info.clone())
+            });
             debug!(node = %self.node, %type_url, version = %request.version_info, "ACK");
         }
         let names = if request.resource_names.is_empty() && wildcard_by_default(&type_url) {
@@ -212,6 +236,9 @@ impl SotwStream {
         self.nonces += 1;
         state.nonce = self.nonces.to_string();
         state.sent_version = Some(version.clone());
+        self.fleet.update(&self.node, type_url, |t| {
+            t.sent_version = Some(version.clone())
+        });
         debug!(node = %self.node, %type_url, %version, "sotw push");
         Some(DiscoveryResponse {
             version_info: version,
@@ -231,10 +258,13 @@ struct DeltaType {
     /// What the client has: name → version.
     known: HashMap<String, String>,
     started: bool,
+    /// Nonce and system version of the last response, to match its ACK or NACK.
+    pending: Option<(String, String)>,
 }
 
 #[derive(Debug, Default)]
 struct DeltaStream {
+    fleet: Arc<Fleet>,
     node: String,
     types: HashMap<String, DeltaType>,
     nonces: u64,
@@ -248,12 +278,30 @@ impl DeltaStream {
     ) -> Option<DeltaDiscoveryResponse> {
         if self.node.is_empty() {
             self.node = node_id(request.node.as_ref());
+            self.fleet
+                .connected(&request.node.clone().unwrap_or_default(), true);
             info!(node = %self.node, "delta stream opened");
         }
         let type_url = request.type_url.clone();
         let state = self.types.entry(type_url.clone()).or_default();
-        if let Some(error) = &request.error_detail {
-            warn!(node = %self.node, %type_url, nonce = %request.response_nonce, error = %error.message, "NACK");
+        let answered = state.pending.take_if(|(nonce, _)| {
+            !request.response_nonce.is_empty() && *nonce == request.response_nonce
+        });
+        if let Some((_, version)) = answered {
+            match &request.error_detail {
+                Some(error) => {
+                    warn!(node = %self.node, %type_url, %version, error = %error.message, "NACK");
+                    let nack = Nack {
+                        version,
+                        error: error.message.clone(),
+                    };
+                    self.fleet
+                        .update(&self.node, &type_url, |t| t.last_nack = Some(nack));
+                }
+                None => self
+                    .fleet
+                    .update(&self.node, &type_url, |t| t.acked_version = Some(version)),
+            }
         }
         let first = !state.started;
         if first {
@@ -322,9 +370,14 @@ impl DeltaStream {
             state.known.remove(name);
         }
         self.nonces += 1;
+        let version = current.type_version(type_url);
+        state.pending = Some((self.nonces.to_string(), version.clone()));
+        self.fleet.update(&self.node, type_url, |t| {
+            t.sent_version = Some(version.clone())
+        });
         debug!(node = %self.node, %type_url, updated = resources.len(), removed = removed.len(), "delta push");
         Some(DeltaDiscoveryResponse {
-            system_version_info: current.type_version(type_url),
+            system_version_info: version,
             resources,
             type_url: type_url.to_string(),
             removed_resources: removed,
@@ -353,6 +406,10 @@ impl Protocol for SotwStream {
     fn node(&self) -> &str {
         &self.node
     }
+
+    fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
 }
 
 impl Protocol for DeltaStream {
@@ -377,5 +434,9 @@ impl Protocol for DeltaStream {
 
     fn node(&self) -> &str {
         &self.node
+    }
+
+    fn fleet(&self) -> &Fleet {
+        &self.fleet
     }
 }

@@ -5,6 +5,10 @@
 //!   in Envoy's proto3-JSON shape), each encoded once.
 //! - [`ads`]: the Aggregated Discovery Service, state of the world and delta, with the
 //!   per-stream protocol state (subscriptions, versions, nonces, ACK/NACK).
+//! - [`fleet`]: what every node was sent, ACKed and NACKed; [`csds`] serves it over the
+//!   standard Client Status Discovery Service.
 
 pub mod ads;
+pub mod csds;
+pub mod fleet;
 pub mod resources;

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use sluice_cp::ads::Ads;
+use sluice_cp::csds::Csds;
+use sluice_cp::fleet::Fleet;
 use sluice_cp::resources::ResourceSet;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,12 +33,20 @@ struct Cli {
     /// Log filter.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
+    /// Test hook: serve resources without validating them, so tests can exercise NACKs.
+    #[arg(long, hide = true)]
+    unsafe_skip_validation: bool,
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<ResourceSet> {
+fn load(path: &PathBuf, validate: bool) -> anyhow::Result<ResourceSet> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    ResourceSet::from_yaml(&text).with_context(|| format!("{}", path.display()))
+    let parsed = if validate {
+        ResourceSet::from_yaml(&text)
+    } else {
+        ResourceSet::from_yaml_unvalidated(&text)
+    };
+    parsed.with_context(|| format!("{}", path.display()))
 }
 
 #[tokio::main]
@@ -45,14 +56,15 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level)?)
         .with_writer(std::io::stderr)
         .init();
-    let (tx, rx) = watch_channel(load(&cli.resources)?);
+    let (tx, rx) = watch_channel(load(&cli.resources, !cli.unsafe_skip_validation)?);
     let path = cli.resources.clone();
+    let validate = !cli.unsafe_skip_validation;
     tokio::spawn(async move {
         let Ok(mut hangup) = signal(SignalKind::hangup()) else {
             return;
         };
         while hangup.recv().await.is_some() {
-            match load(&path) {
+            match load(&path, validate) {
                 Ok(set) => {
                     info!("resources reloaded");
                     tx.send_replace(Arc::new(set));
@@ -65,8 +77,13 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     info!(address = %cli.xds_listen, "xds listening");
+    let fleet = Arc::new(Fleet::default());
     tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServiceServer::new(Ads::new(rx)))
+        .add_service(AggregatedDiscoveryServiceServer::new(Ads::new(
+            rx,
+            fleet.clone(),
+        )))
+        .add_service(ClientStatusDiscoveryServiceServer::new(Csds::new(fleet)))
         .serve_with_shutdown(cli.xds_listen, async {
             let Ok(mut terminate) = signal(SignalKind::terminate()) else {
                 return;

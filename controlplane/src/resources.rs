@@ -59,6 +59,16 @@ pub struct ResourceSet {
 impl ResourceSet {
     /// Parses and validates YAML/JSON documents (one resource each, `---`-separated).
     pub fn from_yaml(text: &str) -> Result<Self, ResourceError> {
+        Self::parse(text, true)
+    }
+
+    /// Test hook: parses without the validation a data plane would apply, so tests can
+    /// make every node NACK. Never use it to serve a fleet.
+    pub fn from_yaml_unvalidated(text: &str) -> Result<Self, ResourceError> {
+        Self::parse(text, false)
+    }
+
+    fn parse(text: &str, validate: bool) -> Result<Self, ResourceError> {
         use serde::Deserialize;
         let mut set = ResourceSet::default();
         let mut listeners = Vec::new();
@@ -80,22 +90,19 @@ impl ResourceSet {
             let invalid = |error| ResourceError::Invalid { index, error };
             let (type_url, name, bytes) = match type_url.as_str() {
                 type_urls::LISTENER => {
-                    let pb: Listener = xds_types::decode::from_json_value(
-                        body,
-                        type_urls::message_name(type_urls::LISTENER),
-                    )
-                    .map_err(invalid)?;
-                    let model = xds_types::Listener::try_from(&pb).map_err(invalid)?;
-                    listeners.push(model);
+                    let pb: Listener =
+                        decode(body, type_urls::LISTENER, validate).map_err(invalid)?;
+                    if validate {
+                        listeners.push(xds_types::Listener::try_from(&pb).map_err(invalid)?);
+                    }
                     (type_urls::LISTENER, pb.name.clone(), pb.encode_to_vec())
                 }
                 type_urls::CLUSTER => {
-                    let pb: Cluster = xds_types::decode::from_json_value(
-                        body,
-                        type_urls::message_name(type_urls::CLUSTER),
-                    )
-                    .map_err(invalid)?;
-                    xds_types::Cluster::try_from(&pb).map_err(invalid)?;
+                    let pb: Cluster =
+                        decode(body, type_urls::CLUSTER, validate).map_err(invalid)?;
+                    if validate {
+                        xds_types::Cluster::try_from(&pb).map_err(invalid)?;
+                    }
                     (type_urls::CLUSTER, pb.name.clone(), pb.encode_to_vec())
                 }
                 other => {
@@ -164,6 +171,21 @@ impl ResourceSet {
     pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &Entry)> {
         self.by_type.get(type_url).into_iter().flatten()
     }
+}
+
+/// Decodes a proto3-JSON document; `validate` also applies the unsupported-field check.
+fn decode<T: prost::Message + Default>(
+    body: serde_json::Value,
+    type_url: &str,
+    validate: bool,
+) -> Result<T, ValidationError> {
+    let name = type_urls::message_name(type_url);
+    if validate {
+        return xds_types::decode::from_json_value(body, name);
+    }
+    xds_types::decode::dynamic_from_json(body, name)?
+        .transcode_to::<T>()
+        .map_err(|e| ValidationError::new("", e.to_string()))
 }
 
 fn hex(bytes: &[u8]) -> String {

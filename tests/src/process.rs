@@ -202,6 +202,15 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts `sluice-cp` on `xds` with `resources` (YAML documents) and waits for its port.
     pub async fn start(resources: &str, xds: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with_args(resources, xds, &[]).await
+    }
+
+    /// As [`ControlPlane::start`], with extra command-line arguments.
+    pub async fn start_with_args(
+        resources: &str,
+        xds: SocketAddr,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let resources_path = dir.path().join("resources.yaml");
         std::fs::write(&resources_path, resources)?;
@@ -218,6 +227,7 @@ impl ControlPlane {
             .arg("--resources")
             .arg(&resources_path)
             .args(["--log-level", "info"])
+            .args(args)
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;

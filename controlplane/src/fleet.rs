@@ -1,0 +1,93 @@
+//! The fleet view: every node that opened an xDS stream, what it was sent and what it
+//! ACKed per type, and its last NACK with the error. Written by the ADS streams, read by
+//! the Client Status Discovery Service (and, later, the operator API).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use xds_types::pb::envoy::config::core::v3::Node;
+
+/// One node's xDS status.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub node: Node,
+    /// `node.cluster`, or `default` when empty.
+    pub group: String,
+    pub connected_since: SystemTime,
+    pub connected: bool,
+    pub delta: bool,
+    /// By type URL.
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// One type's status on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    pub sent_version: Option<String>,
+    pub acked_version: Option<String>,
+    /// The last rejected version and the node's error for it.
+    pub last_nack: Option<Nack>,
+}
+
+/// A rejected version and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+}
+
+/// All nodes known to this control plane, by node id.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    nodes: Mutex<BTreeMap<String, NodeStatus>>,
+}
+
+impl Fleet {
+    /// Records a newly opened stream.
+    pub fn connected(&self, node: &Node, delta: bool) {
+        let group = if node.cluster.is_empty() {
+            "default".to_string()
+        } else {
+            node.cluster.clone()
+        };
+        let mut nodes = self.nodes.lock().expect("fleet lock");
+        let entry = nodes.entry(node.id.clone()).or_insert_with(|| NodeStatus {
+            node: node.clone(),
+            group: group.clone(),
+            connected_since: SystemTime::now(),
+            connected: true,
+            delta,
+            types: BTreeMap::new(),
+        });
+        entry.node = node.clone();
+        entry.group = group;
+        entry.connected_since = SystemTime::now();
+        entry.connected = true;
+        entry.delta = delta;
+    }
+
+    /// Records a closed stream (the node stays listed, disconnected).
+    pub fn disconnected(&self, node_id: &str) {
+        if let Some(n) = self.nodes.lock().expect("fleet lock").get_mut(node_id) {
+            n.connected = false;
+        }
+    }
+
+    /// Applies `update` to one type's status of one node.
+    pub fn update(&self, node_id: &str, type_url: &str, update: impl FnOnce(&mut TypeStatus)) {
+        if let Some(n) = self.nodes.lock().expect("fleet lock").get_mut(node_id) {
+            update(n.types.entry(type_url.to_string()).or_default());
+        }
+    }
+
+    /// A copy of every node's status.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        self.nodes
+            .lock()
+            .expect("fleet lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,131 @@
+//! Invalid config reaching the fleet (validation bypassed by the control plane's test
+//! hook): every node NACKs it naming the field, the control plane's CSDS shows each
+//! node's error, traffic keeps flowing on the previous version, and a good push afterwards
+//! is ACKed everywhere.
+
+use std::time::Duration;
+
+use sluice_tests::client::HttpClient;
+use sluice_tests::config::{ads_bootstrap, xds_resources};
+use sluice_tests::process::{ControlPlane, Sluice};
+use sluice_tests::upstream::Upstream;
+use sluice_tests::{eventually, free_addr};
+use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+use xds_types::pb::envoy::service::status::v3::{ClientStatusRequest, ConfigStatus};
+use xds_types::type_urls;
+
+/// `(node id, config_status, error details)` of every node's cluster config.
+async fn cluster_status(xds: std::net::SocketAddr) -> Vec<(String, i32, String)> {
+    let Ok(mut client) = ClientStatusDiscoveryServiceClient::connect(format!("http://{xds}")).await
+    else {
+        return Vec::new();
+    };
+    let Ok(response) = client
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = response
+        .into_inner()
+        .config
+        .into_iter()
+        .flat_map(|c| {
+            let id = c.node.map(|n| n.id).unwrap_or_default();
+            c.generic_xds_configs
+                .into_iter()
+                .filter(|g| g.type_url == type_urls::CLUSTER)
+                .map(move |g| {
+                    (
+                        id.clone(),
+                        g.config_status,
+                        g.error_state.map(|e| e.details).unwrap_or_default(),
+                    )
+                })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn every_node_nacks_invalid_config_and_keeps_serving() {
+    let first = Upstream::start("first").await;
+    let second = Upstream::start("second").await;
+    let (xds, listener) = (free_addr(), free_addr());
+    let cp = ControlPlane::start_with_args(
+        &xds_resources(listener, first.addr, "v1"),
+        xds,
+        &["--unsafe-skip-validation"],
+    )
+    .await
+    .unwrap();
+    let (admin_a, admin_b) = (free_addr(), free_addr());
+    // Two nodes share the listener port (SO_REUSEPORT): one state of the world, one delta.
+    let _a = Sluice::start(&ads_bootstrap(admin_a, xds, "GRPC", "node-a"), admin_a)
+        .await
+        .unwrap();
+    let _b = Sluice::start(
+        &ads_bootstrap(admin_b, xds, "DELTA_GRPC", "node-b"),
+        admin_b,
+    )
+    .await
+    .unwrap();
+    let synced = ConfigStatus::Synced as i32;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let s = cluster_status(xds).await;
+            s.len() == 2 && s.iter().all(|(_, status, _)| *status == synced)
+        })
+        .await,
+        "both nodes ACK the first config: {:?}",
+        cluster_status(xds).await
+    );
+
+    // An unsupported load-balancing policy: every node rejects the cluster.
+    let invalid = xds_resources(listener, second.addr, "v1").replace(
+        "\"name\":\"web\"",
+        "\"name\":\"web\",\"lb_policy\":\"MAGLEV\"",
+    );
+    assert!(invalid.contains("MAGLEV"));
+    cp.update(&invalid).unwrap();
+    let error = ConfigStatus::Error as i32;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let s = cluster_status(xds).await;
+            s.len() == 2
+                && s.iter().all(|(_, status, details)| {
+                    *status == error && details.contains("web: lb_policy: MAGLEV is not supported")
+                })
+        })
+        .await,
+        "both nodes NACK naming the field: {:?}",
+        cluster_status(xds).await
+    );
+    let client = HttpClient::http1();
+    for _ in 0..20 {
+        let r = client.get(listener, "h", "/", &[]).await.unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.json()["server"].as_str()),
+            (200, Some("first")),
+            "previous version keeps serving"
+        );
+    }
+
+    // A good push afterwards is ACKed by every node and moves the traffic.
+    cp.update(&xds_resources(listener, second.addr, "v2"))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let s = cluster_status(xds).await;
+            s.len() == 2 && s.iter().all(|(_, status, _)| *status == synced)
+        })
+        .await,
+        "both nodes ACK the fixed config: {:?}",
+        cluster_status(xds).await
+    );
+    for _ in 0..10 {
+        let r = client.get(listener, "h", "/", &[]).await.unwrap();
+        assert_eq!(r.json()["server"], "second");
+    }
+}
