@@ -440,3 +440,99 @@ impl Protocol for DeltaStream {
         &self.fleet
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str, port: u16) -> String {
+        format!(
+            "\"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\nname: {name}\ntype: STATIC\n\
+             load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}\n"
+        )
+    }
+
+    fn set(docs: &[String]) -> ResourceSet {
+        ResourceSet::from_yaml(&docs.join("---\n")).unwrap()
+    }
+
+    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+        r.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    fn subscribe(initial: &[(&str, &str)]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_urls::CLUSTER.to_string(),
+            initial_resource_versions: initial
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn delta_reconnect_sends_only_changes_and_removes_what_was_deleted() {
+        let before = set(&[cluster("a", 1), cluster("b", 2), cluster("c", 3)]);
+        let version = |s: &ResourceSet, n: &str| s.by_type[type_urls::CLUSTER][n].version.clone();
+        // While the node was away: `b` changed, `c` was deleted, `d` was added.
+        let after = set(&[cluster("a", 1), cluster("b", 20), cluster("d", 4)]);
+        let mut stream = DeltaStream::default();
+        let known = [
+            ("a", version(&before, "a")),
+            ("b", version(&before, "b")),
+            ("c", version(&before, "c")),
+        ];
+        let known: Vec<(&str, &str)> = known.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let response = stream.handle_request(subscribe(&known), &after).unwrap();
+        assert_eq!(names(&response), vec!["b", "d"], "`a` is not re-sent");
+        assert_eq!(response.removed_resources, vec!["c".to_string()]);
+    }
+
+    #[test]
+    fn delta_pushes_only_what_changed_and_nothing_when_nothing_did() {
+        let v1 = set(&[cluster("a", 1), cluster("b", 2)]);
+        let mut stream = DeltaStream::default();
+        let first = stream.handle_request(subscribe(&[]), &v1).unwrap();
+        assert_eq!(names(&first), vec!["a", "b"]);
+        assert!(
+            stream.push(type_urls::CLUSTER, &v1, false).is_none(),
+            "no change, no push"
+        );
+        let v2 = set(&[cluster("a", 1), cluster("b", 22)]);
+        let update = stream.push(type_urls::CLUSTER, &v2, false).unwrap();
+        assert_eq!(names(&update), vec!["b"]);
+    }
+
+    #[test]
+    fn sotw_ignores_stale_nonces_and_does_not_resend_a_nacked_version() {
+        let v1 = set(&[cluster("a", 1)]);
+        let mut stream = SotwStream::default();
+        let request = |nonce: &str, error: bool| DiscoveryRequest {
+            type_url: type_urls::CLUSTER.to_string(),
+            response_nonce: nonce.to_string(),
+            error_detail: error.then(|| xds_types::pb::google::rpc::Status {
+                message: "bad".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let first = stream.handle_request(request("", false), &v1).unwrap();
+        assert_eq!(first.resources.len(), 1);
+        // A NACK of that response: recorded, and nothing is re-sent.
+        assert!(stream
+            .handle_request(request(&first.nonce, true), &v1)
+            .is_none());
+        assert!(
+            stream.push(type_urls::CLUSTER, &v1, false).is_none(),
+            "rejected version not re-sent"
+        );
+        // A stale nonce is ignored even if it carries a subscription change.
+        let mut stale = request("not-the-last-nonce", false);
+        stale.resource_names = vec!["other".into()];
+        assert!(stream.handle_request(stale, &v1).is_none());
+        // The next change is pushed.
+        let v2 = set(&[cluster("a", 2)]);
+        assert!(stream.push(type_urls::CLUSTER, &v2, false).is_some());
+    }
+}

@@ -250,6 +250,11 @@ impl ControlPlane {
         bail!("sluice-cp did not start listening")
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Replaces the resources and sends SIGHUP.
     pub fn update(&self, resources: &str) -> anyhow::Result<()> {
         std::fs::write(&self.resources_path, resources)?;

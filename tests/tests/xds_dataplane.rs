@@ -112,3 +112,50 @@ async fn ready_after_first_sync_and_last_good_config_survives_the_control_plane(
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn delta_reconnect_removes_a_listener_deleted_while_disconnected() {
+    let upstream = Upstream::start("first").await;
+    let (xds, kept, deleted, admin) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let mut extra = sluice_tests::config::http_listener(
+        "deleted-meanwhile",
+        deleted,
+        serde_json::json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": "web" } } ] } ] }),
+        serde_json::json!({}),
+    );
+    sluice_tests::config::merge(
+        &mut extra,
+        serde_json::json!({ "@type": "type.googleapis.com/envoy.config.listener.v3.Listener" }),
+    );
+    let both = format!("{}---\n{extra}\n", xds_resources(kept, upstream.addr, "v1"));
+    let cp = ControlPlane::start(&both, xds).await.unwrap();
+    let _sluice = Sluice::start(&ads_bootstrap(admin, xds, "DELTA_GRPC", "sluice-3"), admin)
+        .await
+        .unwrap();
+    assert!(serves(kept, "first", "v1").await);
+    assert!(
+        HttpClient::http1()
+            .get(deleted, "h", "/", &[])
+            .await
+            .unwrap()
+            .status
+            == 200
+    );
+
+    // The listener is deleted while the node is disconnected.
+    drop(cp);
+    let _cp = ControlPlane::start(&xds_resources(kept, upstream.addr, "v1"), xds)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(deleted).await.is_err()
+        })
+        .await,
+        "the deleted listener still accepts after the reconnect"
+    );
+    assert!(
+        serves(kept, "first", "v1").await,
+        "the kept listener serves throughout"
+    );
+}
