@@ -47,6 +47,31 @@ fn resources(listener: SocketAddr, v1: SocketAddr, v2: SocketAddr, n: u32) -> St
     )
 }
 
+/// `(node, ACKed listener version, config status)` for every node.
+async fn listener_versions(xds: SocketAddr) -> Vec<(String, String, i32)> {
+    let Ok(mut client) = ClientStatusDiscoveryServiceClient::connect(format!("http://{xds}")).await
+    else {
+        return Vec::new();
+    };
+    let Ok(r) = client
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+    else {
+        return Vec::new();
+    };
+    r.into_inner()
+        .config
+        .into_iter()
+        .flat_map(|c| {
+            let id = c.node.map(|n| n.id).unwrap_or_default();
+            c.generic_xds_configs
+                .into_iter()
+                .filter(|g| g.type_url == type_urls::LISTENER)
+                .map(move |g| (id.clone(), g.version_info, g.config_status))
+        })
+        .collect()
+}
+
 /// Whether every node ACKed the current listener config.
 async fn all_synced(xds: SocketAddr, nodes: usize) -> bool {
     let Ok(mut client) = ClientStatusDiscoveryServiceClient::connect(format!("http://{xds}")).await
@@ -169,4 +194,80 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
         "{served:?}"
     );
     drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_killed_and_restarted_under_load() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let (xds, listener) = (free_addr(), free_addr());
+    let cp = ControlPlane::start(&resources(listener, v1.addr, v2.addr, 1), xds)
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for (i, api) in ["GRPC", "GRPC", "DELTA_GRPC"].iter().enumerate() {
+        let admin = free_addr();
+        nodes.push(
+            Sluice::start(&ads_bootstrap(admin, xds, api, &format!("node-{i}")), admin)
+                .await
+                .unwrap(),
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+        workers.push(tokio::spawn(async move {
+            let client = HttpClient::http1();
+            for _ in 0..100_000u32 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match client.get(listener, "h", "/", &[]).await {
+                    Ok(r) if r.status == 200 => served.fetch_add(1, Ordering::Relaxed),
+                    _ => failures.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    assert!(eventually(Duration::from_secs(10), || all_synced(xds, 3)).await);
+    let before = listener_versions(xds).await[0].1.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(cp); // SIGKILL
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Restarted on the same resources, then a change: it must reach every node.
+    let cp = ControlPlane::start(&resources(listener, v1.addr, v2.addr, 1), xds)
+        .await
+        .unwrap();
+    cp.update(&resources(listener, v1.addr, v2.addr, 2))
+        .unwrap();
+    let every_node_has_the_change = || async {
+        let v = listener_versions(xds).await;
+        v.len() == 3
+            && v.iter().all(|(_, acked, status)| {
+                *acked != before && *acked == v[0].1 && *status == ConfigStatus::Synced as i32
+            })
+    };
+    assert!(
+        eventually(Duration::from_secs(30), every_node_has_the_change).await,
+        "the change after the restart reached every node: {:?}",
+        listener_versions(xds).await
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    eprintln!(
+        "served {} requests across the control-plane restart",
+        served.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed requests while the control plane was down"
+    );
+    assert!(served.load(Ordering::Relaxed) > 500);
 }
