@@ -45,6 +45,19 @@ impl Ads {
     }
 }
 
+impl Ads {
+    /// Spawns the task that drives one stream and returns its response stream.
+    fn serve<P: Protocol>(
+        &self,
+        protocol: P,
+        requests: Streaming<P::Request>,
+    ) -> Response<ResponseStream<P::Response>> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run(protocol, requests, self.resources.clone(), tx));
+        Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
 /// Types a client subscribes to by wildcard when it names no resources (SotW).
 fn wildcard_by_default(type_url: &str) -> bool {
     type_url == type_urls::LISTENER || type_url == type_urls::CLUSTER
@@ -63,38 +76,22 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run(
-            SotwStream {
-                fleet: self.fleet.clone(),
-                ..Default::default()
-            },
-            request.into_inner(),
-            self.resources.clone(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let protocol = SotwStream {
+            fleet: self.fleet.clone(),
+            ..Default::default()
+        };
+        Ok(self.serve(protocol, request.into_inner()))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run(
-            DeltaStream {
-                fleet: self.fleet.clone(),
-                ..Default::default()
-            },
-            request.into_inner(),
-            self.resources.clone(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let protocol = DeltaStream {
+            fleet: self.fleet.clone(),
+            ..Default::default()
+        };
+        Ok(self.serve(protocol, request.into_inner()))
     }
 }
 

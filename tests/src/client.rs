@@ -122,3 +122,15 @@ pub async fn raw_exchange(
 pub fn raw_status(answer: &str) -> Option<u16> {
     answer.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Whether `listener` answers 200 from upstream `server` with `x-config: stamp`.
+pub async fn serves(listener: SocketAddr, server: &str, stamp: &str) -> bool {
+    match HttpClient::http1().get(listener, "h", "/", &[]).await {
+        Ok(r) => {
+            r.status == 200
+                && r.json()["server"] == server
+                && r.header("x-config").as_deref() == Some(stamp)
+        }
+        Err(_) => false,
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod csds;
 pub mod envoy;
 pub mod process;
 pub mod upstream;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sluice_tests::client::HttpClient;
+use sluice_tests::client::serves;
 use sluice_tests::config::{ads_bootstrap, xds_resources};
 use sluice_tests::envoy::Envoy;
 use sluice_tests::process::ControlPlane;
@@ -21,28 +21,14 @@ async fn envoy_follows_the_control_plane(api_type: &str) {
     let _envoy = Envoy::start(&ads_bootstrap(admin, xds, api_type, "envoy"), admin)
         .await
         .unwrap();
-    let client = HttpClient::http1();
-    let serves = |server: &'static str, stamp: &'static str| {
-        let client = client.clone();
-        async move {
-            match client.get(listener, "h", "/", &[]).await {
-                Ok(r) => {
-                    r.status == 200
-                        && r.json()["server"] == server
-                        && r.header("x-config").as_deref() == Some(stamp)
-                }
-                Err(_) => false,
-            }
-        }
-    };
     assert!(
-        eventually(Duration::from_secs(15), || serves("first", "v1")).await,
+        eventually(Duration::from_secs(15), || serves(listener, "first", "v1")).await,
         "envoy never served v1 ({api_type})"
     );
     cp.update(&xds_resources(listener, second.addr, "v2"))
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(15), || serves("second", "v2")).await,
+        eventually(Duration::from_secs(15), || serves(listener, "second", "v2")).await,
         "envoy never moved to v2 ({api_type})"
     );
 }

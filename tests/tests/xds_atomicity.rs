@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_tests::client::HttpClient;
 use sluice_tests::config::{address, ads_bootstrap, http_listener, merge};
+use sluice_tests::csds::statuses;
 use sluice_tests::process::{ControlPlane, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
-use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
-use xds_types::pb::envoy::service::status::v3::{ClientStatusRequest, ConfigStatus};
+use xds_types::pb::envoy::service::status::v3::ConfigStatus;
 use xds_types::type_urls;
 
 /// Version `n` routes everything to `v1` (odd) or `v2` (even) and stamps that name.
@@ -49,49 +49,19 @@ fn resources(listener: SocketAddr, v1: SocketAddr, v2: SocketAddr, n: u32) -> St
 
 /// `(node, ACKed listener version, config status)` for every node.
 async fn listener_versions(xds: SocketAddr) -> Vec<(String, String, i32)> {
-    let Ok(mut client) = ClientStatusDiscoveryServiceClient::connect(format!("http://{xds}")).await
-    else {
-        return Vec::new();
-    };
-    let Ok(r) = client
-        .fetch_client_status(ClientStatusRequest::default())
+    statuses(xds, type_urls::LISTENER)
         .await
-    else {
-        return Vec::new();
-    };
-    r.into_inner()
-        .config
         .into_iter()
-        .flat_map(|c| {
-            let id = c.node.map(|n| n.id).unwrap_or_default();
-            c.generic_xds_configs
-                .into_iter()
-                .filter(|g| g.type_url == type_urls::LISTENER)
-                .map(move |g| (id.clone(), g.version_info, g.config_status))
-        })
+        .map(|s| (s.node, s.acked_version, s.config_status))
         .collect()
 }
 
-/// Whether every node ACKed the current listener config.
+/// Whether every one of `nodes` ACKed the current listener config.
 async fn all_synced(xds: SocketAddr, nodes: usize) -> bool {
-    let Ok(mut client) = ClientStatusDiscoveryServiceClient::connect(format!("http://{xds}")).await
-    else {
-        return false;
-    };
-    let Ok(r) = client
-        .fetch_client_status(ClientStatusRequest::default())
-        .await
-    else {
-        return false;
-    };
-    let configs = r.into_inner().config;
-    configs.len() == nodes
-        && configs.iter().all(|c| {
-            c.generic_xds_configs
-                .iter()
-                .filter(|g| g.type_url == type_urls::LISTENER)
-                .all(|g| g.config_status == ConfigStatus::Synced as i32)
-        })
+    let v = statuses(xds, type_urls::LISTENER).await;
+    v.len() == nodes
+        && v.iter()
+            .all(|s| s.config_status == ConfigStatus::Synced as i32)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

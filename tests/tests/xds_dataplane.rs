@@ -3,22 +3,11 @@
 
 use std::time::Duration;
 
-use sluice_tests::client::HttpClient;
+use sluice_tests::client::{serves, HttpClient};
 use sluice_tests::config::{ads_bootstrap, xds_resources};
 use sluice_tests::process::{ControlPlane, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
-
-async fn serves(listener: std::net::SocketAddr, server: &str, stamp: &str) -> bool {
-    match HttpClient::http1().get(listener, "h", "/", &[]).await {
-        Ok(r) => {
-            r.status == 200
-                && r.json()["server"] == server
-                && r.header("x-config").as_deref() == Some(stamp)
-        }
-        Err(_) => false,
-    }
-}
 
 async fn follows_the_control_plane(api_type: &str) {
     let first = Upstream::start("first").await;

@@ -7,45 +7,20 @@ use std::time::Duration;
 
 use sluice_tests::client::HttpClient;
 use sluice_tests::config::{ads_bootstrap, xds_resources};
+use sluice_tests::csds::statuses;
 use sluice_tests::process::{ControlPlane, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
-use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
-use xds_types::pb::envoy::service::status::v3::{ClientStatusRequest, ConfigStatus};
+use xds_types::pb::envoy::service::status::v3::ConfigStatus;
 use xds_types::type_urls;
 
 /// `(node id, config_status, error details)` of every node's cluster config.
 async fn cluster_status(xds: std::net::SocketAddr) -> Vec<(String, i32, String)> {
-    let Ok(mut client) = ClientStatusDiscoveryServiceClient::connect(format!("http://{xds}")).await
-    else {
-        return Vec::new();
-    };
-    let Ok(response) = client
-        .fetch_client_status(ClientStatusRequest::default())
+    statuses(xds, type_urls::CLUSTER)
         .await
-    else {
-        return Vec::new();
-    };
-    let mut out: Vec<_> = response
-        .into_inner()
-        .config
         .into_iter()
-        .flat_map(|c| {
-            let id = c.node.map(|n| n.id).unwrap_or_default();
-            c.generic_xds_configs
-                .into_iter()
-                .filter(|g| g.type_url == type_urls::CLUSTER)
-                .map(move |g| {
-                    (
-                        id.clone(),
-                        g.config_status,
-                        g.error_state.map(|e| e.details).unwrap_or_default(),
-                    )
-                })
-        })
-        .collect();
-    out.sort();
-    out
+        .map(|s| (s.node, s.config_status, s.error))
+        .collect()
 }
 
 #[tokio::test]
