@@ -5,10 +5,16 @@
 //!   in Envoy's proto3-JSON shape), each encoded once.
 //! - [`ads`]: the Aggregated Discovery Service, state of the world and delta, with the
 //!   per-stream protocol state (subscriptions, versions, nonces, ACK/NACK).
+//! - [`registry`]: every group's resources and revisions, persisted by a [`store::Store`]
+//!   (the embedded [`store::FileStore`] by default) before they are served.
+//! - [`api`]: the operator API of `proto/` (`sluice.admin.v1`), which `sluicectl` speaks.
 //! - [`fleet`]: what every node was sent, ACKed and NACKed; [`csds`] serves it over the
 //!   standard Client Status Discovery Service.
 
 pub mod ads;
+pub mod api;
 pub mod csds;
 pub mod fleet;
+pub mod registry;
 pub mod resources;
+pub mod store;

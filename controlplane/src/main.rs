@@ -1,17 +1,22 @@
-//! `sluice-cp`: serves xDS on `--xds-listen` from the resources in `--resources`, re-read
-//! on `SIGHUP` (an invalid file is refused with the document and field, and the served
-//! set stays as it was).
+//! `sluice-cp`: serves xDS (ADS and CSDS) on `--xds-listen` and the operator API on
+//! `--api-listen`, from the revisions in `--store`. `--resources FILE`, when given, is the
+//! desired state of the `default` group: applied at start and on `SIGHUP` (an invalid file
+//! is refused with the document and field, and the served resources stay as they were).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
 use sluice_cp::ads::Ads;
+use sluice_cp::api::pb::admin_server::AdminServer;
+use sluice_cp::api::AdminApi;
 use sluice_cp::csds::Csds;
 use sluice_cp::fleet::Fleet;
+use sluice_cp::registry::{Registry, DEFAULT_GROUP};
 use sluice_cp::resources::ResourceSet;
+use sluice_cp::store::FileStore;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
@@ -21,19 +26,26 @@ use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_s
 #[command(
     name = "sluice-cp",
     version,
-    about = "Sluice control plane (xDS server)"
+    about = "Sluice control plane (xDS server and operator API)"
 )]
 struct Cli {
-    /// Address of the xDS gRPC server.
+    /// Address of the xDS gRPC server (ADS and CSDS).
     #[arg(long, default_value = "127.0.0.1:18000")]
     xds_listen: SocketAddr,
-    /// YAML/JSON documents, one Envoy resource each (with "@type").
+    /// Address of the operator API (sluicectl).
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    api_listen: SocketAddr,
+    /// Where revisions are kept: `file:DIR`.
+    #[arg(long, default_value = "file:sluice-data")]
+    store: String,
+    /// Desired state of the `default` group (YAML/JSON documents with "@type"), applied at
+    /// start and on SIGHUP.
     #[arg(long)]
-    resources: PathBuf,
+    resources: Option<PathBuf>,
     /// Log filter.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
-    /// Test hook: serve resources without validating them, so tests can exercise NACKs.
+    /// Test hook: serve `--resources` without validating them, so tests can exercise NACKs.
     #[arg(long, hide = true)]
     unsafe_skip_validation: bool,
 }
@@ -49,6 +61,17 @@ fn load(path: &PathBuf, validate: bool) -> anyhow::Result<ResourceSet> {
     parsed.with_context(|| format!("{}", path.display()))
 }
 
+fn apply_file(registry: &Registry, path: &PathBuf, validate: bool) -> anyhow::Result<()> {
+    let set = load(path, validate)?;
+    let change = registry.replace(DEFAULT_GROUP, set, "resources file")?;
+    info!(
+        revision = change.revision,
+        changed = change.changed,
+        "resources file applied"
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -56,31 +79,47 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level)?)
         .with_writer(std::io::stderr)
         .init();
-    let (tx, rx) = watch_channel(load(&cli.resources, !cli.unsafe_skip_validation)?);
-    let path = cli.resources.clone();
+    let Some(dir) = cli.store.strip_prefix("file:") else {
+        bail!(
+            "--store: unsupported store {:?} (expected file:DIR)",
+            cli.store
+        );
+    };
+    let registry = Arc::new(Registry::open(Box::new(FileStore::open(dir)?))?);
     let validate = !cli.unsafe_skip_validation;
-    tokio::spawn(async move {
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            match load(&path, validate) {
-                Ok(set) => {
-                    info!("resources reloaded");
-                    tx.send_replace(Arc::new(set));
+    if let Some(path) = &cli.resources {
+        apply_file(&registry, path, validate)?;
+        let (registry, path) = (registry.clone(), path.clone());
+        tokio::spawn(async move {
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                if let Err(e) = apply_file(&registry, &path, validate) {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "reload refused; serving the previous resources"
+                    );
                 }
-                Err(e) => warn!(
-                    error = format!("{e:#}"),
-                    "reload refused; serving the previous resources"
-                ),
             }
+        });
+    }
+    let fleet = Arc::new(Fleet::default());
+    let api = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(AdminApi::new(
+            registry.clone(),
+            fleet.clone(),
+        )))
+        .serve(cli.api_listen);
+    tokio::spawn(async move {
+        if let Err(e) = api.await {
+            warn!(error = %e, "operator API stopped");
         }
     });
-    info!(address = %cli.xds_listen, "xds listening");
-    let fleet = Arc::new(Fleet::default());
+    info!(xds = %cli.xds_listen, api = %cli.api_listen, store = %cli.store, "listening");
     tonic::transport::Server::builder()
         .add_service(AggregatedDiscoveryServiceServer::new(Ads::new(
-            rx,
+            registry.subscribe(DEFAULT_GROUP),
             fleet.clone(),
         )))
         .add_service(ClientStatusDiscoveryServiceServer::new(Csds::new(fleet)))
@@ -95,13 +134,4 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
-}
-
-fn watch_channel(
-    set: ResourceSet,
-) -> (
-    tokio::sync::watch::Sender<Arc<ResourceSet>>,
-    tokio::sync::watch::Receiver<Arc<ResourceSet>>,
-) {
-    tokio::sync::watch::channel(Arc::new(set))
 }

@@ -48,6 +48,9 @@ pub struct Entry {
     /// Content hash of the encoded resource.
     pub version: String,
     pub any: Arc<Any>,
+    /// The resource as a canonical proto3-JSON document with `"@type"` (what `get`
+    /// returns and the store keeps).
+    pub document: serde_json::Value,
 }
 
 /// Every resource, by type URL then name.
@@ -113,12 +116,14 @@ impl ResourceSet {
                 }
             };
             let version = hex(&Sha256::digest(&bytes)[..8]);
+            let document = canonical(type_url, &bytes);
             let entry = Entry {
                 version,
                 any: Arc::new(Any {
                     type_url: type_url.to_string(),
                     value: bytes,
                 }),
+                document,
             };
             if set
                 .by_type
@@ -167,10 +172,84 @@ impl ResourceSet {
         hex(&hasher.finalize()[..8])
     }
 
+    /// Every resource as a document, by type then name.
+    pub fn documents(&self) -> Vec<serde_json::Value> {
+        self.by_type
+            .values()
+            .flat_map(|m| m.values().map(|e| e.document.clone()))
+            .collect()
+    }
+
+    /// This set with `other`'s resources added or replacing same-named ones, re-validated
+    /// as a whole (so references are checked against the result).
+    pub fn merged(&self, other: &ResourceSet) -> Result<ResourceSet, ResourceError> {
+        let mut by_key: BTreeMap<(&str, &String), &serde_json::Value> = BTreeMap::new();
+        for set in [self, other] {
+            for (type_url, entries) in &set.by_type {
+                for (name, entry) in entries {
+                    by_key.insert((type_url, name), &entry.document);
+                }
+            }
+        }
+        Self::from_documents(by_key.into_values().cloned().collect())
+    }
+
+    /// This set without one resource.
+    pub fn without(&self, type_url: &str, name: &str) -> Result<ResourceSet, ResourceError> {
+        let documents = self
+            .by_type
+            .iter()
+            .flat_map(|(t, m)| {
+                m.iter()
+                    .filter(move |(n, _)| !(*t == type_url && n.as_str() == name))
+                    .map(|(_, e)| e.document.clone())
+            })
+            .collect();
+        Self::from_documents(documents)
+    }
+
+    /// A validated set from JSON documents (each with `"@type"`).
+    pub fn from_documents(documents: Vec<serde_json::Value>) -> Result<ResourceSet, ResourceError> {
+        let text = documents
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        Self::from_yaml(&text)
+    }
+
+    /// Whether both sets hold the same resources at the same versions.
+    pub fn same_as(&self, other: &ResourceSet) -> bool {
+        let versions = |s: &ResourceSet| -> Vec<(String, String, String)> {
+            s.by_type
+                .iter()
+                .flat_map(|(t, m)| {
+                    m.iter()
+                        .map(move |(n, e)| (t.to_string(), n.clone(), e.version.clone()))
+                })
+                .collect()
+        };
+        versions(self) == versions(other)
+    }
+
     /// The resources of one type.
     pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &Entry)> {
         self.by_type.get(type_url).into_iter().flatten()
     }
+}
+
+/// The resource as proto3-JSON with its `"@type"`, keys in a stable order.
+fn canonical(type_url: &str, bytes: &[u8]) -> serde_json::Value {
+    let name = type_urls::message_name(type_url);
+    let mut json = xds_types::decode::message_descriptor(name)
+        .ok()
+        .and_then(|d| prost_reflect::DynamicMessage::decode(d, bytes).ok())
+        .and_then(|m| xds_types::decode::dynamic_to_json(&m).ok())
+        .unwrap_or(serde_json::Value::Null);
+    if let Some(object) = json.as_object_mut() {
+        object.insert("@type".to_string(), serde_json::Value::from(type_url));
+    }
+    json
 }
 
 /// Decodes a proto3-JSON document; `validate` also applies the unsupported-field check.

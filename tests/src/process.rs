@@ -191,11 +191,14 @@ pub fn peak_rss_of(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A running `sluice-cp`, serving the resources written to its file.
+/// A running `sluice-cp` with its own store directory; serves the resources written to its
+/// file when started with some.
 pub struct ControlPlane {
     child: Child,
     pub xds: SocketAddr,
+    pub api: SocketAddr,
     pub resources_path: PathBuf,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -214,6 +217,45 @@ impl ControlPlane {
         let dir = tempfile::tempdir()?;
         let resources_path = dir.path().join("resources.yaml");
         std::fs::write(&resources_path, resources)?;
+        let mut all: Vec<String> = vec!["--resources".into(), resources_path.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::launch(dir, resources_path, xds, all).await
+    }
+
+    /// Starts `sluice-cp` with an empty store and no resources file: everything comes
+    /// through the operator API.
+    pub async fn start_empty(xds: SocketAddr) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let resources_path = dir.path().join("unused.yaml");
+        Self::launch(dir, resources_path, xds, Vec::new()).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        resources_path: PathBuf,
+        xds: SocketAddr,
+        args: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let api = crate::free_addr();
+        let child = Self::spawn(dir.path(), xds, api, &args)?;
+        let mut cp = Self {
+            child,
+            xds,
+            api,
+            resources_path,
+            args,
+            _dir: dir,
+        };
+        cp.wait_listening().await?;
+        Ok(cp)
+    }
+
+    fn spawn(
+        dir: &Path,
+        xds: SocketAddr,
+        api: SocketAddr,
+        args: &[String],
+    ) -> anyhow::Result<Child> {
         let bin = binary("sluice-cp");
         if !bin.exists() {
             bail!(
@@ -221,33 +263,57 @@ impl ControlPlane {
                 bin.display()
             );
         }
-        let child = Command::new(&bin)
+        Command::new(&bin)
             .arg("--xds-listen")
             .arg(xds.to_string())
-            .arg("--resources")
-            .arg(&resources_path)
+            .arg("--api-listen")
+            .arg(api.to_string())
+            .arg("--store")
+            .arg(format!("file:{}", dir.join("store").display()))
             .args(["--log-level", "info"])
             .args(args)
             .stdin(Stdio::null())
             .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut cp = Self {
-            child,
-            xds,
-            resources_path,
-            _dir: dir,
-        };
+            .with_context(|| format!("spawn {}", bin.display()))
+    }
+
+    async fn wait_listening(&mut self) -> anyhow::Result<()> {
         for _ in 0..300 {
-            if let Some(status) = cp.child.try_wait()? {
+            if let Some(status) = self.child.try_wait()? {
                 bail!("sluice-cp exited early: {status}");
             }
-            if tokio::net::TcpStream::connect(xds).await.is_ok() {
-                return Ok(cp);
+            if tokio::net::TcpStream::connect(self.xds).await.is_ok()
+                && tokio::net::TcpStream::connect(self.api).await.is_ok()
+            {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = cp.child.kill();
+        let _ = self.child.kill();
         bail!("sluice-cp did not start listening")
+    }
+
+    /// SIGKILLs the process and starts it again on the same store and addresses.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self._dir.path(), self.xds, self.api, &self.args)?;
+        self.wait_listening().await
+    }
+
+    /// Runs `sluicectl --server <this API> ARGS`, returning (success, stdout, stderr).
+    pub fn sluicectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(binary("sluicectl"))
+            .arg("--server")
+            .arg(format!("http://{}", self.api))
+            .args(args)
+            .output()
+            .expect("run sluicectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The process id.
@@ -255,7 +321,7 @@ impl ControlPlane {
         self.child.id()
     }
 
-    /// Replaces the resources and sends SIGHUP.
+    /// Replaces the resources file and sends SIGHUP.
     pub fn update(&self, resources: &str) -> anyhow::Result<()> {
         std::fs::write(&self.resources_path, resources)?;
         Ok(kill(self.child.id(), libc::SIGHUP)?)

@@ -1,0 +1,212 @@
+//! The operator API (`sluice.admin.v1.Admin`, defined in `proto/`): apply, validate, get,
+//! delete, history, rollback and the fleet, over the [`Registry`] and the [`Fleet`].
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use tonic::{Request, Response, Status};
+use xds_types::type_urls;
+
+use crate::fleet::Fleet;
+use crate::registry::{Change, Registry, RegistryError, DEFAULT_GROUP};
+use crate::resources::ResourceSet;
+
+/// Generated types and service of `proto/sluice/admin/v1/admin.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("sluice.admin.v1");
+}
+
+use pb::admin_server::Admin;
+
+/// The operator API service.
+pub struct AdminApi {
+    registry: Arc<Registry>,
+    fleet: Arc<Fleet>,
+}
+
+impl AdminApi {
+    /// A service over `registry` and `fleet`.
+    pub fn new(registry: Arc<Registry>, fleet: Arc<Fleet>) -> Self {
+        Self { registry, fleet }
+    }
+}
+
+fn group(name: &str) -> &str {
+    if name.is_empty() {
+        DEFAULT_GROUP
+    } else {
+        name
+    }
+}
+
+/// `listener`/`cluster` (or a full type URL) → type URL; empty → `None` (every type).
+pub fn type_url(short: &str) -> Result<Option<&'static str>, Status> {
+    match short {
+        "" => Ok(None),
+        "listener" | "listeners" | type_urls::LISTENER => Ok(Some(type_urls::LISTENER)),
+        "cluster" | "clusters" | type_urls::CLUSTER => Ok(Some(type_urls::CLUSTER)),
+        other => Err(Status::invalid_argument(format!(
+            "type: unknown resource type {other:?} (listener or cluster)"
+        ))),
+    }
+}
+
+fn status(error: RegistryError) -> Status {
+    match error {
+        RegistryError::Invalid(_) | RegistryError::UnknownRevision(..) => {
+            Status::invalid_argument(error.to_string())
+        }
+        RegistryError::NotFound(..) => Status::not_found(error.to_string()),
+        RegistryError::Store(_) | RegistryError::CorruptRevision { .. } => {
+            Status::internal(error.to_string())
+        }
+    }
+}
+
+fn reply(change: Change) -> Response<pb::ApplyResponse> {
+    Response::new(pb::ApplyResponse {
+        revision: change.revision,
+        changed: change.changed,
+    })
+}
+
+fn parse(documents: &str) -> Result<ResourceSet, Status> {
+    ResourceSet::from_yaml(documents).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = request.into_inner();
+        let incoming = parse(&r.documents)?;
+        self.registry
+            .apply(group(&r.group), &incoming)
+            .map(reply)
+            .map_err(status)
+    }
+
+    async fn validate(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = request.into_inner();
+        let incoming = parse(&r.documents)?;
+        self.registry
+            .validate(group(&r.group), &incoming)
+            .map(reply)
+            .map_err(status)
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let r = request.into_inner();
+        let wanted = type_url(&r.r#type)?;
+        let current = self.registry.current(group(&r.group));
+        let documents: Vec<String> = current
+            .by_type
+            .iter()
+            .filter(|(t, _)| wanted.is_none_or(|w| w == **t))
+            .flat_map(|(_, m)| m.iter())
+            .filter(|(name, _)| r.name.is_empty() || **name == r.name)
+            .map(|(_, e)| serde_yaml_ng::to_string(&e.document).unwrap_or_default())
+            .collect();
+        if documents.is_empty() && !r.name.is_empty() {
+            return Err(Status::not_found(format!(
+                "{} {:?} does not exist",
+                r.r#type, r.name
+            )));
+        }
+        Ok(Response::new(pb::GetResponse {
+            documents: documents.join("---\n"),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = request.into_inner();
+        let type_url =
+            type_url(&r.r#type)?.ok_or_else(|| Status::invalid_argument("type: required"))?;
+        self.registry
+            .delete(group(&r.group), type_url, &r.name)
+            .map(reply)
+            .map_err(status)
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let revisions = self
+            .registry
+            .history(group(&request.get_ref().group))
+            .into_iter()
+            .map(|r| pb::Revision {
+                number: r.number,
+                created_unix_ms: r.created_unix_ms,
+                source: r.source,
+                resources: r.documents.len() as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::HistoryResponse { revisions }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = request.into_inner();
+        self.registry
+            .rollback(group(&r.group), r.revision)
+            .map(reply)
+            .map_err(status)
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let nodes = self
+            .fleet
+            .nodes()
+            .into_iter()
+            .map(|n| pb::NodeStatus {
+                id: n.node.id.clone(),
+                group: n.group.clone(),
+                connected: n.connected,
+                protocol: if n.delta { "delta" } else { "sotw" }.to_string(),
+                connected_since_unix_ms: n
+                    .connected_since
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+                types: n
+                    .types
+                    .iter()
+                    .map(|(t, s)| pb::TypeStatus {
+                        type_url: t.clone(),
+                        sent_version: s.sent_version.clone().unwrap_or_default(),
+                        acked_version: s.acked_version.clone().unwrap_or_default(),
+                        nack_version: s
+                            .last_nack
+                            .as_ref()
+                            .map(|n| n.version.clone())
+                            .unwrap_or_default(),
+                        nack_error: s
+                            .last_nack
+                            .as_ref()
+                            .map(|n| n.error.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+}

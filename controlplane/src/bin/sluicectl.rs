@@ -1,0 +1,353 @@
+//! `sluicectl`: the operators' CLI over `sluice-cp`'s operator API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_cp::api::pb;
+use sluice_cp::api::pb::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluicectl",
+    version,
+    about = "Operate a Sluice fleet through sluice-cp"
+)]
+struct Cli {
+    /// The control plane's operator API.
+    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:18001")]
+    server: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the resources in FILE (YAML/JSON documents with "@type"), all or nothing.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        group: String,
+    },
+    /// Check FILE as apply would, without applying it.
+    Validate {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        group: String,
+    },
+    /// Show resources (TYPE: listener or cluster).
+    Get {
+        r#type: Option<String>,
+        name: Option<String>,
+        #[arg(long, default_value = "")]
+        group: String,
+    },
+    /// Delete one resource.
+    Delete {
+        r#type: String,
+        name: String,
+        #[arg(long, default_value = "")]
+        group: String,
+    },
+    /// List the group's revisions.
+    History {
+        #[arg(long, default_value = "")]
+        group: String,
+    },
+    /// Make revision REV current again.
+    Rollback {
+        revision: u64,
+        #[arg(long, default_value = "")]
+        group: String,
+    },
+    /// Every node, the version it ACKed per type, and its last NACK.
+    Nodes,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(text) => {
+            print(&text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+async fn client(server: &str) -> Result<AdminClient<Channel>, String> {
+    AdminClient::connect(server.to_string())
+        .await
+        .map_err(|e| format!("cannot reach {server}: {e}"))
+}
+
+fn read(file: &PathBuf) -> Result<String, String> {
+    std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+fn change(r: pb::ApplyResponse, output: Output) -> String {
+    match output {
+        Output::Json => format!(
+            "{}\n",
+            serde_json::json!({ "revision": r.revision, "changed": r.changed })
+        ),
+        Output::Yaml => format!("revision: {}\nchanged: {}\n", r.revision, r.changed),
+        Output::Table if r.changed => format!("revision {} applied\n", r.revision),
+        Output::Table => format!("unchanged (revision {})\n", r.revision),
+    }
+}
+
+async fn run(cli: Cli) -> Result<String, String> {
+    let mut api = client(&cli.server).await?;
+    let status = |e: tonic::Status| e.message().to_string();
+    Ok(match cli.command {
+        Command::Apply { file, group } => {
+            let documents = read(&file)?;
+            let r = api
+                .apply(pb::ApplyRequest { group, documents })
+                .await
+                .map_err(|e| format!("{}: {}", file.display(), e.message()))?;
+            change(r.into_inner(), cli.output)
+        }
+        Command::Validate { file, group } => {
+            let documents = read(&file)?;
+            let r = api
+                .validate(pb::ApplyRequest { group, documents })
+                .await
+                .map_err(|e| format!("{}: {}", file.display(), e.message()))?;
+            let r = r.into_inner();
+            format!(
+                "{}: valid ({})\n",
+                file.display(),
+                if r.changed {
+                    "would change the group"
+                } else {
+                    "no change"
+                }
+            )
+        }
+        Command::Get {
+            r#type,
+            name,
+            group,
+        } => {
+            let r = api
+                .get(pb::GetRequest {
+                    group,
+                    r#type: r#type.unwrap_or_default(),
+                    name: name.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            documents(&r.documents, cli.output)?
+        }
+        Command::Delete {
+            r#type,
+            name,
+            group,
+        } => change(
+            api.delete(pb::DeleteRequest {
+                group,
+                r#type,
+                name,
+            })
+            .await
+            .map_err(status)?
+            .into_inner(),
+            cli.output,
+        ),
+        Command::History { group } => {
+            let revisions = api
+                .history(pb::HistoryRequest { group })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .revisions;
+            let rows: Vec<serde_json::Value> = revisions
+                .iter()
+                .map(|r| serde_json::json!({ "revision": r.number, "created_unix_ms": r.created_unix_ms, "source": r.source, "resources": r.resources }))
+                .collect();
+            structured(
+                &rows,
+                cli.output,
+                &["REVISION", "SOURCE", "RESOURCES"],
+                |v| {
+                    vec![
+                        v["revision"].to_string(),
+                        v["source"].as_str().unwrap_or("").to_string(),
+                        v["resources"].to_string(),
+                    ]
+                },
+            )
+        }
+        Command::Rollback { revision, group } => change(
+            api.rollback(pb::RollbackRequest { group, revision })
+                .await
+                .map_err(status)?
+                .into_inner(),
+            cli.output,
+        ),
+        Command::Nodes => {
+            let nodes = api
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .nodes;
+            let rows: Vec<serde_json::Value> = nodes.iter().map(node_json).collect();
+            structured(
+                &rows,
+                cli.output,
+                &[
+                    "NODE",
+                    "GROUP",
+                    "STATE",
+                    "PROTOCOL",
+                    "LISTENERS",
+                    "CLUSTERS",
+                    "LAST NACK",
+                ],
+                |v| {
+                    let acked = |t: &str| {
+                        v["types"][t]["acked_version"]
+                            .as_str()
+                            .unwrap_or("-")
+                            .to_string()
+                    };
+                    vec![
+                        v["id"].as_str().unwrap_or("").to_string(),
+                        v["group"].as_str().unwrap_or("").to_string(),
+                        if v["connected"] == true {
+                            "connected"
+                        } else {
+                            "disconnected"
+                        }
+                        .to_string(),
+                        v["protocol"].as_str().unwrap_or("").to_string(),
+                        acked("listener"),
+                        acked("cluster"),
+                        v["last_nack"].as_str().unwrap_or("-").to_string(),
+                    ]
+                },
+            )
+        }
+    })
+}
+
+fn node_json(n: &pb::NodeStatus) -> serde_json::Value {
+    let short = |t: &str| {
+        if t.ends_with("Listener") {
+            "listener"
+        } else if t.ends_with("Cluster") {
+            "cluster"
+        } else {
+            "other"
+        }
+    };
+    let types: serde_json::Map<String, serde_json::Value> = n
+        .types
+        .iter()
+        .map(|t| {
+            (
+                short(&t.type_url).to_string(),
+                serde_json::json!({
+                    "sent_version": t.sent_version, "acked_version": t.acked_version,
+                    "nack_version": t.nack_version, "nack_error": t.nack_error,
+                }),
+            )
+        })
+        .collect();
+    let last_nack = n
+        .types
+        .iter()
+        .find(|t| !t.nack_error.is_empty())
+        .map(|t| format!("{}: {}", short(&t.type_url), t.nack_error));
+    serde_json::json!({
+        "id": n.id, "group": n.group, "connected": n.connected, "protocol": n.protocol,
+        "connected_since_unix_ms": n.connected_since_unix_ms, "types": types, "last_nack": last_nack,
+    })
+}
+
+/// Rows as an aligned table, or the values as JSON/YAML.
+fn structured(
+    rows: &[serde_json::Value],
+    output: Output,
+    header: &[&str],
+    cells: impl Fn(&serde_json::Value) -> Vec<String>,
+) -> String {
+    match output {
+        Output::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(rows).unwrap_or_default()
+        ),
+        Output::Yaml => serde_yaml_ng::to_string(rows).unwrap_or_default(),
+        Output::Table => {
+            let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+            table.extend(rows.iter().map(&cells));
+            let widths: Vec<usize> = (0..header.len())
+                .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+                .collect();
+            table
+                .iter()
+                .map(|r| {
+                    let line: Vec<String> = r
+                        .iter()
+                        .zip(&widths)
+                        .map(|(c, w)| format!("{c:<w$}"))
+                        .collect();
+                    format!("{}\n", line.join("  ").trim_end())
+                })
+                .collect()
+        }
+    }
+}
+
+/// Resource documents: YAML as the server sent them, JSON, or a TYPE/NAME table.
+fn documents(yaml: &str, output: Output) -> Result<String, String> {
+    use serde::Deserialize;
+    let values: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(serde_json::Value::deserialize)
+        .filter(|v| !matches!(v, Ok(serde_json::Value::Null)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok(match output {
+        Output::Yaml => yaml.to_string(),
+        Output::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&values).unwrap_or_default()
+        ),
+        Output::Table => structured(&values, Output::Table, &["TYPE", "NAME"], |v| {
+            let t = v["@type"]
+                .as_str()
+                .unwrap_or("")
+                .rsplit('.')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            vec![t, v["name"].as_str().unwrap_or("").to_string()]
+        }),
+    })
+}
