@@ -1,33 +1,46 @@
 #!/usr/bin/env bash
-# Runs the demo on this machine: the demo upstream on 127.0.0.1:18080 and `sluice` on
-# 127.0.0.1:10000 (admin 127.0.0.1:9901) with deploy/demo/bootstrap.yaml.
-# Ctrl-C stops both. Later issues add the control plane (`sluice-cp`) here.
+# Runs the whole system on this machine: sluice-cp with its embedded store (./sluice-data),
+# the demo upstream on 127.0.0.1:18080, one sluice attached to the control plane over ADS
+# (listener 127.0.0.1:10000, admin 127.0.0.1:9901), and the demo config applied with
+# sluicectl. Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p sluice -p sluice-tests --bins
-target="${CARGO_TARGET_DIR:-target}/release"
+cargo build --release -p sluice -p sluice-cp -p sluice-tests --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
-"$target/demo-upstream" 127.0.0.1:18080 &
-upstream_pid=$!
-"$target/sluice" -c deploy/demo/bootstrap.yaml --log-level info,access=info &
-sluice_pid=$!
-trap 'kill "$sluice_pid" "$upstream_pid" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
+"$bin/sluice-cp" --store file:sluice-data --xds-listen 127.0.0.1:18000 --api-listen 127.0.0.1:18001 &
+pids+=($!)
+"$bin/demo-upstream" 127.0.0.1:18080 &
+pids+=($!)
+"$bin/sluice" -c deploy/demo/sluice-ads.yaml --log-level info,access=info &
+pids+=($!)
 
-for _ in $(seq 50); do
-  curl -fsS http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
+for _ in $(seq 100); do
+  "$bin/sluicectl" --server http://127.0.0.1:18001 history >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$bin/sluicectl" --server http://127.0.0.1:18001 apply -f deploy/demo/resources.yaml
+for _ in $(seq 100); do
+  curl -fsS http://127.0.0.1:10000/hello >/dev/null 2>&1 && break
   sleep 0.1
 done
 
-cat <<'MSG'
+cat <<MSG
 
-Sluice demo is up. Try:
-  curl -i http://127.0.0.1:10000/hello            # direct response
-  curl -i http://127.0.0.1:10000/api/anything?x=1  # proxied to the demo upstream, /api/ rewritten to /
-  curl -i http://127.0.0.1:10000/old/page          # redirect
-  curl --http2-prior-knowledge http://127.0.0.1:10000/  # HTTP/2 cleartext
-  curl http://127.0.0.1:9901/stats                 # Envoy-style stats (also /stats/prometheus, /config_dump, /clusters)
-  kill -HUP <sluice pid>                           # re-read deploy/demo/bootstrap.yaml without dropping connections
+Sluice is up: sluice-cp (xDS 127.0.0.1:18000, API 127.0.0.1:18001), one sluice, a demo upstream.
+Try:
+  curl -i http://127.0.0.1:10000/hello              # direct response
+  curl -i http://127.0.0.1:10000/api/anything?x=1    # proxied, /api/ rewritten to /
+  curl -i http://127.0.0.1:10000/old/page            # redirect
+  curl --http2-prior-knowledge http://127.0.0.1:10000/
+  $bin/sluicectl nodes                     # which node ACKed which version
+  $bin/sluicectl get -o yaml               # the live config, as Envoy resources
+  $bin/sluicectl history                   # revisions; rollback N restores one
+  curl http://127.0.0.1:9901/stats                   # the node's Envoy-style stats
+Edit deploy/demo/resources.yaml and run sluicectl apply -f on it to change the fleet.
 Press Ctrl-C to stop.
 MSG
-wait "$sluice_pid"
+wait

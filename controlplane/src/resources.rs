@@ -285,6 +285,20 @@ load_assignment:
 "#;
 
     #[test]
+    fn the_demo_config_is_valid() {
+        // deploy/quickstart.sh applies these; keep the README's run command true.
+        let resources =
+            ResourceSet::from_yaml(include_str!("../../deploy/demo/resources.yaml")).unwrap();
+        assert_eq!(resources.documents().len(), 2);
+        for bootstrap in [
+            include_str!("../../deploy/demo/sluice-ads.yaml"),
+            include_str!("../../deploy/demo/bootstrap.yaml"),
+        ] {
+            xds_types::Bootstrap::from_yaml(bootstrap).unwrap();
+        }
+    }
+
+    #[test]
     fn versions_are_content_hashes() {
         let a = ResourceSet::from_yaml(CLUSTER).unwrap();
         let b = ResourceSet::from_yaml(CLUSTER).unwrap();
