@@ -16,9 +16,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
+use xds_types::pb::envoy::config::core::v3::Node;
 use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use xds_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
@@ -26,6 +27,7 @@ use xds_types::pb::envoy::service::discovery::v3::{
 use xds_types::type_urls;
 
 use crate::fleet::{Fleet, Nack};
+use crate::registry::{Registry, DEFAULT_GROUP};
 use crate::resources::{ResourceSet, PUSH_ORDER};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -33,15 +35,15 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// The ADS service; cheap to share between streams.
 #[derive(Clone)]
 pub struct Ads {
-    resources: watch::Receiver<Arc<ResourceSet>>,
+    groups: Arc<Registry>,
     fleet: Arc<Fleet>,
 }
 
 impl Ads {
-    /// A service serving whatever `resources` holds now and later, recording every node's
-    /// status in `fleet`.
-    pub fn new(resources: watch::Receiver<Arc<ResourceSet>>, fleet: Arc<Fleet>) -> Self {
-        Self { resources, fleet }
+    /// A service serving each node its group's resources (the group is the node's
+    /// `node.cluster`, `default` when empty), recording every node's status in `fleet`.
+    pub fn new(groups: Arc<Registry>, fleet: Arc<Fleet>) -> Self {
+        Self { groups, fleet }
     }
 }
 
@@ -53,7 +55,7 @@ impl Ads {
         requests: Streaming<P::Request>,
     ) -> Response<ResponseStream<P::Response>> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run(protocol, requests, self.resources.clone(), tx));
+        tokio::spawn(run(protocol, requests, self.groups.clone(), tx));
         Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
@@ -111,6 +113,8 @@ trait Protocol: Send + 'static {
     fn node(&self) -> &str;
     /// The fleet view this stream reports to.
     fn fleet(&self) -> &Fleet;
+    /// The node a request names.
+    fn request_node(request: &Self::Request) -> Option<&Node>;
 }
 
 /// Drives one stream: client requests and resource changes in, responses out, until
@@ -118,9 +122,26 @@ trait Protocol: Send + 'static {
 async fn run<P: Protocol>(
     mut protocol: P,
     mut requests: Streaming<P::Request>,
-    mut resources: watch::Receiver<Arc<ResourceSet>>,
+    groups: Arc<Registry>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
+    // The first request names the node, and so its group.
+    let Ok(Some(first)) = requests.message().await else {
+        return;
+    };
+    let group = P::request_node(&first)
+        .map(|n| n.cluster.as_str())
+        .filter(|c| !c.is_empty())
+        .unwrap_or(DEFAULT_GROUP)
+        .to_string();
+    let mut resources = groups.subscribe(&group);
+    let current = resources.borrow_and_update().clone();
+    if let Some(response) = protocol.on_request(first, &current) {
+        if tx.send(Ok(response)).await.is_err() {
+            return;
+        }
+    }
+    debug!(node = %protocol.node(), %group, "serving group");
     loop {
         tokio::select! {
             message = requests.message() => match message {
@@ -386,6 +407,10 @@ impl DeltaStream {
 
 impl Protocol for SotwStream {
     type Request = DiscoveryRequest;
+
+    fn request_node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
     type Response = DiscoveryResponse;
 
     fn on_request(
@@ -411,6 +436,10 @@ impl Protocol for SotwStream {
 
 impl Protocol for DeltaStream {
     type Request = DeltaDiscoveryRequest;
+
+    fn request_node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
     type Response = DeltaDiscoveryResponse;
 
     fn on_request(

@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     info!(xds = %cli.xds_listen, api = %cli.api_listen, store = %cli.store, "listening");
     tonic::transport::Server::builder()
         .add_service(AggregatedDiscoveryServiceServer::new(Ads::new(
-            registry.subscribe(DEFAULT_GROUP),
+            registry.clone(),
             fleet.clone(),
         )))
         .add_service(ClientStatusDiscoveryServiceServer::new(Csds::new(fleet)))

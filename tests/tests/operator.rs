@@ -127,3 +127,69 @@ async fn apply_get_rollback_nodes_and_restart() {
         "a change after the restart reaches the node"
     );
 }
+
+#[tokio::test]
+async fn nodes_receive_their_groups_resources() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let (xds, l_default, l_canary) = (free_addr(), free_addr(), free_addr());
+    let cp = ControlPlane::start_empty(xds).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let default_file = write(
+        dir.path(),
+        "default.yaml",
+        &xds_resources(l_default, stable.addr, "default"),
+    );
+    let canary_file = write(
+        dir.path(),
+        "canary.yaml",
+        &xds_resources(l_canary, canary.addr, "canary"),
+    );
+    assert!(cp.sluicectl(&["apply", "-f", &default_file]).0);
+    assert!(
+        cp.sluicectl(&["apply", "-f", &canary_file, "--group", "canary"])
+            .0
+    );
+
+    let (admin_a, admin_b) = (free_addr(), free_addr());
+    let _a = Sluice::start(&ads_bootstrap(admin_a, xds, "GRPC", "node-a"), admin_a)
+        .await
+        .unwrap();
+    let canary_bootstrap = ads_bootstrap(admin_b, xds, "DELTA_GRPC", "node-b")
+        .replace("\"cluster\":\"default\"", "\"cluster\":\"canary\"");
+    assert!(canary_bootstrap.contains("\"cluster\":\"canary\""));
+    let _b = Sluice::start(&canary_bootstrap, admin_b).await.unwrap();
+
+    assert!(
+        eventually(Duration::from_secs(10), || serves(
+            l_default, "stable", "default"
+        ))
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || serves(
+            l_canary, "canary", "canary"
+        ))
+        .await
+    );
+    let (_, json, _) = cp.sluicectl(&["nodes", "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let group_of = |id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["group"].clone())
+    };
+    assert_eq!(group_of("node-a"), Some("default".into()), "{json}");
+    assert_eq!(group_of("node-b"), Some("canary".into()), "{json}");
+    // Each group's history is its own.
+    assert_eq!(
+        cp.sluicectl(&["history", "--group", "canary"])
+            .1
+            .lines()
+            .count(),
+        2
+    );
+}
