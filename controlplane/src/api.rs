@@ -101,6 +101,36 @@ impl Admin for AdminApi {
             .map_err(status)
     }
 
+    async fn diff(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
+        let r = request.into_inner();
+        let incoming = parse(&r.documents)?;
+        let diffs = self
+            .registry
+            .diff(group(&r.group), &incoming)
+            .map_err(status)?;
+        let resources = diffs
+            .into_iter()
+            .map(|d| pb::ResourceDiff {
+                type_url: d.type_url,
+                name: d.name,
+                change: if d.added { "added" } else { "changed" }.to_string(),
+                fields: d
+                    .fields
+                    .into_iter()
+                    .map(|(path, live, proposed)| pb::FieldChange {
+                        path,
+                        live,
+                        proposed,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::DiffResponse { resources }))
+    }
+
     async fn get(
         &self,
         request: Request<pb::GetRequest>,

@@ -36,6 +36,65 @@ pub struct Change {
     pub changed: bool,
 }
 
+/// One resource `apply` would add or change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceDiff {
+    pub type_url: String,
+    pub name: String,
+    pub added: bool,
+    /// `(path, live JSON, proposed JSON)`; empty JSON means absent.
+    pub fields: Vec<(String, String, String)>,
+}
+
+/// Collects the paths where two proto3-JSON values differ.
+fn json_diff(
+    path: &str,
+    live: &serde_json::Value,
+    proposed: &serde_json::Value,
+    out: &mut Vec<(String, String, String)>,
+) {
+    use serde_json::Value;
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (live, proposed) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let (x, y) = (
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                );
+                json_diff(&child(key), x, y, out);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for i in 0..a.len().max(b.len()) {
+                let (x, y) = (
+                    a.get(i).unwrap_or(&Value::Null),
+                    b.get(i).unwrap_or(&Value::Null),
+                );
+                json_diff(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
+        (a, b) if a != b => {
+            let show = |v: &Value| {
+                if v.is_null() {
+                    String::new()
+                } else {
+                    v.to_string()
+                }
+            };
+            out.push((path.to_string(), show(a), show(b)));
+        }
+        _ => {}
+    }
+}
+
 struct Group {
     revisions: Vec<StoredRevision>,
     current: watch::Sender<Arc<ResourceSet>>,
@@ -106,6 +165,43 @@ impl Registry {
             revision: self.revision(group),
             changed: !merged.same_as(&current),
         })
+    }
+
+    /// What `apply` would change: per resource of `incoming` that differs from the live
+    /// one, `(type URL, name, added?, [(path, live, proposed)])`.
+    pub fn diff(
+        &self,
+        group: &str,
+        incoming: &ResourceSet,
+    ) -> Result<Vec<ResourceDiff>, RegistryError> {
+        let current = self.current(group);
+        let merged = current.merged(incoming)?;
+        let mut out = Vec::new();
+        for (type_url, entries) in &incoming.by_type {
+            for name in entries.keys() {
+                let proposed = &merged.by_type[type_url][name];
+                match current.by_type.get(type_url).and_then(|m| m.get(name)) {
+                    None => out.push(ResourceDiff {
+                        type_url: type_url.to_string(),
+                        name: name.clone(),
+                        added: true,
+                        fields: Vec::new(),
+                    }),
+                    Some(live) if live.version != proposed.version => {
+                        let mut fields = Vec::new();
+                        json_diff("", &live.document, &proposed.document, &mut fields);
+                        out.push(ResourceDiff {
+                            type_url: type_url.to_string(),
+                            name: name.clone(),
+                            added: false,
+                            fields,
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Makes `set` the group's whole resource set.

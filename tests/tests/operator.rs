@@ -193,3 +193,32 @@ async fn nodes_receive_their_groups_resources() {
         2
     );
 }
+
+#[tokio::test]
+async fn diff_shows_exactly_the_changed_fields() {
+    let upstream = Upstream::start("first").await;
+    let (xds, listener) = (free_addr(), free_addr());
+    let cp = ControlPlane::start_empty(xds).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = xds_resources(listener, upstream.addr, "v1");
+    let v1_file = write(dir.path(), "v1.yaml", &v1);
+    assert_eq!(
+        cp.sluicectl(&["diff", "-f", &v1_file]).1,
+        "+ cluster web\n+ listener ingress\n"
+    );
+    assert!(cp.sluicectl(&["apply", "-f", &v1_file]).0);
+    assert_eq!(cp.sluicectl(&["diff", "-f", &v1_file]).1, "no changes\n");
+    let changed = v1
+        .replace("\"connect_timeout\":\"1s\"", "\"connect_timeout\":\"2s\"")
+        .replace("\"value\":\"v1\"", "\"value\":\"v2\"");
+    let changed_file = write(dir.path(), "changed.yaml", &changed);
+    let (ok, out, err) = cp.sluicectl(&["diff", "-f", &changed_file]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "~ cluster web\n    connect_timeout: \"1s\" -> \"2s\"\n\
+         ~ listener ingress\n    filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].response_headers_to_add[0].header.value: \"v1\" -> \"v2\"\n"
+    );
+    // diff changes nothing.
+    assert_eq!(cp.sluicectl(&["history"]).1.lines().count(), 2);
+}

@@ -48,6 +48,13 @@ enum Command {
         #[arg(long, default_value = "")]
         group: String,
     },
+    /// Show what applying FILE would change, field by field.
+    Diff {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        group: String,
+    },
     /// Show resources (TYPE: listener or cluster).
     Get {
         r#type: Option<String>,
@@ -147,6 +154,15 @@ async fn run(cli: Cli) -> Result<String, String> {
                     "no change"
                 }
             )
+        }
+        Command::Diff { file, group } => {
+            let documents = read(&file)?;
+            let r = api
+                .diff(pb::ApplyRequest { group, documents })
+                .await
+                .map_err(|e| format!("{}: {}", file.display(), e.message()))?
+                .into_inner();
+            diff_text(&r, cli.output)
         }
         Command::Get {
             r#type,
@@ -350,4 +366,44 @@ fn documents(yaml: &str, output: Output) -> Result<String, String> {
             vec![t, v["name"].as_str().unwrap_or("").to_string()]
         }),
     })
+}
+
+/// `+ type name` for additions, `~ type name` then `  path: live -> proposed` per field.
+fn diff_text(r: &pb::DiffResponse, output: Output) -> String {
+    let short = |t: &str| t.rsplit('.').next().unwrap_or(t).to_ascii_lowercase();
+    if output != Output::Table {
+        let rows: Vec<serde_json::Value> = r
+            .resources
+            .iter()
+            .map(|d| serde_json::json!({
+                "type": short(&d.type_url), "name": d.name, "change": d.change,
+                "fields": d.fields.iter().map(|f| serde_json::json!({ "path": f.path, "live": f.live, "proposed": f.proposed })).collect::<Vec<_>>(),
+            }))
+            .collect();
+        return structured(&rows, output, &[], |_| Vec::new());
+    }
+    if r.resources.is_empty() {
+        return "no changes\n".to_string();
+    }
+    let mut out = String::new();
+    for d in &r.resources {
+        let mark = if d.change == "added" { "+" } else { "~" };
+        out.push_str(&format!("{mark} {} {}\n", short(&d.type_url), d.name));
+        for f in &d.fields {
+            let show = |v: &str| {
+                if v.is_empty() {
+                    "(absent)".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            out.push_str(&format!(
+                "    {}: {} -> {}\n",
+                f.path,
+                show(&f.live),
+                show(&f.proposed)
+            ));
+        }
+    }
+    out
 }
