@@ -82,6 +82,22 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
         );
     }
     assert!(eventually(Duration::from_secs(10), || all_synced(xds, 3)).await);
+    // The operators' view: three connected nodes, all on the same listener version.
+    let (ok, json, err) = cp.sluicectl(&["nodes", "-o", "json"]);
+    assert!(ok, "{err}");
+    let nodes: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let versions: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["connected"] == true)
+        .filter_map(|n| n["types"]["listener"]["acked_version"].as_str())
+        .collect();
+    assert_eq!(versions.len(), 3, "{json}");
+    assert!(
+        versions.iter().all(|v| *v == versions[0] && !v.is_empty()),
+        "{json}"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));

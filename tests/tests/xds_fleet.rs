@@ -77,6 +77,19 @@ async fn every_node_nacks_invalid_config_and_keeps_serving() {
         "both nodes NACK naming the field: {:?}",
         cluster_status(xds).await
     );
+    // The operators' view says the same, naming the field.
+    let (ok, table, err) = cp.sluicectl(&["nodes"]);
+    assert!(ok, "{err}");
+    for node in ["node-a", "node-b"] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_default();
+        assert!(
+            line.contains("cluster: web: lb_policy: MAGLEV is not supported"),
+            "{table}"
+        );
+    }
     let client = HttpClient::http1();
     for _ in 0..20 {
         let r = client.get(listener, "h", "/", &[]).await.unwrap();
