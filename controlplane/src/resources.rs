@@ -73,11 +73,24 @@ impl ResourceSet {
 
     fn parse(text: &str, validate: bool) -> Result<Self, ResourceError> {
         use serde::Deserialize;
+        let documents = serde_yaml_ng::Deserializer::from_str(text)
+            .map(|document| {
+                serde_json::Value::deserialize(document)
+                    .map_err(|e| ResourceError::Syntax(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_values(documents, validate)
+    }
+
+    /// Builds the set from JSON documents; document indexes in errors count every document,
+    /// empty ones included, as an operator numbers them in their file.
+    fn from_values(
+        documents: Vec<serde_json::Value>,
+        validate: bool,
+    ) -> Result<Self, ResourceError> {
         let mut set = ResourceSet::default();
         let mut listeners = Vec::new();
-        for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let value = serde_json::Value::deserialize(document)
-                .map_err(|e| ResourceError::Syntax(e.to_string()))?;
+        for (index, value) in documents.into_iter().enumerate() {
             if value.is_null() {
                 continue;
             }
@@ -210,12 +223,7 @@ impl ResourceSet {
 
     /// A validated set from JSON documents (each with `"@type"`).
     pub fn from_documents(documents: Vec<serde_json::Value>) -> Result<ResourceSet, ResourceError> {
-        let text = documents
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n---\n");
-        Self::from_yaml(&text)
+        Self::from_values(documents, true)
     }
 
     /// Whether both sets hold the same resources at the same versions.

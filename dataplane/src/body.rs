@@ -85,8 +85,8 @@ impl EndOfStream {
     /// Marks the body complete and wakes the waiter.
     pub fn fire(&self) {
         if !self.done.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // Wakes every `wait` whose `Notified` exists; later ones see `done` first.
             self.notify.notify_waiters();
-            self.notify.notify_one();
         }
     }
 

@@ -94,11 +94,22 @@ impl HeadInspector {
             self.disabled = true;
             return;
         }
-        self.buffer.extend_from_slice(bytes);
+        // Most heads arrive in one read: parse them in place; buffer only split heads.
+        let head: &[u8] = if self.buffer.is_empty() {
+            bytes
+        } else {
+            self.buffer.extend_from_slice(bytes);
+            &self.buffer
+        };
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&self.buffer) {
-            Ok(httparse::Status::Partial) if self.buffer.len() < MAX_INSPECTED_HEAD => return,
+        match request.parse(head) {
+            Ok(httparse::Status::Partial) if head.len() < MAX_INSPECTED_HEAD => {
+                if self.buffer.is_empty() {
+                    self.buffer.extend_from_slice(bytes);
+                }
+                return;
+            }
             Ok(httparse::Status::Complete(_)) => {
                 let has = |name: &str| {
                     request

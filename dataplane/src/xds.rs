@@ -149,10 +149,8 @@ impl Client<'_> {
         Ok(AggregatedDiscoveryServiceClient::new(channel))
     }
 
-    /// Applies converted resources of one type and publishes the merged snapshot.
-    fn apply(&self, type_url: &str, update: impl FnOnce(&mut DynamicResources)) {
-        let mut dynamic = self.store.dynamic();
-        update(&mut dynamic);
+    /// Publishes the dynamic resources after an update of `type_url`.
+    fn publish(&self, type_url: &str, dynamic: DynamicResources) {
         let snapshot = self.store.publish_dynamic(dynamic);
         if let Err(error) = self.listeners.reconcile(&snapshot) {
             warn!(%error, "listener from xDS failed to start");
@@ -199,25 +197,25 @@ impl Client<'_> {
         let mut current = self.store.dynamic();
         while let Some(response) = responses.message().await? {
             let type_url = response.type_url.clone();
-            let (errors, next) = convert_all(
+            let (rejected, next) = convert_all(
                 &type_url,
                 response.resources.iter().map(|a| (None, a)),
                 &current,
                 true,
             );
             current = next;
-            self.apply(&type_url, |d| *d = current.clone());
-            if errors.is_empty() {
+            self.publish(&type_url, current.clone());
+            if rejected.is_empty() {
                 versions.insert(type_url.clone(), response.version_info.clone());
             } else {
-                warn!(%type_url, version = %response.version_info, errors = %errors.join("; "), "NACK");
+                warn!(%type_url, version = %response.version_info, errors = %nack(&rejected).message, "NACK");
             }
             let request = DiscoveryRequest {
                 node: Some(self.node.clone()),
                 type_url: type_url.clone(),
                 version_info: versions.get(&type_url).cloned().unwrap_or_default(),
                 response_nonce: response.nonce,
-                error_detail: (!errors.is_empty()).then(|| nack(&errors)),
+                error_detail: (!rejected.is_empty()).then(|| nack(&rejected)),
                 ..Default::default()
             };
             self.mark_received(&mut received, &type_url);
@@ -258,12 +256,9 @@ impl Client<'_> {
                 .resources
                 .iter()
                 .filter_map(|r: &Resource| r.resource.as_ref().map(|a| (Some(r), a)));
-            let (errors, mut next) = convert_all(&type_url, updates, &current, false);
+            let (rejected, mut next) = convert_all(&type_url, updates, &current, false);
             for r in &response.resources {
-                if !errors
-                    .iter()
-                    .any(|e| e.starts_with(&format!("{}:", r.name)))
-                {
+                if !rejected.iter().any(|x| x.name == r.name) {
                     versions.insert(r.name.clone(), r.version.clone());
                 }
             }
@@ -276,16 +271,16 @@ impl Client<'_> {
                 }
             }
             current = next;
-            self.apply(&type_url, |d| *d = current.clone());
-            if !errors.is_empty() {
-                warn!(%type_url, errors = %errors.join("; "), "NACK");
+            self.publish(&type_url, current.clone());
+            if !rejected.is_empty() {
+                warn!(%type_url, errors = %nack(&rejected).message, "NACK");
             }
             self.mark_received(&mut received, &type_url);
             let request = DeltaDiscoveryRequest {
                 node: Some(self.node.clone()),
                 type_url,
                 response_nonce: response.nonce,
-                error_detail: (!errors.is_empty()).then(|| nack(&errors)),
+                error_detail: (!rejected.is_empty()).then(|| nack(&rejected)),
                 ..Default::default()
             };
             if tx.send(request).await.is_err() {
@@ -296,58 +291,67 @@ impl Client<'_> {
     }
 }
 
-fn nack(errors: &[String]) -> RpcStatus {
+/// A resource the client refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rejection {
+    /// The resource name, or `resources[i]` when it could not be read.
+    name: String,
+    error: String,
+}
+
+/// The NACK for `rejected`: every rejected resource with its field path.
+fn nack(rejected: &[Rejection]) -> RpcStatus {
+    let message = rejected
+        .iter()
+        .map(|r| format!("{}: {}", r.name, r.error))
+        .collect::<Vec<_>>()
+        .join("; ");
     RpcStatus {
         code: 3,
-        message: errors.join("; "),
+        message,
         ..Default::default()
     }
 }
 
 /// Converts every resource of a response. `replace` (state of the world): the response is
 /// the whole set, so resources absent from it are removed, but a rejected resource keeps
-/// its previously accepted version. Returns the errors (`name: path: message`) and the
-/// resulting dynamic resources.
+/// its previously accepted version. Returns the rejections and the resulting resources.
 fn convert_all<'r>(
     type_url: &str,
     resources: impl Iterator<Item = (Option<&'r Resource>, &'r Any)>,
     current: &DynamicResources,
     replace: bool,
-) -> (Vec<String>, DynamicResources) {
+) -> (Vec<Rejection>, DynamicResources) {
     let mut next = current.clone();
-    let mut errors = Vec::new();
+    let mut rejected = Vec::new();
     let mut listeners = BTreeMap::new();
     let mut clusters = BTreeMap::new();
     for (index, (resource, any)) in resources.enumerate() {
-        let label = resource.map_or_else(|| format!("resources[{index}]"), |r| r.name.clone());
-        match type_url {
-            type_urls::LISTENER => {
-                match convert::<ListenerPb, Listener>(any, type_url, |pb| Listener::try_from(pb)) {
-                    Ok(l) => {
-                        listeners.insert(l.name.clone(), l);
-                    }
-                    Err((name, e)) => {
-                        if let Some(old) = name.as_ref().and_then(|n| current.listeners.get(n)) {
-                            listeners.insert(old.name.clone(), old.clone());
-                        }
-                        errors.push(format!("{}: {e}", name.unwrap_or(label)));
-                    }
-                }
-            }
-            type_urls::CLUSTER => {
-                match convert::<ClusterPb, Cluster>(any, type_url, |pb| Cluster::try_from(pb)) {
-                    Ok(c) => {
-                        clusters.insert(c.name.clone(), c);
-                    }
-                    Err((name, e)) => {
-                        if let Some(old) = name.as_ref().and_then(|n| current.clusters.get(n)) {
-                            clusters.insert(old.name.clone(), old.clone());
-                        }
-                        errors.push(format!("{}: {e}", name.unwrap_or(label)));
-                    }
-                }
-            }
-            other => errors.push(format!("{label}: unsupported type {other}")),
+        let label = || resource.map_or_else(|| format!("resources[{index}]"), |r| r.name.clone());
+        let outcome = match type_url {
+            type_urls::LISTENER => convert_into::<ListenerPb, Listener>(
+                any,
+                type_url,
+                |pb: &ListenerPb| Listener::try_from(pb),
+                |l| &l.name,
+                &current.listeners,
+                &mut listeners,
+            ),
+            type_urls::CLUSTER => convert_into::<ClusterPb, Cluster>(
+                any,
+                type_url,
+                |pb: &ClusterPb| Cluster::try_from(pb),
+                |c| &c.name,
+                &current.clusters,
+                &mut clusters,
+            ),
+            other => Err((None, format!("unsupported type {other}"))),
+        };
+        if let Err((name, error)) = outcome {
+            rejected.push(Rejection {
+                name: name.unwrap_or_else(label),
+                error,
+            });
         }
     }
     match type_url {
@@ -357,7 +361,34 @@ fn convert_all<'r>(
         type_urls::CLUSTER => next.clusters.extend(clusters),
         _ => {}
     }
-    (errors, next)
+    (rejected, next)
+}
+
+/// Converts one resource into `out`; a rejected one keeps its `current` version there.
+fn convert_into<P, M>(
+    any: &Any,
+    type_url: &str,
+    to_model: impl FnOnce(&P) -> Result<M, ValidationError>,
+    name_of: impl Fn(&M) -> &String,
+    current: &BTreeMap<String, M>,
+    out: &mut BTreeMap<String, M>,
+) -> Result<(), (Option<String>, String)>
+where
+    P: prost::Message + Default + Named,
+    M: Clone,
+{
+    match convert::<P, M>(any, type_url, to_model) {
+        Ok(model) => {
+            out.insert(name_of(&model).clone(), model);
+            Ok(())
+        }
+        Err((name, error)) => {
+            if let Some(old) = name.as_ref().and_then(|n| current.get(n)) {
+                out.insert(name_of(old).clone(), old.clone());
+            }
+            Err((name, error.to_string()))
+        }
+    }
 }
 
 /// Decodes one `Any` (checking unsupported fields) and converts it; on failure returns the
@@ -434,14 +465,14 @@ mod tests {
             r#"{"name": "bad", "circuit_breakers": {"thresholds": [{"max_connections": 1}]}}"#,
         );
         let previous = DynamicResources::default();
-        let (errors, next) = convert_all(
+        let (rejected, next) = convert_all(
             type_urls::CLUSTER,
             [(None, &good), (None, &bad)].into_iter(),
             &previous,
             true,
         );
         assert_eq!(
-            errors,
+            vec![nack(&rejected).message],
             vec!["bad: circuit_breakers: field is not supported by sluice".to_string()]
         );
         assert!(next.clusters.contains_key("good"));
@@ -458,14 +489,14 @@ mod tests {
             true,
         );
         let broken = cluster_any(r#"{"name": "web", "lb_policy": "MAGLEV"}"#);
-        let (errors, next) = convert_all(
+        let (rejected, next) = convert_all(
             type_urls::CLUSTER,
             [(None, &broken)].into_iter(),
             &accepted,
             true,
         );
         assert_eq!(
-            errors,
+            vec![nack(&rejected).message],
             vec!["web: lb_policy: MAGLEV is not supported".to_string()]
         );
         assert_eq!(next.clusters["web"].connect_timeout, Duration::from_secs(1));

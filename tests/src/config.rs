@@ -116,3 +116,19 @@ pub fn ads_bootstrap(admin: SocketAddr, xds: SocketAddr, api_type: &str, node_id
     })
     .to_string()
 }
+
+/// A bootstrap with one listener running `routes` (plus `hcm_extra` HCM fields) and one
+/// cluster `a` over `upstream`: the setup most suites share.
+pub fn single_cluster(
+    admin: SocketAddr,
+    listener: SocketAddr,
+    upstream: SocketAddr,
+    routes: Value,
+    hcm_extra: Value,
+) -> String {
+    bootstrap(
+        admin,
+        vec![http_listener("ingress", listener, routes, hcm_extra)],
+        vec![cluster("a", &[(upstream, 1)], json!({}))],
+    )
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_tests::client::{raw_exchange, HttpClient};
-use sluice_tests::config::{bootstrap, cluster, http_listener};
+use sluice_tests::config::single_cluster;
 use sluice_tests::free_addr;
 use sluice_tests::process::Sluice;
 use sluice_tests::upstream::Upstream;
@@ -17,11 +17,7 @@ async fn start() -> (Sluice, std::net::SocketAddr, Upstream) {
     let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
         { "match": { "prefix": "/direct" }, "direct_response": { "status": 200, "body": { "inline_string": "direct" } } },
         { "match": { "prefix": "/" }, "route": { "cluster": "a" } } ] } ] });
-    let config = bootstrap(
-        admin,
-        vec![http_listener("ingress", listener, routes, json!({}))],
-        vec![cluster("a", &[(upstream.addr, 1)], json!({}))],
-    );
+    let config = single_cluster(admin, listener, upstream.addr, routes, json!({}));
     (
         Sluice::start(&config, admin).await.expect("start"),
         listener,

@@ -35,6 +35,33 @@ fn versioned(
     )
 }
 
+/// A running `sluice` on config version 1, with both versions' upstreams.
+struct Versioned {
+    sluice: Sluice,
+    admin: std::net::SocketAddr,
+    listener: std::net::SocketAddr,
+    v1: Upstream,
+    v2: Upstream,
+}
+
+impl Versioned {
+    async fn start() -> Self {
+        let v1 = Upstream::start("v1").await;
+        let v2 = Upstream::start("v2").await;
+        let (admin, listener) = (free_addr(), free_addr());
+        let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin)
+            .await
+            .unwrap();
+        Self {
+            sluice,
+            admin,
+            listener,
+            v1,
+            v2,
+        }
+    }
+}
+
 #[tokio::test]
 async fn invalid_bootstrap_exits_with_the_field_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,13 +108,8 @@ static_resources:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_sighup_swaps_under_load_fail_no_request() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let admin = free_addr();
-    let listener = free_addr();
-    let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin)
-        .await
-        .unwrap();
+    let v = Versioned::start().await;
+    let (admin, listener, v1, v2) = (v.admin, v.listener, &v.v1, &v.v2);
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
@@ -122,14 +144,15 @@ async fn fifty_sighup_swaps_under_load_fail_no_request() {
     }
     for version in 2..=51 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        sluice
-            .reload(&versioned(admin, listener, version, &v1, &v2))
+        v.sluice
+            .reload(&versioned(admin, listener, version, v1, v2))
             .unwrap();
         let expected = i64::from(version);
         assert!(
             eventually(Duration::from_secs(5), || async {
                 let info: serde_json::Value =
-                    serde_json::from_str(&sluice.admin_get("/server_info").await.unwrap()).unwrap();
+                    serde_json::from_str(&v.sluice.admin_get("/server_info").await.unwrap())
+                        .unwrap();
                 info["config_version"].as_i64() == Some(expected)
             })
             .await,
@@ -161,26 +184,21 @@ async fn fifty_sighup_swaps_under_load_fail_no_request() {
 
 #[tokio::test]
 async fn invalid_reload_keeps_the_previous_config() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let admin = free_addr();
-    let listener = free_addr();
-    let sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin)
-        .await
-        .unwrap();
+    let v = Versioned::start().await;
+    let (admin, listener, v1, v2) = (v.admin, v.listener, &v.v1, &v.v2);
     let client = HttpClient::http1();
-    sluice
+    v.sluice
         .reload("static_resources: {listeners: [{name: broken}]}")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = client.get(listener, "h", "/", &[]).await.unwrap();
     assert_eq!(r.json()["server"], "v1");
     let info: serde_json::Value =
-        serde_json::from_str(&sluice.admin_get("/server_info").await.unwrap()).unwrap();
+        serde_json::from_str(&v.sluice.admin_get("/server_info").await.unwrap()).unwrap();
     assert_eq!(info["config_version"], 1);
     // A valid reload afterwards applies.
-    sluice
-        .reload(&versioned(admin, listener, 2, &v1, &v2))
+    v.sluice
+        .reload(&versioned(admin, listener, 2, v1, v2))
         .unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -192,13 +210,8 @@ async fn invalid_reload_keeps_the_previous_config() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
-    let v1 = Upstream::start("v1").await;
-    let v2 = Upstream::start("v2").await;
-    let admin = free_addr();
-    let listener = free_addr();
-    let mut sluice = Sluice::start(&versioned(admin, listener, 1, &v1, &v2), admin)
-        .await
-        .unwrap();
+    let mut v = Versioned::start().await;
+    let (listener, v1) = (v.listener, &v.v1);
     let client = HttpClient::http1();
     let slow = tokio::spawn({
         let client = client.clone();
@@ -209,10 +222,10 @@ async fn sigterm_drains_in_flight_requests() {
         }
     });
     assert!(eventually(Duration::from_secs(5), || async { !v1.seen().is_empty() }).await);
-    sluice.signal(libc::SIGTERM);
+    v.sluice.signal(libc::SIGTERM);
     let reply = slow.await.unwrap().expect("in-flight request completes");
     assert_eq!(reply.status, 200);
-    let status = sluice.wait_exit(Duration::from_secs(5)).await.unwrap();
+    let status = v.sluice.wait_exit(Duration::from_secs(5)).await.unwrap();
     assert!(status.success(), "{status}");
     assert!(
         tokio::net::TcpStream::connect(listener).await.is_err(),

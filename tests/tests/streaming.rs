@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_tests::config::{bootstrap, cluster, http_listener};
+use sluice_tests::config::single_cluster;
 use sluice_tests::free_addr;
 use sluice_tests::process::{peak_rss_of, Sluice};
 use sluice_tests::upstream::Upstream;
@@ -20,11 +20,7 @@ async fn start() -> (Sluice, std::net::SocketAddr, Upstream) {
     let listener = free_addr();
     let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
         { "match": { "prefix": "/" }, "route": { "cluster": "a", "timeout": "120s" } } ] } ] });
-    let config = bootstrap(
-        admin,
-        vec![http_listener("ingress", listener, routes, json!({}))],
-        vec![cluster("a", &[(upstream.addr, 1)], json!({}))],
-    );
+    let config = single_cluster(admin, listener, upstream.addr, routes, json!({}));
     (
         Sluice::start(&config, admin).await.expect("start"),
         listener,

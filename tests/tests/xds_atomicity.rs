@@ -64,6 +64,17 @@ async fn all_synced(xds: SocketAddr, nodes: usize) -> bool {
             .all(|s| s.config_status == ConfigStatus::Synced as i32)
 }
 
+/// Three nodes on `xds`: two state of the world, one delta.
+async fn start_fleet(xds: SocketAddr) -> Vec<Sluice> {
+    let mut nodes = Vec::new();
+    for (i, api) in ["GRPC", "GRPC", "DELTA_GRPC"].iter().enumerate() {
+        let admin = free_addr();
+        let bootstrap = ads_bootstrap(admin, xds, api, &format!("node-{i}"));
+        nodes.push(Sluice::start(&bootstrap, admin).await.unwrap());
+    }
+    nodes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
     let v1 = Upstream::start("v1").await;
@@ -72,15 +83,7 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
     let cp = ControlPlane::start(&resources(listener, v1.addr, v2.addr, 1), xds)
         .await
         .unwrap();
-    let mut nodes = Vec::new();
-    for (i, api) in ["GRPC", "GRPC", "DELTA_GRPC"].iter().enumerate() {
-        let admin = free_addr();
-        nodes.push(
-            Sluice::start(&ads_bootstrap(admin, xds, api, &format!("node-{i}")), admin)
-                .await
-                .unwrap(),
-        );
-    }
+    let _fleet = start_fleet(xds).await;
     assert!(eventually(Duration::from_secs(10), || all_synced(xds, 3)).await);
     // The operators' view: three connected nodes, all on the same listener version.
     let (ok, json, err) = cp.sluicectl(&["nodes", "-o", "json"]);
@@ -179,7 +182,6 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
         served.contains_key("v1") && served.contains_key("v2"),
         "{served:?}"
     );
-    drop(nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,15 +192,7 @@ async fn control_plane_killed_and_restarted_under_load() {
     let cp = ControlPlane::start(&resources(listener, v1.addr, v2.addr, 1), xds)
         .await
         .unwrap();
-    let mut nodes = Vec::new();
-    for (i, api) in ["GRPC", "GRPC", "DELTA_GRPC"].iter().enumerate() {
-        let admin = free_addr();
-        nodes.push(
-            Sluice::start(&ads_bootstrap(admin, xds, api, &format!("node-{i}")), admin)
-                .await
-                .unwrap(),
-        );
-    }
+    let _fleet = start_fleet(xds).await;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
     let served = Arc::new(AtomicU64::new(0));
