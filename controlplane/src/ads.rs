@@ -9,7 +9,13 @@
 //! - a change of subscribed names is always answered, even with an unchanged version;
 //! - delta honours `initial_resource_versions` on reconnect and removes what was deleted
 //!   meanwhile;
-//! - pushes go clusters first, then listeners (make-before-break).
+//! - every type takes wildcard or named subscriptions (EDS and RDS are always named; a
+//!   state-of-the-world version covers exactly the subscribed resources, so a change to a
+//!   resource a node does not subscribe to sends it nothing);
+//! - pushes are make-before-break: additions in the order CDS → EDS → LDS → RDS, with the
+//!   resources being removed still present, then the removals in reverse;
+//! - after clusters are added or changed, their endpoints follow even when unchanged
+//!   (Envoy keeps a changed EDS cluster warming until it receives them).
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -135,8 +141,8 @@ async fn run<P: Protocol>(
         .unwrap_or(DEFAULT_GROUP)
         .to_string();
     let mut resources = groups.subscribe(&group);
-    let current = resources.borrow_and_update().clone();
-    if let Some(response) = protocol.on_request(first, &current) {
+    let mut pushed = resources.borrow_and_update().clone();
+    if let Some(response) = protocol.on_request(first, &pushed) {
         if tx.send(Ok(response)).await.is_err() {
             return;
         }
@@ -156,17 +162,42 @@ async fn run<P: Protocol>(
             },
             changed = resources.changed() => {
                 if changed.is_err() { break; }
-                let current = resources.borrow_and_update().clone();
-                for type_url in PUSH_ORDER {
-                    if let Some(response) = protocol.on_change(type_url, &current) {
+                let next = resources.borrow_and_update().clone();
+                for (type_url, set) in push_steps(&pushed, &next) {
+                    if let Some(response) = protocol.on_change(type_url, &set) {
                         if tx.send(Ok(response)).await.is_err() { return; }
                     }
                 }
+                pushed = next;
             }
         }
     }
     protocol.fleet().disconnected(protocol.node());
     info!(node = %protocol.node(), "stream closed");
+}
+
+/// The pushes from `pushed` to `next`, make-before-break: every type in [`PUSH_ORDER`]
+/// with the removed resources still present, then (only when something is removed) every
+/// type in reverse with the final set. A step that changes nothing for a stream sends
+/// nothing.
+fn push_steps(
+    pushed: &Arc<ResourceSet>,
+    next: &Arc<ResourceSet>,
+) -> Vec<(&'static str, Arc<ResourceSet>)> {
+    match next.bridge_from(pushed) {
+        None => PUSH_ORDER.iter().map(|t| (*t, next.clone())).collect(),
+        Some(bridge) => {
+            let bridge = Arc::new(bridge);
+            let adds = PUSH_ORDER.iter().map(|t| (*t, bridge.clone()));
+            let removals = PUSH_ORDER.iter().rev().map(|t| (*t, next.clone()));
+            adds.chain(removals).collect()
+        }
+    }
+}
+
+/// The subscription as the fleet view shows it: `None` for a wildcard.
+fn shown(wildcard: bool, names: &BTreeSet<String>) -> Option<Vec<String>> {
+    (!wildcard).then(|| names.iter().cloned().collect())
 }
 
 /// State-of-the-world protocol state of one type on one stream.
@@ -175,6 +206,8 @@ struct SotwType {
     /// `None`: wildcard.
     names: Option<BTreeSet<String>>,
     sent_version: Option<String>,
+    /// Name → version of the resources in the last response.
+    sent: HashMap<String, String>,
     nonce: String,
     acked_version: Option<String>,
 }
@@ -185,6 +218,9 @@ struct SotwStream {
     node: String,
     types: HashMap<String, SotwType>,
     nonces: u64,
+    /// Clusters added or changed by the last cluster push: the next endpoints push is due
+    /// even if the endpoints did not change.
+    clusters_changed: bool,
 }
 
 impl SotwStream {
@@ -220,14 +256,18 @@ impl SotwStream {
             });
             debug!(node = %self.node, %type_url, version = %request.version_info, "ACK");
         }
-        let names = if request.resource_names.is_empty() && wildcard_by_default(&type_url) {
-            None
-        } else {
-            Some(request.resource_names.iter().cloned().collect())
-        };
+        let wildcard = request.resource_names.iter().any(|n| n == "*")
+            || (request.resource_names.is_empty() && wildcard_by_default(&type_url));
+        let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+        let subscribed = shown(wildcard, &names);
+        let names = (!wildcard).then_some(names);
         let first = request.response_nonce.is_empty() && state.sent_version.is_none();
         let changed = names != state.names;
         state.names = names;
+        if changed || first {
+            self.fleet
+                .update(&self.node, &type_url, |t| t.subscribed = subscribed);
+        }
         (first || changed)
             .then(|| self.push(&type_url, current, true))
             .flatten()
@@ -241,16 +281,28 @@ impl SotwStream {
         current: &ResourceSet,
         force: bool,
     ) -> Option<DiscoveryResponse> {
-        let version = current.type_version(type_url);
+        let resend_endpoints = type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT
+            && std::mem::take(&mut self.clusters_changed);
         let state = self.types.get_mut(type_url)?;
-        if !force && state.sent_version.as_deref() == Some(version.as_str()) {
+        let wanted = |name: &str| state.names.as_ref().is_none_or(|n| n.contains(name));
+        let version = current.subset_version(type_url, wanted);
+        if !force && !resend_endpoints && state.sent_version.as_deref() == Some(version.as_str()) {
             return None;
         }
+        let sent: HashMap<String, String> = current
+            .of_type(type_url)
+            .filter(|(name, _)| wanted(name))
+            .map(|(name, e)| (name.clone(), e.version.clone()))
+            .collect();
         let resources = current
             .of_type(type_url)
-            .filter(|(name, _)| state.names.as_ref().is_none_or(|n| n.contains(*name)))
+            .filter(|(name, _)| sent.contains_key(*name))
             .map(|(_, e)| (*e.any).clone())
             .collect();
+        if type_url == type_urls::CLUSTER {
+            self.clusters_changed = sent.iter().any(|(n, v)| state.sent.get(n) != Some(v));
+        }
+        state.sent = sent;
         self.nonces += 1;
         state.nonce = self.nonces.to_string();
         state.sent_version = Some(version.clone());
@@ -286,6 +338,9 @@ struct DeltaStream {
     node: String,
     types: HashMap<String, DeltaType>,
     nonces: u64,
+    /// Clusters added or changed by the last cluster push: their endpoints are due next,
+    /// even if unchanged.
+    clusters_changed: Vec<String>,
 }
 
 impl DeltaStream {
@@ -345,6 +400,9 @@ impl DeltaStream {
         let subscription_changed = !request.resource_names_subscribe.is_empty()
             || !request.resource_names_unsubscribe.is_empty();
         if first || subscription_changed {
+            let subscribed = shown(state.wildcard, &state.names);
+            self.fleet
+                .update(&self.node, &type_url, |t| t.subscribed = subscribed);
             self.push(&type_url, current, first)
         } else {
             None
@@ -359,7 +417,27 @@ impl DeltaStream {
         current: &ResourceSet,
         always: bool,
     ) -> Option<DeltaDiscoveryResponse> {
+        let resend: Vec<String> = if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
+            let clusters = std::mem::take(&mut self.clusters_changed);
+            let present = |name: &String| {
+                current
+                    .by_type
+                    .get(type_urls::CLUSTER_LOAD_ASSIGNMENT)
+                    .is_some_and(|m| m.contains_key(name))
+            };
+            clusters
+                .iter()
+                .filter_map(|c| current.by_type.get(type_urls::CLUSTER)?.get(c))
+                .flat_map(|e| e.uses.iter().map(|(_, name)| name.clone()))
+                .filter(present)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let state = self.types.get_mut(type_url)?;
+        for name in &resend {
+            state.known.remove(name);
+        }
         let wanted = |name: &str| state.wildcard || state.names.contains(name);
         let resources: Vec<Resource> = current
             .of_type(type_url)
@@ -383,6 +461,9 @@ impl DeltaStream {
         }
         for r in &resources {
             state.known.insert(r.name.clone(), r.version.clone());
+        }
+        if type_url == type_urls::CLUSTER {
+            self.clusters_changed = resources.iter().map(|r| r.name.clone()).collect();
         }
         for name in &removed {
             state.known.remove(name);
@@ -470,12 +551,226 @@ impl Protocol for DeltaStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::kind;
 
     fn cluster(name: &str, port: u16) -> String {
         format!(
             "\"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\nname: {name}\ntype: STATIC\n\
              load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}\n"
         )
+    }
+
+    fn eds_cluster(name: &str, connect_timeout: &str) -> String {
+        format!(
+            "\"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\nname: {name}\ntype: EDS\n\
+             connect_timeout: {connect_timeout}\neds_cluster_config: {{eds_config: {{ads: {{}}}}}}\n"
+        )
+    }
+
+    fn endpoints(name: &str, port: u16) -> String {
+        format!(
+            "\"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\ncluster_name: {name}\n\
+             endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]\n"
+        )
+    }
+
+    fn rds_listener(route_config: &str) -> String {
+        format!(
+            r#""@type": type.googleapis.com/envoy.config.listener.v3.Listener
+name: web
+address: {{socket_address: {{address: 127.0.0.1, port_value: 10000}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: web
+      http_filters: [{{name: router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+      rds: {{route_config_name: {route_config}, config_source: {{ads: {{}}}}}}
+"#
+        )
+    }
+
+    fn routes(name: &str, cluster: &str) -> String {
+        format!(
+            "\"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\nname: {name}\n\
+             virtual_hosts: [{{name: all, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: {cluster}}}}}]}}]\n"
+        )
+    }
+
+    fn sotw_request(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.to_string(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn resource_names(r: &DiscoveryResponse) -> Vec<String> {
+        let mut names: Vec<String> = r
+            .resources
+            .iter()
+            .map(|a| {
+                match a.type_url.as_str() {
+                    type_urls::CLUSTER => {
+                        <xds_types::pb::envoy::config::cluster::v3::Cluster as prost::Message>::decode(a.value.as_slice()).unwrap().name
+                    }
+                    type_urls::CLUSTER_LOAD_ASSIGNMENT => {
+                        <xds_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as prost::Message>::decode(a.value.as_slice()).unwrap().cluster_name
+                    }
+                    type_urls::ROUTE_CONFIGURATION => {
+                        <xds_types::pb::envoy::config::route::v3::RouteConfiguration as prost::Message>::decode(a.value.as_slice()).unwrap().name
+                    }
+                    _ => <xds_types::pb::envoy::config::listener::v3::Listener as prost::Message>::decode(a.value.as_slice()).unwrap().name,
+                }
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A SotW stream subscribed to every type: clusters and listeners by wildcard,
+    /// endpoints and routes by the given names.
+    fn sotw_subscribed(set: &ResourceSet, eds: &[&str], rds: &[&str]) -> SotwStream {
+        let mut stream = SotwStream::default();
+        for (type_url, names) in [
+            (type_urls::CLUSTER, &[][..]),
+            (type_urls::CLUSTER_LOAD_ASSIGNMENT, eds),
+            (type_urls::LISTENER, &[][..]),
+            (type_urls::ROUTE_CONFIGURATION, rds),
+        ] {
+            let response = stream
+                .handle_request(sotw_request(type_url, names, ""), set)
+                .unwrap();
+            stream.handle_request(sotw_request(type_url, names, &response.nonce), set);
+        }
+        stream
+    }
+
+    /// Drives one change through [`push_steps`], returning `(type, resource names)` of
+    /// every response in the order sent.
+    fn drive(
+        stream: &mut SotwStream,
+        before: &ResourceSet,
+        after: &ResourceSet,
+    ) -> Vec<(&'static str, Vec<String>)> {
+        push_steps(&Arc::new(before.clone()), &Arc::new(after.clone()))
+            .into_iter()
+            .filter_map(|(type_url, set)| {
+                let response = stream.push(type_url, &set, false)?;
+                Some((kind(type_url), resource_names(&response)))
+            })
+            .collect()
+    }
+
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_switch_to_new_cluster_and_routes_is_make_before_break() {
+        let before = set(&[
+            eds_cluster("blue", "1s"),
+            endpoints("blue", 1),
+            rds_listener("routes"),
+            routes("routes", "blue"),
+        ]);
+        let after = set(&[
+            eds_cluster("green", "1s"),
+            endpoints("green", 2),
+            rds_listener("routes"),
+            routes("routes", "green"),
+        ]);
+        let mut stream = sotw_subscribed(&before, &["blue"], &["routes"]);
+        // The node subscribes to green's endpoints when it sees the green cluster; here
+        // it already does, as it would by the time the endpoints step runs.
+        stream
+            .types
+            .get_mut(type_urls::CLUSTER_LOAD_ASSIGNMENT)
+            .unwrap()
+            .names = Some(["blue".to_string(), "green".to_string()].into());
+        let pushes = drive(&mut stream, &before, &after);
+        assert_eq!(
+            pushes,
+            vec![
+                ("cluster", strings(&["blue", "green"])),
+                ("endpoints", strings(&["blue", "green"])),
+                ("route configuration", strings(&["routes"])),
+                ("endpoints", strings(&["green"])),
+                ("cluster", strings(&["green"])),
+            ],
+            "new cluster and endpoints before the routes move; old ones removed after"
+        );
+    }
+
+    #[test]
+    fn a_changed_cluster_is_followed_by_its_unchanged_endpoints() {
+        let before = set(&[eds_cluster("web", "1s"), endpoints("web", 1)]);
+        let after = set(&[eds_cluster("web", "2s"), endpoints("web", 1)]);
+        let mut stream = sotw_subscribed(&before, &["web"], &[]);
+        let pushes = drive(&mut stream, &before, &after);
+        assert_eq!(
+            pushes,
+            vec![
+                ("cluster", strings(&["web"])),
+                ("endpoints", strings(&["web"])),
+            ]
+        );
+        // Nothing changed for this node: nothing is sent.
+        assert!(drive(&mut stream, &after, &after).is_empty());
+    }
+
+    #[test]
+    fn a_change_to_endpoints_a_node_does_not_subscribe_to_sends_it_nothing() {
+        let before = set(&[eds_cluster("a", "1s"), endpoints("a", 1), endpoints("b", 2)]);
+        let after = set(&[eds_cluster("a", "1s"), endpoints("a", 1), endpoints("b", 3)]);
+        let mut stream = sotw_subscribed(&before, &["a"], &[]);
+        assert!(drive(&mut stream, &before, &after).is_empty());
+    }
+
+    #[test]
+    fn delta_resends_the_endpoints_of_a_changed_cluster() {
+        let before = set(&[eds_cluster("web", "1s"), endpoints("web", 1)]);
+        let after = set(&[eds_cluster("web", "2s"), endpoints("web", 1)]);
+        let mut stream = DeltaStream::default();
+        stream.handle_request(subscribe(&[]), &before).unwrap();
+        let eds = DeltaDiscoveryRequest {
+            type_url: type_urls::CLUSTER_LOAD_ASSIGNMENT.to_string(),
+            resource_names_subscribe: vec!["web".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&stream.handle_request(eds, &before).unwrap()),
+            vec!["web"]
+        );
+        let clusters = stream.push(type_urls::CLUSTER, &after, false).unwrap();
+        assert_eq!(names(&clusters), vec!["web"]);
+        let endpoints = stream
+            .push(type_urls::CLUSTER_LOAD_ASSIGNMENT, &after, false)
+            .unwrap();
+        assert_eq!(names(&endpoints), vec!["web"]);
+    }
+
+    #[test]
+    fn delta_unsubscribed_endpoints_are_no_longer_sent() {
+        let before = set(&[eds_cluster("a", "1s"), endpoints("a", 1), endpoints("b", 2)]);
+        let mut stream = DeltaStream::default();
+        let eds = |subscribe: &[&str], unsubscribe: &[&str]| DeltaDiscoveryRequest {
+            type_url: type_urls::CLUSTER_LOAD_ASSIGNMENT.to_string(),
+            resource_names_subscribe: strings(subscribe),
+            resource_names_unsubscribe: strings(unsubscribe),
+            ..Default::default()
+        };
+        let first = stream
+            .handle_request(eds(&["a", "b"], &[]), &before)
+            .unwrap();
+        assert_eq!(names(&first), vec!["a", "b"]);
+        stream.handle_request(eds(&[], &["b"]), &before);
+        let after = set(&[eds_cluster("a", "1s"), endpoints("a", 1), endpoints("b", 3)]);
+        assert!(stream
+            .push(type_urls::CLUSTER_LOAD_ASSIGNMENT, &after, false)
+            .is_none());
     }
 
     fn set(docs: &[String]) -> ResourceSet {

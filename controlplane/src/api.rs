@@ -40,14 +40,21 @@ fn group(name: &str) -> &str {
     }
 }
 
-/// `listener`/`cluster` (or a full type URL) → type URL; empty → `None` (every type).
+/// `listener`/`route`/`cluster`/`endpoints` (or a full type URL) → type URL; empty →
+/// `None` (every type).
 pub fn type_url(short: &str) -> Result<Option<&'static str>, Status> {
     match short {
         "" => Ok(None),
         "listener" | "listeners" | type_urls::LISTENER => Ok(Some(type_urls::LISTENER)),
+        "route" | "routes" | type_urls::ROUTE_CONFIGURATION => {
+            Ok(Some(type_urls::ROUTE_CONFIGURATION))
+        }
         "cluster" | "clusters" | type_urls::CLUSTER => Ok(Some(type_urls::CLUSTER)),
+        "endpoints" | type_urls::CLUSTER_LOAD_ASSIGNMENT => {
+            Ok(Some(type_urls::CLUSTER_LOAD_ASSIGNMENT))
+        }
         other => Err(Status::invalid_argument(format!(
-            "type: unknown resource type {other:?} (listener or cluster)"
+            "type: unknown resource type {other:?} (listener, route, cluster or endpoints)"
         ))),
     }
 }
@@ -203,40 +210,76 @@ impl Admin for AdminApi {
         &self,
         _: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self
-            .fleet
-            .nodes()
-            .into_iter()
-            .map(|n| pb::NodeStatus {
-                id: n.node.id.clone(),
-                group: n.group.clone(),
-                connected: n.connected,
-                protocol: if n.delta { "delta" } else { "sotw" }.to_string(),
-                connected_since_unix_ms: n
-                    .connected_since
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
-                types: n
-                    .types
-                    .iter()
-                    .map(|(t, s)| pb::TypeStatus {
-                        type_url: t.clone(),
-                        sent_version: s.sent_version.clone().unwrap_or_default(),
-                        acked_version: s.acked_version.clone().unwrap_or_default(),
-                        nack_version: s
-                            .last_nack
-                            .as_ref()
-                            .map(|n| n.version.clone())
-                            .unwrap_or_default(),
-                        nack_error: s
-                            .last_nack
-                            .as_ref()
-                            .map(|n| n.error.clone())
-                            .unwrap_or_default(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+        Ok(Response::new(fleet_view(&self.fleet)))
     }
+
+    type WatchNodesStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::ListNodesResponse, Status>> + Send>,
+    >;
+
+    async fn watch_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<Self::WatchNodesStream>, Status> {
+        let fleet = self.fleet.clone();
+        let mut changes = fleet.watch();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                changes.borrow_and_update();
+                if tx.send(Ok(fleet_view(&fleet))).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// The fleet view as the API shows it.
+fn fleet_view(fleet: &Fleet) -> pb::ListNodesResponse {
+    let nodes = fleet
+        .nodes()
+        .into_iter()
+        .map(|n| pb::NodeStatus {
+            id: n.node.id.clone(),
+            group: n.group.clone(),
+            connected: n.connected,
+            protocol: if n.delta { "delta" } else { "sotw" }.to_string(),
+            connected_since_unix_ms: n
+                .connected_since
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            types: n
+                .types
+                .iter()
+                .map(|(t, s)| pb::TypeStatus {
+                    type_url: t.clone(),
+                    sent_version: s.sent_version.clone().unwrap_or_default(),
+                    acked_version: s.acked_version.clone().unwrap_or_default(),
+                    nack_version: s
+                        .last_nack
+                        .as_ref()
+                        .map(|n| n.version.clone())
+                        .unwrap_or_default(),
+                    nack_error: s
+                        .last_nack
+                        .as_ref()
+                        .map(|n| n.error.clone())
+                        .unwrap_or_default(),
+                    subscribed: s
+                        .subscribed
+                        .clone()
+                        .unwrap_or_else(|| vec!["*".to_string()]),
+                })
+                .collect(),
+        })
+        .collect();
+    pb::ListNodesResponse { nodes }
 }

@@ -1,10 +1,13 @@
 //! The fleet view: every node that opened an xDS stream, what it was sent and what it
-//! ACKed per type, and its last NACK with the error. Written by the ADS streams, read by
-//! the Client Status Discovery Service (and, later, the operator API).
+//! ACKed per type, what it subscribes to, and its last NACK with the error. Written by the
+//! ADS streams; read by the Client Status Discovery Service and the operator API, which
+//! can also watch it change.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
+
+use tokio::sync::watch;
 
 use xds_types::pb::envoy::config::core::v3::Node;
 
@@ -26,6 +29,8 @@ pub struct NodeStatus {
 pub struct TypeStatus {
     pub sent_version: Option<String>,
     pub acked_version: Option<String>,
+    /// The names subscribed to; `None` for a wildcard subscription.
+    pub subscribed: Option<Vec<String>>,
     /// The last rejected version and the node's error for it.
     pub last_nack: Option<Nack>,
 }
@@ -38,9 +43,20 @@ pub struct Nack {
 }
 
 /// All nodes known to this control plane, by node id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Fleet {
     nodes: Mutex<BTreeMap<String, NodeStatus>>,
+    /// Bumped on every change, so watchers wake (several changes may wake them once).
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self {
+            nodes: Mutex::default(),
+            changes: watch::channel(0).0,
+        }
+    }
 }
 
 impl Fleet {
@@ -65,6 +81,17 @@ impl Fleet {
         entry.connected_since = SystemTime::now();
         entry.connected = true;
         entry.delta = delta;
+        drop(nodes);
+        self.changed();
+    }
+
+    /// A receiver that is notified after every change of the fleet view.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
     }
 
     /// Records a closed stream (the node stays listed, disconnected).
@@ -72,12 +99,22 @@ impl Fleet {
         if let Some(n) = self.nodes.lock().expect("fleet lock").get_mut(node_id) {
             n.connected = false;
         }
+        self.changed();
     }
 
     /// Applies `update` to one type's status of one node.
     pub fn update(&self, node_id: &str, type_url: &str, update: impl FnOnce(&mut TypeStatus)) {
-        if let Some(n) = self.nodes.lock().expect("fleet lock").get_mut(node_id) {
-            update(n.types.entry(type_url.to_string()).or_default());
+        let mut nodes = self.nodes.lock().expect("fleet lock");
+        let Some(node) = nodes.get_mut(node_id) else {
+            return;
+        };
+        let status = node.types.entry(type_url.to_string()).or_default();
+        let before = status.clone();
+        update(status);
+        let changed = *status != before;
+        drop(nodes);
+        if changed {
+            self.changed();
         }
     }
 

@@ -6,19 +6,37 @@
 //! sends it shares the bytes. Versions are content hashes, so a reconnecting node (or a
 //! second replica) agrees on them without a resend.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 use xds_types::pb::envoy::config::cluster::v3::Cluster;
+use xds_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_types::pb::envoy::config::listener::v3::Listener;
+use xds_types::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_types::pb::google::protobuf::Any;
 use xds_types::{type_urls, ValidationError};
 
-/// The order types are pushed in: clusters before the listeners that use them
-/// (make-before-break).
-pub const PUSH_ORDER: [&str; 2] = [type_urls::CLUSTER, type_urls::LISTENER];
+/// The order additions are pushed in, each type before the types that use it
+/// (make-before-break); removals go in the reverse order.
+pub const PUSH_ORDER: [&str; 4] = [
+    type_urls::CLUSTER,
+    type_urls::CLUSTER_LOAD_ASSIGNMENT,
+    type_urls::LISTENER,
+    type_urls::ROUTE_CONFIGURATION,
+];
+
+/// A short name of a type for messages (`cluster`, `route configuration`, …).
+pub fn kind(type_url: &str) -> &'static str {
+    match type_url {
+        type_urls::CLUSTER => "cluster",
+        type_urls::CLUSTER_LOAD_ASSIGNMENT => "endpoints",
+        type_urls::LISTENER => "listener",
+        type_urls::ROUTE_CONFIGURATION => "route configuration",
+        _ => "resource",
+    }
+}
 
 /// Why a resource set was refused; names the document and the field.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +56,17 @@ pub enum ResourceError {
         type_url: String,
         name: String,
     },
-    #[error("listener {listener:?} routes to unknown cluster {cluster:?}")]
-    MissingCluster { listener: String, cluster: String },
+    #[error(
+        "{} {name:?} references unknown {} {missing:?}",
+        kind(type_url),
+        kind(missing_type)
+    )]
+    MissingReference {
+        type_url: &'static str,
+        name: String,
+        missing_type: &'static str,
+        missing: String,
+    },
 }
 
 /// One resource, encoded once.
@@ -51,6 +78,10 @@ pub struct Entry {
     /// The resource as a canonical proto3-JSON document with `"@type"` (what `get`
     /// returns and the store keeps).
     pub document: serde_json::Value,
+    /// The resources this one uses, as `(type URL, name)`: a listener its route
+    /// configuration or clusters, a route configuration its clusters, an EDS cluster its
+    /// endpoints. Empty when the resource is invalid (test hook).
+    pub uses: Vec<(&'static str, String)>,
 }
 
 /// Every resource, by type URL then name.
@@ -89,7 +120,6 @@ impl ResourceSet {
         validate: bool,
     ) -> Result<Self, ResourceError> {
         let mut set = ResourceSet::default();
-        let mut listeners = Vec::new();
         for (index, value) in documents.into_iter().enumerate() {
             if value.is_null() {
                 continue;
@@ -103,23 +133,12 @@ impl ResourceSet {
             if let Some(object) = body.as_object_mut() {
                 object.remove("@type");
             }
-            let invalid = |error| ResourceError::Invalid { index, error };
-            let (type_url, name, bytes) = match type_url.as_str() {
-                type_urls::LISTENER => {
-                    let pb: Listener =
-                        decode(body, type_urls::LISTENER, validate).map_err(invalid)?;
-                    if validate {
-                        listeners.push(xds_types::Listener::try_from(&pb).map_err(invalid)?);
-                    }
-                    (type_urls::LISTENER, pb.name.clone(), pb.encode_to_vec())
-                }
-                type_urls::CLUSTER => {
-                    let pb: Cluster =
-                        decode(body, type_urls::CLUSTER, validate).map_err(invalid)?;
-                    if validate {
-                        xds_types::Cluster::try_from(&pb).map_err(invalid)?;
-                    }
-                    (type_urls::CLUSTER, pb.name.clone(), pb.encode_to_vec())
+            let parsed = match type_url.as_str() {
+                type_urls::LISTENER => parse::<Listener>(body, validate),
+                type_urls::CLUSTER => parse::<Cluster>(body, validate),
+                type_urls::ROUTE_CONFIGURATION => parse::<RouteConfiguration>(body, validate),
+                type_urls::CLUSTER_LOAD_ASSIGNMENT => {
+                    parse::<ClusterLoadAssignment>(body, validate)
                 }
                 other => {
                     return Err(ResourceError::UnsupportedType {
@@ -128,6 +147,12 @@ impl ResourceSet {
                     })
                 }
             };
+            let Parsed {
+                type_url,
+                name,
+                bytes,
+                uses,
+            } = parsed.map_err(|error| ResourceError::Invalid { index, error })?;
             let version = hex(&Sha256::digest(&bytes)[..8]);
             let document = canonical(type_url, &bytes);
             let entry = Entry {
@@ -137,6 +162,7 @@ impl ResourceSet {
                     value: bytes,
                 }),
                 document,
+                uses,
             };
             if set
                 .by_type
@@ -152,31 +178,53 @@ impl ResourceSet {
                 });
             }
         }
-        let clusters: HashSet<&str> = set
-            .by_type
-            .get(type_urls::CLUSTER)
-            .map(|m| m.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        for l in &listeners {
-            if let Some(missing) = l
-                .http
-                .route_table
-                .referenced_clusters()
-                .find(|c| !clusters.contains(c))
-            {
-                return Err(ResourceError::MissingCluster {
-                    listener: l.name.clone(),
-                    cluster: missing.to_string(),
-                });
-            }
+        if validate {
+            set.check_references()?;
         }
         Ok(set)
     }
 
+    /// Every referenced cluster and route configuration must be in the set. Endpoints may
+    /// be missing: their cluster warms, then serves with none, as Envoy does.
+    fn check_references(&self) -> Result<(), ResourceError> {
+        for (type_url, entries) in &self.by_type {
+            for (name, entry) in entries {
+                let missing = entry.uses.iter().find(|(used_type, used)| {
+                    *used_type != type_urls::CLUSTER_LOAD_ASSIGNMENT
+                        && !self
+                            .by_type
+                            .get(used_type)
+                            .is_some_and(|m| m.contains_key(used))
+                });
+                if let Some((missing_type, missing)) = missing {
+                    return Err(ResourceError::MissingReference {
+                        type_url,
+                        name: name.clone(),
+                        missing_type,
+                        missing: missing.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The version of one type: a hash over its resources' names and versions.
     pub fn type_version(&self, type_url: &str) -> String {
+        self.subset_version(type_url, |_| true)
+    }
+
+    /// The version of the resources of one type that `wanted` selects (what one
+    /// state-of-the-world client subscribes to).
+    pub fn subset_version(&self, type_url: &str, wanted: impl Fn(&str) -> bool) -> String {
         let mut hasher = Sha256::new();
-        for (name, entry) in self.by_type.get(type_url).into_iter().flatten() {
+        for (name, entry) in self
+            .by_type
+            .get(type_url)
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| wanted(name))
+        {
             hasher.update(name.as_bytes());
             hasher.update([0]);
             hasher.update(entry.version.as_bytes());
@@ -240,9 +288,124 @@ impl ResourceSet {
         versions(self) == versions(other)
     }
 
+    /// The step between `previous` and this set when this set removes something: this set
+    /// plus the resources it removes. Pushing it first, in [`PUSH_ORDER`], and this set
+    /// after, in reverse, makes every new resource live before anything that used the old
+    /// ones goes away (make-before-break). `None` when nothing is removed.
+    pub fn bridge_from(&self, previous: &ResourceSet) -> Option<ResourceSet> {
+        let mut bridge = self.clone();
+        let mut removes = false;
+        for (type_url, entries) in &previous.by_type {
+            let kept = bridge.by_type.entry(type_url).or_default();
+            for (name, entry) in entries {
+                if !kept.contains_key(name) {
+                    kept.insert(name.clone(), entry.clone());
+                    removes = true;
+                }
+            }
+        }
+        removes.then_some(bridge)
+    }
+
     /// The resources of one type.
     pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = (&String, &Entry)> {
         self.by_type.get(type_url).into_iter().flatten()
+    }
+}
+
+/// One decoded document: its type, name, encoding and references.
+struct Parsed {
+    type_url: &'static str,
+    name: String,
+    bytes: Vec<u8>,
+    uses: Vec<(&'static str, String)>,
+}
+
+/// An Envoy resource type the control plane serves: how it is named, validated (with
+/// `xds-types`, as a data plane would) and what it references.
+trait Served: Message + Default {
+    const TYPE_URL: &'static str;
+    fn name(&self) -> &str;
+    /// Validates the resource and returns what it uses.
+    fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError>;
+}
+
+fn parse<T: Served>(body: serde_json::Value, validate: bool) -> Result<Parsed, ValidationError> {
+    let pb: T = decode(body, T::TYPE_URL, validate)?;
+    let uses = match pb.uses() {
+        Ok(uses) => uses,
+        Err(error) if validate => return Err(error),
+        Err(_) => Vec::new(),
+    };
+    Ok(Parsed {
+        type_url: T::TYPE_URL,
+        name: pb.name().to_string(),
+        bytes: pb.encode_to_vec(),
+        uses,
+    })
+}
+
+fn clusters_of(table: &xds_types::RouteTable) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    table
+        .referenced_clusters()
+        .map(|c| (type_urls::CLUSTER, c.to_string()))
+}
+
+impl Served for Listener {
+    const TYPE_URL: &'static str = type_urls::LISTENER;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
+        let listener = xds_types::Listener::try_from(self)?;
+        Ok(match listener.http.rds_name() {
+            Some(rds) => vec![(type_urls::ROUTE_CONFIGURATION, rds.to_string())],
+            None => listener
+                .http
+                .inline_routes()
+                .map(|t| clusters_of(t).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl Served for Cluster {
+    const TYPE_URL: &'static str = type_urls::CLUSTER;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
+        let cluster = xds_types::Cluster::try_from(self)?;
+        Ok(cluster
+            .eds_name()
+            .map(|n| (type_urls::CLUSTER_LOAD_ASSIGNMENT, n.to_string()))
+            .into_iter()
+            .collect())
+    }
+}
+
+impl Served for RouteConfiguration {
+    const TYPE_URL: &'static str = type_urls::ROUTE_CONFIGURATION;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
+        if self.name.is_empty() {
+            return Err(ValidationError::required("name"));
+        }
+        let table = xds_types::RouteTable::try_from(self)?;
+        Ok(clusters_of(&table).collect())
+    }
+}
+
+impl Served for ClusterLoadAssignment {
+    const TYPE_URL: &'static str = type_urls::CLUSTER_LOAD_ASSIGNMENT;
+    fn name(&self) -> &str {
+        &self.cluster_name
+    }
+    fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
+        xds_types::cluster::Assignment::try_from(self)?;
+        Ok(Vec::new())
     }
 }
 

@@ -151,7 +151,7 @@ impl ClusterState {
                 .filter(|e| e.healthy)
                 .map(|e| (authority(&e.host, e.port), e.weight))
                 .collect(),
-            Discovery::StrictDns { .. } => Vec::new(),
+            Discovery::StrictDns { .. } | Discovery::Eds => Vec::new(),
         };
         let cluster_stats = stats.cluster(&config.name);
         let state = Arc::new(Self {
@@ -169,6 +169,33 @@ impl ClusterState {
             tokio::spawn(resolve_loop(Arc::downgrade(&state), refresh));
         }
         state
+    }
+
+    /// Replaces an EDS cluster's endpoints when they differ; pools of endpoints that stay
+    /// are kept (they live in the cluster's client, keyed by authority).
+    pub fn assign(&self, assignment: &[xds_types::cluster::LbEndpoint]) {
+        let next: Vec<(String, u32)> = assignment
+            .iter()
+            .filter(|e| e.healthy)
+            .map(|e| (authority(&e.host, e.port), e.weight))
+            .collect();
+        self.replace_endpoints(next);
+    }
+
+    /// Swaps in `next` unless it equals the current endpoints.
+    fn replace_endpoints(&self, next: Vec<(String, u32)>) {
+        let current: Vec<(String, u32)> = self
+            .endpoints
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| (e.authority.clone(), e.weight))
+            .collect();
+        if current != next {
+            debug!(cluster = %self.config.name, endpoints = next.len(), "endpoints changed");
+            self.stats.membership_total.set(next.len() as i64);
+            self.endpoints.store(Arc::new(EndpointSet::new(next)));
+        }
     }
 
     /// The current endpoints.
@@ -253,20 +280,10 @@ async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
                 }
             }
         }
-        let current: Vec<(String, u32)> = state
-            .endpoints
-            .load()
-            .endpoints
-            .iter()
-            .map(|e| (e.authority.clone(), e.weight))
-            .collect();
         // An empty answer never replaces known endpoints (a DNS outage keeps the last
         // good set, as Envoy does).
-        let keep_last_good = resolved.is_empty() && !current.is_empty();
-        if current != resolved && !keep_last_good {
-            debug!(cluster = %state.config.name, endpoints = resolved.len(), "dns endpoints changed");
-            state.stats.membership_total.set(resolved.len() as i64);
-            state.endpoints.store(Arc::new(EndpointSet::new(resolved)));
+        if !resolved.is_empty() || state.endpoints.load().endpoints.is_empty() {
+            state.replace_endpoints(resolved);
         }
         drop(state);
         tokio::time::sleep(refresh).await;

@@ -5,9 +5,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use xds_types::{Bootstrap, Cluster, Listener};
+use xds_types::cluster::LbEndpoint;
+use xds_types::hcm::RouteSource;
+use xds_types::{type_urls, Bootstrap, Cluster, Listener, RouteTable};
 
 use crate::cluster::ClusterState;
 use crate::router::CompiledRoutes;
@@ -38,11 +41,69 @@ impl std::fmt::Debug for ListenerRuntime {
     }
 }
 
-/// Listeners and clusters received over xDS, by name.
+/// Resources received over xDS, by name.
 #[derive(Debug, Clone, Default)]
 pub struct DynamicResources {
     pub listeners: BTreeMap<String, Listener>,
     pub clusters: BTreeMap<String, Cluster>,
+    /// RDS route configurations.
+    pub routes: BTreeMap<String, RouteTable>,
+    /// EDS endpoints, by EDS name.
+    pub assignments: BTreeMap<String, Vec<LbEndpoint>>,
+}
+
+/// An EDS or RDS resource a cluster or listener needs before it can go live (warming).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dependency {
+    /// `CLUSTER_LOAD_ASSIGNMENT` or `ROUTE_CONFIGURATION`.
+    pub type_url: &'static str,
+    pub name: String,
+    /// Envoy's `initial_fetch_timeout` of the config source; `None` waits forever.
+    pub initial_fetch_timeout: Option<Duration>,
+}
+
+impl Sources {
+    /// Every EDS and RDS resource the current clusters and listeners use, static and
+    /// dynamic, and whether it has arrived.
+    fn dependencies(&self) -> Vec<(Dependency, bool)> {
+        let clusters = self
+            .bootstrap
+            .clusters
+            .iter()
+            .chain(self.dynamic.clusters.values());
+        let listeners = self
+            .bootstrap
+            .listeners
+            .iter()
+            .chain(self.dynamic.listeners.values());
+        let endpoints = clusters.filter_map(|c| c.eds.as_ref()).map(|eds| {
+            let dependency = Dependency {
+                type_url: type_urls::CLUSTER_LOAD_ASSIGNMENT,
+                name: eds.service_name.clone(),
+                initial_fetch_timeout: eds.initial_fetch_timeout,
+            };
+            let arrived = self.dynamic.assignments.contains_key(&eds.service_name);
+            (dependency, arrived)
+        });
+        let routes = listeners.filter_map(|l| match &l.http.routes {
+            RouteSource::Inline(_) => None,
+            RouteSource::Rds {
+                name,
+                initial_fetch_timeout,
+            } => Some((
+                Dependency {
+                    type_url: type_urls::ROUTE_CONFIGURATION,
+                    name: name.clone(),
+                    initial_fetch_timeout: *initial_fetch_timeout,
+                },
+                self.dynamic.routes.contains_key(name),
+            )),
+        });
+        let mut all: Vec<_> = endpoints.chain(routes).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
 }
 
 /// What snapshots are built from: the bootstrap (static) and xDS (dynamic).
@@ -102,6 +163,12 @@ impl SnapshotStore {
         self.sources.lock().expect("sources lock").dynamic.clone()
     }
 
+    /// The EDS and RDS resources the configured clusters and listeners use, each with
+    /// whether it has arrived (a cluster or listener waiting for one is warming).
+    pub fn dependencies(&self) -> Vec<(Dependency, bool)> {
+        self.sources.lock().expect("sources lock").dependencies()
+    }
+
     fn rebuild(&self, sources: &Sources) -> Arc<Snapshot> {
         let previous = self.current.load_full();
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
@@ -140,24 +207,50 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
             .values()
             .filter(|l| !static_listeners.contains(l.name.as_str())),
     );
+    let dynamic = &sources.dynamic;
+    // A cluster or listener still waiting for its EDS or RDS resource (warming) is not
+    // live: the version it replaces, if any, keeps serving until it is ready.
     let clusters = cluster_configs
-        .map(|config| {
+        .filter_map(|config| {
+            let assignment = match config.eds_name() {
+                None => None,
+                Some(eds_name) => match dynamic.assignments.get(eds_name) {
+                    Some(endpoints) => Some(endpoints),
+                    None => {
+                        let live = previous.and_then(|p| p.clusters.get(&config.name))?;
+                        return Some((config.name.clone(), live.clone()));
+                    }
+                },
+            };
             let reused = previous
                 .and_then(|p| p.clusters.get(&config.name))
                 .filter(|existing| existing.config == *config)
                 .cloned();
             let state = reused.unwrap_or_else(|| ClusterState::new(config.clone(), stats));
-            (config.name.clone(), state)
+            if let Some(endpoints) = assignment {
+                state.assign(endpoints);
+            }
+            Some((config.name.clone(), state))
         })
         .collect();
     let listeners = listener_configs
-        .map(|l| {
+        .filter_map(|l| {
+            let table = match &l.http.routes {
+                RouteSource::Inline(table) => table,
+                RouteSource::Rds { name, .. } => match dynamic.routes.get(name) {
+                    Some(table) => table,
+                    None => {
+                        let live = previous.and_then(|p| p.listeners.get(&l.name))?;
+                        return Some((l.name.clone(), live.clone()));
+                    }
+                },
+            };
             let runtime = ListenerRuntime {
                 config: l.clone(),
-                routes: CompiledRoutes::new(l.http.route_table.clone()),
+                routes: CompiledRoutes::new(table.clone()),
                 stats: stats.http(&l.http.stat_prefix),
             };
-            (l.name.clone(), Arc::new(runtime))
+            Some((l.name.clone(), Arc::new(runtime)))
         })
         .collect();
     Snapshot {

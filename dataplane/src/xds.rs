@@ -6,27 +6,37 @@
 //! field paths in one NACK, and a rejected resource keeps its last accepted version. Every
 //! accepted update becomes one new snapshot. When the control plane is away the last good
 //! config keeps serving and the client reconnects with exponential back-off and jitter.
+//!
+//! Listeners and clusters are subscribed by wildcard; the RDS route configurations and EDS
+//! endpoints they name are subscribed by name, following every change of those names. A
+//! cluster or listener waiting for them is warming (see [`crate::config`]); when one does
+//! not arrive within its `initial_fetch_timeout` it is taken as empty, as in Envoy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 use xds_types::bootstrap::AdsSource;
+use xds_types::cluster::{Assignment, LbEndpoint};
 use xds_types::pb::envoy::config::cluster::v3::Cluster as ClusterPb;
 use xds_types::pb::envoy::config::core::v3::Node;
+use xds_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as AssignmentPb;
 use xds_types::pb::envoy::config::listener::v3::Listener as ListenerPb;
+use xds_types::pb::envoy::config::route::v3::RouteConfiguration as RoutesPb;
 use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, Resource,
 };
 use xds_types::pb::google::protobuf::Any;
 use xds_types::pb::google::rpc::Status as RpcStatus;
-use xds_types::{type_urls, Cluster, Listener, ValidationError};
+use xds_types::{type_urls, Cluster, Listener, RouteTable, ValidationError};
 
 use crate::config::{DynamicResources, SnapshotStore};
 use crate::listener::ListenerManager;
@@ -117,8 +127,8 @@ struct Client<'a> {
     ready: &'a AtomicBool,
 }
 
-/// The types this client subscribes to, clusters first (make-before-break).
-fn subscribed(source: &AdsSource) -> Vec<&'static str> {
+/// The types subscribed by wildcard, clusters first (make-before-break).
+fn wildcard_types(source: &AdsSource) -> Vec<&'static str> {
     let mut types = Vec::new();
     if source.clusters {
         types.push(type_urls::CLUSTER);
@@ -127,6 +137,74 @@ fn subscribed(source: &AdsSource) -> Vec<&'static str> {
         types.push(type_urls::LISTENER);
     }
     types
+}
+
+/// Names subscribed per named type (EDS, then RDS).
+type NamedSubscriptions = BTreeMap<&'static str, BTreeSet<String>>;
+
+/// The EDS and RDS names the current clusters and listeners need, endpoints first.
+fn wanted(store: &SnapshotStore) -> Vec<(&'static str, BTreeSet<String>)> {
+    let dependencies = store.dependencies();
+    [
+        type_urls::CLUSTER_LOAD_ASSIGNMENT,
+        type_urls::ROUTE_CONFIGURATION,
+    ]
+    .into_iter()
+    .map(|type_url| {
+        let names = dependencies
+            .iter()
+            .filter(|(d, _)| d.type_url == type_url)
+            .map(|(d, _)| d.name.clone())
+            .collect();
+        (type_url, names)
+    })
+    .collect()
+}
+
+/// Deadlines of the EDS and RDS resources that clusters and listeners are warming for.
+#[derive(Debug, Default)]
+struct Warming {
+    deadlines: HashMap<(&'static str, String), Instant>,
+}
+
+impl Warming {
+    /// Starts a deadline for every dependency still missing and forgets those that arrived.
+    fn track(&mut self, store: &SnapshotStore) {
+        let now = Instant::now();
+        let mut missing = HashMap::new();
+        for (dependency, arrived) in store.dependencies() {
+            if let (false, Some(timeout)) = (arrived, dependency.initial_fetch_timeout) {
+                missing.insert((dependency.type_url, dependency.name), now + timeout);
+            }
+        }
+        self.deadlines.retain(|key, _| missing.contains_key(key));
+        for (key, deadline) in missing {
+            self.deadlines.entry(key).or_insert(deadline);
+        }
+    }
+
+    /// Waits for the earliest deadline (forever when there is none).
+    async fn next_expiry(&self) {
+        match self.deadlines.values().min() {
+            Some(deadline) => tokio::time::sleep_until(*deadline).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Removes and returns the dependencies whose deadline has passed.
+    fn expired(&mut self) -> Vec<(&'static str, String)> {
+        let now = Instant::now();
+        let expired: Vec<_> = self
+            .deadlines
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &expired {
+            self.deadlines.remove(key);
+        }
+        expired
+    }
 }
 
 impl Client<'_> {
@@ -149,81 +227,164 @@ impl Client<'_> {
         Ok(AggregatedDiscoveryServiceClient::new(channel))
     }
 
-    /// Publishes the dynamic resources after an update of `type_url`.
-    fn publish(&self, type_url: &str, dynamic: DynamicResources) {
+    /// Publishes the dynamic resources after an update of `type_url`, restarts warming
+    /// deadlines, and turns ready once every wildcard type has answered and nothing warms.
+    fn publish(
+        &self,
+        type_url: &str,
+        dynamic: DynamicResources,
+        warming: &mut Warming,
+        received: &[String],
+    ) {
         let snapshot = self.store.publish_dynamic(dynamic);
         if let Err(error) = self.listeners.reconcile(&snapshot) {
             warn!(%error, "listener from xDS failed to start");
         }
         debug!(%type_url, version = snapshot.version, "xDS update applied");
-    }
-
-    fn mark_received(&self, received: &mut Vec<String>, type_url: &str) {
-        if !received.iter().any(|t| t == type_url) {
-            received.push(type_url.to_string());
-        }
-        if subscribed(self.source)
+        warming.track(self.store);
+        let synced = wildcard_types(self.source)
             .iter()
             .all(|t| received.iter().any(|r| r == t))
-            && !self.ready.swap(true, Ordering::Relaxed)
-        {
+            && self
+                .store
+                .dependencies()
+                .iter()
+                .all(|(_, arrived)| *arrived);
+        if synced && !self.ready.swap(true, Ordering::Relaxed) {
             info!("first xDS sync complete");
         }
+    }
+
+    /// Takes every dependency whose `initial_fetch_timeout` passed as empty, as Envoy does:
+    /// its cluster goes live with no endpoints, its listener with no routes.
+    fn expire(&self, warming: &mut Warming, current: &mut DynamicResources, received: &[String]) {
+        for (type_url, name) in warming.expired() {
+            warn!(%type_url, %name, "initial fetch timeout: going live without it");
+            if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
+                current.assignments.insert(name, Vec::new());
+            } else {
+                current.routes.insert(
+                    name.clone(),
+                    RouteTable {
+                        name,
+                        ..RouteTable::default()
+                    },
+                );
+            }
+        }
+        self.publish("initial_fetch_timeout", current.clone(), warming, received);
     }
 
     async fn sotw(&self, accepted: &mut Accepted) -> Result<(), StreamError> {
         let mut client = self.connect().await?;
         let (tx, rx) = mpsc::channel(16);
-        for type_url in subscribed(self.source) {
-            let _ = tx
-                .send(DiscoveryRequest {
-                    node: Some(self.node.clone()),
-                    type_url: type_url.to_string(),
-                    version_info: accepted
-                        .type_versions
-                        .get(type_url)
-                        .cloned()
-                        .unwrap_or_default(),
-                    ..Default::default()
-                })
-                .await;
+        let versions = &mut accepted.type_versions;
+        let request = |type_url: &str, names: Vec<String>, versions: &HashMap<String, String>| {
+            DiscoveryRequest {
+                node: Some(self.node.clone()),
+                type_url: type_url.to_string(),
+                version_info: versions.get(type_url).cloned().unwrap_or_default(),
+                resource_names: names,
+                ..Default::default()
+            }
+        };
+        for type_url in wildcard_types(self.source) {
+            let _ = tx.send(request(type_url, Vec::new(), versions)).await;
+        }
+        let mut current = self.store.dynamic();
+        let mut named = NamedSubscriptions::new();
+        let mut nonces: HashMap<String, String> = HashMap::new();
+        for request in self.sotw_subscriptions(&mut named, &mut current, versions, &nonces) {
+            let _ = tx.send(request).await;
         }
         let mut responses = client
             .stream_aggregated_resources(ReceiverStream::new(rx))
             .await?
             .into_inner();
-        let versions = &mut accepted.type_versions;
         let mut received = Vec::new();
-        let mut current = self.store.dynamic();
-        while let Some(response) = responses.message().await? {
+        let mut warming = Warming::default();
+        warming.track(self.store);
+        loop {
+            let response = tokio::select! {
+                message = responses.message() => message?,
+                () = warming.next_expiry() => {
+                    self.expire(&mut warming, &mut current, &received);
+                    continue;
+                }
+            };
+            let Some(response) = response else { break };
             let type_url = response.type_url.clone();
+            // Listeners and clusters are whole sets; EDS and RDS responses name only what
+            // they carry, and an absent one is not deleted.
+            let replace = type_url == type_urls::LISTENER || type_url == type_urls::CLUSTER;
             let (rejected, next) = convert_all(
                 &type_url,
                 response.resources.iter().map(|a| (None, a)),
                 &current,
-                true,
+                replace,
             );
             current = next;
-            self.publish(&type_url, current.clone());
+            if !received.contains(&type_url) {
+                received.push(type_url.clone());
+            }
+            self.publish(&type_url, current.clone(), &mut warming, &received);
             if rejected.is_empty() {
                 versions.insert(type_url.clone(), response.version_info.clone());
             } else {
                 warn!(%type_url, version = %response.version_info, errors = %nack(&rejected).message, "NACK");
             }
-            let request = DiscoveryRequest {
-                node: Some(self.node.clone()),
-                type_url: type_url.clone(),
-                version_info: versions.get(&type_url).cloned().unwrap_or_default(),
+            nonces.insert(type_url.clone(), response.nonce.clone());
+            let ack = DiscoveryRequest {
                 response_nonce: response.nonce,
                 error_detail: (!rejected.is_empty()).then(|| nack(&rejected)),
-                ..Default::default()
+                resource_names: named
+                    .get(type_url.as_str())
+                    .map(|n| n.iter().cloned().collect())
+                    .unwrap_or_default(),
+                ..request(&type_url, Vec::new(), versions)
             };
-            self.mark_received(&mut received, &type_url);
-            if tx.send(request).await.is_err() {
+            if tx.send(ack).await.is_err() {
                 break;
+            }
+            for request in self.sotw_subscriptions(&mut named, &mut current, versions, &nonces) {
+                if tx.send(request).await.is_err() {
+                    break;
+                }
             }
         }
         Ok(())
+    }
+
+    /// State of the world: a request for every named type whose wanted names changed (the
+    /// full new list), dropping the resources no longer wanted.
+    fn sotw_subscriptions(
+        &self,
+        named: &mut NamedSubscriptions,
+        current: &mut DynamicResources,
+        versions: &HashMap<String, String>,
+        nonces: &HashMap<String, String>,
+    ) -> Vec<DiscoveryRequest> {
+        let mut requests = Vec::new();
+        for (type_url, names) in wanted(self.store) {
+            let had = named.get(type_url);
+            if had == Some(&names) || (had.is_none() && names.is_empty()) {
+                continue;
+            }
+            for gone in had.into_iter().flat_map(|h| h.difference(&names)) {
+                forget(current, type_url, gone);
+            }
+            debug!(%type_url, ?names, "subscribing");
+            requests.push(DiscoveryRequest {
+                node: Some(self.node.clone()),
+                type_url: type_url.to_string(),
+                version_info: versions.get(type_url).cloned().unwrap_or_default(),
+                resource_names: names.iter().cloned().collect(),
+                response_nonce: nonces.get(type_url).cloned().unwrap_or_default(),
+                ..Default::default()
+            });
+            named.insert(type_url, names);
+        }
+        requests
     }
 
     async fn delta(&self, accepted: &mut Accepted) -> Result<(), StreamError> {
@@ -231,7 +392,7 @@ impl Client<'_> {
         let (tx, rx) = mpsc::channel(16);
         let mut current = self.store.dynamic();
         let known = &mut accepted.resource_versions;
-        for type_url in subscribed(self.source) {
+        for type_url in wildcard_types(self.source) {
             // Reconnect: tell the server what we hold, so it sends only what changed and
             // removes what was deleted meanwhile.
             let initial = known.get(type_url).cloned().unwrap_or_default();
@@ -244,19 +405,33 @@ impl Client<'_> {
                 })
                 .await;
         }
+        let mut named = NamedSubscriptions::new();
+        for request in self.delta_subscriptions(&mut named, &mut current, known) {
+            let _ = tx.send(request).await;
+        }
         let mut responses = client
             .delta_aggregated_resources(ReceiverStream::new(rx))
             .await?
             .into_inner();
         let mut received = Vec::new();
-        while let Some(response) = responses.message().await? {
+        let mut warming = Warming::default();
+        warming.track(self.store);
+        loop {
+            let response = tokio::select! {
+                message = responses.message() => message?,
+                () = warming.next_expiry() => {
+                    self.expire(&mut warming, &mut current, &received);
+                    continue;
+                }
+            };
+            let Some(response) = response else { break };
             let type_url = response.type_url.clone();
-            let versions = known.entry(type_url.clone()).or_default();
             let updates = response
                 .resources
                 .iter()
                 .filter_map(|r: &Resource| r.resource.as_ref().map(|a| (Some(r), a)));
             let (rejected, mut next) = convert_all(&type_url, updates, &current, false);
+            let versions = known.entry(type_url.clone()).or_default();
             for r in &response.resources {
                 if !rejected.iter().any(|x| x.name == r.name) {
                     versions.insert(r.name.clone(), r.version.clone());
@@ -264,30 +439,108 @@ impl Client<'_> {
             }
             for name in &response.removed_resources {
                 versions.remove(name);
-                if type_url == type_urls::LISTENER {
-                    next.listeners.remove(name);
-                } else if type_url == type_urls::CLUSTER {
-                    next.clusters.remove(name);
-                }
+                remove(&mut next, &type_url, name);
             }
             current = next;
-            self.publish(&type_url, current.clone());
+            if !received.contains(&type_url) {
+                received.push(type_url.clone());
+            }
+            self.publish(&type_url, current.clone(), &mut warming, &received);
             if !rejected.is_empty() {
                 warn!(%type_url, errors = %nack(&rejected).message, "NACK");
             }
-            self.mark_received(&mut received, &type_url);
-            let request = DeltaDiscoveryRequest {
+            let ack = DeltaDiscoveryRequest {
                 node: Some(self.node.clone()),
                 type_url,
                 response_nonce: response.nonce,
                 error_detail: (!rejected.is_empty()).then(|| nack(&rejected)),
                 ..Default::default()
             };
-            if tx.send(request).await.is_err() {
+            if tx.send(ack).await.is_err() {
                 break;
+            }
+            for request in self.delta_subscriptions(&mut named, &mut current, known) {
+                if tx.send(request).await.is_err() {
+                    break;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Delta: subscribes to newly wanted EDS/RDS names and unsubscribes from those no longer
+    /// wanted (dropping their resources); the first request of a type carries the versions
+    /// already held.
+    fn delta_subscriptions(
+        &self,
+        named: &mut NamedSubscriptions,
+        current: &mut DynamicResources,
+        known: &mut HashMap<String, BTreeMap<String, String>>,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let mut requests = Vec::new();
+        for (type_url, names) in wanted(self.store) {
+            let first = !named.contains_key(type_url);
+            let had = named.entry(type_url).or_default();
+            let subscribe: Vec<String> = names.difference(had).cloned().collect();
+            let unsubscribe: Vec<String> = had.difference(&names).cloned().collect();
+            if subscribe.is_empty() && unsubscribe.is_empty() {
+                continue;
+            }
+            let versions = known.entry(type_url.to_string()).or_default();
+            for gone in &unsubscribe {
+                forget(current, type_url, gone);
+                versions.remove(gone);
+            }
+            let initial = if first {
+                versions
+                    .iter()
+                    .filter(|(name, _)| names.contains(*name))
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
+            debug!(%type_url, ?subscribe, ?unsubscribe, "subscription change");
+            requests.push(DeltaDiscoveryRequest {
+                node: Some(self.node.clone()),
+                type_url: type_url.to_string(),
+                resource_names_subscribe: subscribe,
+                resource_names_unsubscribe: unsubscribe,
+                initial_resource_versions: initial,
+                ..Default::default()
+            });
+            *had = names;
+        }
+        requests
+    }
+}
+
+/// Removes a resource the server deleted (delta). A deleted endpoint assignment leaves
+/// its cluster with no endpoints, as in Envoy.
+fn remove(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
+    match type_url {
+        type_urls::LISTENER => {
+            dynamic.listeners.remove(name);
+        }
+        type_urls::CLUSTER => {
+            dynamic.clusters.remove(name);
+        }
+        type_urls::ROUTE_CONFIGURATION => {
+            dynamic.routes.remove(name);
+        }
+        type_urls::CLUSTER_LOAD_ASSIGNMENT => {
+            dynamic.assignments.insert(name.to_string(), Vec::new());
+        }
+        _ => {}
+    }
+}
+
+/// Drops an EDS or RDS resource this client no longer subscribes to.
+fn forget(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
+    if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
+        dynamic.assignments.remove(name);
+    } else {
+        dynamic.routes.remove(name);
     }
 }
 
@@ -313,94 +566,78 @@ fn nack(rejected: &[Rejection]) -> RpcStatus {
     }
 }
 
-/// Converts every resource of a response. `replace` (state of the world): the response is
-/// the whole set, so resources absent from it are removed, but a rejected resource keeps
-/// its previously accepted version. Returns the rejections and the resulting resources.
+/// Converts every resource of a response of `type_url`. `replace`: the response is the
+/// whole set (state-of-the-world listeners and clusters), so resources absent from it are
+/// removed; otherwise it adds or updates. A rejected resource keeps its previously accepted
+/// version. Returns the rejections and the resulting resources.
 fn convert_all<'r>(
     type_url: &str,
     resources: impl Iterator<Item = (Option<&'r Resource>, &'r Any)>,
     current: &DynamicResources,
     replace: bool,
 ) -> (Vec<Rejection>, DynamicResources) {
-    let mut next = current.clone();
-    let mut rejected = Vec::new();
-    let mut listeners = BTreeMap::new();
-    let mut clusters = BTreeMap::new();
-    for (index, (resource, any)) in resources.enumerate() {
-        let label = || resource.map_or_else(|| format!("resources[{index}]"), |r| r.name.clone());
-        let outcome = match type_url {
-            type_urls::LISTENER => convert_into::<ListenerPb, Listener>(
-                any,
-                type_url,
-                |pb: &ListenerPb| Listener::try_from(pb),
-                |l| &l.name,
-                &current.listeners,
-                &mut listeners,
-            ),
-            type_urls::CLUSTER => convert_into::<ClusterPb, Cluster>(
-                any,
-                type_url,
-                |pb: &ClusterPb| Cluster::try_from(pb),
-                |c| &c.name,
-                &current.clusters,
-                &mut clusters,
-            ),
-            other => Err((None, format!("unsupported type {other}"))),
-        };
-        if let Err((name, error)) = outcome {
-            rejected.push(Rejection {
-                name: name.unwrap_or_else(label),
-                error,
-            });
+    match type_url {
+        type_urls::LISTENER => apply::<ListenerPb>(type_url, resources, current, replace),
+        type_urls::CLUSTER => apply::<ClusterPb>(type_url, resources, current, replace),
+        type_urls::ROUTE_CONFIGURATION => apply::<RoutesPb>(type_url, resources, current, replace),
+        type_urls::CLUSTER_LOAD_ASSIGNMENT => {
+            apply::<AssignmentPb>(type_url, resources, current, replace)
+        }
+        other => {
+            let rejection = Rejection {
+                name: other.to_string(),
+                error: "unsupported resource type".to_string(),
+            };
+            (vec![rejection], current.clone())
         }
     }
-    match type_url {
-        type_urls::LISTENER if replace => next.listeners = listeners,
-        type_urls::LISTENER => next.listeners.extend(listeners),
-        type_urls::CLUSTER if replace => next.clusters = clusters,
-        type_urls::CLUSTER => next.clusters.extend(clusters),
-        _ => {}
+}
+
+fn apply<'r, R: XdsResource>(
+    type_url: &str,
+    resources: impl Iterator<Item = (Option<&'r Resource>, &'r Any)>,
+    current: &DynamicResources,
+    replace: bool,
+) -> (Vec<Rejection>, DynamicResources) {
+    let mut accepted = BTreeMap::new();
+    let mut rejected = Vec::new();
+    for (index, (resource, any)) in resources.enumerate() {
+        match convert::<R>(any, type_url) {
+            Ok((name, model)) => {
+                accepted.insert(name, model);
+            }
+            Err((name, error)) => {
+                if let Some((name, old)) = name
+                    .as_ref()
+                    .and_then(|n| R::slot(current).get_key_value(n))
+                {
+                    accepted.insert(name.clone(), old.clone());
+                }
+                let label =
+                    resource.map_or_else(|| format!("resources[{index}]"), |r| r.name.clone());
+                rejected.push(Rejection {
+                    name: name.unwrap_or(label),
+                    error: error.to_string(),
+                });
+            }
+        }
+    }
+    let mut next = current.clone();
+    let slot = R::slot_mut(&mut next);
+    if replace {
+        *slot = accepted;
+    } else {
+        slot.extend(accepted);
     }
     (rejected, next)
 }
 
-/// Converts one resource into `out`; a rejected one keeps its `current` version there.
-fn convert_into<P, M>(
+/// Decodes one `Any` (checking unsupported fields) and converts it to its model with its
+/// name; on failure returns the resource name when it could be read.
+fn convert<R: XdsResource>(
     any: &Any,
     type_url: &str,
-    to_model: impl FnOnce(&P) -> Result<M, ValidationError>,
-    name_of: impl Fn(&M) -> &String,
-    current: &BTreeMap<String, M>,
-    out: &mut BTreeMap<String, M>,
-) -> Result<(), (Option<String>, String)>
-where
-    P: prost::Message + Default + Named,
-    M: Clone,
-{
-    match convert::<P, M>(any, type_url, to_model) {
-        Ok(model) => {
-            out.insert(name_of(&model).clone(), model);
-            Ok(())
-        }
-        Err((name, error)) => {
-            if let Some(old) = name.as_ref().and_then(|n| current.get(n)) {
-                out.insert(name_of(old).clone(), old.clone());
-            }
-            Err((name, error.to_string()))
-        }
-    }
-}
-
-/// Decodes one `Any` (checking unsupported fields) and converts it; on failure returns the
-/// resource name when it could be read.
-fn convert<P, M>(
-    any: &Any,
-    type_url: &str,
-    to_model: impl FnOnce(&P) -> Result<M, ValidationError>,
-) -> Result<M, (Option<String>, ValidationError)>
-where
-    P: prost::Message + Default + Named,
-{
+) -> Result<(String, R::Model), (Option<String>, ValidationError)> {
     if any.type_url != type_url {
         return Err((
             None,
@@ -410,28 +647,90 @@ where
             ),
         ));
     }
-    let name = P::decode(any.value.as_slice())
+    let name = R::decode(any.value.as_slice())
         .ok()
-        .map(|p| p.name().to_string());
-    let pb: P = xds_types::decode::from_bytes(&any.value, type_urls::message_name(type_url))
+        .map(|p| p.name().to_string())
+        .filter(|n| !n.is_empty());
+    let pb: R = xds_types::decode::from_bytes(&any.value, type_urls::message_name(type_url))
         .map_err(|e| (name.clone(), e))?;
-    to_model(&pb).map_err(|e| (name, e))
+    let model = pb.to_model().map_err(|e| (name.clone(), e))?;
+    Ok((pb.name().to_string(), model))
 }
 
-/// Resources with a `name` field.
-trait Named {
+/// An xDS resource type this client accepts: its name, its validated model, and where the
+/// model lives in [`DynamicResources`].
+trait XdsResource: prost::Message + Default {
+    type Model: Clone;
     fn name(&self) -> &str;
+    fn to_model(&self) -> Result<Self::Model, ValidationError>;
+    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, Self::Model>;
+    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Self::Model>;
 }
 
-impl Named for ListenerPb {
+impl XdsResource for ListenerPb {
+    type Model = Listener;
     fn name(&self) -> &str {
         &self.name
     }
+    fn to_model(&self) -> Result<Listener, ValidationError> {
+        Listener::try_from(self)
+    }
+    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, Listener> {
+        &dynamic.listeners
+    }
+    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Listener> {
+        &mut dynamic.listeners
+    }
 }
 
-impl Named for ClusterPb {
+impl XdsResource for ClusterPb {
+    type Model = Cluster;
     fn name(&self) -> &str {
         &self.name
+    }
+    fn to_model(&self) -> Result<Cluster, ValidationError> {
+        Cluster::try_from(self)
+    }
+    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, Cluster> {
+        &dynamic.clusters
+    }
+    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Cluster> {
+        &mut dynamic.clusters
+    }
+}
+
+impl XdsResource for RoutesPb {
+    type Model = RouteTable;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn to_model(&self) -> Result<RouteTable, ValidationError> {
+        if self.name.is_empty() {
+            return Err(ValidationError::required("name"));
+        }
+        RouteTable::try_from(self)
+    }
+    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, RouteTable> {
+        &dynamic.routes
+    }
+    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, RouteTable> {
+        &mut dynamic.routes
+    }
+}
+
+impl XdsResource for AssignmentPb {
+    type Model = Vec<LbEndpoint>;
+    fn name(&self) -> &str {
+        &self.cluster_name
+    }
+    fn to_model(&self) -> Result<Vec<LbEndpoint>, ValidationError> {
+        Assignment::try_from(self).map(|a| a.endpoints)
+    }
+    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, Vec<LbEndpoint>> {
+        &dynamic.assignments
+    }
+    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Vec<LbEndpoint>> {
+        &mut dynamic.assignments
     }
 }
 

@@ -13,8 +13,7 @@ use crate::pb::envoy::config::bootstrap::v3 as pb;
 /// Full name of the bootstrap message.
 pub const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 
-/// Envoy's default `initial_fetch_timeout`.
-pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+pub use crate::util::DEFAULT_INITIAL_FETCH_TIMEOUT;
 
 /// A validated bootstrap. `raw` keeps the accepted proto for `/config_dump`.
 #[derive(Debug, Clone)]
@@ -111,8 +110,9 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
         for (i, l) in listeners.iter().enumerate() {
             if let Some(missing) = l
                 .http
-                .route_table
-                .referenced_clusters()
+                .inline_routes()
+                .into_iter()
+                .flat_map(|t| t.referenced_clusters())
                 .find(|c| !names.contains(c))
             {
                 return Err(ValidationError::new(
@@ -197,21 +197,11 @@ fn ads_source(d: &pb::bootstrap::DynamicResources) -> Result<AdsSource> {
         let Some(config) = config else {
             return Ok(false);
         };
-        if !matches!(
-            config.config_source_specifier,
-            Some(core::config_source::ConfigSourceSpecifier::Ads(_))
-        ) {
-            return Err(ValidationError::new(
-                field,
-                "only ads config sources are supported",
-            ));
-        }
-        if let Some(t) = crate::util::optional_timeout(
-            config.initial_fetch_timeout.as_ref(),
-            &format!("{field}.initial_fetch_timeout"),
-            None,
-        )? {
-            initial_fetch_timeout = t;
+        // A zero timeout (wait forever) keeps readiness waiting at most the default.
+        if let Some(t) = crate::util::ads_config_source(config, field)? {
+            if config.initial_fetch_timeout.is_some() {
+                initial_fetch_timeout = t;
+            }
         }
         Ok(true)
     };

@@ -1,4 +1,5 @@
-//! Validated `Cluster` (and its inline `ClusterLoadAssignment`).
+//! Validated `Cluster`, and the `ClusterLoadAssignment` that carries its endpoints
+//! (inline for STATIC and DNS clusters, a resource of its own for EDS clusters).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use crate::pb::envoy::config::core::v3 as core;
 use crate::pb::envoy::config::endpoint::v3 as endpoint;
 use crate::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use crate::type_urls;
-use crate::util::{duration, optional_timeout, unpack_any};
+use crate::util::{ads_config_source, duration, optional_timeout, unpack_any};
 
 /// Envoy's default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +31,47 @@ pub struct Cluster {
     /// Idle pooled connections are closed after this long; `None` keeps them.
     pub idle_timeout: Option<Duration>,
     pub dns_lookup_family: DnsLookupFamily,
+    /// Set for EDS clusters: where their endpoints come from.
+    pub eds: Option<EdsConfig>,
+}
+
+/// Where an EDS cluster's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdsConfig {
+    /// The `ClusterLoadAssignment` to subscribe to: `service_name`, else the cluster name.
+    pub service_name: String,
+    /// How long the cluster warms waiting for its endpoints before it goes live with none;
+    /// `None` waits forever.
+    pub initial_fetch_timeout: Option<Duration>,
+}
+
+/// The endpoints of one cluster, as an EDS `ClusterLoadAssignment` resource delivers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The EDS name (`cluster_name` of the resource).
+    pub name: String,
+    pub endpoints: Vec<LbEndpoint>,
+}
+
+impl TryFrom<&endpoint::ClusterLoadAssignment> for Assignment {
+    type Error = ValidationError;
+
+    fn try_from(la: &endpoint::ClusterLoadAssignment) -> Result<Self> {
+        if la.cluster_name.is_empty() {
+            return Err(ValidationError::required("cluster_name"));
+        }
+        Ok(Self {
+            name: la.cluster_name.clone(),
+            endpoints: endpoints(la, Discovery::Eds)?,
+        })
+    }
+}
+
+impl Cluster {
+    /// The EDS resource this cluster's endpoints come from, if it is an EDS cluster.
+    pub fn eds_name(&self) -> Option<&str> {
+        self.eds.as_ref().map(|e| e.service_name.as_str())
+    }
 }
 
 /// How the endpoint addresses are found.
@@ -41,6 +83,8 @@ pub enum Discovery {
     StrictDns { refresh: Duration },
     /// One hostname; connections go to the first address it resolves to.
     LogicalDns { refresh: Duration },
+    /// IP endpoints delivered over EDS as a separate resource.
+    Eds,
 }
 
 /// Load balancing policy.
@@ -108,6 +152,7 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 Ok(D::Static) => Discovery::Static,
                 Ok(D::StrictDns) => Discovery::StrictDns { refresh },
                 Ok(D::LogicalDns) => Discovery::LogicalDns { refresh },
+                Ok(D::Eds) => Discovery::Eds,
                 Ok(other) => {
                     return Err(ValidationError::new(
                         "type",
@@ -161,7 +206,41 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 Err(_) => return Err(ValidationError::new("dns_lookup_family", "unknown value")),
             }
         };
+        let eds = match (discovery, c.eds_cluster_config.as_ref()) {
+            (Discovery::Eds, config) => {
+                let config =
+                    config.ok_or_else(|| ValidationError::required("eds_cluster_config"))?;
+                let source = config
+                    .eds_config
+                    .as_ref()
+                    .ok_or_else(|| ValidationError::required("eds_cluster_config.eds_config"))?;
+                Some(EdsConfig {
+                    service_name: if config.service_name.is_empty() {
+                        c.name.clone()
+                    } else {
+                        config.service_name.clone()
+                    },
+                    initial_fetch_timeout: ads_config_source(
+                        source,
+                        "eds_cluster_config.eds_config",
+                    )?,
+                })
+            }
+            (_, Some(_)) => {
+                return Err(ValidationError::new(
+                    "eds_cluster_config",
+                    "only valid with type EDS",
+                ))
+            }
+            (_, None) => None,
+        };
         let endpoints = match c.load_assignment.as_ref() {
+            Some(_) if eds.is_some() => {
+                return Err(ValidationError::new(
+                    "load_assignment",
+                    "EDS clusters receive their endpoints over EDS",
+                ))
+            }
             Some(la) => endpoints(la, discovery).map_err(|e| e.within("load_assignment"))?,
             None => Vec::new(),
         };
@@ -184,6 +263,7 @@ impl TryFrom<&pb::Cluster> for Cluster {
             protocol,
             idle_timeout,
             dns_lookup_family,
+            eds,
         })
     }
 }
@@ -274,10 +354,12 @@ fn endpoints(
                 .ok_or_else(|| ValidationError::required(format!("{epath}.endpoint.address")))?;
             let (host, port) = socket_address(address)
                 .map_err(|e| e.within(format!("{epath}.endpoint.address")))?;
-            if discovery == Discovery::Static && host.parse::<IpAddr>().is_err() {
+            if matches!(discovery, Discovery::Static | Discovery::Eds)
+                && host.parse::<IpAddr>().is_err()
+            {
                 return Err(ValidationError::new(
                     format!("{epath}.endpoint.address.socket_address.address"),
-                    format!("{host:?} is not an IP address (STATIC clusters need IPs; use STRICT_DNS for hostnames)"),
+                    format!("{host:?} is not an IP address (STATIC and EDS endpoints need IPs; use STRICT_DNS for hostnames)"),
                 ));
             }
             let weight = lb.load_balancing_weight.as_ref().map_or(1, |v| v.value);
@@ -363,6 +445,40 @@ typed_extension_protocol_options:
         .unwrap();
         assert_eq!(c.protocol, UpstreamProtocol::Http2);
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn eds_clusters_name_their_assignment_and_refuse_inline_endpoints() {
+        let c = cluster(
+            "name: web\ntype: EDS\neds_cluster_config: {eds_config: {ads: {}, initial_fetch_timeout: 2s}, service_name: web-eds}",
+        )
+        .unwrap();
+        assert_eq!(c.eds_name(), Some("web-eds"));
+        assert_eq!(
+            c.eds.unwrap().initial_fetch_timeout,
+            Some(Duration::from_secs(2))
+        );
+        let err = cluster("name: web\ntype: EDS").unwrap_err();
+        assert_eq!(err.path, "eds_cluster_config");
+        let err = cluster(
+            "name: web\ntype: EDS\neds_cluster_config: {eds_config: {ads: {}}}\nload_assignment: {cluster_name: web}",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "load_assignment");
+    }
+
+    #[test]
+    fn assignments_need_ip_endpoints() {
+        let la: endpoint::ClusterLoadAssignment = crate::decode::from_yaml(
+            "cluster_name: web\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: example.com, port_value: 80}}}}]}]",
+            "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        )
+        .unwrap();
+        let err = Assignment::try_from(&la).unwrap_err();
+        assert_eq!(
+            err.path,
+            "endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name"],
     "envoy.config.core.v3.ConfigSource" => [
         "ads", "resource_api_version": "V3",
-        "initial_fetch_timeout": "readiness waits at most this long for the first response (default 15s)",
+        "initial_fetch_timeout": "lds/cds: readiness waits at most this long for the first response; eds/rds: a cluster or listener warms at most this long, then goes live with no endpoints or an empty route table (default 15s; 0 waits forever)",
     ],
     "envoy.config.core.v3.AggregatedConfigSource" => [],
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => ["listeners", "clusters"],
@@ -82,13 +82,18 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => [
         "codec_type": "AUTO, HTTP1 or HTTP2 (cleartext HTTP/2 with prior knowledge)",
-        "stat_prefix", "route_config", "http_filters", "upgrade_configs",
+        "stat_prefix", "route_config",
+        "rds": "delivered over ADS; the listener warms until it arrives",
+        "http_filters", "upgrade_configs",
         "request_headers_timeout": "when it expires before the request headers are complete, 408 and close",
         "common_http_protocol_options",
         "max_request_headers_kb": "over the limit, 431 and close",
         "use_remote_address", "xff_num_trusted_hops", "skip_xff_append",
         "generate_request_id", "preserve_external_request_id",
         "drain_timeout", "server_name",
+    ],
+    "envoy.extensions.filters.network.http_connection_manager.v3.Rds" => [
+        "config_source": "ads only", "route_config_name",
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name",
@@ -106,7 +111,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "name", "virtual_hosts",
         "request_headers_to_add", "request_headers_to_remove",
         "response_headers_to_add", "response_headers_to_remove",
-        "validate_clusters": "inline route tables are always validated against static clusters",
+        "validate_clusters": "accepted; inline tables in a bootstrap are always checked against its static clusters, and sluice-cp checks every table against the group's clusters",
     ],
     "envoy.config.route.v3.VirtualHost" => [
         "name", "domains", "routes", "retry_policy",
@@ -168,7 +173,8 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "key", "value": "literal values; `%` command operators are rejected",
     ],
     "envoy.config.cluster.v3.Cluster" => [
-        "name", "type": "STATIC, STRICT_DNS, LOGICAL_DNS",
+        "name", "type": "STATIC, STRICT_DNS, LOGICAL_DNS, EDS",
+        "eds_cluster_config": "endpoints over ADS; the cluster warms until they arrive",
         "connect_timeout", "lb_policy": "ROUND_ROBIN, LEAST_REQUEST, RANDOM",
         "load_assignment", "dns_refresh_rate", "dns_lookup_family": "AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL",
         "least_request_lb_config",
@@ -178,6 +184,9 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "alt_stat_name",
     ],
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => ["choice_count"],
+    "envoy.config.cluster.v3.Cluster.EdsClusterConfig" => [
+        "eds_config": "ads only", "service_name",
+    ],
     "envoy.config.endpoint.v3.ClusterLoadAssignment" => ["cluster_name", "endpoints"],
     "envoy.config.endpoint.v3.LocalityLbEndpoints" => [
         "lb_endpoints", "locality",

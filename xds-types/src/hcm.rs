@@ -1,4 +1,5 @@
-//! Validated HTTP connection manager (with its inline route table and router filter).
+//! Validated HTTP connection manager: its route table (inline, or named and delivered
+//! over RDS) and its router filter.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use crate::pb::envoy::extensions::filters::http::router::v3::Router;
 use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
 use crate::route::RouteTable;
 use crate::type_urls;
-use crate::util::{optional_timeout, unpack_any};
+use crate::util::{ads_config_source, optional_timeout, unpack_any};
 
 /// Envoy's default downstream idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -24,7 +25,7 @@ pub const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
 pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub codec: Codec,
-    pub route_table: RouteTable,
+    pub routes: RouteSource,
     /// Lowercased upgrade protocols (e.g. `websocket`) proxied as upgrades.
     pub upgrades: Vec<String>,
     /// Time allowed for the request headers; `None` = no limit (Envoy's default).
@@ -41,6 +42,37 @@ pub struct HttpConnectionManager {
     pub drain_timeout: Duration,
     /// Value of the `server` response header.
     pub server_name: String,
+}
+
+/// Where a connection manager's routes come from.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    Inline(RouteTable),
+    /// A `RouteConfiguration` resource delivered over RDS (through ADS).
+    Rds {
+        name: String,
+        /// How long the listener warms waiting for it before it goes live with an empty
+        /// table; `None` waits forever.
+        initial_fetch_timeout: Option<Duration>,
+    },
+}
+
+impl HttpConnectionManager {
+    /// The inline route table, if the routes are not delivered over RDS.
+    pub fn inline_routes(&self) -> Option<&RouteTable> {
+        match &self.routes {
+            RouteSource::Inline(table) => Some(table),
+            RouteSource::Rds { .. } => None,
+        }
+    }
+
+    /// The RDS route configuration this connection manager waits for, if any.
+    pub fn rds_name(&self) -> Option<&str> {
+        match &self.routes {
+            RouteSource::Inline(_) => None,
+            RouteSource::Rds { name, .. } => Some(name),
+        }
+    }
 }
 
 /// Which HTTP versions a listener accepts.
@@ -68,9 +100,22 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
                 ))
             }
         };
-        let route_table = match h.route_specifier.as_ref() {
+        let routes = match h.route_specifier.as_ref() {
             Some(R::RouteConfig(rc)) => {
-                RouteTable::try_from(rc).map_err(|e| e.within("route_config"))?
+                RouteSource::Inline(RouteTable::try_from(rc).map_err(|e| e.within("route_config"))?)
+            }
+            Some(R::Rds(rds)) => {
+                if rds.route_config_name.is_empty() {
+                    return Err(ValidationError::required("rds.route_config_name"));
+                }
+                let source = rds
+                    .config_source
+                    .as_ref()
+                    .ok_or_else(|| ValidationError::required("rds.config_source"))?;
+                RouteSource::Rds {
+                    name: rds.route_config_name.clone(),
+                    initial_fetch_timeout: ads_config_source(source, "rds.config_source")?,
+                }
             }
             Some(_) => return Err(ValidationError::unsupported("route_specifier")),
             None => return Err(ValidationError::required("route_config")),
@@ -136,7 +181,7 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
         Ok(Self {
             stat_prefix: h.stat_prefix.clone(),
             codec,
-            route_table,
+            routes,
             upgrades,
             request_headers_timeout: optional_timeout(
                 h.request_headers_timeout.as_ref(),

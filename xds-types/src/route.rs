@@ -18,8 +18,10 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Envoy's default retry back-off base interval.
 pub const DEFAULT_RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
 
-/// A whole route configuration, ready to be indexed by the data plane.
-#[derive(Debug, Clone)]
+/// A whole route configuration, ready to be indexed by the data plane. The default is
+/// the empty table (every request gets 404), what a listener serves when its RDS
+/// configuration did not arrive within `initial_fetch_timeout`.
+#[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,

@@ -46,3 +46,29 @@ pub(crate) fn unpack_any<T: prost::Message + Default>(
     T::decode(any.value.as_slice())
         .map_err(|e| ValidationError::new(path, format!("cannot decode {expected_url}: {e}")))
 }
+
+/// Envoy's default `ConfigSource.initial_fetch_timeout`.
+pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Checks that a `ConfigSource` points at ADS (the only source Sluice speaks) and returns
+/// its `initial_fetch_timeout`: Envoy's 15s by default, `None` (wait forever) when zero.
+pub(crate) fn ads_config_source(
+    config: &crate::pb::envoy::config::core::v3::ConfigSource,
+    path: &str,
+) -> Result<Option<Duration>> {
+    use crate::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    if !matches!(
+        config.config_source_specifier,
+        Some(ConfigSourceSpecifier::Ads(_))
+    ) {
+        return Err(ValidationError::new(
+            path,
+            "only ads config sources are supported",
+        ));
+    }
+    optional_timeout(
+        config.initial_fetch_timeout.as_ref(),
+        &format!("{path}.initial_fetch_timeout"),
+        Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
+    )
+}
