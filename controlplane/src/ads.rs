@@ -1,4 +1,6 @@
-//! The Aggregated Discovery Service: state of the world and delta on one gRPC service.
+//! The Aggregated Discovery Service (state of the world and delta on one gRPC stream),
+//! and the per-type services (LDS, RDS, CDS, EDS) for clients that do not use ADS: the
+//! same protocol state machines, each stream held to its one type.
 //!
 //! Each stream runs one task that owns its protocol state; it reacts to client requests
 //! and to new resource sets (a `watch` channel), and writes responses to a bounded channel
@@ -21,20 +23,24 @@ use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use xds_types::pb::envoy::config::core::v3::Node;
+use xds_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService;
 use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use xds_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use xds_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService;
+use xds_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService;
+use xds_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService;
 use xds_types::type_urls;
 
 use crate::fleet::{Fleet, Nack};
 use crate::registry::{Registry, DEFAULT_GROUP};
-use crate::resources::{ResourceSet, PUSH_ORDER};
+use crate::resources::{kind, ResourceSet, PUSH_ORDER};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -58,12 +64,155 @@ impl Ads {
     fn serve<P: Protocol>(
         &self,
         protocol: P,
-        requests: Streaming<P::Request>,
+        requests: impl Stream<Item = Result<P::Request, Status>> + Send + Unpin + 'static,
     ) -> Response<ResponseStream<P::Response>> {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(run(protocol, requests, self.groups.clone(), tx));
         Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
+
+    fn sotw(&self) -> SotwStream {
+        SotwStream {
+            fleet: self.fleet.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn delta(&self) -> DeltaStream {
+        DeltaStream {
+            fleet: self.fleet.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A per-type service's unary fetch: the node's group's resources of `type_url` that
+    /// the request names (or all, for a wildcard type), at their current version.
+    fn fetch(
+        &self,
+        type_url: &'static str,
+        mut request: DiscoveryRequest,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        hold_to_type(type_url, &mut request)?;
+        let group = group_of(request.node.as_ref());
+        let current = self.groups.current(&group);
+        let wildcard = request.resource_names.iter().any(|n| n == "*")
+            || (request.resource_names.is_empty() && wildcard_by_default(type_url));
+        let wanted = |name: &str| wildcard || request.resource_names.iter().any(|n| n == name);
+        let resources = current
+            .of_type(type_url)
+            .filter(|(name, _)| wanted(name))
+            .map(|(_, e)| (*e.any).clone())
+            .collect();
+        Ok(Response::new(DiscoveryResponse {
+            version_info: current.subset_version(type_url, wanted),
+            resources,
+            type_url: type_url.to_string(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// A discovery request of either flavour, as far as holding it to one type goes.
+trait TypedRequest {
+    fn type_url_mut(&mut self) -> &mut String;
+}
+
+impl TypedRequest for DiscoveryRequest {
+    fn type_url_mut(&mut self) -> &mut String {
+        &mut self.type_url
+    }
+}
+
+impl TypedRequest for DeltaDiscoveryRequest {
+    fn type_url_mut(&mut self) -> &mut String {
+        &mut self.type_url
+    }
+}
+
+/// A per-type service serves only its type: an empty `type_url` means it, another one is
+/// refused.
+fn hold_to_type(type_url: &'static str, request: &mut impl TypedRequest) -> Result<(), Status> {
+    let requested = request.type_url_mut();
+    if requested.is_empty() {
+        *requested = type_url.to_string();
+    }
+    if requested != type_url {
+        return Err(Status::invalid_argument(format!(
+            "type_url: {requested:?} on the {} service",
+            kind(type_url)
+        )));
+    }
+    Ok(())
+}
+
+/// A per-type stream's requests, each held to `type_url` (the stream ends on another).
+fn only<R: TypedRequest + Send + 'static>(
+    type_url: &'static str,
+    requests: Streaming<R>,
+) -> impl Stream<Item = Result<R, Status>> + Send + Unpin + 'static {
+    requests.map(move |request| {
+        let mut request = request?;
+        hold_to_type(type_url, &mut request)?;
+        Ok(request)
+    })
+}
+
+/// Implements one per-type discovery service (`stream_*`, `delta_*`, `fetch_*`) on [`Ads`].
+macro_rules! per_type_service {
+    ($service:path, $type_url:expr,
+     $stream:ident: $stream_type:ident, $delta:ident: $delta_type:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $service for Ads {
+            type $stream_type = ResponseStream<DiscoveryResponse>;
+            type $delta_type = ResponseStream<DeltaDiscoveryResponse>;
+
+            async fn $stream(
+                &self,
+                request: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<Self::$stream_type>, Status> {
+                Ok(self.serve(self.sotw(), only($type_url, request.into_inner())))
+            }
+
+            async fn $delta(
+                &self,
+                request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<Self::$delta_type>, Status> {
+                Ok(self.serve(self.delta(), only($type_url, request.into_inner())))
+            }
+
+            async fn $fetch(
+                &self,
+                request: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
+                self.fetch($type_url, request.into_inner())
+            }
+        }
+    };
+}
+
+per_type_service!(
+    ListenerDiscoveryService, type_urls::LISTENER,
+    stream_listeners: StreamListenersStream, delta_listeners: DeltaListenersStream, fetch_listeners
+);
+per_type_service!(
+    RouteDiscoveryService, type_urls::ROUTE_CONFIGURATION,
+    stream_routes: StreamRoutesStream, delta_routes: DeltaRoutesStream, fetch_routes
+);
+per_type_service!(
+    ClusterDiscoveryService, type_urls::CLUSTER,
+    stream_clusters: StreamClustersStream, delta_clusters: DeltaClustersStream, fetch_clusters
+);
+per_type_service!(
+    EndpointDiscoveryService, type_urls::CLUSTER_LOAD_ASSIGNMENT,
+    stream_endpoints: StreamEndpointsStream, delta_endpoints: DeltaEndpointsStream, fetch_endpoints
+);
+
+/// The group a node belongs to: its `node.cluster`, `default` when empty.
+fn group_of(node: Option<&Node>) -> String {
+    node.map(|n| n.cluster.as_str())
+        .filter(|c| !c.is_empty())
+        .unwrap_or(DEFAULT_GROUP)
+        .to_string()
 }
 
 /// Types a client subscribes to by wildcard when it names no resources (SotW).
@@ -84,22 +233,14 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let protocol = SotwStream {
-            fleet: self.fleet.clone(),
-            ..Default::default()
-        };
-        Ok(self.serve(protocol, request.into_inner()))
+        Ok(self.serve(self.sotw(), request.into_inner()))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let protocol = DeltaStream {
-            fleet: self.fleet.clone(),
-            ..Default::default()
-        };
-        Ok(self.serve(protocol, request.into_inner()))
+        Ok(self.serve(self.delta(), request.into_inner()))
     }
 }
 
@@ -127,19 +268,20 @@ trait Protocol: Send + 'static {
 /// either side goes away.
 async fn run<P: Protocol>(
     mut protocol: P,
-    mut requests: Streaming<P::Request>,
+    mut requests: impl Stream<Item = Result<P::Request, Status>> + Unpin,
     groups: Arc<Registry>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
     // The first request names the node, and so its group.
-    let Ok(Some(first)) = requests.message().await else {
-        return;
+    let first = match requests.next().await {
+        Some(Ok(first)) => first,
+        Some(Err(status)) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+        None => return,
     };
-    let group = P::request_node(&first)
-        .map(|n| n.cluster.as_str())
-        .filter(|c| !c.is_empty())
-        .unwrap_or(DEFAULT_GROUP)
-        .to_string();
+    let group = group_of(P::request_node(&first));
     let mut resources = groups.subscribe(&group);
     let mut pushed = resources.borrow_and_update().clone();
     if let Some(response) = protocol.on_request(first, &pushed) {
@@ -150,15 +292,19 @@ async fn run<P: Protocol>(
     debug!(node = %protocol.node(), %group, "serving group");
     loop {
         tokio::select! {
-            message = requests.message() => match message {
-                Ok(Some(request)) => {
+            message = requests.next() => match message {
+                Some(Ok(request)) => {
                     let current = resources.borrow().clone();
                     if let Some(response) = protocol.on_request(request, &current) {
                         if tx.send(Ok(response)).await.is_err() { break; }
                     }
                 }
-                Ok(None) => break,
-                Err(status) => { debug!(node = %protocol.node(), %status, "stream ended"); break; }
+                None => break,
+                Some(Err(status)) => {
+                    debug!(node = %protocol.node(), %status, "stream ended");
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
             },
             changed = resources.changed() => {
                 if changed.is_err() { break; }
@@ -551,7 +697,6 @@ impl Protocol for DeltaStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::kind;
 
     fn cluster(name: &str, port: u16) -> String {
         format!(

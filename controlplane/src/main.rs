@@ -19,7 +19,11 @@ use sluice_cp::resources::ResourceSet;
 use sluice_cp::store::FileStore;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
+use xds_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
 use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use xds_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
+use xds_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
+use xds_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
 use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
 
 #[derive(Debug, Parser)]
@@ -117,11 +121,13 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     info!(xds = %cli.xds_listen, api = %cli.api_listen, store = %cli.store, "listening");
+    let ads = Ads::new(registry.clone(), fleet.clone());
     tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServiceServer::new(Ads::new(
-            registry.clone(),
-            fleet.clone(),
-        )))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads.clone()))
+        .add_service(ListenerDiscoveryServiceServer::new(ads.clone()))
+        .add_service(RouteDiscoveryServiceServer::new(ads.clone()))
+        .add_service(ClusterDiscoveryServiceServer::new(ads.clone()))
+        .add_service(EndpointDiscoveryServiceServer::new(ads))
         .add_service(ClientStatusDiscoveryServiceServer::new(Csds::new(fleet)))
         .serve_with_shutdown(cli.xds_listen, async {
             let Ok(mut terminate) = signal(SignalKind::terminate()) else {

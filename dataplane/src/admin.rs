@@ -176,6 +176,9 @@ fn clusters(state: &AdminState) -> String {
     let mut out = String::new();
     for name in names {
         let cluster = &snapshot.clusters[name];
+        let added_via_api = !snapshot.bootstrap.clusters.iter().any(|c| &c.name == name);
+        out.push_str(&format!("{name}::observability_name::{name}\n"));
+        out.push_str(&format!("{name}::added_via_api::{added_via_api}\n"));
         for e in &cluster.endpoints().endpoints {
             let a = &e.authority;
             out.push_str(&format!(

@@ -98,6 +98,51 @@ pub fn xds_resources(listener: SocketAddr, upstream: SocketAddr, stamp: &str) ->
     format!("{cluster_doc}\n---\n{listener_doc}\n")
 }
 
+/// Control-plane documents with everything named and delivered separately: EDS cluster
+/// `web` (with `connect_timeout`), its endpoints (`upstream`), route configuration `routes`
+/// stamping `x-config: <stamp>`, and a listener on `listener` taking those routes over RDS.
+pub fn eds_rds_resources(
+    listener: SocketAddr,
+    upstream: SocketAddr,
+    stamp: &str,
+    connect_timeout: &str,
+) -> String {
+    let mut listener_doc = http_listener("ingress", listener, json!(null), json!({}));
+    let hcm = &mut listener_doc["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm.as_object_mut().unwrap().remove("route_config");
+    merge(
+        hcm,
+        json!({ "rds": { "route_config_name": "routes", "config_source": { "ads": {}, "resource_api_version": "V3" } } }),
+    );
+    merge(
+        &mut listener_doc,
+        json!({ "@type": "type.googleapis.com/envoy.config.listener.v3.Listener" }),
+    );
+    let routes = json!({
+        "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        "name": "routes",
+        "virtual_hosts": [ { "name": "all", "domains": ["*"],
+            "response_headers_to_add": [ { "header": { "key": "x-config", "value": stamp } } ],
+            "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": "web" } } ] } ]
+    });
+    let cluster = json!({
+        "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "name": "web", "type": "EDS", "connect_timeout": connect_timeout,
+        "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" } }
+    });
+    let endpoints = endpoints_doc("web", upstream);
+    format!("{cluster}\n---\n{endpoints}\n---\n{listener_doc}\n---\n{routes}\n")
+}
+
+/// A `ClusterLoadAssignment` document: `name` with one endpoint.
+pub fn endpoints_doc(name: &str, endpoint: SocketAddr) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        "cluster_name": name,
+        "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": address(endpoint) } } ] } ]
+    })
+}
+
 /// A bootstrap that takes listeners and clusters over ADS from `xds` (`api_type` is
 /// `GRPC` or `DELTA_GRPC`); Envoy and sluice read the same document.
 pub fn ads_bootstrap(admin: SocketAddr, xds: SocketAddr, api_type: &str, node_id: &str) -> String {

@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, default_value = "")]
         group: String,
     },
-    /// Show resources (TYPE: listener or cluster).
+    /// Show resources (TYPE: listener, route, cluster or endpoints).
     Get {
         r#type: Option<String>,
         name: Option<String>,
@@ -81,7 +81,11 @@ enum Command {
         group: String,
     },
     /// Every node, the version it ACKed per type, and its last NACK.
-    Nodes,
+    Nodes {
+        /// Keep printing the view after every change, until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -226,62 +230,81 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .into_inner(),
             cli.output,
         ),
-        Command::Nodes => {
+        Command::Nodes { watch: false } => {
             let nodes = api
                 .list_nodes(pb::ListNodesRequest {})
                 .await
                 .map_err(status)?
                 .into_inner()
                 .nodes;
-            let rows: Vec<serde_json::Value> = nodes.iter().map(node_json).collect();
-            structured(
-                &rows,
-                cli.output,
-                &[
-                    "NODE",
-                    "GROUP",
-                    "STATE",
-                    "PROTOCOL",
-                    "LISTENERS",
-                    "CLUSTERS",
-                    "LAST NACK",
-                ],
-                |v| {
-                    let acked = |t: &str| {
-                        v["types"][t]["acked_version"]
-                            .as_str()
-                            .unwrap_or("-")
-                            .to_string()
-                    };
-                    vec![
-                        v["id"].as_str().unwrap_or("").to_string(),
-                        v["group"].as_str().unwrap_or("").to_string(),
-                        if v["connected"] == true {
-                            "connected"
-                        } else {
-                            "disconnected"
-                        }
-                        .to_string(),
-                        v["protocol"].as_str().unwrap_or("").to_string(),
-                        acked("listener"),
-                        acked("cluster"),
-                        v["last_nack"].as_str().unwrap_or("-").to_string(),
-                    ]
-                },
-            )
+            nodes_view(&nodes, cli.output)
+        }
+        Command::Nodes { watch: true } => {
+            let mut changes = api
+                .watch_nodes(pb::ListNodesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            while let Some(view) = changes.message().await.map_err(status)? {
+                print(&nodes_view(&view.nodes, cli.output));
+                print("\n");
+            }
+            String::new()
         }
     })
 }
 
+/// The fleet as a table (ACKed version per type) or as JSON/YAML.
+fn nodes_view(nodes: &[pb::NodeStatus], output: Output) -> String {
+    let rows: Vec<serde_json::Value> = nodes.iter().map(node_json).collect();
+    structured(
+        &rows,
+        output,
+        &[
+            "NODE",
+            "GROUP",
+            "STATE",
+            "PROTOCOL",
+            "LISTENERS",
+            "ROUTES",
+            "CLUSTERS",
+            "ENDPOINTS",
+            "LAST NACK",
+        ],
+        |v| {
+            let acked = |t: &str| {
+                v["types"][t]["acked_version"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            vec![
+                v["id"].as_str().unwrap_or("").to_string(),
+                v["group"].as_str().unwrap_or("").to_string(),
+                if v["connected"] == true {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+                .to_string(),
+                v["protocol"].as_str().unwrap_or("").to_string(),
+                acked("listener"),
+                acked("route"),
+                acked("cluster"),
+                acked("endpoints"),
+                v["last_nack"].as_str().unwrap_or("-").to_string(),
+            ]
+        },
+    )
+}
+
 fn node_json(n: &pb::NodeStatus) -> serde_json::Value {
-    let short = |t: &str| {
-        if t.ends_with("Listener") {
-            "listener"
-        } else if t.ends_with("Cluster") {
-            "cluster"
-        } else {
-            "other"
-        }
+    let short = |t: &str| match t.rsplit('.').next().unwrap_or(t) {
+        "Listener" => "listener",
+        "RouteConfiguration" => "route",
+        "Cluster" => "cluster",
+        "ClusterLoadAssignment" => "endpoints",
+        _ => "other",
     };
     let types: serde_json::Map<String, serde_json::Value> = n
         .types
@@ -292,6 +315,7 @@ fn node_json(n: &pb::NodeStatus) -> serde_json::Value {
                 serde_json::json!({
                     "sent_version": t.sent_version, "acked_version": t.acked_version,
                     "nack_version": t.nack_version, "nack_error": t.nack_error,
+                    "subscribed": t.subscribed,
                 }),
             )
         })
