@@ -22,9 +22,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use xds_types::pb::envoy::config::core::v3::Node;
@@ -49,13 +50,29 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct Ads {
     groups: Arc<Registry>,
     fleet: Arc<Fleet>,
+    debounce: Duration,
 }
+
+/// How long a group must stay unchanged before its change is pushed, so a burst of
+/// applies becomes one push.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(10);
 
 impl Ads {
     /// A service serving each node its group's resources (the group is the node's
     /// `node.cluster`, `default` when empty), recording every node's status in `fleet`.
     pub fn new(groups: Arc<Registry>, fleet: Arc<Fleet>) -> Self {
-        Self { groups, fleet }
+        Self {
+            groups,
+            fleet,
+            debounce: DEFAULT_DEBOUNCE,
+        }
+    }
+
+    /// Sets the quiet time before a change is pushed (zero pushes every change at once);
+    /// a burst is held at most ten times this long.
+    pub fn with_debounce(mut self, debounce: Duration) -> Self {
+        self.debounce = debounce;
+        self
     }
 }
 
@@ -67,7 +84,8 @@ impl Ads {
         requests: impl Stream<Item = Result<P::Request, Status>> + Send + Unpin + 'static,
     ) -> Response<ResponseStream<P::Response>> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run(protocol, requests, self.groups.clone(), tx));
+        let groups = self.groups.clone();
+        tokio::spawn(run(protocol, requests, groups, self.debounce, tx));
         Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
@@ -270,6 +288,7 @@ async fn run<P: Protocol>(
     mut protocol: P,
     mut requests: impl Stream<Item = Result<P::Request, Status>> + Unpin,
     groups: Arc<Registry>,
+    debounce: Duration,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
     // The first request names the node, and so its group.
@@ -308,6 +327,7 @@ async fn run<P: Protocol>(
             },
             changed = resources.changed() => {
                 if changed.is_err() { break; }
+                settle(&mut resources, debounce).await;
                 let next = resources.borrow_and_update().clone();
                 for (type_url, set) in push_steps(&pushed, &next) {
                     if let Some(response) = protocol.on_change(type_url, &set) {
@@ -320,6 +340,22 @@ async fn run<P: Protocol>(
     }
     protocol.fleet().disconnected(protocol.node());
     info!(node = %protocol.node(), "stream closed");
+}
+
+/// Waits until the group has been quiet for `quiet` (at most ten times that), so a burst
+/// of changes becomes one push.
+async fn settle(resources: &mut watch::Receiver<Arc<ResourceSet>>, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + quiet * 10;
+    loop {
+        let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if wait.is_zero() {
+            return;
+        }
+        match tokio::time::timeout(wait, resources.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
 }
 
 /// The pushes from `pushed` to `next`, make-before-break: every type in [`PUSH_ORDER`]
@@ -916,6 +952,58 @@ filter_chains:
         assert!(stream
             .push(type_urls::CLUSTER_LOAD_ASSIGNMENT, &after, false)
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_changes_becomes_one_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::FileStore::open(dir.path()).unwrap();
+        let registry = Arc::new(Registry::open(Box::new(store)).unwrap());
+        registry
+            .replace(DEFAULT_GROUP, set(&[cluster("a", 1)]), "test")
+            .unwrap();
+        let ads = Ads::new(registry.clone(), Arc::new(Fleet::default()))
+            .with_debounce(Duration::from_millis(50));
+        let (requests, rx) = mpsc::channel(4);
+        let mut responses = ads
+            .serve(ads.sotw(), tokio_stream::wrappers::ReceiverStream::new(rx))
+            .into_inner();
+        requests
+            .send(Ok(sotw_request(type_urls::CLUSTER, &[], "")))
+            .await
+            .unwrap();
+        let first = responses.next().await.unwrap().unwrap();
+        requests
+            .send(Ok(sotw_request(type_urls::CLUSTER, &[], &first.nonce)))
+            .await
+            .unwrap();
+        for port in 2..=21 {
+            registry
+                .replace(DEFAULT_GROUP, set(&[cluster("a", port)]), "test")
+                .unwrap();
+            // Give the stream the chance to push between changes.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let last = registry
+            .current(DEFAULT_GROUP)
+            .type_version(type_urls::CLUSTER);
+        let mut pushes = Vec::new();
+        while let Ok(Some(Ok(push))) =
+            tokio::time::timeout(Duration::from_millis(800), responses.next()).await
+        {
+            pushes.push(push.version_info);
+        }
+        // Without the quiet time this pushes about 18 times.
+        assert!(
+            !pushes.is_empty() && pushes.len() <= 3,
+            "20 changes in a burst, {} pushes",
+            pushes.len()
+        );
+        assert_eq!(
+            pushes.last(),
+            Some(&last),
+            "the burst ends at the last change"
+        );
     }
 
     fn set(docs: &[String]) -> ResourceSet {

@@ -46,6 +46,10 @@ struct Cli {
     /// start and on SIGHUP.
     #[arg(long)]
     resources: Option<PathBuf>,
+    /// Milliseconds a group must stay unchanged before a change is pushed (a burst is
+    /// held at most ten times this); 0 pushes every change at once.
+    #[arg(long, default_value_t = sluice_cp::ads::DEFAULT_DEBOUNCE.as_millis() as u64)]
+    debounce_ms: u64,
     /// Log filter.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
@@ -121,7 +125,8 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     info!(xds = %cli.xds_listen, api = %cli.api_listen, store = %cli.store, "listening");
-    let ads = Ads::new(registry.clone(), fleet.clone());
+    let ads = Ads::new(registry.clone(), fleet.clone())
+        .with_debounce(std::time::Duration::from_millis(cli.debounce_ms));
     tonic::transport::Server::builder()
         .add_service(AggregatedDiscoveryServiceServer::new(ads.clone()))
         .add_service(ListenerDiscoveryServiceServer::new(ads.clone()))
