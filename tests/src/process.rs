@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -316,6 +317,31 @@ impl ControlPlane {
         )
     }
 
+    /// Starts `sluicectl --server <this API> ARGS` for a command that keeps printing
+    /// (`nodes --watch`); its output is collected as it arrives.
+    pub fn sluicectl_watch(&self, args: &[&str]) -> Watching {
+        let mut child = Command::new(binary("sluicectl"))
+            .arg("--server")
+            .arg(format!("http://{}", self.api))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run sluicectl");
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buffer) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Watching { child, output }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -325,6 +351,27 @@ impl ControlPlane {
     pub fn update(&self, resources: &str) -> anyhow::Result<()> {
         std::fs::write(&self.resources_path, resources)?;
         Ok(kill(self.child.id(), libc::SIGHUP)?)
+    }
+}
+
+/// A long-running `sluicectl` (see [`ControlPlane::sluicectl_watch`]); killed by PID when
+/// dropped.
+pub struct Watching {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Watching {
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

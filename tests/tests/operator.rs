@@ -1,7 +1,8 @@
 //! The operator path: `sluicectl` against `sluice-cp` with a real `sluice` node attached.
 //! Apply → get -o yaml → apply of that output is a no-op; rollback restores the previous
 //! routing at the node; `nodes` shows what the node ACKed; a bad file is one clear error
-//! line naming file, document and field; revisions survive a SIGKILL restart.
+//! line naming file, document and field; revisions survive a SIGKILL restart; `nodes
+//! --watch` streams the fleet's changes.
 
 use std::time::Duration;
 
@@ -221,4 +222,67 @@ async fn diff_shows_exactly_the_changed_fields() {
     );
     // diff changes nothing.
     assert_eq!(cp.sluicectl(&["history"]).1.lines().count(), 2);
+}
+
+#[tokio::test]
+async fn nodes_watch_streams_every_change_of_the_fleet() {
+    let first = Upstream::start("first").await;
+    let second = Upstream::start("second").await;
+    let (xds, listener, admin) = (free_addr(), free_addr(), free_addr());
+    let cp = ControlPlane::start(&xds_resources(listener, first.addr, "v1"), xds)
+        .await
+        .unwrap();
+    let watch = cp.sluicectl_watch(&["nodes", "--watch", "-o", "json"]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            watch.output().starts_with("[]")
+        })
+        .await,
+        "the first view is the empty fleet: {}",
+        watch.output()
+    );
+    let node = Sluice::start(&ads_bootstrap(admin, xds, "DELTA_GRPC", "watched"), admin)
+        .await
+        .unwrap();
+    let acked = |version: String| {
+        let watch = &watch;
+        async move {
+            watch
+                .output()
+                .contains(&format!("\"acked_version\": \"{version}\""))
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            watch.output().contains("\"id\": \"watched\"")
+        })
+        .await,
+        "the node appears: {}",
+        watch.output()
+    );
+    // A change shows up as the node ACKs it: the listener type's new version.
+    cp.update(&xds_resources(listener, second.addr, "v2"))
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || serves(listener, "second", "v2")).await);
+    let (_, nodes, _) = cp.sluicectl(&["nodes", "-o", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&nodes).unwrap();
+    let v2 = rows[0]["types"]["listener"]["acked_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || acked(v2.clone())).await,
+        "the watch shows the ACK of v2 ({v2}): {}",
+        watch.output()
+    );
+    // And the node going away.
+    drop(node);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            watch.output().contains("\"connected\": false")
+        })
+        .await,
+        "the disconnect shows: {}",
+        watch.output()
+    );
 }
