@@ -53,8 +53,9 @@ pub struct Ads {
     debounce: Duration,
 }
 
-/// How long a group must stay unchanged before its change is pushed, so a burst of
-/// applies becomes one push.
+/// Debounce window: a change within this long of the previous push waits until the group
+/// has been unchanged this long, so a burst of applies becomes one or two pushes; an
+/// isolated change is pushed at once.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(10);
 
 impl Ads {
@@ -68,8 +69,8 @@ impl Ads {
         }
     }
 
-    /// Sets the quiet time before a change is pushed (zero pushes every change at once);
-    /// a burst is held at most ten times this long.
+    /// Sets the debounce window (zero pushes every change at once); a burst is held at
+    /// most ten times this long.
     pub fn with_debounce(mut self, debounce: Duration) -> Self {
         self.debounce = debounce;
         self
@@ -309,6 +310,7 @@ async fn run<P: Protocol>(
         }
     }
     debug!(node = %protocol.node(), %group, "serving group");
+    let mut last_push = tokio::time::Instant::now();
     loop {
         tokio::select! {
             message = requests.next() => match message {
@@ -327,7 +329,12 @@ async fn run<P: Protocol>(
             },
             changed = resources.changed() => {
                 if changed.is_err() { break; }
-                settle(&mut resources, debounce).await;
+                // A change right after a push is part of a burst: wait for it to settle.
+                // An isolated change goes out at once.
+                if last_push.elapsed() < debounce {
+                    settle(&mut resources, debounce).await;
+                }
+                last_push = tokio::time::Instant::now();
                 let next = resources.borrow_and_update().clone();
                 for (type_url, set) in push_steps(&pushed, &next) {
                     if let Some(response) = protocol.on_change(type_url, &set) {

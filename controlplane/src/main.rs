@@ -46,8 +46,9 @@ struct Cli {
     /// start and on SIGHUP.
     #[arg(long)]
     resources: Option<PathBuf>,
-    /// Milliseconds a group must stay unchanged before a change is pushed (a burst is
-    /// held at most ten times this); 0 pushes every change at once.
+    /// Debounce window in milliseconds: a change this soon after the previous push waits
+    /// until the group has been unchanged this long (at most ten times this), so bursts
+    /// coalesce; an isolated change is pushed at once. 0 pushes every change at once.
     #[arg(long, default_value_t = sluice_cp::ads::DEFAULT_DEBOUNCE.as_millis() as u64)]
     debounce_ms: u64,
     /// Log filter.

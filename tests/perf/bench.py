@@ -310,6 +310,17 @@ def main():
                 try: results["idle_connections"]["runs"][proxy_name] = [idle_connections(proxy, args.idle)]
                 finally: proxy.stop()
                 print(f"idle_connections   {proxy_name:16} {results['idle_connections']['runs'][proxy_name][0]['rss_per_conn_kb']:.2f} KiB/conn", flush=True)
+        if not wanted or "control_plane" in wanted:
+            results["control_plane"] = {"description": "sluice-cp with 3 sluice nodes (2 state of the world, 1 delta): time from starting "
+                                        "`sluicectl apply` of a changed route table to the fleet-view event in which the last node ACKed it, "
+                                        "over 20 applies 100 ms apart per run; sluice-cp RSS with the 3 nodes attached",
+                                        "runs": {"sluice-cp": []}}
+            for rep in range(args.reps):
+                out = subprocess.run([str(TARGET / "cp-latency"), "--bin-dir", str(TARGET), "--rounds", "20"],
+                                     capture_output=True, text=True, timeout=300, check=True)
+                results["control_plane"]["runs"]["sluice-cp"].append(json.loads(out.stdout))
+                r = results["control_plane"]["runs"]["sluice-cp"][-1]
+                print(f"control_plane      sluice-cp        median {r['apply_to_last_ack_ms']['median']:.1f} ms, RSS {r['cp_rss_mb']:.1f} MB", flush=True)
         if not wanted or "reload_10hz" in wanted:
             results["reload_10hz"] = {"description": "sluice alone: wrk 50 connections while the route table is swapped 10 times a second",
                                       "runs": {"sluice": [reload_under_load(workdir, max(args.duration, 5)) for _ in range(args.reps)]}}
@@ -372,6 +383,14 @@ def report(meta, results):
     peers = ["envoy", "nginx", "haproxy"]
     for name, data in results.items():
         lines += [f"## {name}", "", data["description"], ""]
+        if name == "control_plane":
+            lines += ["| run | apply → last ACK, median ms | p90 ms | min ms | max ms | sluice-cp RSS MB |", "| --- | --- | --- | --- | --- | --- |"]
+            for i, r in enumerate(data["runs"]["sluice-cp"], 1):
+                l = r["apply_to_last_ack_ms"]
+                lines.append(f"| {i} | {l['median']:.1f} | {l['p90']:.1f} | {l['min']:.1f} | {l['max']:.1f} | {r['cp_rss_mb']:.1f} |")
+            lines += ["", "Each sample includes starting the `sluicectl` process. The applies are 100 ms apart, so each is an isolated",
+                      "change, which the control plane pushes at once; changes within its 10 ms debounce window of a push are coalesced.", ""]
+            continue
         if name == "idle_connections":
             lines += ["| proxy | RSS before (MB) | RSS with connections (MB) | KiB per connection |", "| --- | --- | --- | --- |"]
             for p, runs in data["runs"].items():
@@ -407,7 +426,8 @@ def report(meta, results):
               f"wrk:       taskset -c {LOAD_CPU} wrk -t1 -c<N> -d<D>s --timeout 5s -s tests/perf/latency.lua http://127.0.0.1:<port><path>",
               f"h2load:    taskset -c {LOAD_CPU} h2load -c10 -m10 -n400000 -t1 --duration=<D> --warm-up-time=1 http://127.0.0.1:<port>/",
               f"fixed:     taskset -c {LOAD_CPU} target/release/loadgen --rate 10000 --connections 50 --duration-s <D>",
-              "idle:      python asyncio opens N keep-alive connections with one request each; RSS delta / N", "```", ""]
+              "idle:      python asyncio opens N keep-alive connections with one request each; RSS delta / N",
+              "control:   target/release/cp-latency --bin-dir target/release --rounds 20", "```", ""]
     return "\n".join(lines)
 
 def charts(results, out):

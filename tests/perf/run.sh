@@ -31,6 +31,6 @@ if [ ! -x .venv-perf/bin/python ] || ! .venv-perf/bin/python -c "import matplotl
     || { echo "FATAL: cannot install matplotlib" >&2; exit 1; }
 fi
 
-cargo build --release -p sluice -p sluice-perf --bins
+cargo build --release -p sluice -p sluice-cp -p sluice-perf --bins
 ulimit -n "$(ulimit -Hn)"
 exec .venv-perf/bin/python tests/perf/bench.py "$@"
