@@ -13,16 +13,18 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
 "$bin/sluice-cp" --store file:sluice-data --xds-listen 127.0.0.1:18000 --api-listen 127.0.0.1:18001 &
 pids+=($!)
+# sluice-cp writes a write token for its API into its store on first start.
+export SLUICE_SERVER=http://127.0.0.1:18001 SLUICE_TOKEN_FILE="$PWD/sluice-data/admin-token"
 "$bin/demo-upstream" 127.0.0.1:18080 &
 pids+=($!)
 "$bin/sluice" -c deploy/demo/sluice-ads.yaml --log-level info,access=info &
 pids+=($!)
 
 for _ in $(seq 100); do
-  "$bin/sluicectl" --server http://127.0.0.1:18001 history >/dev/null 2>&1 && break
+  "$bin/sluicectl" history >/dev/null 2>&1 && break
   sleep 0.1
 done
-"$bin/sluicectl" --server http://127.0.0.1:18001 apply -f deploy/demo/resources.yaml
+"$bin/sluicectl" apply -f deploy/demo/resources.yaml
 for _ in $(seq 100); do
   curl -fsS http://127.0.0.1:10000/hello >/dev/null 2>&1 && break
   sleep 0.1
@@ -36,7 +38,8 @@ Try:
   curl -i http://127.0.0.1:10000/api/anything?x=1    # proxied, /api/ rewritten to /
   curl -i http://127.0.0.1:10000/old/page            # redirect
   curl --http2-prior-knowledge http://127.0.0.1:10000/
-  $bin/sluicectl nodes                     # which node ACKed which version
+  export SLUICE_TOKEN_FILE=$PWD/sluice-data/admin-token   # the API needs a token
+  $bin/sluicectl nodes                     # which node ACKed which version (--watch: live)
   $bin/sluicectl get -o yaml               # the live config, as Envoy resources
   $bin/sluicectl history                   # revisions; rollback N restores one
   curl http://127.0.0.1:9901/stats                   # the node's Envoy-style stats

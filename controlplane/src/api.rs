@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 use tonic::{Request, Response, Status};
 use xds_types::type_urls;
 
+use crate::auth::{Access, Tokens};
 use crate::fleet::Fleet;
 use crate::registry::{Change, Registry, RegistryError, DEFAULT_GROUP};
 use crate::resources::ResourceSet;
@@ -23,12 +24,22 @@ use pb::admin_server::Admin;
 pub struct AdminApi {
     registry: Arc<Registry>,
     fleet: Arc<Fleet>,
+    tokens: Tokens,
 }
 
 impl AdminApi {
-    /// A service over `registry` and `fleet`.
-    pub fn new(registry: Arc<Registry>, fleet: Arc<Fleet>) -> Self {
-        Self { registry, fleet }
+    /// A service over `registry` and `fleet`, answering only requests with one of `tokens`
+    /// (write methods only with a write token).
+    pub fn new(registry: Arc<Registry>, fleet: Arc<Fleet>, tokens: Tokens) -> Self {
+        Self {
+            registry,
+            fleet,
+            tokens,
+        }
+    }
+
+    fn allow<T>(&self, request: &Request<T>, access: Access, method: &str) -> Result<(), Status> {
+        self.tokens.check(request.metadata(), access, method)
     }
 }
 
@@ -88,6 +99,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.allow(&request, Access::Write, "Apply")?;
         let r = request.into_inner();
         let incoming = parse(&r.documents)?;
         self.registry
@@ -100,6 +112,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.allow(&request, Access::Read, "Validate")?;
         let r = request.into_inner();
         let incoming = parse(&r.documents)?;
         self.registry
@@ -112,6 +125,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::DiffResponse>, Status> {
+        self.allow(&request, Access::Read, "Diff")?;
         let r = request.into_inner();
         let incoming = parse(&r.documents)?;
         let diffs = self
@@ -142,6 +156,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        self.allow(&request, Access::Read, "Get")?;
         let r = request.into_inner();
         let wanted = type_url(&r.r#type)?;
         let current = self.registry.current(group(&r.group));
@@ -168,6 +183,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.allow(&request, Access::Write, "Delete")?;
         let r = request.into_inner();
         let type_url =
             type_url(&r.r#type)?.ok_or_else(|| Status::invalid_argument("type: required"))?;
@@ -181,6 +197,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.allow(&request, Access::Read, "History")?;
         let revisions = self
             .registry
             .history(group(&request.get_ref().group))
@@ -199,6 +216,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.allow(&request, Access::Write, "Rollback")?;
         let r = request.into_inner();
         self.registry
             .rollback(group(&r.group), r.revision)
@@ -208,8 +226,9 @@ impl Admin for AdminApi {
 
     async fn list_nodes(
         &self,
-        _: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.allow(&request, Access::Read, "ListNodes")?;
         Ok(Response::new(fleet_view(&self.fleet)))
     }
 
@@ -219,8 +238,9 @@ impl Admin for AdminApi {
 
     async fn watch_nodes(
         &self,
-        _: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<Self::WatchNodesStream>, Status> {
+        self.allow(&request, Access::Read, "WatchNodes")?;
         let fleet = self.fleet.clone();
         let mut changes = fleet.watch();
         let (tx, rx) = tokio::sync::mpsc::channel(4);

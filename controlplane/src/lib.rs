@@ -7,14 +7,18 @@
 //!   per-stream protocol state (subscriptions, versions, nonces, ACK/NACK).
 //! - [`registry`]: every group's resources and revisions, persisted by a [`store::Store`]
 //!   (the embedded [`store::FileStore`] by default) before they are served.
-//! - [`api`]: the operator API of `proto/` (`sluice.admin.v1`), which `sluicectl` speaks.
+//! - [`api`]: the operator API of `proto/` (`sluice.admin.v1`), which `sluicectl` speaks;
+//!   [`auth`]: its read and write tokens.
+//! - [`tls`]: TLS and mutual TLS for the xDS and API servers and for `sluicectl`.
 //! - [`fleet`]: what every node was sent, ACKed and NACKed; [`csds`] serves it over the
 //!   standard Client Status Discovery Service.
 
 pub mod ads;
 pub mod api;
+pub mod auth;
 pub mod csds;
 pub mod fleet;
 pub mod registry;
 pub mod resources;
 pub mod store;
+pub mod tls;

@@ -4,7 +4,7 @@
 //! is refused with the document and field, and the served resources stay as they were).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -12,11 +12,13 @@ use clap::Parser;
 use sluice_cp::ads::Ads;
 use sluice_cp::api::pb::admin_server::AdminServer;
 use sluice_cp::api::AdminApi;
+use sluice_cp::auth::Tokens;
 use sluice_cp::csds::Csds;
 use sluice_cp::fleet::Fleet;
 use sluice_cp::registry::{Registry, DEFAULT_GROUP};
 use sluice_cp::resources::ResourceSet;
 use sluice_cp::store::FileStore;
+use sluice_cp::tls;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 use xds_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
@@ -51,6 +53,19 @@ struct Cli {
     /// coalesce; an isolated change is pushed at once. 0 pushes every change at once.
     #[arg(long, default_value_t = sluice_cp::ads::DEFAULT_DEBOUNCE.as_millis() as u64)]
     debounce_ms: u64,
+    /// Operator API tokens: one `read TOKEN` or `write TOKEN` per line. Without it, a write
+    /// token is generated once into the store directory (`admin-token`, mode 0600).
+    #[arg(long)]
+    api_tokens: Option<PathBuf>,
+    /// PEM certificate chain served on both the xDS and the API port (turns TLS on).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate: clients must present a certificate it signed (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Log filter.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
@@ -113,11 +128,33 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    let tokens = match &cli.api_tokens {
+        Some(path) => Tokens::from_file(path)?,
+        None => {
+            let (tokens, path) = Tokens::generated(Path::new(dir))?;
+            info!(token_file = %path.display(), "operator API write token (sluicectl SLUICE_TOKEN_FILE)");
+            tokens
+        }
+    };
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(tls::server_config(cert, key, cli.tls_client_ca.as_deref())?)
+        }
+        _ => None,
+    };
+    let server = || -> anyhow::Result<tonic::transport::Server> {
+        let builder = tonic::transport::Server::builder();
+        Ok(match &tls {
+            Some(config) => builder.tls_config(config.clone())?,
+            None => builder,
+        })
+    };
     let fleet = Arc::new(Fleet::default());
-    let api = tonic::transport::Server::builder()
+    let api = server()?
         .add_service(AdminServer::new(AdminApi::new(
             registry.clone(),
             fleet.clone(),
+            tokens,
         )))
         .serve(cli.api_listen);
     tokio::spawn(async move {
@@ -125,10 +162,10 @@ async fn main() -> anyhow::Result<()> {
             warn!(error = %e, "operator API stopped");
         }
     });
-    info!(xds = %cli.xds_listen, api = %cli.api_listen, store = %cli.store, "listening");
+    info!(xds = %cli.xds_listen, api = %cli.api_listen, store = %cli.store, tls = tls.is_some(), mutual_tls = cli.tls_client_ca.is_some(), "listening");
     let ads = Ads::new(registry.clone(), fleet.clone())
         .with_debounce(std::time::Duration::from_millis(cli.debounce_ms));
-    tonic::transport::Server::builder()
+    server()?
         .add_service(AggregatedDiscoveryServiceServer::new(ads.clone()))
         .add_service(ListenerDiscoveryServiceServer::new(ads.clone()))
         .add_service(RouteDiscoveryServiceServer::new(ads.clone()))

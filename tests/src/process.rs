@@ -302,11 +302,25 @@ impl ControlPlane {
         self.wait_listening().await
     }
 
-    /// Runs `sluicectl --server <this API> ARGS`, returning (success, stdout, stderr).
-    pub fn sluicectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(binary("sluicectl"))
+    /// `sluicectl` pointed at this control plane with the write token it generated.
+    pub fn sluicectl_command(&self) -> Command {
+        let mut command = Command::new(binary("sluicectl"));
+        command
             .arg("--server")
             .arg(format!("http://{}", self.api))
+            .env("SLUICE_TOKEN_FILE", self.token_file());
+        command
+    }
+
+    /// The write token `sluice-cp` generated into its store.
+    pub fn token_file(&self) -> PathBuf {
+        self._dir.path().join("store").join("admin-token")
+    }
+
+    /// Runs `sluicectl --server <this API> ARGS`, returning (success, stdout, stderr).
+    pub fn sluicectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .sluicectl_command()
             .args(args)
             .output()
             .expect("run sluicectl");
@@ -320,9 +334,8 @@ impl ControlPlane {
     /// Starts `sluicectl --server <this API> ARGS` for a command that keeps printing
     /// (`nodes --watch`); its output is collected as it arrives.
     pub fn sluicectl_watch(&self, args: &[&str]) -> Watching {
-        let mut child = Command::new(binary("sluicectl"))
-            .arg("--server")
-            .arg(format!("http://{}", self.api))
+        let mut child = self
+            .sluicectl_command()
             .args(args)
             .stdout(Stdio::piped())
             .spawn()

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_cp::api::pb;
 use sluice_cp::api::pb::admin_client::AdminClient;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,9 +17,24 @@ use tonic::transport::Channel;
     about = "Operate a Sluice fleet through sluice-cp"
 )]
 struct Cli {
-    /// The control plane's operator API.
+    /// The control plane's operator API (`https://…` with TLS).
     #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:18001")]
     server: String,
+    /// API token (read or write).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// File holding the API token, e.g. the `admin-token` sluice-cp writes into its store.
+    #[arg(long, env = "SLUICE_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed the server's certificate (for `https://`).
+    #[arg(long, env = "SLUICE_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate, when the server requires mutual TLS.
+    #[arg(long, env = "SLUICE_CERT", requires = "key", global = true)]
+    cert: Option<PathBuf>,
+    /// PEM private key of `--cert`.
+    #[arg(long, env = "SLUICE_KEY", requires = "cert", global = true)]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -108,10 +125,51 @@ fn print(text: &str) {
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
-async fn client(server: &str) -> Result<AdminClient<Channel>, String> {
-    AdminClient::connect(server.to_string())
+/// Adds the API token to every request.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Api = AdminClient<InterceptedService<Channel, Bearer>>;
+
+async fn client(cli: &Cli) -> Result<Api, String> {
+    let server = &cli.server;
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(token), _) => Some(token.trim().to_string()),
+        (None, Some(path)) => Some(read(path)?.trim().to_string()),
+        (None, None) => None,
+    };
+    let bearer = token
+        .map(|t| format!("Bearer {t}").parse())
+        .transpose()
+        .map_err(|_| "the token has characters a header cannot carry".to_string())?;
+    let mut endpoint =
+        Endpoint::from_shared(server.clone()).map_err(|e| format!("--server {server}: {e}"))?;
+    if let Some(ca) = &cli.ca_cert {
+        let identity = cli.cert.as_deref().zip(cli.key.as_deref());
+        let tls = sluice_cp::tls::client_config(ca, identity).map_err(|e| e.to_string())?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("--server {server}: {e}"))?;
+    }
+    let channel = endpoint
+        .connect()
         .await
-        .map_err(|e| format!("cannot reach {server}: {e}"))
+        .map_err(|e| format!("cannot reach {server}: {e}"))?;
+    Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
 }
 
 fn read(file: &PathBuf) -> Result<String, String> {
@@ -131,7 +189,7 @@ fn change(r: pb::ApplyResponse, output: Output) -> String {
 }
 
 async fn run(cli: Cli) -> Result<String, String> {
-    let mut api = client(&cli.server).await?;
+    let mut api = client(&cli).await?;
     let status = |e: tonic::Status| e.message().to_string();
     Ok(match cli.command {
         Command::Apply { file, group } => {

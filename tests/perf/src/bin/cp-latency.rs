@@ -125,9 +125,10 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn apply(bin_dir: &Path, api: SocketAddr, file: &Path) -> anyhow::Result<()> {
+fn apply(bin_dir: &Path, api: SocketAddr, token_file: &Path, file: &Path) -> anyhow::Result<()> {
     let out = Command::new(bin_dir.join("sluicectl"))
         .args(["--server", &format!("http://{api}"), "apply", "-f"])
+        .env("SLUICE_TOKEN_FILE", token_file)
         .arg(file)
         .output()
         .context("run sluicectl")?;
@@ -161,15 +162,30 @@ async fn main() -> anyhow::Result<()> {
             .context("start sluice-cp")?,
     );
     let cp_pid = processes.0[0].id();
-    let mut api_client = None;
+    let token_file = dir.join("store").join("admin-token");
+    let mut channel = None;
     for _ in 0..200 {
-        if let Ok(c) = AdminClient::connect(format!("http://{api}")).await {
-            api_client = Some(c);
+        if let (Ok(c), true) = (
+            tonic::transport::Endpoint::from_shared(format!("http://{api}"))?
+                .connect()
+                .await,
+            token_file.exists(),
+        ) {
+            channel = Some(c);
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let mut api_client = api_client.context("sluice-cp API never came up")?;
+    let channel = channel.context("sluice-cp API never came up")?;
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", std::fs::read_to_string(&token_file)?.trim()).parse()?;
+    let mut api_client =
+        AdminClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+            Ok(request)
+        });
     let nodes = ["node-1", "node-2", "node-3"];
     for (i, node) in nodes.iter().enumerate() {
         let api_type = if i == 2 { "DELTA_GRPC" } else { "GRPC" };
@@ -198,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         // Round 0 adds the listener; later rounds change its route table only.
         std::fs::write(&file, resources(listener, upstream, round))?;
         let started = Instant::now();
-        apply(&args.bin_dir, api, &file)?;
+        apply(&args.bin_dir, api, &token_file, &file)?;
         let deadline = started + Duration::from_secs(10);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
