@@ -22,6 +22,7 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
     "envoy.extensions.filters.http.router.v3.Router",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.extensions.transport_sockets.tls.v3.Secret",
 ];
 
 const ENVOY_TYPES_DIR: &str = "envoy-types-0.7.7";

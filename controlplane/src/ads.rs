@@ -1,5 +1,5 @@
 //! The Aggregated Discovery Service (state of the world and delta on one gRPC stream),
-//! and the per-type services (LDS, RDS, CDS, EDS) for clients that do not use ADS: the
+//! and the per-type services (LDS, RDS, CDS, EDS, SDS) for clients that do not use ADS: the
 //! same protocol state machines, each stream held to its one type.
 //!
 //! Each stream runs one task that owns its protocol state; it reacts to client requests
@@ -37,6 +37,7 @@ use xds_types::pb::envoy::service::discovery::v3::{
 use xds_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService;
 use xds_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService;
 use xds_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService;
+use xds_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use xds_types::type_urls;
 
 use crate::fleet::{Fleet, Nack};
@@ -220,6 +221,10 @@ per_type_service!(
 per_type_service!(
     ClusterDiscoveryService, type_urls::CLUSTER,
     stream_clusters: StreamClustersStream, delta_clusters: DeltaClustersStream, fetch_clusters
+);
+per_type_service!(
+    SecretDiscoveryService, type_urls::SECRET,
+    stream_secrets: StreamSecretsStream, delta_secrets: DeltaSecretsStream, fetch_secrets
 );
 per_type_service!(
     EndpointDiscoveryService, type_urls::CLUSTER_LOAD_ASSIGNMENT,

@@ -10,7 +10,7 @@ use xds_types::type_urls;
 use crate::auth::{Access, Tokens};
 use crate::fleet::Fleet;
 use crate::registry::{Change, Registry, RegistryError, DEFAULT_GROUP};
-use crate::resources::ResourceSet;
+use crate::resources::{redacted, ResourceSet};
 
 /// Generated types and service of `proto/sluice/admin/v1/admin.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -51,7 +51,7 @@ fn group(name: &str) -> &str {
     }
 }
 
-/// `listener`/`route`/`cluster`/`endpoints` (or a full type URL) → type URL; empty →
+/// `listener`/`route`/`cluster`/`endpoints`/`secret` (or a full type URL) → type URL; empty →
 /// `None` (every type).
 pub fn type_url(short: &str) -> Result<Option<&'static str>, Status> {
     match short {
@@ -64,8 +64,9 @@ pub fn type_url(short: &str) -> Result<Option<&'static str>, Status> {
         "endpoints" | type_urls::CLUSTER_LOAD_ASSIGNMENT => {
             Ok(Some(type_urls::CLUSTER_LOAD_ASSIGNMENT))
         }
+        "secret" | "secrets" | type_urls::SECRET => Ok(Some(type_urls::SECRET)),
         other => Err(Status::invalid_argument(format!(
-            "type: unknown resource type {other:?} (listener, route, cluster or endpoints)"
+            "type: unknown resource type {other:?} (listener, route, cluster, endpoints or secret)"
         ))),
     }
 }
@@ -166,7 +167,7 @@ impl Admin for AdminApi {
             .filter(|(t, _)| wanted.is_none_or(|w| w == **t))
             .flat_map(|(_, m)| m.iter())
             .filter(|(name, _)| r.name.is_empty() || **name == r.name)
-            .map(|(_, e)| serde_yaml_ng::to_string(&e.document).unwrap_or_default())
+            .map(|(_, e)| serde_yaml_ng::to_string(&redacted(&e.document)).unwrap_or_default())
             .collect();
         if documents.is_empty() && !r.name.is_empty() {
             return Err(Status::not_found(format!(

@@ -26,6 +26,7 @@ use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_s
 use xds_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
 use xds_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
 use xds_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
+use xds_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_server::ClientStatusDiscoveryServiceServer;
 
 #[derive(Debug, Parser)]
@@ -170,7 +171,8 @@ async fn main() -> anyhow::Result<()> {
         .add_service(ListenerDiscoveryServiceServer::new(ads.clone()))
         .add_service(RouteDiscoveryServiceServer::new(ads.clone()))
         .add_service(ClusterDiscoveryServiceServer::new(ads.clone()))
-        .add_service(EndpointDiscoveryServiceServer::new(ads))
+        .add_service(EndpointDiscoveryServiceServer::new(ads.clone()))
+        .add_service(SecretDiscoveryServiceServer::new(ads))
         .add_service(ClientStatusDiscoveryServiceServer::new(Csds::new(fleet)))
         .serve_with_shutdown(cli.xds_listen, async {
             let Ok(mut terminate) = signal(SignalKind::terminate()) else {

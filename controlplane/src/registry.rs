@@ -82,9 +82,12 @@ fn json_diff(
             }
         }
         (a, b) if a != b => {
+            let private = path.split(['.', '[']).any(crate::resources::is_private);
             let show = |v: &Value| {
                 if v.is_null() {
                     String::new()
+                } else if private {
+                    "\"[redacted]\"".to_string()
                 } else {
                     v.to_string()
                 }
@@ -308,4 +311,30 @@ fn group_entry<'a>(groups: &'a mut BTreeMap<String, Group>, name: &str) -> &'a m
         revisions: Vec::new(),
         current: watch::channel(Arc::new(ResourceSet::default())).0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diff_never_shows_key_material() {
+        let live = serde_json::json!({ "name": "edge", "tls_certificate": {
+            "certificate_chain": { "inline_string": "CERT-1" },
+            "private_key": { "inline_string": "KEY-1" } } });
+        let proposed = serde_json::json!({ "name": "edge", "tls_certificate": {
+            "certificate_chain": { "inline_string": "CERT-2" },
+            "private_key": { "inline_string": "KEY-2" } } });
+        let mut fields = Vec::new();
+        json_diff("", &live, &proposed, &mut fields);
+        let shown = format!("{fields:?}");
+        assert!(shown.contains("CERT-2"), "{shown}");
+        assert!(
+            !shown.contains("KEY-1") && !shown.contains("KEY-2"),
+            "{shown}"
+        );
+        assert!(fields
+            .iter()
+            .any(|(path, _, _)| path == "tls_certificate.private_key.inline_string"));
+    }
 }

@@ -15,12 +15,14 @@ use xds_types::pb::envoy::config::cluster::v3::Cluster;
 use xds_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_types::pb::envoy::config::listener::v3::Listener;
 use xds_types::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_types::pb::google::protobuf::Any;
 use xds_types::{type_urls, ValidationError};
 
 /// The order additions are pushed in, each type before the types that use it
 /// (make-before-break); removals go in the reverse order.
-pub const PUSH_ORDER: [&str; 4] = [
+pub const PUSH_ORDER: [&str; 5] = [
+    type_urls::SECRET,
     type_urls::CLUSTER,
     type_urls::CLUSTER_LOAD_ASSIGNMENT,
     type_urls::LISTENER,
@@ -34,6 +36,7 @@ pub fn kind(type_url: &str) -> &'static str {
         type_urls::CLUSTER_LOAD_ASSIGNMENT => "endpoints",
         type_urls::LISTENER => "listener",
         type_urls::ROUTE_CONFIGURATION => "route configuration",
+        type_urls::SECRET => "secret",
         _ => "resource",
     }
 }
@@ -140,6 +143,7 @@ impl ResourceSet {
                 type_urls::CLUSTER_LOAD_ASSIGNMENT => {
                     parse::<ClusterLoadAssignment>(body, validate)
                 }
+                type_urls::SECRET => parse::<Secret>(body, validate),
                 other => {
                     return Err(ResourceError::UnsupportedType {
                         index,
@@ -406,6 +410,45 @@ impl Served for ClusterLoadAssignment {
     fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
         xds_types::cluster::Assignment::try_from(self)?;
         Ok(Vec::new())
+    }
+}
+
+impl Served for Secret {
+    const TYPE_URL: &'static str = type_urls::SECRET;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
+        xds_types::secret::TlsCertificate::try_from(self)?;
+        Ok(Vec::new())
+    }
+}
+
+/// Whether a field holds key material that no read from the control plane may show.
+pub fn is_private(field: &str) -> bool {
+    field == "private_key" || field == "privateKey"
+}
+
+/// A document as operators may read it: every private key replaced by `[redacted]`
+/// (applying that back is refused, as the placeholder is not a key).
+pub fn redacted(document: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match document {
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| {
+                    let v = if is_private(k) {
+                        serde_json::json!({ "inline_string": "[redacted]" })
+                    } else {
+                        redacted(v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redacted).collect()),
+        other => other.clone(),
     }
 }
 

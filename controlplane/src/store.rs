@@ -64,7 +64,19 @@ impl Store for FileStore {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        std::fs::write(&temp, bytes).map_err(|source| StoreError::Io {
+        // Owner-only: a revision may hold private keys (secrets).
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)?
+                .write_all(&bytes)
+        };
+        write().map_err(|source| StoreError::Io {
             path: temp.clone(),
             source,
         })?;

@@ -1,8 +1,13 @@
 //! A throwaway PKI for TLS tests, generated with rcgen: a CA, a server certificate for
 //! 127.0.0.1 and localhost, and a client certificate, as PEM files in a temporary
-//! directory removed when dropped.
+//! directory removed when dropped; and a TLS client that trusts only a given CA.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -56,4 +61,46 @@ impl Pki {
             _dir: dir,
         })
     }
+}
+
+/// One HTTP/1.1 `GET /` over TLS to `addr`, trusting only `ca` and sending `server_name`
+/// as SNI. Returns the status code and the whole response text.
+pub async fn https_get(
+    addr: SocketAddr,
+    ca: &Path,
+    server_name: &str,
+) -> anyhow::Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())?;
+    let mut tls = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connector.connect(name, tcp),
+    )
+    .await??;
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tls.read_to_string(&mut response),
+    )
+    .await??;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, response))
 }

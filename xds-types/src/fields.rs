@@ -204,6 +204,14 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig" => [
         "http_protocol_options", "http2_protocol_options",
     ],
+    "envoy.extensions.transport_sockets.tls.v3.Secret" => [
+        "name",
+        "tls_certificate": "served by sluice-cp over SDS/ADS (to Envoy); sluice itself does not terminate TLS yet",
+    ],
+    "envoy.extensions.transport_sockets.tls.v3.TlsCertificate" => [
+        "certificate_chain": "PEM, inline",
+        "private_key": "PEM, inline; redacted in every read from sluice-cp",
+    ],
     "envoy.config.core.v3.Http1ProtocolOptions" => [],
     "envoy.config.core.v3.Http2ProtocolOptions" => [],
 };

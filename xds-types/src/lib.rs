@@ -9,7 +9,8 @@
 //!   with the unsupported-field check of [`fields`] applied first.
 //! - [`fields`]: the table of supported fields; it drives rejection (with field paths) and
 //!   `docs/xds-support.md`.
-//! - [`listener`], [`hcm`], [`route`], [`cluster`], [`bootstrap`]: the validated model.
+//! - [`listener`], [`hcm`], [`route`], [`cluster`], [`secret`], [`bootstrap`]: the
+//!   validated model.
 //!   Every conversion is pure: no I/O, no locks; regexes compile here, once.
 //! - [`error`]: [`ValidationError`], which always names the field path.
 
@@ -22,6 +23,7 @@ pub mod hcm;
 pub mod listener;
 pub mod pb;
 pub mod route;
+pub mod secret;
 pub mod type_urls;
 mod util;
 

@@ -87,6 +87,21 @@ fn every_supported_field_is_used_by_a_fixture() {
     let root = xds_types::decode::message_descriptor(xds_types::bootstrap::BOOTSTRAP).unwrap();
     let mut seen = BTreeSet::new();
     authored(&json, &root, &mut seen);
+    let resources = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/every_resource.yaml"),
+    )
+    .unwrap();
+    for document in serde_yaml_ng::Deserializer::from_str(&resources) {
+        use serde::Deserialize;
+        let json = serde_json::Value::deserialize(document).unwrap();
+        let url = json["@type"]
+            .as_str()
+            .expect("every resource names its @type");
+        let message = xds_types::decode::pool()
+            .get_message_by_name(xds_types::type_urls::message_name(url))
+            .expect("known @type");
+        authored(&json, &message, &mut seen);
+    }
     let mut missing = Vec::new();
     for m in SUPPORTED {
         if !seen.contains(&(m.message.to_string(), String::new())) {

@@ -72,7 +72,8 @@ enum Command {
         #[arg(long, default_value = "")]
         group: String,
     },
-    /// Show resources (TYPE: listener, route, cluster or endpoints).
+    /// Show resources (TYPE: listener, route, cluster, endpoints or secret; private keys
+    /// are redacted).
     Get {
         r#type: Option<String>,
         name: Option<String>,
@@ -362,6 +363,7 @@ fn node_json(n: &pb::NodeStatus) -> serde_json::Value {
         "RouteConfiguration" => "route",
         "Cluster" => "cluster",
         "ClusterLoadAssignment" => "endpoints",
+        "Secret" => "secret",
         _ => "other",
     };
     let types: serde_json::Map<String, serde_json::Value> = n
