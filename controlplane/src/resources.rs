@@ -361,11 +361,14 @@ impl Served for Listener {
         &self.name
     }
     fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
-        let listener = xds_types::Listener::try_from(self)?;
-        Ok(match listener.http.rds_name() {
+        let http = if self.api_listener.is_some() {
+            xds_types::listener::ApiListener::try_from(self)?.http
+        } else {
+            xds_types::Listener::try_from(self)?.http
+        };
+        Ok(match http.rds_name() {
             Some(rds) => vec![(type_urls::ROUTE_CONFIGURATION, rds.to_string())],
-            None => listener
-                .http
+            None => http
                 .inline_routes()
                 .map(|t| clusters_of(t).collect())
                 .unwrap_or_default(),

@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod csds;
 pub mod envoy;
+pub mod grpc;
 pub mod pki;
 pub mod process;
 pub mod upstream;

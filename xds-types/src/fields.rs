@@ -70,6 +70,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "per_connection_buffer_limit_bytes": "accepted; bodies are streamed with bounded buffers regardless",
         "enable_reuse_port": "accepted; sluice always binds with SO_REUSEPORT",
         "traffic_direction": "accepted; informational",
+        "api_listener": "for proxyless gRPC clients (xds:/// targets): served by sluice-cp, refused by sluice",
+    ],
+    "envoy.config.listener.v3.ApiListener" => [
+        "api_listener": "an HttpConnectionManager",
     ],
     "envoy.config.listener.v3.FilterChain" => ["name", "filters"],
     "envoy.config.listener.v3.Filter" => [

@@ -30,12 +30,54 @@ pub struct ConnectionLimit {
     pub delay: Option<Duration>,
 }
 
+/// A listener with no socket: what proxyless gRPC clients ask for by name (the target of
+/// an `xds:///name` channel). `sluice-cp` serves it; `sluice` refuses it, as it has nothing
+/// to bind.
+#[derive(Debug, Clone)]
+pub struct ApiListener {
+    pub name: String,
+    pub http: HttpConnectionManager,
+}
+
+impl TryFrom<&pb::Listener> for ApiListener {
+    type Error = ValidationError;
+
+    fn try_from(l: &pb::Listener) -> Result<Self> {
+        if l.name.is_empty() {
+            return Err(ValidationError::required("name"));
+        }
+        if l.address.is_some() || !l.filter_chains.is_empty() {
+            return Err(ValidationError::new(
+                "api_listener",
+                "an API listener has no address and no filter_chains",
+            ));
+        }
+        let any = l
+            .api_listener
+            .as_ref()
+            .and_then(|a| a.api_listener.as_ref())
+            .ok_or_else(|| ValidationError::required("api_listener.api_listener"))?;
+        let path = "api_listener.api_listener";
+        let h: HcmPb = unpack_any(any, type_urls::HTTP_CONNECTION_MANAGER, path)?;
+        Ok(Self {
+            name: l.name.clone(),
+            http: HttpConnectionManager::try_from(&h).map_err(|e| e.within(path))?,
+        })
+    }
+}
+
 impl TryFrom<&pb::Listener> for Listener {
     type Error = ValidationError;
 
     fn try_from(l: &pb::Listener) -> Result<Self> {
         if l.name.is_empty() {
             return Err(ValidationError::required("name"));
+        }
+        if l.api_listener.is_some() {
+            return Err(ValidationError::new(
+                "api_listener",
+                "API listeners are for proxyless gRPC clients; sluice needs an address and filter_chains",
+            ));
         }
         let address = l
             .address
