@@ -667,72 +667,39 @@ trait XdsResource: prost::Message + Default {
     fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Self::Model>;
 }
 
-impl XdsResource for ListenerPb {
-    type Model = Listener;
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn to_model(&self) -> Result<Listener, ValidationError> {
-        Listener::try_from(self)
-    }
-    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, Listener> {
-        &dynamic.listeners
-    }
-    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Listener> {
-        &mut dynamic.listeners
-    }
-}
-
-impl XdsResource for ClusterPb {
-    type Model = Cluster;
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn to_model(&self) -> Result<Cluster, ValidationError> {
-        Cluster::try_from(self)
-    }
-    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, Cluster> {
-        &dynamic.clusters
-    }
-    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Cluster> {
-        &mut dynamic.clusters
-    }
-}
-
-impl XdsResource for RoutesPb {
-    type Model = RouteTable;
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn to_model(&self) -> Result<RouteTable, ValidationError> {
-        if self.name.is_empty() {
-            return Err(ValidationError::required("name"));
+/// Implements [`XdsResource`] for a proto whose name is `$name`, converted by `$convert`
+/// into the map `$slot` of [`DynamicResources`].
+macro_rules! xds_resource {
+    ($pb:ty => $model:ty, name: $name:ident, slot: $slot:ident, convert: $convert:expr) => {
+        impl XdsResource for $pb {
+            type Model = $model;
+            fn name(&self) -> &str {
+                &self.$name
+            }
+            fn to_model(&self) -> Result<$model, ValidationError> {
+                $convert(self)
+            }
+            fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, $model> {
+                &dynamic.$slot
+            }
+            fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, $model> {
+                &mut dynamic.$slot
+            }
         }
-        RouteTable::try_from(self)
-    }
-    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, RouteTable> {
-        &dynamic.routes
-    }
-    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, RouteTable> {
-        &mut dynamic.routes
-    }
+    };
 }
 
-impl XdsResource for AssignmentPb {
-    type Model = Vec<LbEndpoint>;
-    fn name(&self) -> &str {
-        &self.cluster_name
+xds_resource!(ListenerPb => Listener, name: name, slot: listeners, convert: Listener::try_from);
+xds_resource!(ClusterPb => Cluster, name: name, slot: clusters, convert: Cluster::try_from);
+xds_resource!(RoutesPb => RouteTable, name: name, slot: routes, convert: |pb: &RoutesPb| {
+    // A route configuration delivered on its own is found by name, so it needs one.
+    if pb.name.is_empty() {
+        return Err(ValidationError::required("name"));
     }
-    fn to_model(&self) -> Result<Vec<LbEndpoint>, ValidationError> {
-        Assignment::try_from(self).map(|a| a.endpoints)
-    }
-    fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, Vec<LbEndpoint>> {
-        &dynamic.assignments
-    }
-    fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Vec<LbEndpoint>> {
-        &mut dynamic.assignments
-    }
-}
+    RouteTable::try_from(pb)
+});
+xds_resource!(AssignmentPb => Vec<LbEndpoint>, name: cluster_name, slot: assignments,
+    convert: |pb: &AssignmentPb| Assignment::try_from(pb).map(|a| a.endpoints));
 
 #[cfg(test)]
 mod tests {
