@@ -127,6 +127,21 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             None => None,
             Some(d) => Some(ads_source(d).map_err(|e| e.within("dynamic_resources"))?),
         };
+        if ads.is_none() {
+            // EDS and RDS arrive over ADS: without it they would warm forever.
+            if let Some(i) = clusters.iter().position(|c| c.eds.is_some()) {
+                return Err(ValidationError::new(
+                    format!("static_resources.clusters[{i}].eds_cluster_config"),
+                    "EDS needs dynamic_resources.ads_config",
+                ));
+            }
+            if let Some(i) = listeners.iter().position(|l| l.http.rds_name().is_some()) {
+                return Err(ValidationError::new(
+                    format!("static_resources.listeners[{i}].filter_chains[0].filters.rds"),
+                    "RDS needs dynamic_resources.ads_config",
+                ));
+            }
+        }
         if let Some(ads) = &ads {
             if !names.contains(ads.cluster.as_str()) {
                 return Err(ValidationError::new(
@@ -214,4 +229,18 @@ fn ads_source(d: &pb::bootstrap::DynamicResources) -> Result<AdsSource> {
         clusters,
         initial_fetch_timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eds_without_ads_is_refused() {
+        let err = Bootstrap::from_yaml(
+            "static_resources: {clusters: [{name: web, type: EDS, eds_cluster_config: {eds_config: {ads: {}}}}]}",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "static_resources.clusters[0].eds_cluster_config");
+    }
 }
