@@ -18,7 +18,11 @@ pub struct NodeStatus {
     /// `node.cluster`, or `default` when empty.
     pub group: String,
     pub connected_since: SystemTime,
+    /// Whether any stream of the node is open.
     pub connected: bool,
+    /// Open xDS streams: one for ADS, one per type for per-type clients. A node that
+    /// reconnects may open its new stream before the old one is seen closing.
+    pub streams: u32,
     pub delta: bool,
     /// By type URL.
     pub types: BTreeMap<String, TypeStatus>,
@@ -63,7 +67,7 @@ impl Fleet {
     /// Records a newly opened stream.
     pub fn connected(&self, node: &Node, delta: bool) {
         let group = if node.cluster.is_empty() {
-            "default".to_string()
+            crate::registry::DEFAULT_GROUP.to_string()
         } else {
             node.cluster.clone()
         };
@@ -72,13 +76,17 @@ impl Fleet {
             node: node.clone(),
             group: group.clone(),
             connected_since: SystemTime::now(),
-            connected: true,
+            connected: false,
+            streams: 0,
             delta,
             types: BTreeMap::new(),
         });
+        if entry.streams == 0 {
+            entry.connected_since = SystemTime::now();
+        }
         entry.node = node.clone();
         entry.group = group;
-        entry.connected_since = SystemTime::now();
+        entry.streams += 1;
         entry.connected = true;
         entry.delta = delta;
         drop(nodes);
@@ -94,10 +102,12 @@ impl Fleet {
         self.changes.send_modify(|generation| *generation += 1);
     }
 
-    /// Records a closed stream (the node stays listed, disconnected).
+    /// Records a closed stream; with its last stream gone the node stays listed,
+    /// disconnected.
     pub fn disconnected(&self, node_id: &str) {
         if let Some(n) = self.nodes.lock().expect("fleet lock").get_mut(node_id) {
-            n.connected = false;
+            n.streams = n.streams.saturating_sub(1);
+            n.connected = n.streams > 0;
         }
         self.changed();
     }
@@ -126,5 +136,27 @@ impl Fleet {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_connected_while_any_of_its_streams_is_open() {
+        let fleet = Fleet::default();
+        let node = Node {
+            id: "n".into(),
+            ..Default::default()
+        };
+        // A reconnect: the new stream opens before the old one is seen closing.
+        fleet.connected(&node, false);
+        fleet.connected(&node, false);
+        fleet.disconnected("n");
+        assert!(fleet.nodes()[0].connected);
+        fleet.disconnected("n");
+        assert!(!fleet.nodes()[0].connected);
+        assert_eq!(fleet.nodes()[0].group, "default");
     }
 }
