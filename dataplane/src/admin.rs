@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
+use xds_types::type_urls;
 
 use crate::body::{self, Body};
 use crate::config::SnapshotStore;
@@ -142,7 +143,9 @@ fn server_info(state: &AdminState) -> serde_json::Value {
     })
 }
 
-/// Envoy's config dump shape: one entry per config type, static resources as loaded.
+/// Envoy's config dump shape: the bootstrap, then per type the static resources as loaded
+/// and the dynamic ones as received over xDS, each with the version it came in. A dynamic
+/// listener or cluster not live yet is listed as warming.
 fn config_dump(state: &AdminState) -> serde_json::Value {
     let snapshot = state.store.load();
     let raw = &snapshot.bootstrap.raw;
@@ -159,11 +162,60 @@ fn config_dump(state: &AdminState) -> serde_json::Value {
         .iter()
         .map(|c| json!({ "cluster": xds_types::decode::to_json(c, "envoy.config.cluster.v3.Cluster").ok() }))
         .collect();
+    let dynamic = state.store.dynamic();
+    // `(name, version, resource JSON)` of every resource received of one type.
+    let received = |type_url: &str| -> Vec<(String, String, serde_json::Value)> {
+        dynamic
+            .received
+            .iter()
+            .filter(|((t, _), _)| t == type_url)
+            .map(|((_, name), r)| {
+                let message = xds_types::type_urls::message_name(type_url);
+                let json = xds_types::decode::bytes_to_json(&r.resource.value, message)
+                    .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+                (name.clone(), r.version.clone(), json)
+            })
+            .collect()
+    };
+    let (mut active_clusters, mut warming_clusters) = (Vec::new(), Vec::new());
+    for (name, version, cluster) in received(type_urls::CLUSTER) {
+        let entry = json!({ "version_info": version, "cluster": cluster });
+        if snapshot.clusters.contains_key(&name) {
+            active_clusters.push(entry);
+        } else {
+            warming_clusters.push(entry);
+        }
+    }
+    let dynamic_listeners: Vec<_> = received(type_urls::LISTENER)
+        .into_iter()
+        .map(|(name, version, listener)| {
+            let state = if snapshot.listeners.contains_key(&name) {
+                "active_state"
+            } else {
+                "warming_state"
+            };
+            json!({ "name": name, state: { "version_info": version, "listener": listener } })
+        })
+        .collect();
+    let routes: Vec<_> = received(type_urls::ROUTE_CONFIGURATION)
+        .into_iter()
+        .map(|(_, version, routes)| json!({ "version_info": version, "route_config": routes }))
+        .collect();
+    let endpoints: Vec<_> = received(type_urls::CLUSTER_LOAD_ASSIGNMENT)
+        .into_iter()
+        .map(|(_, version, cla)| json!({ "version_info": version, "endpoint_config": cla }))
+        .collect();
+    let version = snapshot.version.to_string();
     json!({
         "configs": [
             { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap },
-            { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snapshot.version.to_string(), "static_listeners": listeners },
-            { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snapshot.version.to_string(), "static_clusters": clusters },
+            { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": version,
+              "static_clusters": clusters, "dynamic_active_clusters": active_clusters,
+              "dynamic_warming_clusters": warming_clusters },
+            { "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump", "dynamic_endpoint_configs": endpoints },
+            { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": version,
+              "static_listeners": listeners, "dynamic_listeners": dynamic_listeners },
+            { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": routes },
         ]
     })
 }

@@ -50,6 +50,15 @@ pub struct DynamicResources {
     pub routes: BTreeMap<String, RouteTable>,
     /// EDS endpoints, by EDS name.
     pub assignments: BTreeMap<String, Vec<LbEndpoint>>,
+    /// Every accepted resource as received, by type URL and name, for `/config_dump`.
+    pub received: BTreeMap<(String, String), Received>,
+}
+
+/// One accepted xDS resource as the control plane sent it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub version: String,
+    pub resource: Arc<xds_types::pb::google::protobuf::Any>,
 }
 
 /// An EDS or RDS resource a cluster or listener needs before it can go live (warming).

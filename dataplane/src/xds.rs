@@ -38,7 +38,7 @@ use xds_types::pb::google::protobuf::Any;
 use xds_types::pb::google::rpc::Status as RpcStatus;
 use xds_types::{type_urls, Cluster, Listener, RouteTable, ValidationError};
 
-use crate::config::{DynamicResources, SnapshotStore};
+use crate::config::{DynamicResources, Received, SnapshotStore};
 use crate::listener::ListenerManager;
 
 /// Back-off bounds between reconnect attempts.
@@ -319,6 +319,7 @@ impl Client<'_> {
             let replace = type_url == type_urls::LISTENER || type_url == type_urls::CLUSTER;
             let (rejected, next) = convert_all(
                 &type_url,
+                &response.version_info,
                 response.resources.iter().map(|a| (None, a)),
                 &current,
                 replace,
@@ -430,7 +431,7 @@ impl Client<'_> {
                 .resources
                 .iter()
                 .filter_map(|r: &Resource| r.resource.as_ref().map(|a| (Some(r), a)));
-            let (rejected, mut next) = convert_all(&type_url, updates, &current, false);
+            let (rejected, mut next) = convert_all(&type_url, "", updates, &current, false);
             let versions = known.entry(type_url.clone()).or_default();
             for r in &response.resources {
                 if !rejected.iter().any(|x| x.name == r.name) {
@@ -518,6 +519,9 @@ impl Client<'_> {
 /// Removes a resource the server deleted (delta). A deleted endpoint assignment leaves
 /// its cluster with no endpoints, as in Envoy.
 fn remove(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
+    dynamic
+        .received
+        .remove(&(type_url.to_string(), name.to_string()));
     match type_url {
         type_urls::LISTENER => {
             dynamic.listeners.remove(name);
@@ -537,6 +541,9 @@ fn remove(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
 
 /// Drops an EDS or RDS resource this client no longer subscribes to.
 fn forget(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
+    dynamic
+        .received
+        .remove(&(type_url.to_string(), name.to_string()));
     if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
         dynamic.assignments.remove(name);
     } else {
@@ -572,17 +579,22 @@ fn nack(rejected: &[Rejection]) -> RpcStatus {
 /// version. Returns the rejections and the resulting resources.
 fn convert_all<'r>(
     type_url: &str,
+    version_info: &str,
     resources: impl Iterator<Item = (Option<&'r Resource>, &'r Any)>,
     current: &DynamicResources,
     replace: bool,
 ) -> (Vec<Rejection>, DynamicResources) {
+    let update = Update {
+        type_url,
+        version_info,
+        current,
+        replace,
+    };
     match type_url {
-        type_urls::LISTENER => apply::<ListenerPb>(type_url, resources, current, replace),
-        type_urls::CLUSTER => apply::<ClusterPb>(type_url, resources, current, replace),
-        type_urls::ROUTE_CONFIGURATION => apply::<RoutesPb>(type_url, resources, current, replace),
-        type_urls::CLUSTER_LOAD_ASSIGNMENT => {
-            apply::<AssignmentPb>(type_url, resources, current, replace)
-        }
+        type_urls::LISTENER => apply::<ListenerPb>(update, resources),
+        type_urls::CLUSTER => apply::<ClusterPb>(update, resources),
+        type_urls::ROUTE_CONFIGURATION => apply::<RoutesPb>(update, resources),
+        type_urls::CLUSTER_LOAD_ASSIGNMENT => apply::<AssignmentPb>(update, resources),
         other => {
             let rejection = Rejection {
                 name: other.to_string(),
@@ -593,17 +605,40 @@ fn convert_all<'r>(
     }
 }
 
-fn apply<'r, R: XdsResource>(
-    type_url: &str,
-    resources: impl Iterator<Item = (Option<&'r Resource>, &'r Any)>,
-    current: &DynamicResources,
+/// One response being applied: its type, the response's version (state of the world)
+/// and the resources it starts from.
+#[derive(Clone, Copy)]
+struct Update<'a> {
+    type_url: &'a str,
+    version_info: &'a str,
+    current: &'a DynamicResources,
+    /// The response is the whole set of its type.
     replace: bool,
+}
+
+fn apply<'r, R: XdsResource>(
+    update: Update<'_>,
+    resources: impl Iterator<Item = (Option<&'r Resource>, &'r Any)>,
 ) -> (Vec<Rejection>, DynamicResources) {
+    let Update {
+        type_url,
+        version_info,
+        current,
+        replace,
+    } = update;
+    let mut next = current.clone();
     let mut accepted = BTreeMap::new();
     let mut rejected = Vec::new();
     for (index, (resource, any)) in resources.enumerate() {
         match convert::<R>(any, type_url) {
             Ok((name, model)) => {
+                let version = resource.map_or(version_info, |r| r.version.as_str());
+                let received = Received {
+                    version: version.to_string(),
+                    resource: Arc::new(any.clone()),
+                };
+                next.received
+                    .insert((type_url.to_string(), name.clone()), received);
                 accepted.insert(name, model);
             }
             Err((name, error)) => {
@@ -622,10 +657,12 @@ fn apply<'r, R: XdsResource>(
             }
         }
     }
-    let mut next = current.clone();
     let slot = R::slot_mut(&mut next);
     if replace {
         *slot = accepted;
+        let kept: Vec<String> = slot.keys().cloned().collect();
+        next.received
+            .retain(|(t, name), _| t != type_url || kept.contains(name));
     } else {
         slot.extend(accepted);
     }
@@ -733,6 +770,7 @@ mod tests {
         let previous = DynamicResources::default();
         let (rejected, next) = convert_all(
             type_urls::CLUSTER,
+            "v1",
             [(None, &good), (None, &bad)].into_iter(),
             &previous,
             true,
@@ -750,6 +788,7 @@ mod tests {
         let v1 = cluster_any("name: web\nconnect_timeout: 1s");
         let (_, accepted) = convert_all(
             type_urls::CLUSTER,
+            "v1",
             [(None, &v1)].into_iter(),
             &DynamicResources::default(),
             true,
@@ -757,6 +796,7 @@ mod tests {
         let broken = cluster_any(r#"{"name": "web", "lb_policy": "MAGLEV"}"#);
         let (rejected, next) = convert_all(
             type_urls::CLUSTER,
+            "v2",
             [(None, &broken)].into_iter(),
             &accepted,
             true,

@@ -147,7 +147,7 @@ async fn a_listener_warms_until_its_route_configuration_arrives() {
     let cp = ControlPlane::start_with_args(&base, xds, &["--unsafe-skip-validation"])
         .await
         .unwrap();
-    let _sluice = Sluice::start(&ads_bootstrap(admin, xds, "DELTA_GRPC", "sluice-r"), admin)
+    let sluice = Sluice::start(&ads_bootstrap(admin, xds, "DELTA_GRPC", "sluice-r"), admin)
         .await
         .unwrap();
     let rds = eds_rds_resources(warming_listener, upstream.addr, "rds", "1s");
@@ -170,6 +170,21 @@ async fn a_listener_warms_until_its_route_configuration_arrives() {
         );
     }
     assert!(serves(ready_listener, "up", "v1").await, "the rest serves");
+    let dump = sluice.admin_get("/config_dump").await.unwrap();
+    let dump: Value = serde_json::from_str(&dump).unwrap();
+    let warming = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| {
+            c["dynamic_listeners"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .find(|l| l["name"] == "warming")
+        .expect("the warming listener is in /config_dump");
+    assert!(warming["warming_state"].is_object(), "{warming}");
     // The route configuration arrives: the listener goes live with it.
     let routes = rds
         .split("\n---\n")

@@ -101,9 +101,14 @@ pub fn from_bytes<T: prost::Message + Default>(bytes: &[u8], full_name: &str) ->
 
 /// Renders a typed message as proto3-JSON (for `/config_dump` and CLI output).
 pub fn to_json<T: prost::Message>(message: &T, full_name: &str) -> Result<serde_json::Value> {
+    bytes_to_json(&message.encode_to_vec(), full_name)
+}
+
+/// Renders encoded bytes of message `full_name` as proto3-JSON.
+pub fn bytes_to_json(bytes: &[u8], full_name: &str) -> Result<serde_json::Value> {
     let descriptor = message_descriptor(full_name)?;
-    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
-        .map_err(|e| ValidationError::new("", format!("cannot encode {full_name}: {e}")))?;
+    let dynamic = DynamicMessage::decode(descriptor, bytes)
+        .map_err(|e| ValidationError::new("", format!("cannot decode {full_name}: {e}")))?;
     dynamic_to_json(&dynamic)
 }
 
