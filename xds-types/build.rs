@@ -23,6 +23,7 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.http.router.v3.Router",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.extensions.transport_sockets.tls.v3.Secret",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
 ];
 
 const ENVOY_TYPES_DIR: &str = "envoy-types-0.7.7";

@@ -382,7 +382,7 @@ impl Served for Cluster {
         &self.name
     }
     fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
-        let cluster = xds_types::Cluster::try_from(self)?;
+        let cluster = xds_types::cluster::dynamic_cluster(self)?;
         Ok(cluster
             .eds_name()
             .map(|n| (type_urls::CLUSTER_LOAD_ASSIGNMENT, n.to_string()))

@@ -54,6 +54,39 @@ enum StreamError {
     Connect(#[from] tonic::transport::Error),
     #[error("stream: {0}")]
     Status(#[from] tonic::Status),
+    #[error("{path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The client TLS configuration of the xDS cluster, its files read now (so a rotated
+/// certificate is picked up at the next reconnect).
+fn client_tls(
+    tls: &xds_types::cluster::UpstreamTls,
+    authority: &str,
+) -> Result<tonic::transport::ClientTlsConfig, StreamError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| StreamError::TlsFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = if tls.sni.is_empty() { host } else { &tls.sni };
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&tls.trusted_ca)?))
+        .domain_name(name);
+    if let Some((cert, key)) = &tls.client_certificate {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(config)
 }
 
 /// Runs the client until the process exits; `ready` turns true after the first response
@@ -212,17 +245,20 @@ impl Client<'_> {
         &self,
     ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamError> {
         let snapshot = self.store.load();
-        let endpoint = snapshot
-            .clusters
-            .get(&self.source.cluster)
+        let cluster = snapshot.clusters.get(&self.source.cluster);
+        let endpoint = cluster
             .and_then(|c| c.pick())
             .ok_or_else(|| StreamError::NoEndpoint(self.source.cluster.clone()))?;
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", endpoint.authority))?
+        let tls = cluster.and_then(|c| c.config.tls.as_ref());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut channel =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", endpoint.authority))?
                 .connect_timeout(Duration::from_secs(5))
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .connect()
-                .await?;
+                .http2_keep_alive_interval(Duration::from_secs(30));
+        if let Some(tls) = tls {
+            channel = channel.tls_config(client_tls(tls, &endpoint.authority)?)?;
+        }
+        let channel = channel.connect().await?;
         info!(control_plane = %endpoint.authority, delta = self.source.delta, "xDS connected");
         Ok(AggregatedDiscoveryServiceClient::new(channel))
     }
@@ -727,7 +763,8 @@ macro_rules! xds_resource {
 }
 
 xds_resource!(ListenerPb => Listener, name: name, slot: listeners, convert: Listener::try_from);
-xds_resource!(ClusterPb => Cluster, name: name, slot: clusters, convert: Cluster::try_from);
+xds_resource!(ClusterPb => Cluster, name: name, slot: clusters,
+    convert: xds_types::cluster::dynamic_cluster);
 xds_resource!(RoutesPb => RouteTable, name: name, slot: routes, convert: |pb: &RoutesPb| {
     // A route configuration delivered on its own is found by name, so it needs one.
     if pb.name.is_empty() {

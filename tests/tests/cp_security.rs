@@ -1,6 +1,7 @@
 //! The control plane's security defaults: the operator API needs a token and separates
 //! read from write; both the API and xDS speak TLS, and with a client CA mutual TLS, which
-//! a real Envoy uses to take its config. Certificates are generated with rcgen.
+//! a real Envoy and `sluice` use (from one bootstrap document) to take their config.
+//! Certificates are generated with rcgen.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use sluice_tests::client::serves;
 use sluice_tests::config::{ads_bootstrap, xds_resources};
 use sluice_tests::envoy::Envoy;
 use sluice_tests::pki::Pki;
-use sluice_tests::process::{binary, ControlPlane};
+use sluice_tests::process::{binary, ControlPlane, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
 
@@ -74,7 +75,7 @@ async fn api_tokens_separate_read_from_write() {
 }
 
 #[tokio::test]
-async fn mutual_tls_on_the_api_and_on_xds_with_a_real_envoy() {
+async fn mutual_tls_on_the_api_and_on_xds_for_envoy_and_sluice() {
     let pki = Pki::generate().unwrap();
     let upstream = Upstream::start("up").await;
     let (xds, listener, admin) = (free_addr(), free_addr(), free_addr());
@@ -139,5 +140,19 @@ async fn mutual_tls_on_the_api_and_on_xds_with_a_real_envoy() {
     assert!(
         eventually(Duration::from_secs(15), || serves(listener, "up", "tls")).await,
         "Envoy took its config over mutual TLS"
+    );
+
+    // sluice reads the same bootstrap document: ready only after its first sync, which
+    // went over mutual TLS.
+    let sluice_admin = free_addr();
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = json!(sluice_admin.port());
+    bootstrap["node"]["id"] = json!("sluice-tls");
+    let sluice = Sluice::start(&bootstrap.to_string(), sluice_admin)
+        .await
+        .unwrap();
+    let dump = sluice.admin_get("/config_dump").await.unwrap();
+    assert!(
+        dump.contains("\"active_state\"") && dump.contains("\"ingress\""),
+        "{dump}"
     );
 }

@@ -107,14 +107,27 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             }
         }
         let names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        let tls_clusters: HashSet<&str> = clusters
+            .iter()
+            .filter(|c| c.tls.is_some())
+            .map(|c| c.name.as_str())
+            .collect();
         for (i, l) in listeners.iter().enumerate() {
-            if let Some(missing) = l
+            let referenced: Vec<&str> = l
                 .http
                 .inline_routes()
                 .into_iter()
                 .flat_map(|t| t.referenced_clusters())
-                .find(|c| !names.contains(c))
-            {
+                .collect();
+            if let Some(tls) = referenced.iter().find(|c| tls_clusters.contains(*c)) {
+                return Err(ValidationError::new(
+                    format!(
+                        "static_resources.listeners[{i}].filter_chains[0].filters.route_config"
+                    ),
+                    format!("route to cluster {tls:?}: its upstream TLS serves only xDS"),
+                ));
+            }
+            if let Some(missing) = referenced.iter().find(|c| !names.contains(*c)) {
                 return Err(ValidationError::new(
                     format!(
                         "static_resources.listeners[{i}].filter_chains[0].filters.route_config"
@@ -139,6 +152,15 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
                 return Err(ValidationError::new(
                     format!("static_resources.listeners[{i}].filter_chains[0].filters.rds"),
                     "RDS needs dynamic_resources.ads_config",
+                ));
+            }
+        }
+        let xds_cluster = ads.as_ref().map(|a| a.cluster.as_str());
+        for (i, c) in clusters.iter().enumerate() {
+            if c.tls.is_some() && Some(c.name.as_str()) != xds_cluster {
+                return Err(ValidationError::new(
+                    format!("static_resources.clusters[{i}].transport_socket"),
+                    "upstream TLS is supported only on the xDS cluster named by dynamic_resources.ads_config",
                 ));
             }
         }

@@ -2,12 +2,14 @@
 //! (inline for STATIC and DNS clusters, a resource of its own for EDS clusters).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Result, ValidationError};
 use crate::pb::envoy::config::cluster::v3 as pb;
 use crate::pb::envoy::config::core::v3 as core;
 use crate::pb::envoy::config::endpoint::v3 as endpoint;
+use crate::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use crate::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use crate::type_urls;
 use crate::util::{ads_config_source, duration, optional_timeout, unpack_any};
@@ -33,6 +35,35 @@ pub struct Cluster {
     pub dns_lookup_family: DnsLookupFamily,
     /// Set for EDS clusters: where their endpoints come from.
     pub eds: Option<EdsConfig>,
+    /// TLS to the endpoints; only the bootstrap's xDS cluster may have it (see
+    /// [`dynamic_cluster`] and the bootstrap checks).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// Envoy's `UpstreamTlsContext`, from files on the node (so no key material is ever part
+/// of a config, a config dump or a log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM file of the CA that signed the server's certificate.
+    pub trusted_ca: PathBuf,
+    /// PEM certificate chain and key files for mutual TLS.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// Name the server's certificate is checked against (and sent as SNI); empty: the
+    /// endpoint's address.
+    pub sni: String,
+}
+
+/// A cluster received over xDS: as [`Cluster::try_from`], without upstream TLS (which
+/// only the bootstrap's xDS cluster supports).
+pub fn dynamic_cluster(c: &pb::Cluster) -> Result<Cluster> {
+    let cluster = Cluster::try_from(c)?;
+    if cluster.tls.is_some() {
+        return Err(ValidationError::new(
+            "transport_socket",
+            "upstream TLS is supported only on the bootstrap's xDS cluster",
+        ));
+    }
+    Ok(cluster)
 }
 
 /// Where an EDS cluster's endpoints come from.
@@ -264,6 +295,12 @@ impl TryFrom<&pb::Cluster> for Cluster {
             idle_timeout,
             dns_lookup_family,
             eds,
+            tls: match c.transport_socket.as_ref() {
+                Some(socket) => {
+                    Some(upstream_tls(socket).map_err(|e| e.within("transport_socket"))?)
+                }
+                None => None,
+            },
         })
     }
 }
@@ -312,6 +349,63 @@ fn protocol_options(c: &pb::Cluster) -> Result<(UpstreamProtocol, Option<Duratio
         }
     }
     Ok((protocol, idle))
+}
+
+fn upstream_tls(socket: &core::TransportSocket) -> Result<UpstreamTls> {
+    let Some(core::transport_socket::ConfigType::TypedConfig(any)) = socket.config_type.as_ref()
+    else {
+        return Err(ValidationError::required("typed_config"));
+    };
+    let context: tls::UpstreamTlsContext =
+        unpack_any(any, type_urls::UPSTREAM_TLS_CONTEXT, "typed_config")?;
+    let common = context.common_tls_context.unwrap_or_default();
+    let path = "typed_config.common_tls_context";
+    let trusted_ca = match common.validation_context_type.as_ref() {
+        Some(tls::common_tls_context::ValidationContextType::ValidationContext(v)) => file(
+            v.trusted_ca.as_ref(),
+            &format!("{path}.validation_context.trusted_ca"),
+        )?,
+        _ => {
+            return Err(ValidationError::required(format!(
+                "{path}.validation_context.trusted_ca"
+            )))
+        }
+    };
+    let client_certificate = match common.tls_certificates.as_slice() {
+        [] => None,
+        [certificate] => {
+            let at = format!("{path}.tls_certificates[0]");
+            Some((
+                file(
+                    certificate.certificate_chain.as_ref(),
+                    &format!("{at}.certificate_chain"),
+                )?,
+                file(
+                    certificate.private_key.as_ref(),
+                    &format!("{at}.private_key"),
+                )?,
+            ))
+        }
+        _ => {
+            return Err(ValidationError::new(
+                format!("{path}.tls_certificates"),
+                "at most one client certificate",
+            ))
+        }
+    };
+    Ok(UpstreamTls {
+        trusted_ca,
+        client_certificate,
+        sni: context.sni,
+    })
+}
+
+/// A `DataSource` that names a file.
+fn file(source: Option<&core::DataSource>, path: &str) -> Result<PathBuf> {
+    match source.and_then(|s| s.specifier.as_ref()) {
+        Some(core::data_source::Specifier::Filename(f)) if !f.is_empty() => Ok(PathBuf::from(f)),
+        _ => Err(ValidationError::new(path, "a filename is required")),
+    }
 }
 
 /// Envoy's `HttpProtocolOptions.idle_timeout` (zero disables).
@@ -478,6 +572,28 @@ typed_extension_protocol_options:
         assert_eq!(
             err.path,
             "endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"
+        );
+    }
+
+    #[test]
+    fn upstream_tls_reads_files_and_is_refused_over_xds() {
+        let yaml = r#"name: xds
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+    common_tls_context:
+      validation_context: { trusted_ca: { filename: /ca.pem } }
+"#;
+        let c = cluster(yaml).unwrap();
+        assert_eq!(c.tls.unwrap().trusted_ca, PathBuf::from("/ca.pem"));
+        let pb: pb::Cluster =
+            crate::decode::from_yaml(yaml, "envoy.config.cluster.v3.Cluster").unwrap();
+        assert_eq!(dynamic_cluster(&pb).unwrap_err().path, "transport_socket");
+        let inline = yaml.replace("filename: /ca.pem", "inline_string: x");
+        assert_eq!(
+            cluster(&inline).unwrap_err().path,
+            "transport_socket.typed_config.common_tls_context.validation_context.trusted_ca"
         );
     }
 

@@ -168,7 +168,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "path_redirect", "prefix_rewrite", "response_code", "strip_query",
     ],
     "envoy.config.route.v3.DirectResponseAction" => ["status", "body"],
-    "envoy.config.core.v3.DataSource" => ["inline_string", "inline_bytes"],
+    "envoy.config.core.v3.DataSource" => [
+        "inline_string", "inline_bytes",
+        "filename": "only for the TLS files of the xDS cluster",
+    ],
     "envoy.config.core.v3.HeaderValueOption" => [
         "header", "append": "deprecated in Envoy; use append_action", "append_action",
         "keep_empty_value",
@@ -186,6 +189,20 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "typed_extension_protocol_options": "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "per_connection_buffer_limit_bytes": "accepted; bodies are streamed with bounded buffers regardless",
         "alt_stat_name",
+        "transport_socket": "envoy.transport_sockets.tls with an UpstreamTlsContext, on the bootstrap's xDS cluster only",
+    ],
+    "envoy.config.core.v3.TransportSocket" => ["name", "typed_config"],
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => [
+        "common_tls_context",
+        "sni": "the name the server certificate is checked against; default: the endpoint address",
+    ],
+    "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext" => [
+        "tls_certificates": "at most one: the client certificate for mutual TLS",
+        "validation_context": "required",
+        "alpn_protocols": "accepted; gRPC always negotiates h2",
+    ],
+    "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext" => [
+        "trusted_ca": "a PEM file",
     ],
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => ["choice_count"],
     "envoy.config.cluster.v3.Cluster.EdsClusterConfig" => [
@@ -213,8 +230,8 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "tls_certificate": "served by sluice-cp over SDS/ADS (to Envoy); sluice itself does not terminate TLS yet",
     ],
     "envoy.extensions.transport_sockets.tls.v3.TlsCertificate" => [
-        "certificate_chain": "PEM, inline",
-        "private_key": "PEM, inline; redacted in every read from sluice-cp",
+        "certificate_chain": "PEM: inline in Secret resources; a filename in the xDS cluster's TLS context",
+        "private_key": "PEM: inline in Secret resources (redacted in every read from sluice-cp); a filename in the xDS cluster's TLS context",
     ],
     "envoy.config.core.v3.Http1ProtocolOptions" => [],
     "envoy.config.core.v3.Http2ProtocolOptions" => [],

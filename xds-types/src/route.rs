@@ -969,7 +969,10 @@ fn data_source(d: &core::DataSource) -> Result<Vec<u8>> {
     match d.specifier.as_ref() {
         Some(S::InlineString(s)) => Ok(s.clone().into_bytes()),
         Some(S::InlineBytes(b)) => Ok(b.clone()),
-        Some(_) => Err(ValidationError::unsupported("specifier")),
+        Some(_) => Err(ValidationError::new(
+            "",
+            "only inline_string and inline_bytes are supported here",
+        )),
         None => Err(ValidationError::new(
             "",
             "one of inline_string or inline_bytes is required",
