@@ -311,6 +311,23 @@ impl Client<'_> {
         self.publish("initial_fetch_timeout", current.clone(), warming, received);
     }
 
+    /// The next response of the stream (`None` when it ends); a warming deadline that
+    /// passes meanwhile is applied first.
+    async fn next_response<T: prost::Message + Default>(
+        &self,
+        responses: &mut tonic::Streaming<T>,
+        warming: &mut Warming,
+        current: &mut DynamicResources,
+        received: &[String],
+    ) -> Result<Option<T>, StreamError> {
+        loop {
+            tokio::select! {
+                message = responses.message() => return Ok(message?),
+                () = warming.next_expiry() => self.expire(warming, current, received),
+            }
+        }
+    }
+
     async fn sotw(&self, accepted: &mut Accepted) -> Result<(), StreamError> {
         let mut client = self.connect().await?;
         let (tx, rx) = mpsc::channel(16);
@@ -340,15 +357,10 @@ impl Client<'_> {
         let mut received = Vec::new();
         let mut warming = Warming::default();
         warming.track(self.store);
-        loop {
-            let response = tokio::select! {
-                message = responses.message() => message?,
-                () = warming.next_expiry() => {
-                    self.expire(&mut warming, &mut current, &received);
-                    continue;
-                }
-            };
-            let Some(response) = response else { break };
+        while let Some(response) = self
+            .next_response(&mut responses, &mut warming, &mut current, &received)
+            .await?
+        {
             let type_url = response.type_url.clone();
             // Listeners and clusters are whole sets; EDS and RDS responses name only what
             // they carry, and an absent one is not deleted.
@@ -453,15 +465,10 @@ impl Client<'_> {
         let mut received = Vec::new();
         let mut warming = Warming::default();
         warming.track(self.store);
-        loop {
-            let response = tokio::select! {
-                message = responses.message() => message?,
-                () = warming.next_expiry() => {
-                    self.expire(&mut warming, &mut current, &received);
-                    continue;
-                }
-            };
-            let Some(response) = response else { break };
+        while let Some(response) = self
+            .next_response(&mut responses, &mut warming, &mut current, &received)
+            .await?
+        {
             let type_url = response.type_url.clone();
             let updates = response
                 .resources
