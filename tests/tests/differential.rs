@@ -1,6 +1,8 @@
-//! The same bootstrap and the same corpus of requests through real Envoy and through
-//! `sluice`; statuses, bodies and the relevant headers must match. Documented differences
-//! (docs/differences.md) are excluded by name below, each with its reason there.
+//! The same config and the same corpus of requests through real Envoy and through
+//! `sluice`; statuses, bodies and the relevant headers must match. The config comes once
+//! from a static bootstrap, once from `sluice-cp` over ADS (routes over RDS, endpoints over
+//! EDS). Documented differences (docs/differences.md) are excluded by name below, each with
+//! its reason there.
 #![recursion_limit = "512"]
 
 use std::net::SocketAddr;
@@ -8,10 +10,12 @@ use std::net::SocketAddr;
 use http::Method;
 use serde_json::{json, Value};
 use sluice_tests::client::{HttpClient, Reply};
-use sluice_tests::config::{bootstrap, cluster, http_listener};
+use sluice_tests::config::{
+    ads_bootstrap, bootstrap, cluster, endpoints_doc, http_listener, merge,
+};
 use sluice_tests::envoy::Envoy;
 use sluice_tests::free_addr;
-use sluice_tests::process::Sluice;
+use sluice_tests::process::{ControlPlane, Sluice};
 use sluice_tests::upstream::Upstream;
 
 /// Request headers (as seen by the upstream) and response headers worth comparing.
@@ -415,6 +419,27 @@ async fn run_corpus(listener: SocketAddr, key_prefix: &str) -> Vec<Value> {
     out
 }
 
+/// The corpus through Envoy's and sluice's replies must agree on, each reply paired.
+fn assert_same(envoy_replies: &[Value], sluice_replies: &[Value]) {
+    let mut differences = Vec::new();
+    for (e, s) in envoy_replies.iter().zip(sluice_replies) {
+        if e != s {
+            differences.push(format!(
+                "{}:\n  envoy:  {}\n  sluice: {}",
+                e["case"], e["reply"], s["reply"]
+            ));
+        }
+    }
+    assert_eq!(envoy_replies.len(), sluice_replies.len());
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ:\n{}",
+        differences.len(),
+        envoy_replies.len(),
+        differences.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn sluice_matches_envoy_on_the_corpus() {
     assert!(corpus().len() >= 40);
@@ -441,21 +466,82 @@ async fn sluice_matches_envoy_on_the_corpus() {
     .expect("start sluice");
     let sluice_replies = run_corpus(sluice_listener, "sluice").await;
     drop(sluice);
+    assert_same(&envoy_replies, &sluice_replies);
+}
 
-    let mut differences = Vec::new();
-    for (e, s) in envoy_replies.iter().zip(&sluice_replies) {
-        if e != s {
-            differences.push(format!(
-                "{}:\n  envoy:  {}\n  sluice: {}",
-                e["case"], e["reply"], s["reply"]
-            ));
-        }
-    }
-    assert!(
-        differences.is_empty(),
-        "{} of {} differ:\n{}",
-        differences.len(),
-        envoy_replies.len(),
-        differences.join("\n")
+/// The same listener, routes and clusters as sluice-cp documents: the routes over RDS,
+/// cluster `a`'s endpoints over EDS.
+fn xds_documents(listener: SocketAddr, upstream: &Upstream, dead: SocketAddr) -> String {
+    let mut listener_doc = http_listener(
+        "diff",
+        listener,
+        Value::Null,
+        json!({ "use_remote_address": true,
+                "rds": { "route_config_name": "diff", "config_source": { "ads": {}, "resource_api_version": "V3" } } }),
     );
+    let hcm = &mut listener_doc["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm.as_object_mut().unwrap().remove("route_config");
+    let typed = |mut doc: Value, type_url: &str| {
+        merge(&mut doc, json!({ "@type": type_url }));
+        doc
+    };
+    let documents = [
+        typed(
+            json!({ "name": "a", "type": "EDS", "connect_timeout": "1s",
+                    "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" } } }),
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        ),
+        endpoints_doc("a", upstream.addr),
+        typed(
+            cluster("dead", &[(dead, 1)], json!({})),
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        ),
+        typed(
+            listener_doc,
+            "type.googleapis.com/envoy.config.listener.v3.Listener",
+        ),
+        typed(
+            routes(),
+            "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        ),
+    ];
+    documents
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+#[tokio::test]
+async fn sluice_matches_envoy_on_the_corpus_over_xds() {
+    let upstream = Upstream::start("a").await;
+    let (dead, xds, listener) = (free_addr(), free_addr(), free_addr());
+    let _cp = ControlPlane::start(&xds_documents(listener, &upstream, dead), xds)
+        .await
+        .unwrap();
+    // One after the other on the same listener address, as both take the same resource.
+    let admin = free_addr();
+    let envoy = Envoy::start(&ads_bootstrap(admin, xds, "GRPC", "envoy-diff"), admin)
+        .await
+        .expect("start envoy (installed by tests/run.sh)");
+    assert!(
+        sluice_tests::eventually(std::time::Duration::from_secs(15), || async {
+            tokio::net::TcpStream::connect(listener).await.is_ok()
+        })
+        .await,
+        "Envoy's listener from xDS"
+    );
+    let envoy_replies = run_corpus(listener, "envoy-xds").await;
+    drop(envoy);
+
+    let admin = free_addr();
+    let sluice = Sluice::start(
+        &ads_bootstrap(admin, xds, "DELTA_GRPC", "sluice-diff"),
+        admin,
+    )
+    .await
+    .expect("start sluice");
+    let sluice_replies = run_corpus(listener, "sluice-xds").await;
+    drop(sluice);
+    assert_same(&envoy_replies, &sluice_replies);
 }
