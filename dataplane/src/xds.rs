@@ -851,4 +851,71 @@ mod tests {
         );
         assert_eq!(next.clusters["web"].connect_timeout, Duration::from_secs(1));
     }
+
+    /// An `Any` of `message` from JSON, without the unsupported-field check (so tests can
+    /// send what a hostile control plane would).
+    fn any_of<P: prost::Message + Default>(json: serde_json::Value, type_url: &str) -> Any {
+        let dynamic =
+            xds_types::decode::dynamic_from_json(json, type_urls::message_name(type_url)).unwrap();
+        let pb: P = dynamic.transcode_to().unwrap();
+        Any {
+            type_url: type_url.to_string(),
+            value: pb.encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn bad_endpoints_are_nacked_by_field_and_the_last_good_ones_stay() {
+        let endpoints = |host: &str| {
+            any_of::<AssignmentPb>(
+                serde_json::json!({ "cluster_name": "web", "endpoints": [ { "lb_endpoints": [ { "endpoint": {
+                    "address": { "socket_address": { "address": host, "port_value": 8080 } } } } ] } ] }),
+                type_urls::CLUSTER_LOAD_ASSIGNMENT,
+            )
+        };
+        let good = endpoints("127.0.0.1");
+        let (_, accepted) = convert_all(
+            type_urls::CLUSTER_LOAD_ASSIGNMENT,
+            "",
+            [(None, &good)].into_iter(),
+            &DynamicResources::default(),
+            false,
+        );
+        let bad = endpoints("example.com");
+        let (rejected, next) = convert_all(
+            type_urls::CLUSTER_LOAD_ASSIGNMENT,
+            "",
+            [(None, &bad)].into_iter(),
+            &accepted,
+            false,
+        );
+        let message = nack(&rejected).message;
+        assert!(
+            message.starts_with(
+                "web: endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address: \"example.com\" is not an IP address"
+            ),
+            "{message}"
+        );
+        assert_eq!(next.assignments["web"][0].host, "127.0.0.1");
+    }
+
+    #[test]
+    fn an_unnamed_route_configuration_is_nacked_by_position() {
+        let unnamed = any_of::<RoutesPb>(
+            serde_json::json!({ "virtual_hosts": [] }),
+            type_urls::ROUTE_CONFIGURATION,
+        );
+        let (rejected, next) = convert_all(
+            type_urls::ROUTE_CONFIGURATION,
+            "",
+            [(None, &unnamed)].into_iter(),
+            &DynamicResources::default(),
+            false,
+        );
+        assert_eq!(
+            nack(&rejected).message,
+            "resources[0]: name: field is required"
+        );
+        assert!(next.routes.is_empty());
+    }
 }

@@ -1,8 +1,9 @@
 //! Atomicity under load across a fleet: three `sluice` nodes (two state of the world, one
 //! delta) share a listener; while a bounded load runs, the control plane switches the
 //! whole route table 100 times. No request fails and no response mixes two versions
-//! (each version routes to its own upstream and stamps its name). Also measures the time
-//! from a push to the last node's ACK (reported, not asserted).
+//! (each version routes to its own upstream and stamps its name); every fifth change is
+//! ACKed by all three nodes. (Propagation time is measured by `tests/perf/run.sh`, in its
+//! `control_plane` scenario, not here.)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -137,12 +138,10 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
         }));
     }
 
-    let mut ack_times = Vec::new();
     for n in 2..=101 {
-        let pushed = Instant::now();
         cp.update(&resources(listener, v1.addr, v2.addr, n))
             .unwrap();
-        // Every 5th change, wait for all three ACKs and record how long they took.
+        // Every 5th change, wait for all three ACKs.
         if n % 5 == 0 {
             assert!(
                 eventually(Duration::from_secs(10), || async {
@@ -151,7 +150,6 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
                 })
                 .await
             );
-            ack_times.push(pushed.elapsed());
         } else {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -164,13 +162,6 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
             *served.entry(k).or_default() += v;
         }
     }
-    ack_times.sort();
-    eprintln!(
-        "served {served:?}; push to last of 3 ACKs (upper bound, polled every ≥30 ms): median {:?} over {}; sluice-cp RSS {:.1} MB",
-        ack_times[ack_times.len() / 2],
-        ack_times.len(),
-        sluice_tests::process::rss_of(cp.pid()) as f64 / 1e6
-    );
     assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests");
     assert_eq!(
         mismatched.load(Ordering::Relaxed),
