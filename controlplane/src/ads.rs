@@ -41,8 +41,8 @@ use xds_types::pb::envoy::service::secret::v3::secret_discovery_service_server::
 use xds_types::type_urls;
 
 use crate::fleet::{Fleet, Nack};
-use crate::registry::{Registry, DEFAULT_GROUP};
-use crate::resources::{kind, ResourceSet, PUSH_ORDER};
+use crate::registry::{group_name, Registry};
+use crate::resources::{kind, ResourceSet, TYPES};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -233,10 +233,7 @@ per_type_service!(
 
 /// The group a node belongs to: its `node.cluster`, `default` when empty.
 fn group_of(node: Option<&Node>) -> String {
-    node.map(|n| n.cluster.as_str())
-        .filter(|c| !c.is_empty())
-        .unwrap_or(DEFAULT_GROUP)
-        .to_string()
+    group_name(node.map_or("", |n| n.cluster.as_str())).to_string()
 }
 
 /// Types a client subscribes to by wildcard when it names no resources (SotW).
@@ -370,7 +367,7 @@ async fn settle(resources: &mut watch::Receiver<Arc<ResourceSet>>, quiet: Durati
     }
 }
 
-/// The pushes from `pushed` to `next`, make-before-break: every type in [`PUSH_ORDER`]
+/// The pushes from `pushed` to `next`, make-before-break: every type in [`TYPES`] order
 /// with the removed resources still present, then (only when something is removed) every
 /// type in reverse with the final set. A step that changes nothing for a stream sends
 /// nothing.
@@ -379,11 +376,11 @@ fn push_steps(
     next: &Arc<ResourceSet>,
 ) -> Vec<(&'static str, Arc<ResourceSet>)> {
     match next.bridge_from(pushed) {
-        None => PUSH_ORDER.iter().map(|t| (*t, next.clone())).collect(),
+        None => TYPES.iter().map(|t| (t.url, next.clone())).collect(),
         Some(bridge) => {
             let bridge = Arc::new(bridge);
-            let adds = PUSH_ORDER.iter().map(|t| (*t, bridge.clone()));
-            let removals = PUSH_ORDER.iter().rev().map(|t| (*t, next.clone()));
+            let adds = TYPES.iter().map(|t| (t.url, bridge.clone()));
+            let removals = TYPES.iter().rev().map(|t| (t.url, next.clone()));
             adds.chain(removals).collect()
         }
     }
@@ -745,6 +742,7 @@ impl Protocol for DeltaStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::DEFAULT_GROUP;
 
     fn cluster(name: &str, port: u16) -> String {
         format!(

@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use tonic::{Request, Response, Status};
-use xds_types::type_urls;
 
 use crate::auth::{Access, Tokens};
 use crate::fleet::Fleet;
-use crate::registry::{Change, Registry, RegistryError, DEFAULT_GROUP};
-use crate::resources::{redacted, ResourceSet};
+use crate::registry::{group_name, Change, Registry, RegistryError};
+use crate::resources::{redacted, ResourceSet, TYPES};
 
 /// Generated types and service of `proto/sluice/admin/v1/admin.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -43,32 +42,23 @@ impl AdminApi {
     }
 }
 
-fn group(name: &str) -> &str {
-    if name.is_empty() {
-        DEFAULT_GROUP
-    } else {
-        name
-    }
-}
-
-/// `listener`/`route`/`cluster`/`endpoints`/`secret` (or a full type URL) → type URL; empty →
-/// `None` (every type).
+/// A type's short name (`route`), its plural (`routes`) or its type URL → type URL; empty
+/// → `None` (every type).
 pub fn type_url(short: &str) -> Result<Option<&'static str>, Status> {
-    match short {
-        "" => Ok(None),
-        "listener" | "listeners" | type_urls::LISTENER => Ok(Some(type_urls::LISTENER)),
-        "route" | "routes" | type_urls::ROUTE_CONFIGURATION => {
-            Ok(Some(type_urls::ROUTE_CONFIGURATION))
-        }
-        "cluster" | "clusters" | type_urls::CLUSTER => Ok(Some(type_urls::CLUSTER)),
-        "endpoints" | type_urls::CLUSTER_LOAD_ASSIGNMENT => {
-            Ok(Some(type_urls::CLUSTER_LOAD_ASSIGNMENT))
-        }
-        "secret" | "secrets" | type_urls::SECRET => Ok(Some(type_urls::SECRET)),
-        other => Err(Status::invalid_argument(format!(
-            "type: unknown resource type {other:?} (listener, route, cluster, endpoints or secret)"
-        ))),
+    if short.is_empty() {
+        return Ok(None);
     }
+    TYPES
+        .iter()
+        .find(|t| t.url == short || t.short == short || short.strip_suffix('s') == Some(t.short))
+        .map(|t| Some(t.url))
+        .ok_or_else(|| {
+            let known: Vec<&str> = TYPES.iter().map(|t| t.short).collect();
+            Status::invalid_argument(format!(
+                "type: unknown resource type {short:?} ({})",
+                known.join(", ")
+            ))
+        })
 }
 
 fn status(error: RegistryError) -> Status {
@@ -104,7 +94,7 @@ impl Admin for AdminApi {
         let r = request.into_inner();
         let incoming = parse(&r.documents)?;
         self.registry
-            .apply(group(&r.group), &incoming)
+            .apply(group_name(&r.group), &incoming)
             .map(reply)
             .map_err(status)
     }
@@ -117,7 +107,7 @@ impl Admin for AdminApi {
         let r = request.into_inner();
         let incoming = parse(&r.documents)?;
         self.registry
-            .validate(group(&r.group), &incoming)
+            .validate(group_name(&r.group), &incoming)
             .map(reply)
             .map_err(status)
     }
@@ -131,7 +121,7 @@ impl Admin for AdminApi {
         let incoming = parse(&r.documents)?;
         let diffs = self
             .registry
-            .diff(group(&r.group), &incoming)
+            .diff(group_name(&r.group), &incoming)
             .map_err(status)?;
         let resources = diffs
             .into_iter()
@@ -160,7 +150,7 @@ impl Admin for AdminApi {
         self.allow(&request, Access::Read, "Get")?;
         let r = request.into_inner();
         let wanted = type_url(&r.r#type)?;
-        let current = self.registry.current(group(&r.group));
+        let current = self.registry.current(group_name(&r.group));
         let documents: Vec<String> = current
             .by_type
             .iter()
@@ -189,7 +179,7 @@ impl Admin for AdminApi {
         let type_url =
             type_url(&r.r#type)?.ok_or_else(|| Status::invalid_argument("type: required"))?;
         self.registry
-            .delete(group(&r.group), type_url, &r.name)
+            .delete(group_name(&r.group), type_url, &r.name)
             .map(reply)
             .map_err(status)
     }
@@ -201,7 +191,7 @@ impl Admin for AdminApi {
         self.allow(&request, Access::Read, "History")?;
         let revisions = self
             .registry
-            .history(group(&request.get_ref().group))
+            .history(group_name(&request.get_ref().group))
             .into_iter()
             .map(|r| pb::Revision {
                 number: r.number,
@@ -220,7 +210,7 @@ impl Admin for AdminApi {
         self.allow(&request, Access::Write, "Rollback")?;
         let r = request.into_inner();
         self.registry
-            .rollback(group(&r.group), r.revision)
+            .rollback(group_name(&r.group), r.revision)
             .map(reply)
             .map_err(status)
     }
@@ -271,7 +261,7 @@ fn fleet_view(fleet: &Fleet) -> pb::ListNodesResponse {
         .map(|n| pb::NodeStatus {
             id: n.node.id.clone(),
             group: n.group.clone(),
-            connected: n.connected,
+            connected: n.connected(),
             protocol: if n.delta { "delta" } else { "sotw" }.to_string(),
             connected_since_unix_ms: n
                 .connected_since

@@ -18,14 +18,19 @@ pub struct NodeStatus {
     /// `node.cluster`, or `default` when empty.
     pub group: String,
     pub connected_since: SystemTime,
-    /// Whether any stream of the node is open.
-    pub connected: bool,
     /// Open xDS streams: one for ADS, one per type for per-type clients. A node that
     /// reconnects may open its new stream before the old one is seen closing.
     pub streams: u32,
     pub delta: bool,
     /// By type URL.
     pub types: BTreeMap<String, TypeStatus>,
+}
+
+impl NodeStatus {
+    /// Whether any stream of the node is open.
+    pub fn connected(&self) -> bool {
+        self.streams > 0
+    }
 }
 
 /// One type's status on one node.
@@ -66,17 +71,12 @@ impl Default for Fleet {
 impl Fleet {
     /// Records a newly opened stream.
     pub fn connected(&self, node: &Node, delta: bool) {
-        let group = if node.cluster.is_empty() {
-            crate::registry::DEFAULT_GROUP.to_string()
-        } else {
-            node.cluster.clone()
-        };
+        let group = crate::registry::group_name(&node.cluster).to_string();
         let mut nodes = self.nodes.lock().expect("fleet lock");
         let entry = nodes.entry(node.id.clone()).or_insert_with(|| NodeStatus {
             node: node.clone(),
             group: group.clone(),
             connected_since: SystemTime::now(),
-            connected: false,
             streams: 0,
             delta,
             types: BTreeMap::new(),
@@ -87,7 +87,6 @@ impl Fleet {
         entry.node = node.clone();
         entry.group = group;
         entry.streams += 1;
-        entry.connected = true;
         entry.delta = delta;
         drop(nodes);
         self.changed();
@@ -107,7 +106,6 @@ impl Fleet {
     pub fn disconnected(&self, node_id: &str) {
         if let Some(n) = self.nodes.lock().expect("fleet lock").get_mut(node_id) {
             n.streams = n.streams.saturating_sub(1);
-            n.connected = n.streams > 0;
         }
         self.changed();
     }
@@ -154,9 +152,9 @@ mod tests {
         fleet.connected(&node, false);
         fleet.connected(&node, false);
         fleet.disconnected("n");
-        assert!(fleet.nodes()[0].connected);
+        assert!(fleet.nodes()[0].connected());
         fleet.disconnected("n");
-        assert!(!fleet.nodes()[0].connected);
+        assert!(!fleet.nodes()[0].connected());
         assert_eq!(fleet.nodes()[0].group, "default");
     }
 }

@@ -13,6 +13,16 @@ use crate::store::{Store, StoreError, StoredRevision};
 /// The group a node without `node.cluster` belongs to.
 pub const DEFAULT_GROUP: &str = "default";
 
+/// The group a name selects: itself, or [`DEFAULT_GROUP`] when empty (a node's empty
+/// `node.cluster`, an API request naming no group).
+pub fn group_name(name: &str) -> &str {
+    if name.is_empty() {
+        DEFAULT_GROUP
+    } else {
+        name
+    }
+}
+
 /// Why a change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

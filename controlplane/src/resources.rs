@@ -19,26 +19,54 @@ use xds_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_types::pb::google::protobuf::Any;
 use xds_types::{type_urls, ValidationError};
 
-/// The order additions are pushed in, each type before the types that use it
-/// (make-before-break); removals go in the reverse order.
-pub const PUSH_ORDER: [&str; 5] = [
-    type_urls::SECRET,
-    type_urls::CLUSTER,
-    type_urls::CLUSTER_LOAD_ASSIGNMENT,
-    type_urls::LISTENER,
-    type_urls::ROUTE_CONFIGURATION,
+/// One resource type `sluice-cp` serves.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceType {
+    pub url: &'static str,
+    /// What operators type and `sluicectl` shows (`sluicectl get route`).
+    pub short: &'static str,
+    /// How messages name it.
+    pub human: &'static str,
+}
+
+/// Every type served, in the order additions are pushed: each type before the types that
+/// use it (make-before-break); removals go in the reverse order.
+pub const TYPES: [ResourceType; 5] = [
+    ResourceType {
+        url: type_urls::SECRET,
+        short: "secret",
+        human: "secret",
+    },
+    ResourceType {
+        url: type_urls::CLUSTER,
+        short: "cluster",
+        human: "cluster",
+    },
+    ResourceType {
+        url: type_urls::CLUSTER_LOAD_ASSIGNMENT,
+        short: "endpoints",
+        human: "endpoints",
+    },
+    ResourceType {
+        url: type_urls::LISTENER,
+        short: "listener",
+        human: "listener",
+    },
+    ResourceType {
+        url: type_urls::ROUTE_CONFIGURATION,
+        short: "route",
+        human: "route configuration",
+    },
 ];
 
-/// A short name of a type for messages (`cluster`, `route configuration`, …).
+/// The served type of a type URL.
+pub fn resource_type(type_url: &str) -> Option<&'static ResourceType> {
+    TYPES.iter().find(|t| t.url == type_url)
+}
+
+/// How messages name a type (`cluster`, `route configuration`, …).
 pub fn kind(type_url: &str) -> &'static str {
-    match type_url {
-        type_urls::CLUSTER => "cluster",
-        type_urls::CLUSTER_LOAD_ASSIGNMENT => "endpoints",
-        type_urls::LISTENER => "listener",
-        type_urls::ROUTE_CONFIGURATION => "route configuration",
-        type_urls::SECRET => "secret",
-        _ => "resource",
-    }
+    resource_type(type_url).map_or("resource", |t| t.human)
 }
 
 /// Why a resource set was refused; names the document and the field.

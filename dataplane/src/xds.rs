@@ -38,7 +38,7 @@ use xds_types::pb::google::protobuf::Any;
 use xds_types::pb::google::rpc::Status as RpcStatus;
 use xds_types::{type_urls, Cluster, Listener, RouteTable, ValidationError};
 
-use crate::config::{DynamicResources, Received, SnapshotStore};
+use crate::config::{Dependency, DynamicResources, Received, SnapshotStore};
 use crate::listener::ListenerManager;
 
 /// Back-off bounds between reconnect attempts.
@@ -65,7 +65,6 @@ enum StreamError {
 /// certificate is picked up at the next reconnect).
 fn client_tls(
     tls: &xds_types::cluster::UpstreamTls,
-    authority: &str,
 ) -> Result<tonic::transport::ClientTlsConfig, StreamError> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let read = |path: &std::path::Path| {
@@ -74,15 +73,12 @@ fn client_tls(
             source,
         })
     };
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let name = if tls.sni.is_empty() { host } else { &tls.sni };
-    let mut config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&tls.trusted_ca)?))
-        .domain_name(name);
+    // Without an SNI name, tonic checks the certificate against the endpoint's host.
+    let mut config =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.trusted_ca)?));
+    if !tls.sni.is_empty() {
+        config = config.domain_name(&tls.sni);
+    }
     if let Some((cert, key)) = &tls.client_certificate {
         config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
@@ -176,8 +172,7 @@ fn wildcard_types(source: &AdsSource) -> Vec<&'static str> {
 type NamedSubscriptions = BTreeMap<&'static str, BTreeSet<String>>;
 
 /// The EDS and RDS names the current clusters and listeners need, endpoints first.
-fn wanted(store: &SnapshotStore) -> Vec<(&'static str, BTreeSet<String>)> {
-    let dependencies = store.dependencies();
+fn wanted(dependencies: &[(Dependency, bool)]) -> Vec<(&'static str, BTreeSet<String>)> {
     [
         type_urls::CLUSTER_LOAD_ASSIGNMENT,
         type_urls::ROUTE_CONFIGURATION,
@@ -202,12 +197,15 @@ struct Warming {
 
 impl Warming {
     /// Starts a deadline for every dependency still missing and forgets those that arrived.
-    fn track(&mut self, store: &SnapshotStore) {
+    fn track(&mut self, dependencies: &[(Dependency, bool)]) {
         let now = Instant::now();
         let mut missing = HashMap::new();
-        for (dependency, arrived) in store.dependencies() {
+        for (dependency, arrived) in dependencies {
             if let (false, Some(timeout)) = (arrived, dependency.initial_fetch_timeout) {
-                missing.insert((dependency.type_url, dependency.name), now + timeout);
+                missing.insert(
+                    (dependency.type_url, dependency.name.clone()),
+                    now + timeout,
+                );
             }
         }
         self.deadlines.retain(|key, _| missing.contains_key(key));
@@ -256,7 +254,7 @@ impl Client<'_> {
                 .connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(Duration::from_secs(30));
         if let Some(tls) = tls {
-            channel = channel.tls_config(client_tls(tls, &endpoint.authority)?)?;
+            channel = channel.tls_config(client_tls(tls)?)?;
         }
         let channel = channel.connect().await?;
         info!(control_plane = %endpoint.authority, delta = self.source.delta, "xDS connected");
@@ -265,30 +263,29 @@ impl Client<'_> {
 
     /// Publishes the dynamic resources after an update of `type_url`, restarts warming
     /// deadlines, and turns ready once every wildcard type has answered and nothing warms.
+    /// Returns what the published clusters and listeners depend on.
     fn publish(
         &self,
         type_url: &str,
         dynamic: DynamicResources,
         warming: &mut Warming,
         received: &[String],
-    ) {
+    ) -> Vec<(Dependency, bool)> {
         let snapshot = self.store.publish_dynamic(dynamic);
         if let Err(error) = self.listeners.reconcile(&snapshot) {
             warn!(%error, "listener from xDS failed to start");
         }
         debug!(%type_url, version = snapshot.version, "xDS update applied");
-        warming.track(self.store);
+        let dependencies = self.store.dependencies();
+        warming.track(&dependencies);
         let synced = wildcard_types(self.source)
             .iter()
             .all(|t| received.iter().any(|r| r == t))
-            && self
-                .store
-                .dependencies()
-                .iter()
-                .all(|(_, arrived)| *arrived);
+            && dependencies.iter().all(|(_, arrived)| *arrived);
         if synced && !self.ready.swap(true, Ordering::Relaxed) {
             info!("first xDS sync complete");
         }
+        dependencies
     }
 
     /// Takes every dependency whose `initial_fetch_timeout` passed as empty, as Envoy does:
@@ -308,6 +305,7 @@ impl Client<'_> {
                 );
             }
         }
+        // Names do not change on expiry, so subscriptions stay as they are.
         self.publish("initial_fetch_timeout", current.clone(), warming, received);
     }
 
@@ -347,7 +345,10 @@ impl Client<'_> {
         let mut current = self.store.dynamic();
         let mut named = NamedSubscriptions::new();
         let mut nonces: HashMap<String, String> = HashMap::new();
-        for request in self.sotw_subscriptions(&mut named, &mut current, versions, &nonces) {
+        let dependencies = self.store.dependencies();
+        for request in
+            self.sotw_subscriptions(&dependencies, &mut named, &mut current, versions, &nonces)
+        {
             let _ = tx.send(request).await;
         }
         let mut responses = client
@@ -356,7 +357,7 @@ impl Client<'_> {
             .into_inner();
         let mut received = Vec::new();
         let mut warming = Warming::default();
-        warming.track(self.store);
+        warming.track(&dependencies);
         while let Some(response) = self
             .next_response(&mut responses, &mut warming, &mut current, &received)
             .await?
@@ -376,7 +377,7 @@ impl Client<'_> {
             if !received.contains(&type_url) {
                 received.push(type_url.clone());
             }
-            self.publish(&type_url, current.clone(), &mut warming, &received);
+            let dependencies = self.publish(&type_url, current.clone(), &mut warming, &received);
             if rejected.is_empty() {
                 versions.insert(type_url.clone(), response.version_info.clone());
             } else {
@@ -395,7 +396,9 @@ impl Client<'_> {
             if tx.send(ack).await.is_err() {
                 break;
             }
-            for request in self.sotw_subscriptions(&mut named, &mut current, versions, &nonces) {
+            for request in
+                self.sotw_subscriptions(&dependencies, &mut named, &mut current, versions, &nonces)
+            {
                 if tx.send(request).await.is_err() {
                     break;
                 }
@@ -408,13 +411,14 @@ impl Client<'_> {
     /// full new list), dropping the resources no longer wanted.
     fn sotw_subscriptions(
         &self,
+        dependencies: &[(Dependency, bool)],
         named: &mut NamedSubscriptions,
         current: &mut DynamicResources,
         versions: &HashMap<String, String>,
         nonces: &HashMap<String, String>,
     ) -> Vec<DiscoveryRequest> {
         let mut requests = Vec::new();
-        for (type_url, names) in wanted(self.store) {
+        for (type_url, names) in wanted(dependencies) {
             let had = named.get(type_url);
             if had == Some(&names) || (had.is_none() && names.is_empty()) {
                 continue;
@@ -455,7 +459,8 @@ impl Client<'_> {
                 .await;
         }
         let mut named = NamedSubscriptions::new();
-        for request in self.delta_subscriptions(&mut named, &mut current, known) {
+        let dependencies = self.store.dependencies();
+        for request in self.delta_subscriptions(&dependencies, &mut named, &mut current, known) {
             let _ = tx.send(request).await;
         }
         let mut responses = client
@@ -464,7 +469,7 @@ impl Client<'_> {
             .into_inner();
         let mut received = Vec::new();
         let mut warming = Warming::default();
-        warming.track(self.store);
+        warming.track(&dependencies);
         while let Some(response) = self
             .next_response(&mut responses, &mut warming, &mut current, &received)
             .await?
@@ -489,7 +494,7 @@ impl Client<'_> {
             if !received.contains(&type_url) {
                 received.push(type_url.clone());
             }
-            self.publish(&type_url, current.clone(), &mut warming, &received);
+            let dependencies = self.publish(&type_url, current.clone(), &mut warming, &received);
             if !rejected.is_empty() {
                 warn!(%type_url, errors = %nack(&rejected).message, "NACK");
             }
@@ -503,7 +508,8 @@ impl Client<'_> {
             if tx.send(ack).await.is_err() {
                 break;
             }
-            for request in self.delta_subscriptions(&mut named, &mut current, known) {
+            for request in self.delta_subscriptions(&dependencies, &mut named, &mut current, known)
+            {
                 if tx.send(request).await.is_err() {
                     break;
                 }
@@ -517,12 +523,13 @@ impl Client<'_> {
     /// already held.
     fn delta_subscriptions(
         &self,
+        dependencies: &[(Dependency, bool)],
         named: &mut NamedSubscriptions,
         current: &mut DynamicResources,
         known: &mut HashMap<String, BTreeMap<String, String>>,
     ) -> Vec<DeltaDiscoveryRequest> {
         let mut requests = Vec::new();
-        for (type_url, names) in wanted(self.store) {
+        for (type_url, names) in wanted(dependencies) {
             let first = !named.contains_key(type_url);
             let had = named.entry(type_url).or_default();
             let subscribe: Vec<String> = names.difference(had).cloned().collect();

@@ -134,3 +134,14 @@ pub async fn serves(listener: SocketAddr, server: &str, stamp: &str) -> bool {
         Err(_) => false,
     }
 }
+
+/// One entry of an Envoy-style `/stats` text (`name: value` lines), if present.
+pub fn stat_value(stats: &str, name: &str) -> Option<i64> {
+    stats.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(": ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -91,24 +91,13 @@ impl Envoy {
         bail!("envoy did not become ready")
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The value of one admin `/stats` entry (`None` when absent).
     pub async fn stat(&self, name: &str) -> Option<i64> {
         let r = HttpClient::http1()
             .get(self.admin, "admin", "/stats", &[])
             .await
             .ok()?;
-        String::from_utf8_lossy(&r.body).lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(": ")?
-                .trim()
-                .parse()
-                .ok()
-        })
+        crate::client::stat_value(&String::from_utf8_lossy(&r.body), name)
     }
 }
 

@@ -117,16 +117,7 @@ impl Sluice {
     /// The value of one `/stats` counter (0 when absent).
     pub async fn stat(&self, name: &str) -> anyhow::Result<i64> {
         let stats = self.admin_get("/stats").await?;
-        Ok(stats
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0))
-    }
-
-    /// Resident set size in bytes, from /proc.
-    pub fn rss_bytes(&self) -> u64 {
-        rss_of(self.child.id())
+        Ok(crate::client::stat_value(&stats, name).unwrap_or(0))
     }
 
     /// Waits for the process to exit by itself.
@@ -168,24 +159,21 @@ fn kill(pid: u32, signal: i32) -> std::io::Result<()> {
 
 /// Resident set size of a process in bytes (VmRSS).
 pub fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    status_bytes(pid, "VmRSS:")
 }
 
 /// Peak resident set size of a process in bytes (VmHWM).
 pub fn peak_rss_of(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/PID/status`, in bytes (0 when absent).
+fn status_bytes(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
@@ -353,11 +341,6 @@ impl ControlPlane {
             }
         });
         Watching { child, output }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Replaces the resources file and sends SIGHUP.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_cp::api::pb;
 use sluice_cp::api::pb::admin_client::AdminClient;
+use sluice_cp::resources::resource_type;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -358,14 +359,7 @@ fn nodes_view(nodes: &[pb::NodeStatus], output: Output) -> String {
 }
 
 fn node_json(n: &pb::NodeStatus) -> serde_json::Value {
-    let short = |t: &str| match t.rsplit('.').next().unwrap_or(t) {
-        "Listener" => "listener",
-        "RouteConfiguration" => "route",
-        "Cluster" => "cluster",
-        "ClusterLoadAssignment" => "endpoints",
-        "Secret" => "secret",
-        _ => "other",
-    };
+    let short = |t: &str| resource_type(t).map_or("other", |t| t.short);
     let types: serde_json::Map<String, serde_json::Value> = n
         .types
         .iter()

@@ -5,7 +5,7 @@
 //! nodes attached. Bounded by rounds and by a per-round timeout; every process it starts
 //! is stopped by PID. Prints one JSON object.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +15,9 @@ use clap::Parser;
 use serde_json::json;
 use sluice_cp::api::pb::admin_client::AdminClient;
 use sluice_cp::api::pb::{ListNodesRequest, ListNodesResponse};
+use sluice_tests::config::{ads_bootstrap, xds_resources};
+use sluice_tests::free_addr;
+use sluice_tests::process::rss_of;
 use xds_types::type_urls;
 
 #[derive(Parser)]
@@ -45,59 +48,6 @@ impl Drop for Processes {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-fn address(a: SocketAddr) -> serde_json::Value {
-    json!({ "socket_address": { "address": a.ip().to_string(), "port_value": a.port() } })
-}
-
-fn bootstrap(node: &str, admin: SocketAddr, xds: SocketAddr, api_type: &str) -> String {
-    json!({
-        "node": { "id": node, "cluster": "default" },
-        "admin": { "address": address(admin) },
-        "dynamic_resources": {
-            "ads_config": { "api_type": api_type, "transport_api_version": "V3",
-                            "grpc_services": [ { "envoy_grpc": { "cluster_name": "xds" } } ] },
-            "lds_config": { "ads": {}, "resource_api_version": "V3" },
-            "cds_config": { "ads": {}, "resource_api_version": "V3" }
-        },
-        "static_resources": { "clusters": [ {
-            "name": "xds", "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {} } } },
-            "load_assignment": { "cluster_name": "xds", "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": address(xds) } } ] } ] }
-        } ] }
-    })
-    .to_string()
-}
-
-/// Cluster `web` and a listener whose route table stamps `x-round: <round>`.
-fn resources(listener: SocketAddr, upstream: SocketAddr, round: usize) -> String {
-    let cluster = json!({
-        "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-        "name": "web", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": { "cluster_name": "web", "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": address(upstream) } } ] } ] }
-    });
-    let listener = json!({
-        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-        "name": "ingress", "address": address(listener),
-        "filter_chains": [ { "filters": [ { "name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "ingress",
-            "http_filters": [ { "name": "router", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } } ],
-            "route_config": { "name": "routes", "virtual_hosts": [ { "name": "all", "domains": ["*"],
-                "response_headers_to_add": [ { "header": { "key": "x-round", "value": round.to_string() } } ],
-                "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": "web" } } ] } ] }
-        } } ] } ]
-    });
-    format!("{cluster}\n---\n{listener}\n")
-}
-
 /// The listener version every one of `nodes` has ACKed, if they agree.
 fn common_listener_ack(view: &ListNodesResponse, nodes: &[&str]) -> Option<String> {
     let mut versions = nodes.iter().map(|id| {
@@ -112,17 +62,6 @@ fn common_listener_ack(view: &ListNodesResponse, nodes: &[&str]) -> Option<Strin
     versions
         .all(|v| v.as_ref() == Some(&first))
         .then_some(first)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn apply(bin_dir: &Path, api: SocketAddr, token_file: &Path, file: &Path) -> anyhow::Result<()> {
@@ -190,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     for (i, node) in nodes.iter().enumerate() {
         let api_type = if i == 2 { "DELTA_GRPC" } else { "GRPC" };
         let path = dir.join(format!("{node}.json"));
-        std::fs::write(&path, bootstrap(node, free_addr(), xds, api_type))?;
+        std::fs::write(&path, ads_bootstrap(free_addr(), xds, api_type, node))?;
         processes.0.push(
             Command::new(args.bin_dir.join("sluice"))
                 .arg("-c")
@@ -212,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..=args.rounds {
         tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
         // Round 0 adds the listener; later rounds change its route table only.
-        std::fs::write(&file, resources(listener, upstream, round))?;
+        std::fs::write(&file, xds_resources(listener, upstream, &round.to_string()))?;
         let started = Instant::now();
         apply(&args.bin_dir, api, &token_file, &file)?;
         let deadline = started + Duration::from_secs(10);
@@ -233,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let rss = rss_mb(cp_pid);
+    let rss = rss_of(cp_pid) as f64 / (1024.0 * 1024.0);
     drop(processes);
     let _ = std::fs::remove_dir_all(&dir);
     samples.sort();
