@@ -115,8 +115,7 @@ impl Ads {
         hold_to_type(type_url, &mut request)?;
         let group = group_of(request.node.as_ref());
         let current = self.groups.current(&group);
-        let wildcard = request.resource_names.iter().any(|n| n == "*")
-            || (request.resource_names.is_empty() && wildcard_by_default(type_url));
+        let wildcard = sotw_wildcard(type_url, &request.resource_names);
         let wanted = |name: &str| wildcard || request.resource_names.iter().any(|n| n == name);
         let resources = current
             .of_type(type_url)
@@ -236,9 +235,11 @@ fn group_of(node: Option<&Node>) -> String {
     group_name(node.map_or("", |n| n.cluster.as_str())).to_string()
 }
 
-/// Types a client subscribes to by wildcard when it names no resources (SotW).
-fn wildcard_by_default(type_url: &str) -> bool {
-    type_url == type_urls::LISTENER || type_url == type_urls::CLUSTER
+/// Whether a state-of-the-world request (or fetch) asks for every resource of its type:
+/// it names `*`, or names nothing for listeners and clusters.
+fn sotw_wildcard(type_url: &str, names: &[String]) -> bool {
+    names.iter().any(|n| n == "*")
+        || (names.is_empty() && (type_url == type_urls::LISTENER || type_url == type_urls::CLUSTER))
 }
 
 fn node_id(node: Option<&xds_types::pb::envoy::config::core::v3::Node>) -> String {
@@ -447,8 +448,7 @@ impl SotwStream {
             });
             debug!(node = %self.node, %type_url, version = %request.version_info, "ACK");
         }
-        let wildcard = request.resource_names.iter().any(|n| n == "*")
-            || (request.resource_names.is_empty() && wildcard_by_default(&type_url));
+        let wildcard = sotw_wildcard(&type_url, &request.resource_names);
         let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
         let subscribed = shown(wildcard, &names);
         let names = (!wildcard).then_some(names);
