@@ -321,7 +321,7 @@ impl ResourceSet {
     }
 
     /// The step between `previous` and this set when this set removes something: this set
-    /// plus the resources it removes. Pushing it first, in [`PUSH_ORDER`], and this set
+    /// plus the resources it removes. Pushing it first, in [`TYPES`] order, and this set
     /// after, in reverse, makes every new resource live before anything that used the old
     /// ones goes away (make-before-break). `None` when nothing is removed.
     pub fn bridge_from(&self, previous: &ResourceSet) -> Option<ResourceSet> {
