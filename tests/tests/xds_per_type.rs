@@ -48,7 +48,17 @@ async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
 async fn lds_named_subscription_follows_updates() {
     let (first, second) = (Upstream::start("a").await, Upstream::start("b").await);
     let (xds, listener) = (free_addr(), free_addr());
-    let cp = ControlPlane::start(&xds_resources(listener, first.addr, "v1"), xds)
+    // A second listener the client does not name: a named subscription must leave it out.
+    let (other, other_addr) = (Upstream::start("other").await, free_addr());
+    let with_other = |resources: String| {
+        let other_listener = xds_resources(other_addr, other.addr, "other")
+            .split("\n---\n")
+            .find(|d| d.contains("envoy.config.listener.v3.Listener"))
+            .unwrap()
+            .replace("\"ingress\"", "\"other\"");
+        format!("{resources}\n---\n{other_listener}")
+    };
+    let cp = ControlPlane::start(&with_other(xds_resources(listener, first.addr, "v1")), xds)
         .await
         .unwrap();
     let mut client = ListenerDiscoveryServiceClient::connect(format!("http://{xds}"))
@@ -82,7 +92,7 @@ async fn lds_named_subscription_follows_updates() {
     })
     .await
     .unwrap();
-    cp.update(&xds_resources(listener, second.addr, "v2"))
+    cp.update(&with_other(xds_resources(listener, second.addr, "v2")))
         .unwrap();
     let v2 = next(&mut responses).await;
     assert_eq!(listener_names(&v2), ["ingress"]);
