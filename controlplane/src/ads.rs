@@ -968,9 +968,11 @@ filter_chains:
     async fn a_burst_of_changes_becomes_one_push() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::FileStore::open(dir.path()).unwrap();
-        let registry = Arc::new(Registry::open(Box::new(store)).unwrap());
+        let registry = Arc::new(Registry::open(Box::new(store)).await.unwrap());
+        let request = crate::registry::Request::default();
         registry
-            .replace(DEFAULT_GROUP, set(&[cluster("a", 1)]), "test")
+            .replace(DEFAULT_GROUP, set(&[cluster("a", 1)]), "test", &request)
+            .await
             .unwrap();
         let ads = Ads::new(registry.clone(), Arc::new(Fleet::default()))
             .with_debounce(Duration::from_millis(50));
@@ -989,7 +991,8 @@ filter_chains:
             .unwrap();
         for port in 2..=21 {
             registry
-                .replace(DEFAULT_GROUP, set(&[cluster("a", port)]), "test")
+                .replace(DEFAULT_GROUP, set(&[cluster("a", port)]), "test", &request)
+                .await
                 .unwrap();
             // Give the stream the chance to push between changes.
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Access, Tokens};
 use crate::fleet::Fleet;
-use crate::registry::{group_name, Change, Registry, RegistryError};
+use crate::registry::{self, group_name, Change, Registry, RegistryError};
 use crate::resources::{redacted, ResourceSet, TYPES};
 
 /// Generated types and service of `proto/sluice/admin/v1/admin.proto`.
@@ -38,8 +38,30 @@ impl AdminApi {
     }
 
     fn allow<T>(&self, request: &Request<T>, access: Access, method: &str) -> Result<(), Status> {
-        self.tokens.check(request.metadata(), access, method)
+        self.tokens.check(request.metadata(), access, method)?;
+        Ok(())
     }
+
+    /// Checks a write and names its author for history: the token's name, and under
+    /// mutual TLS the client certificate's subject.
+    fn writer<T>(&self, request: &Request<T>, method: &str) -> Result<String, Status> {
+        let token = self
+            .tokens
+            .check(request.metadata(), Access::Write, method)?;
+        let subject = request
+            .peer_certs()
+            .and_then(|chain| chain.first().and_then(|leaf| certificate_subject(leaf)));
+        Ok(match subject {
+            Some(subject) => format!("{token} (cert {subject})"),
+            None => token.to_string(),
+        })
+    }
+}
+
+/// The subject of a DER certificate, as `CN=…, O=…`.
+fn certificate_subject(der: &[u8]) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(certificate.subject().to_string())
 }
 
 /// A type's short name (`route`), its plural (`routes`) or its type URL → type URL; empty
@@ -67,6 +89,9 @@ fn status(error: RegistryError) -> Status {
             Status::invalid_argument(error.to_string())
         }
         RegistryError::NotFound(..) => Status::not_found(error.to_string()),
+        RegistryError::Conflict { .. } | RegistryError::Contended { .. } => {
+            Status::aborted(error.to_string())
+        }
         RegistryError::Store(_) | RegistryError::CorruptRevision { .. } => {
             Status::internal(error.to_string())
         }
@@ -90,11 +115,16 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.allow(&request, Access::Write, "Apply")?;
+        let author = self.writer(&request, "Apply")?;
         let r = request.into_inner();
         let incoming = parse(&r.documents)?;
+        let change = registry::Request {
+            author,
+            expect_revision: r.expect_revision,
+        };
         self.registry
-            .apply(group_name(&r.group), &incoming)
+            .apply(group_name(&r.group), &incoming, &change)
+            .await
             .map(reply)
             .map_err(status)
     }
@@ -174,12 +204,17 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.allow(&request, Access::Write, "Delete")?;
+        let author = self.writer(&request, "Delete")?;
         let r = request.into_inner();
         let type_url =
             type_url(&r.r#type)?.ok_or_else(|| Status::invalid_argument("type: required"))?;
+        let change = registry::Request {
+            author,
+            expect_revision: r.expect_revision,
+        };
         self.registry
-            .delete(group_name(&r.group), type_url, &r.name)
+            .delete(group_name(&r.group), type_url, &r.name, &change)
+            .await
             .map(reply)
             .map_err(status)
     }
@@ -193,11 +228,18 @@ impl Admin for AdminApi {
             .registry
             .history(group_name(&request.get_ref().group))
             .into_iter()
-            .map(|r| pb::Revision {
-                number: r.number,
-                created_unix_ms: r.created_unix_ms,
-                source: r.source,
-                resources: r.documents.len() as u32,
+            .map(|r| {
+                let changes = r.changes.unwrap_or_default();
+                pb::Revision {
+                    number: r.number,
+                    created_unix_ms: r.created_unix_ms,
+                    source: r.source,
+                    resources: r.documents.len() as u32,
+                    author: r.author,
+                    added: changes.added,
+                    changed: changes.changed,
+                    removed: changes.removed,
+                }
             })
             .collect();
         Ok(Response::new(pb::HistoryResponse { revisions }))
@@ -207,10 +249,15 @@ impl Admin for AdminApi {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.allow(&request, Access::Write, "Rollback")?;
+        let author = self.writer(&request, "Rollback")?;
         let r = request.into_inner();
+        let change = registry::Request {
+            author,
+            expect_revision: r.expect_revision,
+        };
         self.registry
-            .rollback(group_name(&r.group), r.revision)
+            .rollback(group_name(&r.group), r.revision, &change)
+            .await
             .map(reply)
             .map_err(status)
     }

@@ -1,6 +1,7 @@
 //! Operator API credentials: bearer tokens (`authorization: Bearer <token>`), each allowed
 //! to read (get, diff, validate, history, nodes) or to write as well (apply, delete,
-//! rollback). Tokens are kept only as SHA-256 digests and never logged.
+//! rollback), each with a name that history records as a revision's author. Tokens are
+//! kept only as SHA-256 digests and never logged.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,7 +26,7 @@ pub enum AuthError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}:{line}: expected `read TOKEN` or `write TOKEN`")]
+    #[error("{path}:{line}: expected `read TOKEN [NAME]` or `write TOKEN [NAME]`")]
     Syntax { path: PathBuf, line: usize },
     #[error("{path}: no tokens")]
     Empty { path: PathBuf },
@@ -34,7 +35,16 @@ pub enum AuthError {
 /// The accepted tokens.
 #[derive(Debug, Clone)]
 pub struct Tokens {
-    digests: Vec<([u8; 32], Access)>,
+    accepted: Vec<Accepted>,
+}
+
+/// One accepted token.
+#[derive(Debug, Clone)]
+struct Accepted {
+    digest: [u8; 32],
+    access: Access,
+    /// What history shows as the author of a change made with it.
+    name: String,
 }
 
 /// Name of the token file `sluice-cp` creates in its store directory when no tokens file
@@ -46,13 +56,15 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl Tokens {
-    /// Reads a tokens file: one `read TOKEN` or `write TOKEN` per line; `#` comments.
+    /// Reads a tokens file: one `read TOKEN [NAME]` or `write TOKEN [NAME]` per line; `#`
+    /// comments. A token without a name is named by its digest's first 8 hex digits
+    /// (`token:1a2b3c4d`), which identifies it without revealing it.
     pub fn from_file(path: &Path) -> Result<Self, AuthError> {
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut digests = Vec::new();
+        let mut accepted = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -62,24 +74,31 @@ impl Tokens {
                 path: path.to_path_buf(),
                 line: i + 1,
             };
-            let (role, token) = line.split_once(char::is_whitespace).ok_or_else(syntax)?;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (role, token, name) = match words[..] {
+                [role, token] => (role, token, None),
+                [role, token, name] => (role, token, Some(name)),
+                _ => return Err(syntax()),
+            };
             let access = match role {
                 "read" => Access::Read,
                 "write" => Access::Write,
                 _ => return Err(syntax()),
             };
-            let token = token.trim();
-            if token.is_empty() {
-                return Err(syntax());
-            }
-            digests.push((digest(token), access));
+            let digest = digest(token);
+            let name = name.map_or_else(|| anonymous_name(&digest), str::to_string);
+            accepted.push(Accepted {
+                digest,
+                access,
+                name,
+            });
         }
-        if digests.is_empty() {
+        if accepted.is_empty() {
             return Err(AuthError::Empty {
                 path: path.to_path_buf(),
             });
         }
-        Ok(Self { digests })
+        Ok(Self { accepted })
     }
 
     /// The write token kept in `dir/admin-token`, created (random, mode 0600) on first use,
@@ -108,19 +127,24 @@ impl Tokens {
         };
         Ok((
             Self {
-                digests: vec![(digest(&token), Access::Write)],
+                accepted: vec![Accepted {
+                    digest: digest(&token),
+                    access: Access::Write,
+                    name: GENERATED_TOKEN_FILE.to_string(),
+                }],
             },
             path,
         ))
     }
 
-    /// Checks the request's bearer token grants `needed` for `method`.
+    /// Checks the request's bearer token grants `needed` for `method`; returns the token's
+    /// name.
     pub fn check(
         &self,
         metadata: &MetadataMap,
         needed: Access,
         method: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<&str, Status> {
         let token = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -131,20 +155,25 @@ impl Tokens {
                 )
             })?;
         let presented = digest(token.trim());
-        let access = self
-            .digests
+        let accepted = self
+            .accepted
             .iter()
-            .filter(|(d, _)| *d == presented)
-            .map(|(_, a)| *a)
-            .max()
+            .filter(|a| a.digest == presented)
+            .max_by_key(|a| a.access)
             .ok_or_else(|| Status::unauthenticated("unknown token"))?;
-        if access < needed {
+        if accepted.access < needed {
             return Err(Status::permission_denied(format!(
                 "{method} needs a write token; this token may only read"
             )));
         }
-        Ok(())
+        Ok(&accepted.name)
     }
+}
+
+/// `token:` and the digest's first 8 hex digits.
+fn anonymous_name(digest: &[u8; 32]) -> String {
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("token:{hex}")
 }
 
 /// 32 random bytes (from rand's cryptographically secure thread generator), hex-encoded.
@@ -170,18 +199,23 @@ mod tests {
     fn read_tokens_read_and_write_tokens_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
-        std::fs::write(&path, "# operators\nread r-token\nwrite w-token\n").unwrap();
+        std::fs::write(&path, "# operators\nread r-token\nwrite w-token ci\n").unwrap();
         let tokens = Tokens::from_file(&path).unwrap();
-        assert!(tokens
+        let reader = tokens
             .check(&metadata(Some("r-token")), Access::Read, "Get")
-            .is_ok());
+            .unwrap();
+        assert_eq!(reader, anonymous_name(&digest("r-token")));
+        assert!(!reader.contains("r-token"));
         let denied = tokens
             .check(&metadata(Some("r-token")), Access::Write, "Apply")
             .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-        assert!(tokens
-            .check(&metadata(Some("w-token")), Access::Write, "Apply")
-            .is_ok());
+        assert_eq!(
+            tokens
+                .check(&metadata(Some("w-token")), Access::Write, "Apply")
+                .unwrap(),
+            "ci"
+        );
         for bad in [None, Some("guess")] {
             let refused = tokens
                 .check(&metadata(bad), Access::Read, "Get")
@@ -209,11 +243,13 @@ mod tests {
     fn a_malformed_tokens_file_names_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
-        std::fs::write(&path, "read ok\nadmin nope\n").unwrap();
-        let err = Tokens::from_file(&path).unwrap_err().to_string();
-        assert!(
-            err.ends_with("tokens:2: expected `read TOKEN` or `write TOKEN`"),
-            "{err}"
-        );
+        for bad in ["read ok\nadmin nope\n", "read ok\nwrite a b c\n"] {
+            std::fs::write(&path, bad).unwrap();
+            let err = Tokens::from_file(&path).unwrap_err().to_string();
+            assert!(
+                err.ends_with("tokens:2: expected `read TOKEN [NAME]` or `write TOKEN [NAME]`"),
+                "{err}"
+            );
+        }
     }
 }

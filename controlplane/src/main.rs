@@ -15,7 +15,7 @@ use sluice_cp::api::AdminApi;
 use sluice_cp::auth::Tokens;
 use sluice_cp::csds::Csds;
 use sluice_cp::fleet::Fleet;
-use sluice_cp::registry::{Registry, DEFAULT_GROUP};
+use sluice_cp::registry::{Registry, Request, DEFAULT_GROUP};
 use sluice_cp::resources::ResourceSet;
 use sluice_cp::store::FileStore;
 use sluice_cp::tls;
@@ -75,9 +75,10 @@ struct Cli {
     unsafe_skip_validation: bool,
 }
 
-fn load(path: &PathBuf, validate: bool) -> anyhow::Result<ResourceSet> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+async fn load(path: &PathBuf, validate: bool) -> anyhow::Result<ResourceSet> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let parsed = if validate {
         ResourceSet::from_yaml(&text)
     } else {
@@ -86,9 +87,17 @@ fn load(path: &PathBuf, validate: bool) -> anyhow::Result<ResourceSet> {
     parsed.with_context(|| format!("{}", path.display()))
 }
 
-fn apply_file(registry: &Registry, path: &PathBuf, validate: bool) -> anyhow::Result<()> {
-    let set = load(path, validate)?;
-    let change = registry.replace(DEFAULT_GROUP, set, "resources file")?;
+/// Makes the file's resources the `default` group's, through the same compare-and-swap as
+/// every API change (so a reload racing an apply loses neither).
+async fn apply_file(registry: &Registry, path: &PathBuf, validate: bool) -> anyhow::Result<()> {
+    let set = load(path, validate).await?;
+    let request = Request {
+        author: format!("resources file {}", path.display()),
+        expect_revision: None,
+    };
+    let change = registry
+        .replace(DEFAULT_GROUP, set, "resources file", &request)
+        .await?;
     info!(
         revision = change.revision,
         changed = change.changed,
@@ -110,17 +119,17 @@ async fn main() -> anyhow::Result<()> {
             cli.store
         );
     };
-    let registry = Arc::new(Registry::open(Box::new(FileStore::open(dir)?))?);
+    let registry = Arc::new(Registry::open(Box::new(FileStore::open(dir)?)).await?);
     let validate = !cli.unsafe_skip_validation;
     if let Some(path) = &cli.resources {
-        apply_file(&registry, path, validate)?;
+        apply_file(&registry, path, validate).await?;
         let (registry, path) = (registry.clone(), path.clone());
         tokio::spawn(async move {
             let Ok(mut hangup) = signal(SignalKind::hangup()) else {
                 return;
             };
             while hangup.recv().await.is_some() {
-                if let Err(e) = apply_file(&registry, &path, validate) {
+                if let Err(e) = apply_file(&registry, &path, validate).await {
                     warn!(
                         error = format!("{e:#}"),
                         "reload refused; serving the previous resources"

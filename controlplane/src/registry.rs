@@ -1,14 +1,18 @@
 //! The resource sets of every group and their revision history: every change is
 //! persisted to the [`Store`] first, then published to the group's xDS streams.
+//!
+//! Every change (apply, delete, rollback, the resources file) is one read-modify-write:
+//! read the group's latest revision, merge or remove, validate, and commit with the
+//! store's compare-and-swap on that revision number; a lost race re-reads and merges
+//! again, so concurrent changes all land and none overwrites another.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::resources::{ResourceError, ResourceSet};
-use crate::store::{Store, StoreError, StoredRevision};
+use crate::resources::{resource_type, ResourceError, ResourceSet};
+use crate::store::{Changes, Draft, Store, StoreError, StoredRevision};
 
 /// The group a node without `node.cluster` belongs to.
 pub const DEFAULT_GROUP: &str = "default";
@@ -36,6 +40,16 @@ pub enum RegistryError {
     NotFound(String, String, String),
     #[error("stored revision {number} is invalid: {error}")]
     CorruptRevision { number: u64, error: ResourceError },
+    /// `expect_revision` no longer holds: the group moved on; nothing was written.
+    #[error("group {group:?} is at revision {current}, not the expected revision {expected}; nothing was written")]
+    Conflict {
+        group: String,
+        expected: u64,
+        current: u64,
+    },
+    /// Too many concurrent changes won the compare-and-swap first; nothing was written.
+    #[error("group {group:?} changed under this change {attempts} times in a row; nothing was written, try again")]
+    Contended { group: String, attempts: usize },
 }
 
 /// The outcome of a change.
@@ -109,73 +123,83 @@ fn json_diff(
 }
 
 struct Group {
+    /// Oldest first; numbers increase.
     revisions: Vec<StoredRevision>,
     current: watch::Sender<Arc<ResourceSet>>,
 }
 
-struct Inner {
-    next: u64,
-    groups: BTreeMap<String, Group>,
+impl Group {
+    fn head(&self) -> u64 {
+        self.revisions.last().map_or(0, |r| r.number)
+    }
+}
+
+/// How many times one change re-reads and re-merges after losing the compare-and-swap to
+/// concurrent changes before it gives up (each loss means another change committed).
+const MAX_ATTEMPTS: usize = 64;
+
+/// Who asks for a change and what they expect, as the operator API passes it on.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The credential: a token's name, with the client certificate's subject under
+    /// mutual TLS. Recorded in the revision.
+    pub author: String,
+    /// Optimistic concurrency: refuse the change unless the group is still at this
+    /// revision (0: the group has none yet).
+    pub expect_revision: Option<u64>,
 }
 
 /// Every group's resources and history.
 pub struct Registry {
     store: Box<dyn Store>,
-    inner: Mutex<Inner>,
+    /// Held only briefly and never across an `.await`: the store's compare-and-swap, not
+    /// this lock, orders the changes.
+    groups: Mutex<BTreeMap<String, Group>>,
 }
 
 impl Registry {
     /// Loads every stored revision; each group serves its latest.
-    pub fn open(store: Box<dyn Store>) -> Result<Self, RegistryError> {
-        let mut inner = Inner {
-            next: 1,
-            groups: BTreeMap::new(),
-        };
-        for revision in store.load_all()? {
-            let set = ResourceSet::from_documents(revision.documents.clone()).map_err(|error| {
-                RegistryError::CorruptRevision {
-                    number: revision.number,
-                    error,
-                }
-            })?;
-            inner.next = inner.next.max(revision.number + 1);
-            let group = group_entry(&mut inner.groups, &revision.group);
-            group.current.send_replace(Arc::new(set));
-            group.revisions.push(revision);
-        }
-        Ok(Self {
+    pub async fn open(store: Box<dyn Store>) -> Result<Self, RegistryError> {
+        let registry = Self {
+            groups: Mutex::new(BTreeMap::new()),
             store,
-            inner: Mutex::new(inner),
-        })
+        };
+        for revision in registry.store.load_all().await? {
+            registry.record_stored(revision)?;
+        }
+        Ok(registry)
     }
 
     /// The group's resources, now and as they change.
     pub fn subscribe(&self, group: &str) -> watch::Receiver<Arc<ResourceSet>> {
-        group_entry(&mut self.lock().groups, group)
-            .current
-            .subscribe()
+        group_entry(&mut self.lock(), group).current.subscribe()
     }
 
     /// The group's current resources.
     pub fn current(&self, group: &str) -> Arc<ResourceSet> {
-        group_entry(&mut self.lock().groups, group)
+        group_entry(&mut self.lock(), group)
             .current
             .borrow()
             .clone()
     }
 
     /// Upserts `incoming` into the group, all or nothing.
-    pub fn apply(&self, group: &str, incoming: &ResourceSet) -> Result<Change, RegistryError> {
-        let merged = self.current(group).merged(incoming)?;
-        self.commit(group, merged, "apply".to_string())
+    pub async fn apply(
+        &self,
+        group: &str,
+        incoming: &ResourceSet,
+        request: &Request,
+    ) -> Result<Change, RegistryError> {
+        self.change(group, "apply", request, |base| Ok(base.merged(incoming)?))
+            .await
     }
 
     /// What `apply` would do, without doing it.
     pub fn validate(&self, group: &str, incoming: &ResourceSet) -> Result<Change, RegistryError> {
-        let current = self.current(group);
+        let (revision, current) = self.head(group);
         let merged = current.merged(incoming)?;
         Ok(Change {
-            revision: self.revision(group),
+            revision,
             changed: !merged.same_as(&current),
         })
     }
@@ -217,103 +241,245 @@ impl Registry {
         Ok(out)
     }
 
-    /// Makes `set` the group's whole resource set.
-    pub fn replace(
+    /// Makes `set` the group's whole resource set (the `--resources` file).
+    pub async fn replace(
         &self,
         group: &str,
         set: ResourceSet,
         source: &str,
+        request: &Request,
     ) -> Result<Change, RegistryError> {
-        self.commit(group, set, source.to_string())
+        self.change(group, source, request, |_| Ok(set.clone()))
+            .await
     }
 
     /// Removes one resource.
-    pub fn delete(&self, group: &str, type_url: &str, name: &str) -> Result<Change, RegistryError> {
-        let current = self.current(group);
-        if !current
-            .by_type
-            .get(type_url)
-            .is_some_and(|m| m.contains_key(name))
-        {
-            return Err(RegistryError::NotFound(
-                type_url.to_string(),
-                name.to_string(),
-                group.to_string(),
-            ));
-        }
-        let next = current.without(type_url, name)?;
-        self.commit(group, next, "delete".to_string())
+    pub async fn delete(
+        &self,
+        group: &str,
+        type_url: &str,
+        name: &str,
+        request: &Request,
+    ) -> Result<Change, RegistryError> {
+        self.change(group, "delete", request, |base| {
+            if !base
+                .by_type
+                .get(type_url)
+                .is_some_and(|m| m.contains_key(name))
+            {
+                return Err(RegistryError::NotFound(
+                    type_url.to_string(),
+                    name.to_string(),
+                    group.to_string(),
+                ));
+            }
+            Ok(base.without(type_url, name)?)
+        })
+        .await
     }
 
     /// Makes revision `number`'s resources current again, as a new revision.
-    pub fn rollback(&self, group: &str, number: u64) -> Result<Change, RegistryError> {
+    pub async fn rollback(
+        &self,
+        group: &str,
+        number: u64,
+        request: &Request,
+    ) -> Result<Change, RegistryError> {
         let documents = self
             .lock()
-            .groups
             .get(group)
             .and_then(|g| g.revisions.iter().find(|r| r.number == number))
             .map(|r| r.documents.clone())
             .ok_or_else(|| RegistryError::UnknownRevision(number, group.to_string()))?;
         let set = ResourceSet::from_documents(documents)?;
-        self.commit(group, set, format!("rollback to {number}"))
+        self.change(group, &format!("rollback to {number}"), request, |_| {
+            Ok(set.clone())
+        })
+        .await
     }
 
     /// The group's revisions, oldest first.
     pub fn history(&self, group: &str) -> Vec<StoredRevision> {
         self.lock()
-            .groups
             .get(group)
             .map(|g| g.revisions.clone())
             .unwrap_or_default()
     }
 
-    fn revision(&self, group: &str) -> u64 {
-        self.lock()
-            .groups
-            .get(group)
-            .and_then(|g| g.revisions.last())
-            .map_or(0, |r| r.number)
+    /// The group's latest revision number and resources.
+    fn head(&self, group: &str) -> (u64, Arc<ResourceSet>) {
+        let mut groups = self.lock();
+        let entry = group_entry(&mut groups, group);
+        let set = entry.current.borrow().clone();
+        (entry.head(), set)
     }
 
-    fn commit(
+    /// One atomic read-modify-write of a group: read its latest revision, `edit` it, and
+    /// commit only if the group is still at that revision; on a conflict, catch up with
+    /// what was committed meanwhile and edit again.
+    async fn change(
         &self,
         group: &str,
-        set: ResourceSet,
-        source: String,
+        source: &str,
+        request: &Request,
+        edit: impl Fn(&ResourceSet) -> Result<ResourceSet, RegistryError>,
     ) -> Result<Change, RegistryError> {
-        let mut inner = self.lock();
-        let number = inner.next;
-        let entry = group_entry(&mut inner.groups, group);
-        if set.same_as(&entry.current.borrow()) {
-            let revision = entry.revisions.last().map_or(0, |r| r.number);
-            return Ok(Change {
-                revision,
-                changed: false,
-            });
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut revision, mut base) = self.head(group);
+            if let Some(expected) = request.expect_revision {
+                if expected != revision {
+                    // This view may lag the store (a commit not yet recorded here).
+                    self.catch_up(group, revision).await?;
+                    (revision, base) = self.head(group);
+                    if expected != revision {
+                        return Err(RegistryError::Conflict {
+                            group: group.to_string(),
+                            expected,
+                            current: revision,
+                        });
+                    }
+                }
+            }
+            let next = edit(&base)?;
+            if next.same_as(&base) {
+                return Ok(Change {
+                    revision,
+                    changed: false,
+                });
+            }
+            let draft = Draft {
+                group: group.to_string(),
+                source: source.to_string(),
+                author: request.author.clone(),
+                changes: changes_between(&base, &next),
+                documents: next.documents(),
+            };
+            match self.store.compare_and_append(revision, draft).await {
+                Ok(stored) => {
+                    let number = stored.number;
+                    self.record(stored, Arc::new(next));
+                    return Ok(Change {
+                        revision: number,
+                        changed: true,
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => self.catch_up(group, revision).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
-        let created_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let revision = StoredRevision {
-            number,
+        Err(RegistryError::Contended {
             group: group.to_string(),
-            created_unix_ms,
-            source,
-            documents: set.documents(),
-        };
-        self.store.append(&revision)?;
-        entry.revisions.push(revision);
-        entry.current.send_replace(Arc::new(set));
-        inner.next += 1;
-        Ok(Change {
-            revision: number,
-            changed: true,
+            attempts: MAX_ATTEMPTS,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// Records the group's revisions committed after `after` that this view has not seen.
+    async fn catch_up(&self, group: &str, after: u64) -> Result<(), RegistryError> {
+        for revision in self.store.load_since(group, after).await? {
+            self.record_stored(revision)?;
+        }
+        Ok(())
     }
+
+    /// Records a revision read back from the store.
+    fn record_stored(&self, mut revision: StoredRevision) -> Result<(), RegistryError> {
+        let set = ResourceSet::from_documents(revision.documents.clone()).map_err(|error| {
+            RegistryError::CorruptRevision {
+                number: revision.number,
+                error,
+            }
+        })?;
+        if revision.changes.is_none() {
+            // Written before changes were recorded: derive them from its predecessor.
+            let previous = self
+                .lock()
+                .get(&revision.group)
+                .and_then(|g| {
+                    g.revisions
+                        .iter()
+                        .rev()
+                        .find(|r| r.number < revision.number)
+                })
+                .map(|r| r.documents.clone());
+            let previous = match previous {
+                Some(documents) => ResourceSet::from_documents(documents).map_err(|error| {
+                    RegistryError::CorruptRevision {
+                        number: revision.number,
+                        error,
+                    }
+                })?,
+                None => ResourceSet::default(),
+            };
+            revision.changes = Some(changes_between(&previous, &set));
+        }
+        self.record(revision, Arc::new(set));
+        Ok(())
+    }
+
+    /// Adds a committed revision to its group's history (once, in number order) and serves
+    /// it if it is the newest. Commits may be recorded out of order; the newest wins.
+    fn record(&self, revision: StoredRevision, set: Arc<ResourceSet>) {
+        let mut groups = self.lock();
+        let entry = group_entry(&mut groups, &revision.group);
+        let position = entry
+            .revisions
+            .partition_point(|r| r.number < revision.number);
+        if entry
+            .revisions
+            .get(position)
+            .is_some_and(|r| r.number == revision.number)
+        {
+            return;
+        }
+        let newest = position == entry.revisions.len();
+        entry.revisions.insert(position, revision);
+        if newest {
+            entry.current.send_replace(set);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What `next` adds, changes and removes against `base`, as `kind/name`.
+fn changes_between(base: &ResourceSet, next: &ResourceSet) -> Changes {
+    let mut changes = Changes::default();
+    let label = |type_url: &str, name: &str| {
+        let short = resource_type(type_url).map_or("resource", |t| t.short);
+        format!("{short}/{name}")
+    };
+    for (type_url, entries) in &next.by_type {
+        for (name, entry) in entries {
+            match base.by_type.get(type_url).and_then(|m| m.get(name)) {
+                None => changes.added.push(label(type_url, name)),
+                Some(old) if old.version != entry.version => {
+                    changes.changed.push(label(type_url, name))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (type_url, entries) in &base.by_type {
+        for name in entries.keys() {
+            if !next
+                .by_type
+                .get(type_url)
+                .is_some_and(|m| m.contains_key(name))
+            {
+                changes.removed.push(label(type_url, name));
+            }
+        }
+    }
+    for list in [
+        &mut changes.added,
+        &mut changes.changed,
+        &mut changes.removed,
+    ] {
+        list.sort();
+    }
+    changes
 }
 
 fn group_entry<'a>(groups: &'a mut BTreeMap<String, Group>, name: &str) -> &'a mut Group {
@@ -346,5 +512,112 @@ mod tests {
         assert!(fields
             .iter()
             .any(|(path, _, _)| path == "tls_certificate.private_key.inline_string"));
+    }
+
+    fn cluster(name: &str) -> ResourceSet {
+        ResourceSet::from_yaml(&format!(
+            r#"{{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "{name}", "connect_timeout": "1s", "load_assignment": {{"cluster_name": "{name}", "endpoints": [{{"lb_endpoints": [{{"endpoint": {{"address": {{"socket_address": {{"address": "127.0.0.1", "port_value": 8080}}}}}}}}]}}]}}}}"#
+        ))
+        .unwrap()
+    }
+
+    async fn registry(dir: &std::path::Path) -> Arc<Registry> {
+        let store = crate::store::FileStore::open(dir).unwrap();
+        Arc::new(Registry::open(Box::new(store)).await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_applies_and_deletes_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path()).await;
+        let anyone = Request::default();
+        for i in 0..10 {
+            let set = cluster(&format!("old-{i}"));
+            registry.apply("g", &set, &anyone).await.unwrap();
+        }
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let adder = registry.clone();
+            tasks.push(tokio::spawn(async move {
+                let request = Request::default();
+                adder
+                    .apply("g", &cluster(&format!("new-{i}")), &request)
+                    .await
+            }));
+            let deleter = registry.clone();
+            tasks.push(tokio::spawn(async move {
+                let request = Request::default();
+                let name = format!("old-{i}");
+                deleter
+                    .delete("g", xds_types::type_urls::CLUSTER, &name, &request)
+                    .await
+            }));
+        }
+        for task in tasks {
+            assert!(task.await.unwrap().unwrap().changed);
+        }
+        let names: Vec<String> = registry
+            .current("g")
+            .of_type(xds_types::type_urls::CLUSTER)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let expected: Vec<String> = (0..10).map(|i| format!("new-{i}")).collect();
+        assert_eq!(names, expected);
+        let history = registry.history("g");
+        assert_eq!(history.len(), 30);
+        for revision in &history[10..] {
+            let changes = revision.changes.as_ref().unwrap();
+            assert_eq!(
+                changes.added.len() + changes.removed.len(),
+                1,
+                "one resource per change: {changes:?}"
+            );
+            assert!(changes.changed.is_empty());
+        }
+        // The store holds the same history and serves the same set after a restart.
+        let before = registry.current("g");
+        drop(registry);
+        let reopened = super::tests::registry(dir.path()).await;
+        assert_eq!(reopened.history("g").len(), 30);
+        assert!(reopened.current("g").same_as(&before));
+    }
+
+    #[tokio::test]
+    async fn a_stale_expected_revision_is_a_conflict_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path()).await;
+        let first = registry
+            .apply("g", &cluster("a"), &Request::default())
+            .await
+            .unwrap();
+        assert_eq!(first.revision, 1);
+        let stale = Request {
+            expect_revision: Some(0),
+            ..Request::default()
+        };
+        let refused = registry
+            .apply("g", &cluster("b"), &stale)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "group \"g\" is at revision 1, not the expected revision 0; nothing was written"
+        );
+        assert_eq!(registry.history("g").len(), 1);
+        let current = Request {
+            expect_revision: Some(1),
+            author: "ci".to_string(),
+        };
+        let applied = registry.apply("g", &cluster("b"), &current).await.unwrap();
+        assert_eq!(applied.revision, 2);
+        let history = registry.history("g");
+        assert_eq!(history[1].author, "ci");
+        assert_eq!(
+            history[1].changes,
+            Some(Changes {
+                added: vec!["cluster/b".to_string()],
+                ..Changes::default()
+            })
+        );
     }
 }

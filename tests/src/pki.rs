@@ -36,7 +36,12 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
         let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<_> {
             let key = KeyPair::generate()?;
+            let common_name = format!("sluice test {}", names[0]);
             let mut params = CertificateParams::new(names)?;
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
             params.extended_key_usages = vec![usage];
             let cert = params.signed_by(&key, &ca)?;
             Ok((cert.pem(), key.serialize_pem()))

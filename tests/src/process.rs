@@ -284,8 +284,18 @@ impl ControlPlane {
 
     /// SIGKILLs the process and starts it again on the same store and addresses.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.start_again().await
+    }
+
+    /// SIGKILLs the process (and reaps it); [`ControlPlane::start_again`] brings it back.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the process again on the same store and addresses after [`ControlPlane::kill`].
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
         self.child = Self::spawn(self._dir.path(), self.xds, self.api, &self.args)?;
         self.wait_listening().await
     }
@@ -317,6 +327,34 @@ impl ControlPlane {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Starts `sluicectl --server <this API> ARGS` without waiting for it (for many at once).
+    pub fn sluicectl_spawn(&self, args: &[&str]) -> Child {
+        self.sluicectl_command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sluicectl")
+    }
+
+    /// Every revision file in the store, oldest first, as JSON (what a restart loads).
+    pub fn stored_revisions(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let dir = self._dir.path().join("store").join("revisions");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .map(|p| {
+                let bytes = std::fs::read(p)?;
+                serde_json::from_slice(&bytes).with_context(|| format!("{}", p.display()))
+            })
+            .collect()
     }
 
     /// Starts `sluicectl --server <this API> ARGS` for a command that keeps printing

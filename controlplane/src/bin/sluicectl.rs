@@ -58,6 +58,10 @@ enum Command {
         file: PathBuf,
         #[arg(long, default_value = "")]
         group: String,
+        /// Apply only if the group is still at revision N (as `history` or an earlier
+        /// apply showed it; 0 for a group with none); otherwise fail and write nothing.
+        #[arg(long, value_name = "N")]
+        expect_revision: Option<u64>,
     },
     /// Check FILE as apply would, without applying it.
     Validate {
@@ -87,8 +91,11 @@ enum Command {
         name: String,
         #[arg(long, default_value = "")]
         group: String,
+        /// Delete only if the group is still at revision N; otherwise fail and write nothing.
+        #[arg(long, value_name = "N")]
+        expect_revision: Option<u64>,
     },
-    /// List the group's revisions.
+    /// List the group's revisions: when, by which credential, what each changed.
     History {
         #[arg(long, default_value = "")]
         group: String,
@@ -98,6 +105,9 @@ enum Command {
         revision: u64,
         #[arg(long, default_value = "")]
         group: String,
+        /// Roll back only if the group is still at revision N; otherwise fail.
+        #[arg(long, value_name = "N")]
+        expect_revision: Option<u64>,
     },
     /// Every node, the version it ACKed per type, and its last NACK.
     Nodes {
@@ -194,10 +204,18 @@ async fn run(cli: Cli) -> Result<String, String> {
     let mut api = client(&cli).await?;
     let status = |e: tonic::Status| e.message().to_string();
     Ok(match cli.command {
-        Command::Apply { file, group } => {
+        Command::Apply {
+            file,
+            group,
+            expect_revision,
+        } => {
             let documents = read(&file)?;
             let r = api
-                .apply(pb::ApplyRequest { group, documents })
+                .apply(pb::ApplyRequest {
+                    group,
+                    documents,
+                    expect_revision,
+                })
                 .await
                 .map_err(|e| format!("{}: {}", file.display(), e.message()))?;
             change(r.into_inner(), cli.output)
@@ -205,7 +223,11 @@ async fn run(cli: Cli) -> Result<String, String> {
         Command::Validate { file, group } => {
             let documents = read(&file)?;
             let r = api
-                .validate(pb::ApplyRequest { group, documents })
+                .validate(pb::ApplyRequest {
+                    group,
+                    documents,
+                    expect_revision: None,
+                })
                 .await
                 .map_err(|e| format!("{}: {}", file.display(), e.message()))?;
             let r = r.into_inner();
@@ -222,7 +244,11 @@ async fn run(cli: Cli) -> Result<String, String> {
         Command::Diff { file, group } => {
             let documents = read(&file)?;
             let r = api
-                .diff(pb::ApplyRequest { group, documents })
+                .diff(pb::ApplyRequest {
+                    group,
+                    documents,
+                    expect_revision: None,
+                })
                 .await
                 .map_err(|e| format!("{}: {}", file.display(), e.message()))?
                 .into_inner();
@@ -248,11 +274,13 @@ async fn run(cli: Cli) -> Result<String, String> {
             r#type,
             name,
             group,
+            expect_revision,
         } => change(
             api.delete(pb::DeleteRequest {
                 group,
                 r#type,
                 name,
+                expect_revision,
             })
             .await
             .map_err(status)?
@@ -266,28 +294,56 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .map_err(status)?
                 .into_inner()
                 .revisions;
-            let rows: Vec<serde_json::Value> = revisions
-                .iter()
-                .map(|r| serde_json::json!({ "revision": r.number, "created_unix_ms": r.created_unix_ms, "source": r.source, "resources": r.resources }))
-                .collect();
+            let rows: Vec<serde_json::Value> = revisions.iter().map(revision_json).collect();
             structured(
                 &rows,
                 cli.output,
-                &["REVISION", "SOURCE", "RESOURCES"],
+                &[
+                    "REVISION",
+                    "CREATED",
+                    "AUTHOR",
+                    "SOURCE",
+                    "RESOURCES",
+                    "CHANGES",
+                ],
                 |v| {
+                    let text = |key: &str| v[key].as_str().unwrap_or("").to_string();
+                    let marked = |key: &str, mark: &str| {
+                        v[key]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|n| n.as_str())
+                            .map(|n| format!("{mark}{n}"))
+                            .collect::<Vec<_>>()
+                    };
+                    let mut changes = marked("added", "+");
+                    changes.extend(marked("changed", "~"));
+                    changes.extend(marked("removed", "-"));
                     vec![
                         v["revision"].to_string(),
-                        v["source"].as_str().unwrap_or("").to_string(),
+                        text("created"),
+                        text("author"),
+                        text("source"),
                         v["resources"].to_string(),
+                        changes.join(" "),
                     ]
                 },
             )
         }
-        Command::Rollback { revision, group } => change(
-            api.rollback(pb::RollbackRequest { group, revision })
-                .await
-                .map_err(status)?
-                .into_inner(),
+        Command::Rollback {
+            revision,
+            group,
+            expect_revision,
+        } => change(
+            api.rollback(pb::RollbackRequest {
+                group,
+                revision,
+                expect_revision,
+            })
+            .await
+            .map_err(status)?
+            .into_inner(),
             cli.output,
         ),
         Command::Nodes { watch: false } => {
@@ -311,6 +367,23 @@ async fn run(cli: Cli) -> Result<String, String> {
             }
             String::new()
         }
+    })
+}
+
+/// One revision as JSON: its time as RFC 3339 (UTC) beside the raw milliseconds.
+fn revision_json(r: &pb::Revision) -> serde_json::Value {
+    let created =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.created_unix_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+    serde_json::json!({
+        "revision": r.number, "created": created, "created_unix_ms": r.created_unix_ms,
+        "author": r.author, "source": r.source, "resources": r.resources,
+        "added": r.added, "changed": r.changed, "removed": r.removed,
     })
 }
 

@@ -3,7 +3,6 @@
 //! from a static bootstrap, once from `sluice-cp` over ADS (routes over RDS, endpoints over
 //! EDS). Documented differences (docs/differences.md) are excluded by name below, each with
 //! its reason there.
-#![recursion_limit = "512"]
 
 use std::net::SocketAddr;
 

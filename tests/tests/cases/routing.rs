@@ -1,6 +1,5 @@
 //! Every route match and action of the data plane, through the real `sluice` binary to
 //! real upstream servers.
-#![recursion_limit = "512"]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -113,6 +113,22 @@ async fn mutual_tls_on_the_api_and_on_xds_for_envoy_and_sluice() {
     ];
     let (ok, out) = sluicectl(&[&base[..], &client_cert[..], &["history"]].concat());
     assert!(ok && out.contains("resources file"), "mutual TLS: {out}");
+    // A change over mutual TLS names its token and the client certificate in history.
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = dir.path().join("v2.yaml");
+    std::fs::write(&v2, xds_resources(listener, upstream.addr, "tls-v2")).unwrap();
+    let v2 = path(&v2);
+    let apply = [&base[..], &client_cert[..], &["apply", "-f", &v2]].concat();
+    let (ok, out) = sluicectl(&apply);
+    assert!(ok && out.contains("applied"), "{out}");
+    let history = [&base[..], &client_cert[..], &["history", "-o", "json"]].concat();
+    let (_, out) = sluicectl(&history);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        rows.last().unwrap()["author"],
+        "admin-token (cert CN=sluice test operator)",
+        "{out}"
+    );
     let (ok, err) = sluicectl(&[&base[..], &["history"]].concat());
     assert!(!ok, "no client certificate, no API: {err}");
     let plain = format!("http://{}", cp.api);
@@ -138,7 +154,7 @@ async fn mutual_tls_on_the_api_and_on_xds_for_envoy_and_sluice() {
     });
     let _envoy = Envoy::start(&bootstrap.to_string(), admin).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(15), || serves(listener, "up", "tls")).await,
+        eventually(Duration::from_secs(15), || serves(listener, "up", "tls-v2")).await,
         "Envoy took its config over mutual TLS"
     );
 

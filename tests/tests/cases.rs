@@ -1,0 +1,20 @@
+//! The end-to-end suites, one module each, all in the one `e2e` binary so the harness and
+//! the dependency tree link once.
+
+mod concurrent_changes;
+mod controlplane_envoy;
+mod cp_security;
+mod differential;
+mod hostile;
+mod http1;
+mod lifecycle;
+mod operator;
+mod proxyless_grpc;
+mod routing;
+mod streaming;
+mod upgrades_grpc;
+mod xds_atomicity;
+mod xds_dataplane;
+mod xds_eds_rds;
+mod xds_fleet;
+mod xds_per_type;
