@@ -268,8 +268,15 @@ async fn removed_clusters_endpoints_subscription_ends(api_type: &str) {
     // A change to b's endpoints is not sent to the node any more.
     let b_moved = without_b.replace(&b.addr.port().to_string(), &b2.addr.port().to_string());
     cp.update(&b_moved).unwrap();
-    let (ok, out, _) = cp.sluicectl(&["get", "endpoints", "b", "-o", "json"]);
-    assert!(ok && out.contains(&b2.addr.port().to_string()), "{out}");
+    // The reload is asynchronous (SIGHUP): wait until the control plane holds it.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (ok, out, _) = cp.sluicectl(&["get", "endpoints", "b", "-o", "json"]);
+            ok && out.contains(&b2.addr.port().to_string())
+        })
+        .await,
+        "the control plane took the moved endpoints"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         endpoints_subscription(&cp, "sluice-s").1,
