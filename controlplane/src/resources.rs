@@ -19,55 +19,11 @@ use xds_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_types::pb::google::protobuf::Any;
 use xds_types::{type_urls, ValidationError};
 
-/// One resource type `sluice-cp` serves.
-#[derive(Debug, Clone, Copy)]
-pub struct ResourceType {
-    pub url: &'static str,
-    /// What operators type and `sluicectl` shows (`sluicectl get route`).
-    pub short: &'static str,
-    /// How messages name it.
-    pub human: &'static str,
-}
+pub use xds_types::resource::{human as kind, kind_of as resource_type, Kind as ResourceType};
 
 /// Every type served, in the order additions are pushed: each type before the types that
 /// use it (make-before-break); removals go in the reverse order.
-pub const TYPES: [ResourceType; 5] = [
-    ResourceType {
-        url: type_urls::SECRET,
-        short: "secret",
-        human: "secret",
-    },
-    ResourceType {
-        url: type_urls::CLUSTER,
-        short: "cluster",
-        human: "cluster",
-    },
-    ResourceType {
-        url: type_urls::CLUSTER_LOAD_ASSIGNMENT,
-        short: "endpoints",
-        human: "endpoints",
-    },
-    ResourceType {
-        url: type_urls::LISTENER,
-        short: "listener",
-        human: "listener",
-    },
-    ResourceType {
-        url: type_urls::ROUTE_CONFIGURATION,
-        short: "route",
-        human: "route configuration",
-    },
-];
-
-/// The served type of a type URL.
-pub fn resource_type(type_url: &str) -> Option<&'static ResourceType> {
-    TYPES.iter().find(|t| t.url == type_url)
-}
-
-/// How messages name a type (`cluster`, `route configuration`, …).
-pub fn kind(type_url: &str) -> &'static str {
-    resource_type(type_url).map_or("resource", |t| t.human)
-}
+pub const TYPES: [ResourceType; 5] = xds_types::resource::KINDS;
 
 /// Why a resource set was refused; names the document and the field.
 #[derive(Debug, thiserror::Error)]
@@ -389,19 +345,40 @@ impl Served for Listener {
         &self.name
     }
     fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
-        let http = if self.api_listener.is_some() {
-            xds_types::listener::ApiListener::try_from(self)?.http
-        } else {
-            xds_types::Listener::try_from(self)?.http
-        };
-        Ok(match http.rds_name() {
-            Some(rds) => vec![(type_urls::ROUTE_CONFIGURATION, rds.to_string())],
-            None => http
-                .inline_routes()
-                .map(|t| clusters_of(t).collect())
-                .unwrap_or_default(),
-        })
+        if self.api_listener.is_some() {
+            let http = xds_types::listener::ApiListener::try_from(self)?.http;
+            return Ok(match http.rds_name() {
+                Some(rds) => vec![(type_urls::ROUTE_CONFIGURATION, rds.to_string())],
+                None => http
+                    .inline_routes()
+                    .map(|t| clusters_of(t).collect())
+                    .unwrap_or_default(),
+            });
+        }
+        let listener = xds_types::Listener::try_from(self)?;
+        let mut uses: Vec<(&'static str, String)> = listener
+            .rds_names()
+            .map(|n| (type_urls::ROUTE_CONFIGURATION, n.to_string()))
+            .chain(
+                listener
+                    .referenced_clusters()
+                    .into_iter()
+                    .map(|c| (type_urls::CLUSTER, c.to_string())),
+            )
+            .chain(secrets_of(listener.sds_refs()))
+            .collect();
+        uses.sort();
+        uses.dedup();
+        Ok(uses)
     }
+}
+
+/// The SDS secrets (over ADS) a resource names: they must be in the group.
+fn secrets_of<'a>(
+    refs: impl Iterator<Item = &'a xds_types::tls::SdsRef> + 'a,
+) -> impl Iterator<Item = (&'static str, String)> + 'a {
+    refs.filter(|r| matches!(r.source, xds_types::tls::SecretSource::Ads { .. }))
+        .map(|r| (type_urls::SECRET, r.name.clone()))
 }
 
 impl Served for Cluster {
@@ -415,6 +392,7 @@ impl Served for Cluster {
             .eds_name()
             .map(|n| (type_urls::CLUSTER_LOAD_ASSIGNMENT, n.to_string()))
             .into_iter()
+            .chain(secrets_of(cluster.tls.iter().flat_map(|t| t.sds_names())))
             .collect())
     }
 }
@@ -450,7 +428,7 @@ impl Served for Secret {
         &self.name
     }
     fn uses(&self) -> Result<Vec<(&'static str, String)>, ValidationError> {
-        xds_types::secret::TlsCertificate::try_from(self)?;
+        xds_types::secret::Secret::try_from(self)?;
         Ok(Vec::new())
     }
 }

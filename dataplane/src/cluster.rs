@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::Rng;
@@ -22,8 +24,15 @@ use xds_types::cluster::{Discovery, DnsLookupFamily, LbPolicy, UpstreamProtocol}
 use crate::body::Body;
 use crate::stats::{ClusterStats, Stats};
 
+pub mod tls;
+
+use tls::{ClientTls, Connector, UpstreamStream};
+
 /// The pooled HTTP client of one cluster (pools are per endpoint authority).
-pub type UpstreamClient = Client<HttpConnector, Body>;
+pub type UpstreamClient = Client<Connector, Body>;
+
+/// Most per-host pools a cluster with auto SNI keeps (each SNI needs its own connections).
+const MAX_SNI_POOLS: usize = 64;
 
 /// One endpoint as the load balancer sees it.
 #[derive(Debug)]
@@ -51,6 +60,14 @@ pub struct ClusterState {
     pub config: xds_types::Cluster,
     pub client: UpstreamClient,
     pub stats: ClusterStats,
+    /// TLS to the endpoints, compiled; also what identifies it across updates (with the
+    /// config's fingerprint).
+    pub tls: Option<ClientTls>,
+    /// What the TLS context was built from (secret contents, file stamps), so a rotated
+    /// secret rebuilds the cluster's pools and an unchanged one keeps them.
+    pub tls_key: u64,
+    /// With auto SNI: one pool per request host.
+    sni_clients: Mutex<HashMap<String, UpstreamClient>>,
     endpoints: ArcSwap<EndpointSet>,
     rr_cursor: AtomicUsize,
 }
@@ -130,20 +147,15 @@ fn num_gcd(a: u64, b: u64) -> u64 {
 }
 
 impl ClusterState {
-    /// Creates the cluster, its pool and (for DNS clusters) its resolver task.
-    pub fn new(config: xds_types::Cluster, stats: &Stats) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .http2_only(config.protocol == UpstreamProtocol::Http2)
-            .set_host(false);
-        let client = builder.build(connector);
+    /// Creates the cluster, its pool and (for DNS clusters) its resolver task. `tls` is
+    /// the compiled upstream TLS context, `tls_key` what it was built from.
+    pub fn new(
+        config: xds_types::Cluster,
+        tls: Option<ClientTls>,
+        tls_key: u64,
+        stats: &Stats,
+    ) -> Arc<Self> {
+        let client = pool(&config, tls.clone(), None);
         let static_endpoints = match config.discovery {
             Discovery::Static | Discovery::LogicalDns { .. } => config
                 .endpoints
@@ -158,6 +170,9 @@ impl ClusterState {
             config,
             client,
             stats: cluster_stats,
+            tls,
+            tls_key,
+            sni_clients: Mutex::new(HashMap::new()),
             endpoints: ArcSwap::from_pointee(EndpointSet::new(static_endpoints)),
             rr_cursor: AtomicUsize::new(0),
         });
@@ -169,6 +184,37 @@ impl ClusterState {
             tokio::spawn(resolve_loop(Arc::downgrade(&state), refresh));
         }
         state
+    }
+
+    /// The pool a request to `host` uses: the cluster's, or with auto SNI the one whose
+    /// connections were made with `host` as SNI.
+    pub fn client_for(&self, host: &str) -> UpstreamClient {
+        if !self.tls.as_ref().is_some_and(|t| t.auto_sni) || host.is_empty() {
+            return self.client.clone();
+        }
+        let host = host_without_port(host).to_ascii_lowercase();
+        let mut clients = self.sni_clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&host) {
+            return client.clone();
+        }
+        if clients.len() >= MAX_SNI_POOLS {
+            clients.clear();
+        }
+        let client = pool(&self.config, self.tls.clone(), Some(host.clone()));
+        clients.insert(host, client.clone());
+        client
+    }
+
+    /// A raw connection to `endpoint` (for the TCP proxy), with the cluster's connect
+    /// timeout and TLS.
+    pub async fn connect(&self, endpoint: &Endpoint) -> std::io::Result<UpstreamStream> {
+        tls::connect(
+            &endpoint.authority,
+            self.config.connect_timeout,
+            self.tls.as_ref(),
+            None,
+        )
+        .await
     }
 
     /// Replaces an EDS cluster's endpoints when they differ; pools of endpoints that stay
@@ -231,6 +277,38 @@ impl ClusterState {
             LbPolicy::RoundRobin | LbPolicy::Random => weighted_random(&set),
         };
         Some(set.endpoints[index].clone())
+    }
+}
+
+/// A pool for `config`'s endpoints.
+fn pool(
+    config: &xds_types::Cluster,
+    tls: Option<ClientTls>,
+    sni_host: Option<String>,
+) -> UpstreamClient {
+    let connector = Connector {
+        timeout: config.connect_timeout,
+        tls,
+        sni_host,
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(config.idle_timeout)
+        .http2_only(config.protocol == UpstreamProtocol::Http2)
+        .set_host(false);
+    builder.build(connector)
+}
+
+/// `host` without a `:port` suffix.
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
     }
 }
 

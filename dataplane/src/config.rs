@@ -1,20 +1,35 @@
-//! The config snapshot: everything a request needs, immutable, published with one
-//! `ArcSwap::store`. A request calls [`SnapshotStore::load`] once and makes every
-//! decision (listener settings, route, cluster) from that one view.
+//! The config snapshot: everything a connection and a request need, immutable, published
+//! with one `ArcSwap::store`. A request calls [`SnapshotStore::load`] once and makes every
+//! decision (chain settings, route, cluster) from that one view.
+//!
+//! Building a snapshot reuses what did not change: a cluster whose config and secrets are
+//! the same keeps its `ClusterState` (pools, counters); a filter chain keeps its compiled
+//! TLS context and its connection-limit counter. A cluster or listener still waiting for an
+//! EDS, RDS or SDS resource (warming) is not live; the version it replaces keeps serving.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tracing::warn;
 use xds_types::cluster::LbEndpoint;
 use xds_types::hcm::RouteSource;
-use xds_types::{type_urls, Bootstrap, Cluster, Listener, RouteTable};
+use xds_types::listener::{FilterChain, NetworkFilter};
+use xds_types::secret::{Secret, SecretValue};
+use xds_types::tcp_proxy::TcpProxy;
+use xds_types::tls::{CertificateSource, DataSource, SdsRef, SecretSource};
+use xds_types::{type_urls, Bootstrap, Cluster, HttpConnectionManager, Listener, RouteTable};
 
+use crate::cluster::tls::ClientTls;
 use crate::cluster::ClusterState;
+use crate::listener::tls::ServerTls;
 use crate::router::CompiledRoutes;
-use crate::stats::{HttpStats, Stats};
+use crate::stats::{HttpStats, ListenerStats, Stats, TcpStats};
+use crate::tls::{file_stamps, Secrets, TlsError};
 
 /// One immutable view of the whole configuration.
 #[derive(Debug)]
@@ -26,11 +41,13 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<ClusterState>>,
 }
 
-/// A listener's config with its compiled route table and its counters.
+/// A listener ready to accept: its config and its compiled filter chains.
 pub struct ListenerRuntime {
     pub config: Listener,
-    pub routes: CompiledRoutes,
-    pub stats: HttpStats,
+    /// In the order of `config.filter_chains`.
+    pub chains: Vec<Arc<ChainRuntime>>,
+    pub default_chain: Option<Arc<ChainRuntime>>,
+    pub stats: ListenerStats,
 }
 
 impl std::fmt::Debug for ListenerRuntime {
@@ -39,6 +56,78 @@ impl std::fmt::Debug for ListenerRuntime {
             .field("name", &self.config.name)
             .finish_non_exhaustive()
     }
+}
+
+impl ListenerRuntime {
+    /// The chain with this identity, current or default.
+    pub fn chain(&self, identity: u64) -> Option<&Arc<ChainRuntime>> {
+        self.chains
+            .iter()
+            .chain(self.default_chain.as_ref())
+            .find(|c| c.identity == identity)
+    }
+
+    /// Every chain identity, for draining the chains an update removed.
+    pub fn identities(&self) -> HashSet<u64> {
+        self.chains
+            .iter()
+            .chain(self.default_chain.as_ref())
+            .map(|c| c.identity)
+            .collect()
+    }
+}
+
+/// A filter chain ready to take connections.
+pub struct ChainRuntime {
+    pub name: String,
+    /// Unchanged by route-only updates (see [`xds_types::listener::FilterChain::identity`]).
+    pub identity: u64,
+    pub tls: ChainTls,
+    pub handshake_timeout: Option<Duration>,
+    /// Permits for `connection_limit`, shared by every version of the chain.
+    pub connection_limit: Option<(Arc<Semaphore>, Option<Duration>)>,
+    pub network: Network,
+}
+
+impl std::fmt::Debug for ChainRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainRuntime")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A chain's TLS termination.
+#[derive(Debug, Clone)]
+pub enum ChainTls {
+    Plaintext,
+    Terminate {
+        server: Arc<ServerTls>,
+        /// What it was compiled from (secret contents, file stamps).
+        key: u64,
+    },
+    /// A secret it names did not arrive within its `initial_fetch_timeout`: handshakes are
+    /// refused (never served in plaintext).
+    Unavailable(String),
+}
+
+/// A chain's terminal network filter, compiled.
+pub enum Network {
+    Http(Box<HttpRuntime>),
+    Tcp(TcpRuntime),
+}
+
+/// An HTTP connection manager with its compiled route table and counters.
+pub struct HttpRuntime {
+    pub config: HttpConnectionManager,
+    pub routes: CompiledRoutes,
+    pub stats: HttpStats,
+}
+
+/// A TCP proxy with its counters.
+pub struct TcpRuntime {
+    pub config: TcpProxy,
+    pub stats: TcpStats,
 }
 
 /// Resources received over xDS, by name.
@@ -50,6 +139,10 @@ pub struct DynamicResources {
     pub routes: BTreeMap<String, RouteTable>,
     /// EDS endpoints, by EDS name.
     pub assignments: BTreeMap<String, Vec<LbEndpoint>>,
+    /// SDS secrets.
+    pub secrets: BTreeMap<String, Secret>,
+    /// SDS secrets that did not arrive within their `initial_fetch_timeout`.
+    pub expired_secrets: BTreeSet<String>,
     /// Every accepted resource as received, by type URL and name, for `/config_dump`.
     pub received: BTreeMap<(String, String), Received>,
 }
@@ -61,10 +154,10 @@ pub struct Received {
     pub resource: Arc<xds_types::pb::google::protobuf::Any>,
 }
 
-/// An EDS or RDS resource a cluster or listener needs before it can go live (warming).
+/// An EDS, RDS or SDS resource a cluster or listener needs before it can go live.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dependency {
-    /// `CLUSTER_LOAD_ASSIGNMENT` or `ROUTE_CONFIGURATION`.
+    /// `CLUSTER_LOAD_ASSIGNMENT`, `ROUTE_CONFIGURATION` or `SECRET`.
     pub type_url: &'static str,
     pub name: String,
     /// Envoy's `initial_fetch_timeout` of the config source; `None` waits forever.
@@ -72,20 +165,24 @@ pub struct Dependency {
 }
 
 impl Sources {
-    /// Every EDS and RDS resource the current clusters and listeners use, static and
-    /// dynamic, and whether it has arrived.
-    fn dependencies(&self) -> Vec<(Dependency, bool)> {
-        let clusters = self
-            .bootstrap
+    fn clusters(&self) -> impl Iterator<Item = &Cluster> {
+        self.bootstrap
             .clusters
             .iter()
-            .chain(self.dynamic.clusters.values());
-        let listeners = self
-            .bootstrap
+            .chain(self.dynamic.clusters.values())
+    }
+
+    fn listeners(&self) -> impl Iterator<Item = &Listener> {
+        self.bootstrap
             .listeners
             .iter()
-            .chain(self.dynamic.listeners.values());
-        let endpoints = clusters.filter_map(|c| c.eds.as_ref()).map(|eds| {
+            .chain(self.dynamic.listeners.values())
+    }
+
+    /// Every EDS, RDS and SDS resource the current clusters and listeners use, static and
+    /// dynamic, and whether it has arrived.
+    fn dependencies(&self) -> Vec<(Dependency, bool)> {
+        let endpoints = self.clusters().filter_map(|c| c.eds.as_ref()).map(|eds| {
             let dependency = Dependency {
                 type_url: type_urls::CLUSTER_LOAD_ASSIGNMENT,
                 name: eds.service_name.clone(),
@@ -94,21 +191,43 @@ impl Sources {
             let arrived = self.dynamic.assignments.contains_key(&eds.service_name);
             (dependency, arrived)
         });
-        let routes = listeners.filter_map(|l| match &l.http.routes {
-            RouteSource::Inline(_) => None,
-            RouteSource::Rds {
-                name,
+        let routes = self
+            .listeners()
+            .flat_map(|l| l.http_managers())
+            .filter_map(|h| match &h.routes {
+                RouteSource::Inline(_) => None,
+                RouteSource::Rds {
+                    name,
+                    initial_fetch_timeout,
+                } => Some((
+                    Dependency {
+                        type_url: type_urls::ROUTE_CONFIGURATION,
+                        name: name.clone(),
+                        initial_fetch_timeout: *initial_fetch_timeout,
+                    },
+                    self.dynamic.routes.contains_key(name),
+                )),
+            });
+        let secret_refs = self.listeners().flat_map(|l| l.sds_refs()).chain(
+            self.clusters()
+                .filter_map(|c| c.tls.as_ref())
+                .flat_map(|t| t.sds_names()),
+        );
+        let secrets = secret_refs.filter_map(|r| match r.source {
+            SecretSource::Static => None,
+            SecretSource::Ads {
                 initial_fetch_timeout,
             } => Some((
                 Dependency {
-                    type_url: type_urls::ROUTE_CONFIGURATION,
-                    name: name.clone(),
-                    initial_fetch_timeout: *initial_fetch_timeout,
+                    type_url: type_urls::SECRET,
+                    name: r.name.clone(),
+                    initial_fetch_timeout,
                 },
-                self.dynamic.routes.contains_key(name),
+                self.dynamic.secrets.contains_key(&r.name)
+                    || self.dynamic.expired_secrets.contains(&r.name),
             )),
         });
-        let mut all: Vec<_> = endpoints.chain(routes).collect();
+        let mut all: Vec<_> = endpoints.chain(routes).chain(secrets).collect();
         all.sort();
         all.dedup();
         all
@@ -152,7 +271,7 @@ impl SnapshotStore {
         self.current.load_full()
     }
 
-    /// Builds a snapshot from a new bootstrap, reusing unchanged clusters, and publishes
+    /// Builds a snapshot from a new bootstrap, reusing what did not change, and publishes
     /// it atomically. Returns the new snapshot.
     pub fn publish(&self, bootstrap: Bootstrap) -> Arc<Snapshot> {
         let mut sources = self.sources.lock().expect("sources lock");
@@ -172,7 +291,7 @@ impl SnapshotStore {
         self.sources.lock().expect("sources lock").dynamic.clone()
     }
 
-    /// The EDS and RDS resources the configured clusters and listeners use, each with
+    /// The EDS, RDS and SDS resources the configured clusters and listeners use, each with
     /// whether it has arrived (a cluster or listener waiting for one is warming).
     pub fn dependencies(&self) -> Vec<(Dependency, bool)> {
         self.sources.lock().expect("sources lock").dependencies()
@@ -195,6 +314,11 @@ impl SnapshotStore {
 /// Static resources win over dynamic ones of the same name, as in Envoy.
 fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version: u64) -> Snapshot {
     let bootstrap = &sources.bootstrap;
+    let dynamic = &sources.dynamic;
+    let secrets = Secrets {
+        static_secrets: &bootstrap.secrets,
+        dynamic: &dynamic.secrets,
+    };
     let static_clusters: HashSet<&str> =
         bootstrap.clusters.iter().map(|c| c.name.as_str()).collect();
     let static_listeners: HashSet<&str> = bootstrap
@@ -203,39 +327,32 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
         .map(|l| l.name.as_str())
         .collect();
     let cluster_configs = bootstrap.clusters.iter().chain(
-        sources
-            .dynamic
+        dynamic
             .clusters
             .values()
             .filter(|c| !static_clusters.contains(c.name.as_str())),
     );
     let listener_configs = bootstrap.listeners.iter().chain(
-        sources
-            .dynamic
+        dynamic
             .listeners
             .values()
             .filter(|l| !static_listeners.contains(l.name.as_str())),
     );
-    let dynamic = &sources.dynamic;
-    // A cluster or listener still waiting for its EDS or RDS resource (warming) is not
-    // live: the version it replaces, if any, keeps serving until it is ready.
     let clusters = cluster_configs
         .filter_map(|config| {
+            let live = || previous.and_then(|p| p.clusters.get(&config.name)).cloned();
             let assignment = match config.eds_name() {
                 None => None,
                 Some(eds_name) => match dynamic.assignments.get(eds_name) {
                     Some(endpoints) => Some(endpoints),
-                    None => {
-                        let live = previous.and_then(|p| p.clusters.get(&config.name))?;
-                        return Some((config.name.clone(), live.clone()));
-                    }
+                    None => return live().map(|l| (config.name.clone(), l)),
                 },
             };
-            let reused = previous
-                .and_then(|p| p.clusters.get(&config.name))
-                .filter(|existing| existing.config == *config)
-                .cloned();
-            let state = reused.unwrap_or_else(|| ClusterState::new(config.clone(), stats));
+            let state =
+                match cluster_state(config, live(), &secrets, &dynamic.expired_secrets, stats) {
+                    Ok(state) => state,
+                    Err(Warming) => return live().map(|l| (config.name.clone(), l)),
+                };
             if let Some(endpoints) = assignment {
                 state.assign(endpoints);
             }
@@ -244,22 +361,11 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
         .collect();
     let listeners = listener_configs
         .filter_map(|l| {
-            let table = match &l.http.routes {
-                RouteSource::Inline(table) => table,
-                RouteSource::Rds { name, .. } => match dynamic.routes.get(name) {
-                    Some(table) => table,
-                    None => {
-                        let live = previous.and_then(|p| p.listeners.get(&l.name))?;
-                        return Some((l.name.clone(), live.clone()));
-                    }
-                },
-            };
-            let runtime = ListenerRuntime {
-                config: l.clone(),
-                routes: CompiledRoutes::new(table.clone()),
-                stats: stats.http(&l.http.stat_prefix),
-            };
-            Some((l.name.clone(), Arc::new(runtime)))
+            let live = previous.and_then(|p| p.listeners.get(&l.name));
+            match listener_runtime(l, live, dynamic, &secrets, stats) {
+                Ok(runtime) => Some((l.name.clone(), Arc::new(runtime))),
+                Err(Warming) => live.map(|r| (l.name.clone(), r.clone())),
+            }
         })
         .collect();
     Snapshot {
@@ -268,4 +374,210 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
         listeners,
         clusters,
     }
+}
+
+/// A resource cannot go live yet: it waits for another, or its TLS does not build.
+struct Warming;
+
+/// The cluster's state: the live one when neither its config nor its secrets changed.
+fn cluster_state(
+    config: &Cluster,
+    live: Option<Arc<ClusterState>>,
+    secrets: &Secrets<'_>,
+    expired: &BTreeSet<String>,
+    stats: &Stats,
+) -> Result<Arc<ClusterState>, Warming> {
+    let (tls, key) = match &config.tls {
+        None => (None, 0),
+        Some(tls) => {
+            let refs: Vec<&SdsRef> = tls.sds_names().collect();
+            if refs
+                .iter()
+                .any(|r| secrets.get(r).is_none() && !expired.contains(&r.name))
+            {
+                return Err(Warming);
+            }
+            let key = secrets_key(
+                &refs,
+                secrets,
+                tls.client_certificate.iter(),
+                tls.validation_files(),
+            );
+            if let Some(live) = live
+                .as_ref()
+                .filter(|l| l.config.fingerprint == config.fingerprint && l.tls_key == key)
+            {
+                return Ok(live.clone());
+            }
+            match ClientTls::build(tls, config.protocol, secrets) {
+                Ok(built) => (Some(built), key),
+                Err(TlsError::MissingSecret(name)) if expired.contains(&name) => {
+                    warn!(cluster = %config.name, secret = %name, "secret timed out: TLS to this cluster fails until it arrives");
+                    (None, key)
+                }
+                Err(error) => {
+                    warn!(cluster = %config.name, %error, "upstream TLS does not build; keeping the previous cluster");
+                    return Err(Warming);
+                }
+            }
+        }
+    };
+    if let Some(live) =
+        live.filter(|l| l.config.fingerprint == config.fingerprint && l.tls_key == key)
+    {
+        return Ok(live);
+    }
+    Ok(ClusterState::new(config.clone(), tls, key, stats))
+}
+
+/// The listener's runtime, reusing the live version's TLS contexts and connection limits
+/// chain by chain.
+fn listener_runtime(
+    l: &Listener,
+    live: Option<&Arc<ListenerRuntime>>,
+    dynamic: &DynamicResources,
+    secrets: &Secrets<'_>,
+    stats: &Stats,
+) -> Result<ListenerRuntime, Warming> {
+    let chain = |c: &FilterChain| -> Result<Arc<ChainRuntime>, Warming> {
+        let previous = live.and_then(|r| r.chain(c.identity));
+        chain_runtime(l, c, previous, dynamic, secrets, stats).map(Arc::new)
+    };
+    let chains = l
+        .filter_chains
+        .iter()
+        .map(chain)
+        .collect::<Result<Vec<_>, _>>()?;
+    let default_chain = l.default_filter_chain.as_ref().map(chain).transpose()?;
+    Ok(ListenerRuntime {
+        config: l.clone(),
+        chains,
+        default_chain,
+        stats: stats.listener(&l.address.to_string()),
+    })
+}
+
+fn chain_runtime(
+    listener: &Listener,
+    c: &FilterChain,
+    previous: Option<&Arc<ChainRuntime>>,
+    dynamic: &DynamicResources,
+    secrets: &Secrets<'_>,
+    stats: &Stats,
+) -> Result<ChainRuntime, Warming> {
+    let network = match &c.network {
+        NetworkFilter::Http(h) => {
+            let table = match &h.routes {
+                RouteSource::Inline(table) => table,
+                RouteSource::Rds { name, .. } => dynamic.routes.get(name).ok_or(Warming)?,
+            };
+            Network::Http(Box::new(HttpRuntime {
+                config: (**h).clone(),
+                routes: CompiledRoutes::new(table.clone()),
+                stats: stats.http(&h.stat_prefix),
+            }))
+        }
+        NetworkFilter::Tcp(t) => Network::Tcp(TcpRuntime {
+            config: t.clone(),
+            stats: stats.tcp(&t.stat_prefix),
+        }),
+    };
+    let tls = match &c.tls {
+        None => ChainTls::Plaintext,
+        Some(tls) => {
+            let refs: Vec<&SdsRef> = tls.sds_names().collect();
+            let expired = |r: &&SdsRef| dynamic.expired_secrets.contains(&r.name);
+            if let Some(missing) = refs.iter().find(|r| secrets.get(r).is_none()) {
+                if !expired(missing) {
+                    return Err(Warming);
+                }
+                warn!(listener = %listener.name, chain = %c.name, secret = %missing.name,
+                    "secret timed out: the chain refuses handshakes until it arrives");
+                ChainTls::Unavailable(format!("secret {:?} has not arrived", missing.name))
+            } else {
+                let key = secrets_key(
+                    &refs,
+                    secrets,
+                    tls.certificates.iter(),
+                    tls.validation_files(),
+                );
+                match previous.map(|p| &p.tls) {
+                    Some(ChainTls::Terminate { server, key: k }) if *k == key => {
+                        ChainTls::Terminate {
+                            server: server.clone(),
+                            key,
+                        }
+                    }
+                    _ => match ServerTls::build(tls, secrets) {
+                        Ok(server) => ChainTls::Terminate {
+                            server: Arc::new(server),
+                            key,
+                        },
+                        Err(error) => {
+                            warn!(listener = %listener.name, chain = %c.name, %error,
+                                "TLS does not build; keeping the previous listener");
+                            return Err(Warming);
+                        }
+                    },
+                }
+            }
+        }
+    };
+    let connection_limit = c.connection_limit.map(|limit| {
+        let semaphore = previous
+            .and_then(|p| p.connection_limit.as_ref())
+            .map(|(s, _)| s.clone())
+            .unwrap_or_else(|| {
+                Arc::new(Semaphore::new(
+                    limit.max_connections.min(Semaphore::MAX_PERMITS as u64) as usize,
+                ))
+            });
+        (semaphore, limit.delay)
+    });
+    Ok(ChainRuntime {
+        name: c.name.clone(),
+        identity: c.identity,
+        tls,
+        handshake_timeout: c.handshake_timeout,
+        connection_limit,
+        network,
+    })
+}
+
+/// A hash of what a TLS context was built from beyond its config: the secrets it names
+/// (their contents) and the stamps of the files it reads.
+fn secrets_key<'a>(
+    refs: &[&SdsRef],
+    secrets: &Secrets<'_>,
+    certificates: impl Iterator<Item = &'a CertificateSource>,
+    validation_files: Vec<&'a DataSource>,
+) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut files: Vec<&DataSource> = validation_files;
+    for source in certificates {
+        if let CertificateSource::Static(pair) = source {
+            files.push(&pair.certificate_chain);
+            files.push(&pair.private_key);
+        }
+    }
+    for r in refs {
+        r.name.hash(&mut hasher);
+        match secrets.get(r).map(|s| &s.value) {
+            Some(SecretValue::TlsCertificate(pair)) => {
+                pair.hash(&mut hasher);
+                files.push(&pair.certificate_chain);
+                files.push(&pair.private_key);
+            }
+            Some(SecretValue::ValidationContext(v)) => {
+                v.trusted_ca.hash(&mut hasher);
+                format!("{:?}", v.subject_alt_names).hash(&mut hasher);
+                files.extend(v.trusted_ca.iter());
+            }
+            None => 0u8.hash(&mut hasher),
+        }
+    }
+    let mut stamps: Vec<_> = file_stamps(files.into_iter()).into_iter().collect();
+    stamps.sort();
+    stamps.hash(&mut hasher);
+    hasher.finish()
 }

@@ -1,10 +1,12 @@
 //! Per-connection bookkeeping shared between the connection task (which enforces the
-//! header-read and idle timeouts) and the requests it serves.
+//! header-read and idle timeouts) and the requests it serves, and the stream wrapper that
+//! feeds it. The 408 of a header timeout is written through that same stream (so it is
+//! encrypted on a TLS connection), never on a duplicate of the socket.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -23,6 +25,11 @@ pub struct ConnState {
     /// `Transfer-Encoding`; the request is refused with 400 (hyper would silently prefer
     /// `Transfer-Encoding`, Envoy refuses, and so do we).
     pub conflicting_framing: AtomicBool,
+    /// The connection spoke the HTTP/2 preface (header timeouts are HTTP/1's).
+    pub http2: AtomicBool,
+    /// Set by the connection task when the request headers took too long: the stream
+    /// answers 408 on hyper's next read, then reports end of stream.
+    pub header_timed_out: AtomicBool,
 }
 
 impl ConnState {
@@ -48,14 +55,27 @@ impl Drop for ActiveRequest {
 /// Longest request head the framing inspector buffers.
 const MAX_INSPECTED_HEAD: usize = 64 * 1024;
 
+/// The response to a request whose headers did not arrive in time.
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout";
+
+/// Progress of writing [`REQUEST_TIMEOUT`].
+#[derive(Debug, Clone, Copy)]
+enum TimeoutReply {
+    Writing(usize),
+    Flushing,
+    ShuttingDown,
+    Done,
+}
+
 pin_project_lite::pin_project! {
-    /// A socket that reports its activity to a [`ConnState`] and inspects HTTP/1 request
-    /// heads for conflicting framing headers.
+    /// A stream that reports its activity to a [`ConnState`], inspects HTTP/1 request
+    /// heads for conflicting framing headers, and answers a header timeout.
     pub struct TrackedIo<S> {
         #[pin]
         inner: S,
         state: Arc<ConnState>,
         head: HeadInspector,
+        reply: TimeoutReply,
     }
 }
 
@@ -66,6 +86,7 @@ impl<S> TrackedIo<S> {
             inner,
             state,
             head: HeadInspector::default(),
+            reply: TimeoutReply::Writing(0),
         }
     }
 }
@@ -92,6 +113,7 @@ impl HeadInspector {
         }
         if self.buffer.is_empty() && bytes.starts_with(b"PRI * HTTP/2") {
             self.disabled = true;
+            state.http2.store(true, Ordering::Relaxed);
             return;
         }
         // Most heads arrive in one read: parse them in place; buffer only split heads.
@@ -129,13 +151,39 @@ impl HeadInspector {
     }
 }
 
-impl<S: AsyncRead> AsyncRead for TrackedIo<S> {
+impl<S: AsyncRead + AsyncWrite> AsyncRead for TrackedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if this.state.header_timed_out.load(Ordering::Relaxed) {
+            // hyper is waiting for the rest of a head: answer 408 through this stream,
+            // then end it, so hyper closes the connection.
+            loop {
+                *this.reply = match *this.reply {
+                    TimeoutReply::Writing(sent) => {
+                        match ready!(this.inner.as_mut().poll_write(cx, &REQUEST_TIMEOUT[sent..])) {
+                            Ok(n) if n > 0 && sent + n < REQUEST_TIMEOUT.len() => {
+                                TimeoutReply::Writing(sent + n)
+                            }
+                            Ok(n) if n > 0 => TimeoutReply::Flushing,
+                            _ => TimeoutReply::Done,
+                        }
+                    }
+                    TimeoutReply::Flushing => match ready!(this.inner.as_mut().poll_flush(cx)) {
+                        Ok(()) => TimeoutReply::ShuttingDown,
+                        Err(_) => TimeoutReply::Done,
+                    },
+                    TimeoutReply::ShuttingDown => {
+                        let _ = ready!(this.inner.as_mut().poll_shutdown(cx));
+                        TimeoutReply::Done
+                    }
+                    TimeoutReply::Done => return Poll::Ready(Ok(())),
+                };
+            }
+        }
         let before = buf.filled().len();
         let result = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {

@@ -4,10 +4,14 @@
 //! # Layout
 //! - [`server`]: the process — first snapshot, listeners, admin, signals (reload, drain).
 //! - [`config`]: the immutable [`config::Snapshot`] and its `ArcSwap` store.
-//! - [`listener`]: binding, accepting, and serving connections with hyper (timeouts, limits).
+//! - [`listener`]: binding, accepting, listener filters, filter chain selection, TLS
+//!   termination ([`listener::tls`]) and the hand-off to a network filter.
+//! - [`http`]: the HTTP connection manager's connection loop (hyper, timeouts, drain);
+//!   [`tcp`]: the TCP proxy; [`xfcc`]: `x-forwarded-client-cert`.
+//! - [`tls`]: what TLS termination and TLS to upstreams share (rustls, certificates, CAs).
 //! - [`proxy`]: the request path — route, then direct response, redirect or forward.
 //! - [`router`]: virtual host and route selection, compiled per route table.
-//! - [`cluster`]: upstream endpoints, load balancing, connection pools, DNS.
+//! - [`cluster`]: upstream endpoints, load balancing, connection pools, DNS, upstream TLS.
 //! - [`local_reply`]: responses the proxy makes itself, and Envoy's response flags.
 //! - [`admin`], [`stats`]: the admin endpoints and the counters behind them.
 //! - [`xds`]: the ADS client (state of the world and delta) for `dynamic_resources`.
@@ -18,10 +22,14 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod http;
 pub mod listener;
 pub mod local_reply;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod stats;
+pub mod tcp;
+pub mod tls;
 pub mod xds;
+pub mod xfcc;

@@ -1,29 +1,27 @@
-//! Listeners: bind (with `SO_REUSEPORT`), accept, and serve each connection with hyper,
-//! enforcing the connection limit, the request-headers timeout (408), the idle timeout and
-//! draining.
+//! Listeners: bind (with `SO_REUSEPORT`), accept, and hand each connection to the filter
+//! chain it matches, as Envoy's listener → listener filters → filter chain → network filter.
 //!
-//! A connection takes its listener's connection-level settings when it is accepted; every
-//! request on it reads routes and clusters from the snapshot current at that request. So
-//! a config swap never cuts a connection: only a listener that is removed or moves to
-//! another address drains its connections.
+//! A connection takes its chain's settings when it is accepted; every request on it reads
+//! routes and clusters from the snapshot current at that request. So a route change
+//! drains nothing; a change to one filter chain drains only that chain's connections; a
+//! listener that is removed or moves to another address drains all of its connections.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tracing::{debug, info, warn};
-use xds_types::hcm::Codec;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 use crate::config::{ListenerRuntime, Snapshot, SnapshotStore};
-use crate::conn::{ConnState, TrackedIo};
-use crate::proxy::{self, ConnContext, FlagCounters};
+use crate::proxy::FlagCounters;
+
+mod accept;
+pub mod filter_chain;
+pub mod inspect;
+pub mod tls;
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +44,60 @@ pub struct ListenerManager {
 struct Running {
     address: SocketAddr,
     drain: watch::Sender<bool>,
+    chains: ChainDrains,
+}
+
+/// The drain signal of every live filter chain of one listener, by chain identity.
+#[derive(Clone, Default)]
+pub(crate) struct ChainDrains(Arc<Mutex<HashMap<u64, watch::Sender<bool>>>>);
+
+impl ChainDrains {
+    /// The signal of chain `identity`, created if new.
+    fn subscribe(&self, identity: u64) -> watch::Receiver<bool> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(identity)
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe()
+    }
+
+    /// Drains every chain not in `live`; returns how many.
+    fn retain(&self, live: &HashSet<u64>) -> usize {
+        let mut chains = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<u64> = chains
+            .keys()
+            .filter(|k| !live.contains(k))
+            .copied()
+            .collect();
+        for identity in &gone {
+            if let Some(sender) = chains.remove(identity) {
+                let _ = sender.send(true);
+            }
+        }
+        gone.len()
+    }
+}
+
+/// A connection's drain signal: its listener's or its filter chain's, whichever comes.
+pub struct Drain {
+    listener: watch::Receiver<bool>,
+    chain: watch::Receiver<bool>,
+}
+
+impl Drain {
+    /// Resolves once the connection should drain (immediately if it already should).
+    pub async fn signaled(&mut self) {
+        loop {
+            if *self.listener.borrow_and_update() || *self.chain.borrow_and_update() {
+                return;
+            }
+            tokio::select! {
+                changed = self.listener.changed() => if changed.is_err() { return },
+                changed = self.chain.changed() => if changed.is_err() { return },
+            }
+        }
+    }
 }
 
 impl ListenerManager {
@@ -58,7 +110,8 @@ impl ListenerManager {
         }
     }
 
-    /// Starts listeners new in `snapshot` and drains those it removed or moved.
+    /// Starts listeners new in `snapshot`, drains those it removed or moved, and drains the
+    /// filter chains the update removed from listeners that stay.
     pub fn reconcile(&self, snapshot: &Snapshot) -> Result<(), ListenerError> {
         let mut running = self.running.lock().expect("listener lock");
         let stale: Vec<String> = running
@@ -79,7 +132,11 @@ impl ListenerManager {
         }
         let mut first_error = None;
         for (name, listener) in &snapshot.listeners {
-            if running.contains_key(name) {
+            if let Some(r) = running.get(name) {
+                let drained = r.chains.retain(&listener.identities());
+                if drained > 0 {
+                    info!(listener = %name, chains = drained, "draining changed filter chains");
+                }
                 continue;
             }
             match self.start(listener) {
@@ -98,30 +155,32 @@ impl ListenerManager {
     fn start(&self, listener: &ListenerRuntime) -> Result<Running, ListenerError> {
         let address = listener.config.address;
         let name = listener.config.name.clone();
-        let socket = bind(address).map_err(|source| ListenerError::Bind {
-            name: name.clone(),
-            address,
-            source,
+        let socket = bind_with(address, listener.config.socket.backlog).map_err(|source| {
+            ListenerError::Bind {
+                name: name.clone(),
+                address,
+                source,
+            }
         })?;
         let (drain, drain_rx) = watch::channel(false);
-        let limit = listener.config.connection_limit.map(|l| {
-            (
-                Arc::new(Semaphore::new(
-                    l.max_connections.min(Semaphore::MAX_PERMITS as u64) as usize,
-                )),
-                l.delay,
-            )
-        });
-        info!(listener = %name, %address, "listening");
-        tokio::spawn(accept_loop(
+        let chains = ChainDrains::default();
+        for identity in listener.identities() {
+            chains.subscribe(identity);
+        }
+        info!(listener = %name, %address, chains = listener.chains.len(), "listening");
+        tokio::spawn(accept::accept_loop(accept::Acceptor {
             socket,
-            Arc::from(name.as_str()),
-            self.store.clone(),
-            self.flags.clone(),
-            drain_rx,
-            limit,
-        ));
-        Ok(Running { address, drain })
+            name: Arc::from(name.as_str()),
+            store: self.store.clone(),
+            flags: self.flags.clone(),
+            drain: drain_rx,
+            chains: chains.clone(),
+        }));
+        Ok(Running {
+            address,
+            drain,
+            chains,
+        })
     }
 
     /// Stops accepting everywhere, lets in-flight requests finish, and returns when every
@@ -157,9 +216,13 @@ impl ListenerManager {
     }
 }
 
-/// Binds with `SO_REUSEADDR` and `SO_REUSEPORT`, so a restarted or second process can
-/// share the port.
+/// Binds with `SO_REUSEADDR` and `SO_REUSEPORT` (so a restarted or second process can
+/// share the port) and the default backlog.
 pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(address, xds_types::listener::DEFAULT_BACKLOG)
+}
+
+fn bind_with(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -169,213 +232,6 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    socket.listen(4096)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
-}
-
-async fn accept_loop(
-    socket: TcpListener,
-    name: Arc<str>,
-    store: SnapshotStore,
-    flags: Arc<FlagCounters>,
-    mut drain: watch::Receiver<bool>,
-    limit: Option<(Arc<Semaphore>, Option<Duration>)>,
-) {
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = drain.changed() => return,
-            accepted = socket.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    warn!(listener = %name, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let snapshot = store.load();
-        let Some(listener) = snapshot.listeners.get(&*name).cloned() else {
-            return;
-        };
-        let permit = match &limit {
-            None => None,
-            Some((semaphore, delay)) => match semaphore.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    listener.stats.downstream_cx_overflow.inc();
-                    let delay = *delay;
-                    tokio::spawn(async move {
-                        if let Some(d) = delay {
-                            tokio::time::sleep(d).await;
-                        }
-                        drop(stream);
-                    });
-                    continue;
-                }
-            },
-        };
-        let ctx = Arc::new(ConnContext {
-            listener_name: name.clone(),
-            store: store.clone(),
-            remote,
-            conn: Arc::new(ConnState::default()),
-            flags: flags.clone(),
-        });
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, listener, ctx, drain).await;
-        });
-    }
-}
-
-/// Why a connection's serving loop ended.
-enum Ending {
-    Closed,
-    HeaderTimeout,
-    DrainTimeout,
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    listener: Arc<ListenerRuntime>,
-    ctx: Arc<ConnContext>,
-    mut drain: watch::Receiver<bool>,
-) {
-    let hcm = &listener.config.http;
-    let stats = listener.stats.clone();
-    stats.downstream_cx_total.inc();
-    stats.downstream_cx_active.inc();
-    let _ = stream.set_nodelay(true);
-    // A second handle on the socket, to answer 408 after hyper gave the connection up.
-    let (stream, spare) = match hcm.request_headers_timeout {
-        Some(_) => match duplicate(stream) {
-            Ok(pair) => pair,
-            Err(error) => {
-                warn!(%error, "cannot duplicate socket");
-                stats.downstream_cx_active.dec();
-                return;
-            }
-        },
-        None => (stream, None),
-    };
-    let state = ctx.conn.clone();
-    let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let header_bytes = (hcm.max_request_headers_kb as usize) * 1024;
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(header_bytes.max(8192))
-        .max_headers(hcm.max_headers_count as usize);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(header_bytes as u32);
-    let builder = match hcm.codec {
-        Codec::Auto => builder,
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
-    };
-    let service_ctx = ctx.clone();
-    let service =
-        hyper::service::service_fn(move |request| proxy::serve(service_ctx.clone(), request));
-    let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, service));
-
-    let header_timeout = hcm.request_headers_timeout;
-    let idle_timeout = hcm.idle_timeout;
-    let tick = [header_timeout.map(|t| t / 4), idle_timeout.map(|t| t / 8)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(Duration::from_secs(60))
-        .clamp(Duration::from_millis(20), Duration::from_secs(60));
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let mut head_since: Option<(u64, Instant)> = None;
-    let mut idle_since: Option<(u64, Instant)> = None;
-    let mut idle_closing = false;
-
-    let ending = loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    debug!(remote = %ctx.remote, %error, "connection ended with error");
-                }
-                break Ending::Closed;
-            }
-            _ = drain.changed(), if drain_deadline.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                drain_deadline = Some(tokio::time::Instant::now() + hcm.drain_timeout);
-            }
-            _ = sleep_until_opt(drain_deadline) => break Ending::DrainTimeout,
-            _ = ticker.tick() => {
-                let now = Instant::now();
-                let active = state.active.load(Ordering::Relaxed);
-                let started = state.started.load(Ordering::Relaxed);
-                if let Some(limit) = header_timeout {
-                    if active == 0 && state.head_pending.load(Ordering::Relaxed) {
-                        let since = match head_since {
-                            Some((s, t)) if s == started => t,
-                            _ => { head_since = Some((started, now)); now }
-                        };
-                        if now.duration_since(since) >= limit {
-                            break Ending::HeaderTimeout;
-                        }
-                    } else {
-                        head_since = None;
-                    }
-                }
-                if let (Some(limit), false) = (idle_timeout, idle_closing) {
-                    let events = state.io_events.load(Ordering::Relaxed);
-                    if active == 0 {
-                        let since = match idle_since {
-                            Some((e, t)) if e == events => t,
-                            _ => { idle_since = Some((events, now)); now }
-                        };
-                        if now.duration_since(since) >= limit {
-                            debug!(remote = %ctx.remote, "idle timeout");
-                            idle_closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    } else {
-                        idle_since = None;
-                    }
-                }
-            }
-        }
-    };
-    drop(conn);
-    if let (Ending::HeaderTimeout, Some(mut spare)) = (ending, spare) {
-        stats.downstream_rq_timeout.inc();
-        stats.downstream_rq_xx[3].inc();
-        let reply = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 15\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest timeout";
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = spare.write_all(reply).await;
-            let _ = spare.shutdown().await;
-        })
-        .await;
-    }
-    stats.downstream_cx_active.dec();
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Two handles on one socket (`dup`): hyper owns the first; the second can still write a
-/// 408 after hyper dropped the connection.
-fn duplicate(stream: TcpStream) -> std::io::Result<(TcpStream, Option<TcpStream>)> {
-    let std_stream = stream.into_std()?;
-    let spare = std_stream.try_clone()?;
-    Ok((
-        TcpStream::from_std(std_stream)?,
-        Some(TcpStream::from_std(spare)?),
-    ))
 }

@@ -48,7 +48,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let bootstrap = match xds_types::Bootstrap::from_yaml(&text) {
+    let bootstrap = match xds_types::Bootstrap::from_yaml(&text).and_then(|b| {
+        sluice::tls::check_bootstrap_files(&b)?;
+        Ok(b)
+    }) {
         Ok(b) => b,
         Err(e) => {
             eprintln!(

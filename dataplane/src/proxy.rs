@@ -25,8 +25,9 @@ use xds_types::route::{
 
 use crate::body::{self, Body, EndOfStream, FireOnDrop, Guarded};
 use crate::cluster::Endpoint;
-use crate::config::{ListenerRuntime, Snapshot, SnapshotStore};
+use crate::config::{ChainRuntime, HttpRuntime, Network, Snapshot, SnapshotStore};
 use crate::conn::ConnState;
+use crate::listener::tls::TlsInfo;
 use crate::local_reply::{self, ResponseFlag};
 use crate::router::RouteMatch;
 use crate::stats::{class_index, Stats};
@@ -45,8 +46,16 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// What every request on one downstream connection shares.
 pub struct ConnContext {
     pub listener_name: Arc<str>,
+    /// The filter chain as the connection was accepted; a request uses the current version
+    /// of the same chain when there is one (a route-only update), else this one (a
+    /// draining chain keeps serving its connections).
+    pub chain: Arc<ChainRuntime>,
     pub store: SnapshotStore,
+    /// The downstream address (the PROXY protocol's source when there is one).
     pub remote: SocketAddr,
+    pub local: SocketAddr,
+    /// Set on TLS connections.
+    pub tls: Option<Arc<TlsInfo>>,
     pub conn: Arc<ConnState>,
     pub flags: Arc<FlagCounters>,
 }
@@ -116,13 +125,15 @@ pub async fn serve(
     let active = ctx.conn.request_started();
     let started = Instant::now();
     let snapshot = ctx.store.load();
-    let Some(listener) = snapshot.listeners.get(&*ctx.listener_name).cloned() else {
-        // The listener was removed while this connection drains.
-        let mut response = local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, "listener draining");
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(response);
+    let chain = snapshot
+        .listeners
+        .get(&*ctx.listener_name)
+        .and_then(|l| l.chain(ctx.chain.identity))
+        .cloned()
+        .unwrap_or_else(|| ctx.chain.clone());
+    let Network::Http(listener) = &chain.network else {
+        // A chain's identity covers its network filter: this cannot be a TCP proxy.
+        return Ok(local_reply::reply(StatusCode::INTERNAL_SERVER_ERROR, ""));
     };
     let stats = listener.stats.clone();
     stats.downstream_rq_total.inc();
@@ -150,7 +161,7 @@ pub async fn serve(
     let (mut response, mutations) = route_request(
         &ctx,
         &snapshot,
-        &listener,
+        listener,
         request,
         &host,
         &path,
@@ -160,7 +171,7 @@ pub async fn serve(
     for m in mutations {
         apply_mutations(response.headers_mut(), m);
     }
-    if let Ok(server) = HeaderValue::from_str(&listener.config.http.server_name) {
+    if let Ok(server) = HeaderValue::from_str(&listener.config.server_name) {
         response.headers_mut().insert(header::SERVER, server);
     }
 
@@ -193,7 +204,7 @@ pub async fn serve(
 async fn route_request<'s>(
     ctx: &ConnContext,
     snapshot: &'s Snapshot,
-    listener: &'s ListenerRuntime,
+    listener: &'s HttpRuntime,
     request: Request<Incoming>,
     host: &str,
     path: &str,
@@ -321,7 +332,7 @@ enum RequestBody {
 async fn forward(
     ctx: &ConnContext,
     snapshot: &Snapshot,
-    listener: &ListenerRuntime,
+    listener: &HttpRuntime,
     plan: ForwardPlan<'_>,
     mut request: Request<Incoming>,
     host: &str,
@@ -346,7 +357,7 @@ async fn forward(
 
     let upgrade = requested_upgrade(request.headers());
     if let Some(protocol) = &upgrade {
-        if !listener.config.http.upgrades.iter().any(|u| u == protocol) {
+        if !listener.config.upgrades.iter().any(|u| u == protocol) {
             outcome.flag = Some(ResponseFlag::UpgradeFailed);
             return local_reply::for_flag(ResponseFlag::UpgradeFailed);
         }
@@ -377,8 +388,16 @@ async fn forward(
         return local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
     };
     let version = match cluster.config.protocol {
-        xds_types::cluster::UpstreamProtocol::Http1 => Version::HTTP_11,
+        // With ALPN the pool speaks HTTP/2 on connections that negotiated it.
+        xds_types::cluster::UpstreamProtocol::Http1
+        | xds_types::cluster::UpstreamProtocol::Auto => Version::HTTP_11,
         xds_types::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let client = cluster.client_for(host);
+    let scheme = if cluster.tls.is_some() {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
     };
 
     let end_of_request = Arc::new(EndOfStream::default());
@@ -425,6 +444,7 @@ async fn forward(
         let upstream_request = match build_request(
             &parts.method,
             version,
+            &scheme,
             &endpoint,
             &upstream_path,
             try_headers,
@@ -448,7 +468,7 @@ async fn forward(
         );
 
         let result = tokio::select! {
-            r = cluster.client.request(upstream_request) => TryResult::Done(r),
+            r = client.request(upstream_request) => TryResult::Done(r),
             _ = &mut overall => TryResult::Timeout,
             _ = per_try => TryResult::PerTryTimeout,
         };
@@ -553,7 +573,8 @@ fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
-fn pick_weighted(clusters: &[(String, u32)], total: u32) -> &str {
+/// Picks a cluster of a weighted set, in proportion to the weights.
+pub fn pick_weighted(clusters: &[(String, u32)], total: u32) -> &str {
     let mut target = rand::rng().random_range(0..total);
     for (name, weight) in clusters {
         if target < *weight {
@@ -613,13 +634,14 @@ async fn prepare_body(
 fn build_request(
     method: &Method,
     version: Version,
+    scheme: &http::uri::Scheme,
     endpoint: &Endpoint,
     path: &http::uri::PathAndQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Option<Request<Body>> {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.scheme = Some(scheme.clone());
     parts.authority = Some(endpoint.uri_authority.clone()?);
     parts.path_and_query = Some(path.clone());
     let mut request = Request::new(body);
@@ -668,13 +690,13 @@ fn upstream_response<G: Send + Sync + 'static>(
 
 fn upstream_headers(
     ctx: &ConnContext,
-    listener: &ListenerRuntime,
+    listener: &HttpRuntime,
     plan: &ForwardPlan<'_>,
     mut headers: HeaderMap,
     host: &str,
     keep_upgrade: bool,
 ) -> HeaderMap {
-    let hcm = &listener.config.http;
+    let hcm = &listener.config;
     strip_hop_by_hop(&mut headers, keep_upgrade);
     headers.remove(header::EXPECT);
     if hcm.use_remote_address && !hcm.skip_xff_append {
@@ -688,8 +710,15 @@ fn upstream_headers(
         }
     }
     if hcm.use_remote_address || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let scheme = if ctx.tls.is_some() { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     }
+    crate::xfcc::apply(
+        &mut headers,
+        hcm.forward_client_cert,
+        hcm.client_cert_details,
+        ctx.tls.as_deref(),
+    );
     let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
     if hcm.generate_request_id && (regenerate || !headers.contains_key(&X_REQUEST_ID)) {
         // A v4 UUID from the thread-local RNG: no getrandom syscall per request.

@@ -119,7 +119,12 @@ async fn reload(options: &Options, store: &SnapshotStore, listeners: &ListenerMa
     let parsed = tokio::task::spawn_blocking(move || {
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("cannot read bootstrap: {e}"))?;
-        Bootstrap::from_yaml(&text).map_err(|e| format!("invalid bootstrap: {e}"))
+        Bootstrap::from_yaml(&text)
+            .and_then(|b| {
+                crate::tls::check_bootstrap_files(&b)?;
+                Ok(b)
+            })
+            .map_err(|e| format!("invalid bootstrap: {e}"))
     })
     .await;
     let bootstrap = match parsed {

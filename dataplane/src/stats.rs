@@ -54,6 +54,29 @@ pub struct HttpStats {
     pub no_cluster: Counter,
 }
 
+/// Counters of one listener (Envoy's `listener.<address>.*`).
+#[derive(Clone)]
+pub struct ListenerStats {
+    pub downstream_cx_total: Counter,
+    pub no_filter_chain_match: Counter,
+    /// Listener filters timed out (Envoy's `downstream_pre_cx_timeout`).
+    pub downstream_pre_cx_timeout: Counter,
+    pub ssl_handshake: Counter,
+    pub ssl_connection_error: Counter,
+}
+
+/// Counters of one TCP proxy (Envoy's `tcp.<stat_prefix>.*`).
+#[derive(Clone)]
+pub struct TcpStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_rx_bytes_total: Counter,
+    pub downstream_cx_tx_bytes_total: Counter,
+    pub idle_timeout: Counter,
+    pub max_downstream_connection_duration: Counter,
+    /// The cluster does not exist (connect failures count in the cluster's stats).
+    pub downstream_cx_no_route: Counter,
+}
+
 /// Counters of one cluster (Envoy's `cluster.<name>.*`).
 #[derive(Clone)]
 pub struct ClusterStats {
@@ -179,6 +202,81 @@ impl Stats {
                 "Requests routed to a missing cluster",
                 l(),
                 name("no_cluster"),
+            ),
+        }
+    }
+
+    /// The counters of the listener on `address` (shared across updates).
+    pub fn listener(&self, address: &str) -> ListenerStats {
+        let l = || vec![("envoy_listener_address".to_string(), address.to_string())];
+        let c = |family: &'static str, help: &str, stat: &str| {
+            self.counter(family, help, l(), format!("listener.{address}.{stat}"))
+        };
+        ListenerStats {
+            downstream_cx_total: c(
+                "envoy_listener_downstream_cx",
+                "Connections accepted",
+                "downstream_cx_total",
+            ),
+            no_filter_chain_match: c(
+                "envoy_listener_no_filter_chain_match",
+                "Connections no filter chain took",
+                "no_filter_chain_match",
+            ),
+            downstream_pre_cx_timeout: c(
+                "envoy_listener_downstream_pre_cx_timeout",
+                "Connections closed when the listener filters timed out",
+                "downstream_pre_cx_timeout",
+            ),
+            ssl_handshake: c(
+                "envoy_listener_ssl_handshake",
+                "Completed TLS handshakes",
+                "ssl.handshake",
+            ),
+            ssl_connection_error: c(
+                "envoy_listener_ssl_connection_error",
+                "Failed TLS handshakes",
+                "ssl.connection_error",
+            ),
+        }
+    }
+
+    /// The counters of the TCP proxy with this `stat_prefix` (shared by name).
+    pub fn tcp(&self, prefix: &str) -> TcpStats {
+        let l = || vec![("envoy_tcp_prefix".to_string(), prefix.to_string())];
+        let c = |family: &'static str, help: &str, stat: &str| {
+            self.counter(family, help, l(), format!("tcp.{prefix}.{stat}"))
+        };
+        TcpStats {
+            downstream_cx_total: c(
+                "envoy_tcp_downstream_cx",
+                "Connections proxied",
+                "downstream_cx_total",
+            ),
+            downstream_cx_rx_bytes_total: c(
+                "envoy_tcp_downstream_cx_rx_bytes",
+                "Bytes received from downstream",
+                "downstream_cx_rx_bytes_total",
+            ),
+            downstream_cx_tx_bytes_total: c(
+                "envoy_tcp_downstream_cx_tx_bytes",
+                "Bytes sent to downstream",
+                "downstream_cx_tx_bytes_total",
+            ),
+            idle_timeout: c(
+                "envoy_tcp_idle_timeout",
+                "Connections closed by the idle timeout",
+                "idle_timeout",
+            ),
+            max_downstream_connection_duration: c(
+                "envoy_tcp_max_downstream_connection_duration",
+                "Connections closed by max_downstream_connection_duration",
+                "max_downstream_connection_duration",
+            ),
+            downstream_cx_no_route: c(
+                "envoy_tcp_downstream_cx_no_route",
+                "Connections whose cluster does not exist",
+                "downstream_cx_no_route",
             ),
         }
     }

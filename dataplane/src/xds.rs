@@ -7,10 +7,13 @@
 //! accepted update becomes one new snapshot. When the control plane is away the last good
 //! config keeps serving and the client reconnects with exponential back-off and jitter.
 //!
-//! Listeners and clusters are subscribed by wildcard; the RDS route configurations and EDS
-//! endpoints they name are subscribed by name, following every change of those names. A
-//! cluster or listener waiting for them is warming (see [`crate::config`]); when one does
-//! not arrive within its `initial_fetch_timeout` it is taken as empty, as in Envoy.
+//! Listeners and clusters are subscribed by wildcard; the RDS route configurations, EDS
+//! endpoints and SDS secrets they name are subscribed by name, following every change of
+//! those names. A cluster or listener waiting for them is warming (see [`crate::config`]);
+//! when one does not arrive within its `initial_fetch_timeout` it is taken as empty (no
+//! endpoints, no routes) or, for a secret, as absent (TLS that needs it fails), as in
+//! Envoy. Certificate, key and CA files a resource names are read and checked when it
+//! arrives, so a missing or broken file is a NACK naming the field.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,12 +33,14 @@ use xds_types::pb::envoy::config::core::v3::Node;
 use xds_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as AssignmentPb;
 use xds_types::pb::envoy::config::listener::v3::Listener as ListenerPb;
 use xds_types::pb::envoy::config::route::v3::RouteConfiguration as RoutesPb;
+use xds_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as SecretPb;
 use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, Resource,
 };
 use xds_types::pb::google::protobuf::Any;
 use xds_types::pb::google::rpc::Status as RpcStatus;
+use xds_types::secret::Secret;
 use xds_types::{type_urls, Cluster, Listener, RouteTable, ValidationError};
 
 use crate::config::{Dependency, DynamicResources, Received, SnapshotStore};
@@ -54,33 +59,66 @@ enum StreamError {
     Connect(#[from] tonic::transport::Error),
     #[error("stream: {0}")]
     Status(#[from] tonic::Status),
-    #[error("{path}: {source}")]
-    TlsFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("xDS cluster TLS: {0}")]
+    Tls(ValidationError),
 }
 
 /// The client TLS configuration of the xDS cluster, its files read now (so a rotated
-/// certificate is picked up at the next reconnect).
+/// certificate is picked up at the next reconnect). tonic verifies the server's name (the
+/// `sni`, else the endpoint's host), which is stricter than Envoy's default.
 fn client_tls(
-    tls: &xds_types::cluster::UpstreamTls,
+    tls: &xds_types::tls::UpstreamTls,
+    static_secrets: &[Secret],
 ) -> Result<tonic::transport::ClientTlsConfig, StreamError> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| StreamError::TlsFile {
-            path: path.to_path_buf(),
-            source,
-        })
+    use xds_types::secret::SecretValue;
+    use xds_types::tls::{CertificateSource, SecretSource, ValidationSource};
+    let secret = |name: &str| static_secrets.iter().find(|s| s.name == name);
+    let read = |source: &xds_types::tls::DataSource, field: &str| {
+        source
+            .load(&crate::tls::read_file, field)
+            .map_err(StreamError::Tls)
     };
-    // Without an SNI name, tonic checks the certificate against the endpoint's host.
+    let ca = match &tls.validation {
+        Some(ValidationSource::Static(v))
+        | Some(ValidationSource::Combined { defaults: v, .. })
+            if v.trusted_ca.is_some() =>
+        {
+            v.trusted_ca.clone()
+        }
+        Some(ValidationSource::Sds(r) | ValidationSource::Combined { sds: r, .. })
+            if r.source == SecretSource::Static =>
+        {
+            match secret(&r.name).map(|s| &s.value) {
+                Some(SecretValue::ValidationContext(v)) => v.trusted_ca.clone(),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let ca = ca.ok_or_else(|| {
+        StreamError::Tls(ValidationError::required(
+            "transport_socket.typed_config.common_tls_context.validation_context.trusted_ca",
+        ))
+    })?;
     let mut config =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.trusted_ca)?));
-    if !tls.sni.is_empty() {
-        config = config.domain_name(&tls.sni);
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&ca, "trusted_ca")?));
+    if let Some(sni) = &tls.sni {
+        config = config.domain_name(sni);
     }
-    if let Some((cert, key)) = &tls.client_certificate {
-        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    let pair = match &tls.client_certificate {
+        None => None,
+        Some(CertificateSource::Static(pair)) => Some(pair.clone()),
+        Some(CertificateSource::Sds(r)) => match secret(&r.name).map(|s| &s.value) {
+            Some(SecretValue::TlsCertificate(pair)) => Some(pair.clone()),
+            _ => None,
+        },
+    };
+    if let Some(pair) = pair {
+        config = config.identity(Identity::from_pem(
+            read(&pair.certificate_chain, "certificate_chain")?,
+            read(&pair.private_key, "private_key")?,
+        ));
     }
     Ok(config)
 }
@@ -171,9 +209,10 @@ fn wildcard_types(source: &AdsSource) -> Vec<&'static str> {
 /// Names subscribed per named type (EDS, then RDS).
 type NamedSubscriptions = BTreeMap<&'static str, BTreeSet<String>>;
 
-/// The EDS and RDS names the current clusters and listeners need, endpoints first.
+/// The SDS, EDS and RDS names the current clusters and listeners need, in push order.
 fn wanted(dependencies: &[(Dependency, bool)]) -> Vec<(&'static str, BTreeSet<String>)> {
     [
+        type_urls::SECRET,
         type_urls::CLUSTER_LOAD_ASSIGNMENT,
         type_urls::ROUTE_CONFIGURATION,
     ]
@@ -254,7 +293,7 @@ impl Client<'_> {
                 .connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(Duration::from_secs(30));
         if let Some(tls) = tls {
-            channel = channel.tls_config(client_tls(tls)?)?;
+            channel = channel.tls_config(client_tls(tls, &snapshot.bootstrap.secrets)?)?;
         }
         let channel = channel.connect().await?;
         info!(control_plane = %endpoint.authority, delta = self.source.delta, "xDS connected");
@@ -289,12 +328,15 @@ impl Client<'_> {
     }
 
     /// Takes every dependency whose `initial_fetch_timeout` passed as empty, as Envoy does:
-    /// its cluster goes live with no endpoints, its listener with no routes.
+    /// its cluster goes live with no endpoints, its listener with no routes; a missing
+    /// secret makes the TLS that needs it fail.
     fn expire(&self, warming: &mut Warming, current: &mut DynamicResources, received: &[String]) {
         for (type_url, name) in warming.expired() {
             warn!(%type_url, %name, "initial fetch timeout: going live without it");
             if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
                 current.assignments.insert(name, Vec::new());
+            } else if type_url == type_urls::SECRET {
+                current.expired_secrets.insert(name);
             } else {
                 current.routes.insert(
                     name.clone(),
@@ -585,6 +627,9 @@ fn remove(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
         type_urls::CLUSTER_LOAD_ASSIGNMENT => {
             dynamic.assignments.insert(name.to_string(), Vec::new());
         }
+        type_urls::SECRET => {
+            dynamic.secrets.remove(name);
+        }
         _ => {}
     }
 }
@@ -594,10 +639,17 @@ fn forget(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
     dynamic
         .received
         .remove(&(type_url.to_string(), name.to_string()));
-    if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
-        dynamic.assignments.remove(name);
-    } else {
-        dynamic.routes.remove(name);
+    match type_url {
+        type_urls::CLUSTER_LOAD_ASSIGNMENT => {
+            dynamic.assignments.remove(name);
+        }
+        type_urls::SECRET => {
+            dynamic.secrets.remove(name);
+            dynamic.expired_secrets.remove(name);
+        }
+        _ => {
+            dynamic.routes.remove(name);
+        }
     }
 }
 
@@ -645,6 +697,7 @@ fn convert_all<'r>(
         type_urls::CLUSTER => apply::<ClusterPb>(update, resources),
         type_urls::ROUTE_CONFIGURATION => apply::<RoutesPb>(update, resources),
         type_urls::CLUSTER_LOAD_ASSIGNMENT => apply::<AssignmentPb>(update, resources),
+        type_urls::SECRET => apply::<SecretPb>(update, resources),
         other => {
             let rejection = Rejection {
                 name: other.to_string(),
@@ -707,6 +760,11 @@ fn apply<'r, R: XdsResource>(
             }
         }
     }
+    if type_url == type_urls::SECRET {
+        for name in accepted.keys() {
+            next.expired_secrets.remove(name);
+        }
+    }
     let slot = R::slot_mut(&mut next);
     if replace {
         *slot = accepted;
@@ -744,25 +802,21 @@ fn convert<R: XdsResource>(
     Ok((pb.name().to_string(), model))
 }
 
-/// An xDS resource type this client accepts: its name, its validated model, and where the
-/// model lives in [`DynamicResources`].
-trait XdsResource: prost::Message + Default {
+/// An xDS resource type this client accepts: its validated model, and where the model
+/// lives in [`DynamicResources`].
+trait XdsResource: xds_types::resource::Resource {
     type Model: Clone;
-    fn name(&self) -> &str;
     fn to_model(&self) -> Result<Self::Model, ValidationError>;
     fn slot(dynamic: &DynamicResources) -> &BTreeMap<String, Self::Model>;
     fn slot_mut(dynamic: &mut DynamicResources) -> &mut BTreeMap<String, Self::Model>;
 }
 
-/// Implements [`XdsResource`] for a proto whose name is `$name`, converted by `$convert`
-/// into the map `$slot` of [`DynamicResources`].
+/// Implements [`XdsResource`] for a proto, converted by `$convert` into the map `$slot`
+/// of [`DynamicResources`].
 macro_rules! xds_resource {
-    ($pb:ty => $model:ty, name: $name:ident, slot: $slot:ident, convert: $convert:expr) => {
+    ($pb:ty => $model:ty, slot: $slot:ident, convert: $convert:expr) => {
         impl XdsResource for $pb {
             type Model = $model;
-            fn name(&self) -> &str {
-                &self.$name
-            }
             fn to_model(&self) -> Result<$model, ValidationError> {
                 $convert(self)
             }
@@ -776,17 +830,29 @@ macro_rules! xds_resource {
     };
 }
 
-xds_resource!(ListenerPb => Listener, name: name, slot: listeners, convert: Listener::try_from);
-xds_resource!(ClusterPb => Cluster, name: name, slot: clusters,
-    convert: xds_types::cluster::dynamic_cluster);
-xds_resource!(RoutesPb => RouteTable, name: name, slot: routes, convert: |pb: &RoutesPb| {
+xds_resource!(ListenerPb => Listener, slot: listeners, convert: |pb: &ListenerPb| {
+    let listener = Listener::try_from(pb)?;
+    crate::tls::check_listener_files(&listener)?;
+    Ok(listener)
+});
+xds_resource!(ClusterPb => Cluster, slot: clusters, convert: |pb: &ClusterPb| {
+    let cluster = xds_types::cluster::dynamic_cluster(pb)?;
+    crate::tls::check_cluster_files(&cluster)?;
+    Ok(cluster)
+});
+xds_resource!(SecretPb => Secret, slot: secrets, convert: |pb: &SecretPb| {
+    let secret = Secret::try_from(pb)?;
+    crate::tls::check_secret_files(&secret)?;
+    Ok(secret)
+});
+xds_resource!(RoutesPb => RouteTable, slot: routes, convert: |pb: &RoutesPb| {
     // A route configuration delivered on its own is found by name, so it needs one.
     if pb.name.is_empty() {
         return Err(ValidationError::required("name"));
     }
     RouteTable::try_from(pb)
 });
-xds_resource!(AssignmentPb => Vec<LbEndpoint>, name: cluster_name, slot: assignments,
+xds_resource!(AssignmentPb => Vec<LbEndpoint>, slot: assignments,
     convert: |pb: &AssignmentPb| Assignment::try_from(pb).map(|a| a.endpoints));
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use crate::decode;
 use crate::error::{Result, ValidationError};
 use crate::listener::Listener;
 use crate::pb::envoy::config::bootstrap::v3 as pb;
+use crate::secret::Secret;
+use crate::tls::SecretSource;
 
 /// Full name of the bootstrap message.
 pub const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
@@ -23,6 +25,8 @@ pub struct Bootstrap {
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+    /// `static_resources.secrets`, which `SdsSecretConfig`s without `sds_config` name.
+    pub secrets: Vec<Secret>,
     /// Where listeners and clusters come from besides the static ones.
     pub ads: Option<AdsSource>,
     pub raw: pb::Bootstrap,
@@ -83,8 +87,16 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                Listener::try_from(l)
+                Listener::from_static(l)
                     .map_err(|e| e.within(format!("static_resources.listeners[{i}]")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let secrets = statics
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Secret::try_from(s).map_err(|e| e.within(format!("static_resources.secrets[{i}]")))
             })
             .collect::<Result<Vec<_>>>()?;
         unique(
@@ -97,6 +109,11 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             "static_resources.listeners",
             "listener",
         )?;
+        unique(
+            secrets.iter().map(|s| s.name.as_str()),
+            "static_resources.secrets",
+            "secret",
+        )?;
         let mut addresses = HashSet::new();
         for (i, l) in listeners.iter().enumerate() {
             if !addresses.insert(l.address) {
@@ -107,32 +124,15 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             }
         }
         let names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-        let tls_clusters: HashSet<&str> = clusters
-            .iter()
-            .filter(|c| c.tls.is_some())
-            .map(|c| c.name.as_str())
-            .collect();
         for (i, l) in listeners.iter().enumerate() {
-            let referenced: Vec<&str> = l
-                .http
-                .inline_routes()
+            if let Some(missing) = l
+                .referenced_clusters()
                 .into_iter()
-                .flat_map(|t| t.referenced_clusters())
-                .collect();
-            if let Some(tls) = referenced.iter().find(|c| tls_clusters.contains(*c)) {
+                .find(|c| !names.contains(*c))
+            {
                 return Err(ValidationError::new(
-                    format!(
-                        "static_resources.listeners[{i}].filter_chains[0].filters.route_config"
-                    ),
-                    format!("route to cluster {tls:?}: its upstream TLS serves only xDS"),
-                ));
-            }
-            if let Some(missing) = referenced.iter().find(|c| !names.contains(*c)) {
-                return Err(ValidationError::new(
-                    format!(
-                        "static_resources.listeners[{i}].filter_chains[0].filters.route_config"
-                    ),
-                    format!("route references unknown cluster {missing:?}"),
+                    format!("static_resources.listeners[{i}].filter_chains"),
+                    format!("references unknown cluster {missing:?}"),
                 ));
             }
         }
@@ -140,6 +140,40 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             None => None,
             Some(d) => Some(ads_source(d).map_err(|e| e.within("dynamic_resources"))?),
         };
+        let secret_names: HashSet<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+        let sds_users = listeners
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                l.sds_refs()
+                    .map(move |r| (format!("static_resources.listeners[{i}]"), r))
+            })
+            .chain(clusters.iter().enumerate().flat_map(|(i, c)| {
+                c.tls
+                    .iter()
+                    .flat_map(|t| t.sds_names())
+                    .map(move |r| (format!("static_resources.clusters[{i}]"), r))
+            }));
+        for (path, sds) in sds_users {
+            match sds.source {
+                SecretSource::Static if !secret_names.contains(sds.name.as_str()) => {
+                    return Err(ValidationError::new(
+                        path,
+                        format!(
+                            "names secret {:?}, which is not in static_resources.secrets (add sds_config to fetch it over ADS)",
+                            sds.name
+                        ),
+                    ))
+                }
+                SecretSource::Ads { .. } if ads.is_none() => {
+                    return Err(ValidationError::new(
+                        path,
+                        format!("secret {:?} over SDS needs dynamic_resources.ads_config", sds.name),
+                    ))
+                }
+                _ => {}
+            }
+        }
         if ads.is_none() {
             // EDS and RDS arrive over ADS: without it they would warm forever.
             if let Some(i) = clusters.iter().position(|c| c.eds.is_some()) {
@@ -148,28 +182,36 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
                     "EDS needs dynamic_resources.ads_config",
                 ));
             }
-            if let Some(i) = listeners.iter().position(|l| l.http.rds_name().is_some()) {
+            if let Some(i) = listeners
+                .iter()
+                .position(|l| l.rds_names().next().is_some())
+            {
                 return Err(ValidationError::new(
-                    format!("static_resources.listeners[{i}].filter_chains[0].filters.rds"),
+                    format!("static_resources.listeners[{i}].filter_chains"),
                     "RDS needs dynamic_resources.ads_config",
                 ));
             }
         }
-        let xds_cluster = ads.as_ref().map(|a| a.cluster.as_str());
-        for (i, c) in clusters.iter().enumerate() {
-            if c.tls.is_some() && Some(c.name.as_str()) != xds_cluster {
-                return Err(ValidationError::new(
-                    format!("static_resources.clusters[{i}].transport_socket"),
-                    "upstream TLS is supported only on the xDS cluster named by dynamic_resources.ads_config",
-                ));
-            }
-        }
         if let Some(ads) = &ads {
-            if !names.contains(ads.cluster.as_str()) {
-                return Err(ValidationError::new(
-                    "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
-                    format!("unknown static cluster {:?}", ads.cluster),
-                ));
+            match clusters.iter().find(|c| c.name == ads.cluster) {
+                None => {
+                    return Err(ValidationError::new(
+                        "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                        format!("unknown static cluster {:?}", ads.cluster),
+                    ))
+                }
+                Some(c)
+                    if c.tls.as_ref().is_some_and(|t| {
+                        t.sds_names()
+                            .any(|r| matches!(r.source, SecretSource::Ads { .. }))
+                    }) =>
+                {
+                    return Err(ValidationError::new(
+                        "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                        "the xDS cluster's TLS cannot use secrets delivered over that same xDS",
+                    ))
+                }
+                Some(_) => {}
             }
         }
         Ok(Self {
@@ -178,6 +220,7 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             admin,
             listeners,
             clusters,
+            secrets,
             ads,
             raw,
         })

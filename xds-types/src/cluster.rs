@@ -2,17 +2,16 @@
 //! (inline for STATIC and DNS clusters, a resource of its own for EDS clusters).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Result, ValidationError};
 use crate::pb::envoy::config::cluster::v3 as pb;
 use crate::pb::envoy::config::core::v3 as core;
 use crate::pb::envoy::config::endpoint::v3 as endpoint;
-use crate::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use crate::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+use crate::tls::{self, UpstreamTls};
 use crate::type_urls;
-use crate::util::{ads_config_source, duration, optional_timeout, unpack_any};
+use crate::util::{ads_config_source, duration, fingerprint, optional_timeout, unpack_any};
 
 /// Envoy's default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,7 +21,7 @@ pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// A named group of upstream endpoints and how to reach them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Cluster {
     pub name: String,
     pub discovery: Discovery,
@@ -35,35 +34,16 @@ pub struct Cluster {
     pub dns_lookup_family: DnsLookupFamily,
     /// Set for EDS clusters: where their endpoints come from.
     pub eds: Option<EdsConfig>,
-    /// TLS to the endpoints; only the bootstrap's xDS cluster may have it (see
-    /// [`dynamic_cluster`] and the bootstrap checks).
+    /// TLS to the endpoints.
     pub tls: Option<UpstreamTls>,
+    /// Hash of the cluster's proto: equal for an unchanged cluster across updates.
+    pub fingerprint: u64,
 }
 
-/// Envoy's `UpstreamTlsContext`, from files on the node (so no key material is ever part
-/// of a config, a config dump or a log).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTls {
-    /// PEM file of the CA that signed the server's certificate.
-    pub trusted_ca: PathBuf,
-    /// PEM certificate chain and key files for mutual TLS.
-    pub client_certificate: Option<(PathBuf, PathBuf)>,
-    /// Name the server's certificate is checked against (and sent as SNI); empty: the
-    /// endpoint's address.
-    pub sni: String,
-}
-
-/// A cluster received over xDS: as [`Cluster::try_from`], without upstream TLS (which
-/// only the bootstrap's xDS cluster supports).
+/// A cluster received over xDS: as [`Cluster::try_from`]. (Upstream TLS files name
+/// paths on the node, as in Envoy.)
 pub fn dynamic_cluster(c: &pb::Cluster) -> Result<Cluster> {
-    let cluster = Cluster::try_from(c)?;
-    if cluster.tls.is_some() {
-        return Err(ValidationError::new(
-            "transport_socket",
-            "upstream TLS is supported only on the bootstrap's xDS cluster",
-        ));
-    }
-    Ok(cluster)
+    Cluster::try_from(c)
 }
 
 /// Where an EDS cluster's endpoints come from.
@@ -144,6 +124,9 @@ pub enum DnsLookupFamily {
 pub enum UpstreamProtocol {
     Http1,
     Http2,
+    /// HTTP/2 when the TLS handshake negotiates `h2` by ALPN, else HTTP/1.1
+    /// (`auto_config`).
+    Auto,
 }
 
 /// One endpoint and its weight.
@@ -281,7 +264,20 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 "LOGICAL_DNS clusters need exactly one endpoint",
             ));
         }
-        let (protocol, idle_timeout) = protocol_options(c)?;
+        let options = protocol_options(c)?;
+        let mut tls = match c.transport_socket.as_ref() {
+            Some(socket) => Some(tls::upstream(socket).map_err(|e| e.within("transport_socket"))?),
+            None => None,
+        };
+        if let Some(t) = tls.as_mut() {
+            t.auto_sni |= options.auto_sni;
+            t.auto_san_validation |= options.auto_san_validation;
+        } else if options.auto_sni || options.auto_san_validation {
+            return Err(ValidationError::new(
+                "typed_extension_protocol_options",
+                "auto_sni and auto_san_validation need a TLS transport_socket",
+            ));
+        }
         Ok(Self {
             name: c.name.clone(),
             discovery,
@@ -291,27 +287,35 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 None => DEFAULT_CONNECT_TIMEOUT,
             },
             endpoints,
-            protocol,
-            idle_timeout,
+            protocol: options.protocol,
+            idle_timeout: options.idle_timeout,
             dns_lookup_family,
             eds,
-            tls: match c.transport_socket.as_ref() {
-                Some(socket) => {
-                    Some(upstream_tls(socket).map_err(|e| e.within("transport_socket"))?)
-                }
-                None => None,
-            },
+            tls,
+            fingerprint: fingerprint(c, "envoy.config.cluster.v3.Cluster"),
         })
     }
 }
 
-fn protocol_options(c: &pb::Cluster) -> Result<(UpstreamProtocol, Option<Duration>)> {
-    let mut protocol = if c.http2_protocol_options.is_some() {
-        UpstreamProtocol::Http2
-    } else {
-        UpstreamProtocol::Http1
+/// What a cluster's `HttpProtocolOptions` decide.
+struct ProtocolOptions {
+    protocol: UpstreamProtocol,
+    idle_timeout: Option<Duration>,
+    auto_sni: bool,
+    auto_san_validation: bool,
+}
+
+fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
+    let mut out = ProtocolOptions {
+        protocol: if c.http2_protocol_options.is_some() {
+            UpstreamProtocol::Http2
+        } else {
+            UpstreamProtocol::Http1
+        },
+        idle_timeout: Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+        auto_sni: false,
+        auto_san_validation: false,
     };
-    let mut idle = Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT);
     for (key, any) in &c.typed_extension_protocol_options {
         let path = format!("typed_extension_protocol_options[{key:?}]");
         if key != type_urls::HTTP_PROTOCOL_OPTIONS_KEY {
@@ -325,8 +329,8 @@ fn protocol_options(c: &pb::Cluster) -> Result<(UpstreamProtocol, Option<Duratio
         match options.upstream_protocol_options {
             None => {}
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
-                Some(P::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
-                Some(P::Http2ProtocolOptions(_)) => protocol = UpstreamProtocol::Http2,
+                Some(P::HttpProtocolOptions(_)) => out.protocol = UpstreamProtocol::Http1,
+                Some(P::Http2ProtocolOptions(_)) => out.protocol = UpstreamProtocol::Http2,
                 _ => {
                     return Err(ValidationError::new(
                         format!("{path}.explicit_http_config"),
@@ -334,78 +338,39 @@ fn protocol_options(c: &pb::Cluster) -> Result<(UpstreamProtocol, Option<Duratio
                     ))
                 }
             },
+            Some(U::AutoConfig(_)) => {
+                if c.transport_socket.is_none() {
+                    return Err(ValidationError::new(
+                        format!("{path}.auto_config"),
+                        "chooses the protocol by ALPN, which needs a TLS transport_socket",
+                    ));
+                }
+                out.protocol = UpstreamProtocol::Auto;
+            }
             Some(_) => {
                 return Err(ValidationError::unsupported(format!(
-                    "{path}.upstream_protocol_options"
+                    "{path}.use_downstream_protocol_config"
                 )))
             }
         }
         if let Some(common) = options.common_http_protocol_options.as_ref() {
-            idle = http_idle_timeout(
+            out.idle_timeout = http_idle_timeout(
                 common,
                 &format!("{path}.common_http_protocol_options"),
-                idle,
+                out.idle_timeout,
             )?;
         }
+        if let Some(u) = options.upstream_http_protocol_options.as_ref() {
+            if !u.override_auto_sni_header.is_empty() {
+                return Err(ValidationError::unsupported(format!(
+                    "{path}.upstream_http_protocol_options.override_auto_sni_header"
+                )));
+            }
+            out.auto_sni = u.auto_sni;
+            out.auto_san_validation = u.auto_san_validation;
+        }
     }
-    Ok((protocol, idle))
-}
-
-fn upstream_tls(socket: &core::TransportSocket) -> Result<UpstreamTls> {
-    let Some(core::transport_socket::ConfigType::TypedConfig(any)) = socket.config_type.as_ref()
-    else {
-        return Err(ValidationError::required("typed_config"));
-    };
-    let context: tls::UpstreamTlsContext =
-        unpack_any(any, type_urls::UPSTREAM_TLS_CONTEXT, "typed_config")?;
-    let common = context.common_tls_context.unwrap_or_default();
-    let path = "typed_config.common_tls_context";
-    let trusted_ca = match common.validation_context_type.as_ref() {
-        Some(tls::common_tls_context::ValidationContextType::ValidationContext(v)) => file(
-            v.trusted_ca.as_ref(),
-            &format!("{path}.validation_context.trusted_ca"),
-        )?,
-        _ => {
-            return Err(ValidationError::required(format!(
-                "{path}.validation_context.trusted_ca"
-            )))
-        }
-    };
-    let client_certificate = match common.tls_certificates.as_slice() {
-        [] => None,
-        [certificate] => {
-            let at = format!("{path}.tls_certificates[0]");
-            Some((
-                file(
-                    certificate.certificate_chain.as_ref(),
-                    &format!("{at}.certificate_chain"),
-                )?,
-                file(
-                    certificate.private_key.as_ref(),
-                    &format!("{at}.private_key"),
-                )?,
-            ))
-        }
-        _ => {
-            return Err(ValidationError::new(
-                format!("{path}.tls_certificates"),
-                "at most one client certificate",
-            ))
-        }
-    };
-    Ok(UpstreamTls {
-        trusted_ca,
-        client_certificate,
-        sni: context.sni,
-    })
-}
-
-/// A `DataSource` that names a file.
-fn file(source: Option<&core::DataSource>, path: &str) -> Result<PathBuf> {
-    match source.and_then(|s| s.specifier.as_ref()) {
-        Some(core::data_source::Specifier::Filename(f)) if !f.is_empty() => Ok(PathBuf::from(f)),
-        _ => Err(ValidationError::new(path, "a filename is required")),
-    }
+    Ok(out)
 }
 
 /// Envoy's `HttpProtocolOptions.idle_timeout` (zero disables).
@@ -576,20 +541,26 @@ typed_extension_protocol_options:
     }
 
     #[test]
-    fn upstream_tls_reads_files_and_is_refused_over_xds() {
+    fn upstream_tls_takes_files_or_inline_pem() {
         let yaml = r#"name: xds
 transport_socket:
   name: envoy.transport_sockets.tls
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+    sni: api.example
     common_tls_context:
       validation_context: { trusted_ca: { filename: /ca.pem } }
 "#;
         let c = cluster(yaml).unwrap();
-        assert_eq!(c.tls.unwrap().trusted_ca, PathBuf::from("/ca.pem"));
-        let pb: pb::Cluster =
-            crate::decode::from_yaml(yaml, "envoy.config.cluster.v3.Cluster").unwrap();
-        assert_eq!(dynamic_cluster(&pb).unwrap_err().path, "transport_socket");
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.sni.as_deref(), Some("api.example"));
+        assert!(matches!(
+            tls.validation,
+            Some(tls::ValidationSource::Static(tls::ValidationContext {
+                trusted_ca: Some(tls::DataSource::File(_)),
+                ..
+            }))
+        ));
         let inline = yaml.replace("filename: /ca.pem", "inline_string: x");
         assert_eq!(
             cluster(&inline).unwrap_err().path,

@@ -42,6 +42,37 @@ pub struct HttpConnectionManager {
     pub drain_timeout: Duration,
     /// Value of the `server` response header.
     pub server_name: String,
+    /// What happens to `x-forwarded-client-cert` on requests over mutual TLS.
+    pub forward_client_cert: ForwardClientCert,
+    /// What the element sluice adds to `x-forwarded-client-cert` carries, besides
+    /// `By` and `Hash`.
+    pub client_cert_details: ClientCertDetails,
+}
+
+/// Envoy's `ForwardClientCertDetails`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardClientCert {
+    /// Remove the header (Envoy's default).
+    #[default]
+    Sanitize,
+    /// Forward it as received, on mutual TLS connections only.
+    ForwardOnly,
+    /// Append this connection's element, on mutual TLS connections; else remove it.
+    AppendForward,
+    /// Replace it with this connection's element, on mutual TLS connections; else remove it.
+    SanitizeSet,
+    /// Forward it as received, always.
+    AlwaysForwardOnly,
+}
+
+/// Envoy's `SetCurrentClientCertDetails`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub cert: bool,
+    pub chain: bool,
+    pub dns: bool,
+    pub uri: bool,
 }
 
 /// Where a connection manager's routes come from.
@@ -178,7 +209,34 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
                 "must be at least 1",
             ));
         }
+        use pb::http_connection_manager::ForwardClientCertDetails as F;
+        let forward_client_cert = match F::try_from(h.forward_client_cert_details) {
+            Ok(F::Sanitize) => ForwardClientCert::Sanitize,
+            Ok(F::ForwardOnly) => ForwardClientCert::ForwardOnly,
+            Ok(F::AppendForward) => ForwardClientCert::AppendForward,
+            Ok(F::SanitizeSet) => ForwardClientCert::SanitizeSet,
+            Ok(F::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+            Err(_) => {
+                return Err(ValidationError::new(
+                    "forward_client_cert_details",
+                    "unknown value",
+                ))
+            }
+        };
+        let client_cert_details = h
+            .set_current_client_cert_details
+            .as_ref()
+            .map(|d| ClientCertDetails {
+                subject: d.subject.as_ref().is_some_and(|v| v.value),
+                cert: d.cert,
+                chain: d.chain,
+                dns: d.dns,
+                uri: d.uri,
+            })
+            .unwrap_or_default();
         Ok(Self {
+            forward_client_cert,
+            client_cert_details,
             stat_prefix: h.stat_prefix.clone(),
             codec,
             routes,

@@ -9,8 +9,9 @@
 //!   with the unsupported-field check of [`fields`] applied first.
 //! - [`fields`]: the table of supported fields; it drives rejection (with field paths) and
 //!   `docs/xds-support.md`.
-//! - [`listener`], [`hcm`], [`route`], [`cluster`], [`secret`], [`bootstrap`]: the
-//!   validated model.
+//! - [`resource`]: the resource kinds (type URL, message, names, push order), once.
+//! - [`listener`] (with [`filter_chain`], [`tcp_proxy`]), [`hcm`], [`route`], [`cluster`],
+//!   [`tls`], [`secret`], [`bootstrap`]: the validated model.
 //!   Every conversion is pure: no I/O, no locks; regexes compile here, once.
 //! - [`error`]: [`ValidationError`], which always names the field path.
 
@@ -19,11 +20,15 @@ pub mod cluster;
 pub mod decode;
 pub mod error;
 pub mod fields;
+pub mod filter_chain;
 pub mod hcm;
 pub mod listener;
 pub mod pb;
+pub mod resource;
 pub mod route;
 pub mod secret;
+pub mod tcp_proxy;
+pub mod tls;
 pub mod type_urls;
 mod util;
 

@@ -72,3 +72,17 @@ pub(crate) fn ads_config_source(
         Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
     )
 }
+
+/// A hash of a message that is equal for equal messages: map fields (which prost keeps in
+/// hash maps, in no fixed order) are hashed in key order, through the message's canonical
+/// proto3-JSON.
+pub(crate) fn fingerprint<T: prost::Message>(message: &T, full_name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let bytes = message.encode_to_vec();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match crate::decode::bytes_to_json(&bytes, full_name) {
+        Ok(json) => json.to_string().hash(&mut hasher),
+        Err(_) => bytes.hash(&mut hasher),
+    }
+    hasher.finish()
+}

@@ -1,0 +1,170 @@
+//! The `tcp_proxy` network filter: a connection's bytes go, both ways, to an endpoint of a
+//! cluster its load balancer picks (`max_connect_attempts` endpoints are tried), with
+//! half-close passed through, until either side closes, nothing moves for `idle_timeout`,
+//! `max_downstream_connection_duration` passes, or the chain drains.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+use xds_types::route::ClusterTarget;
+
+use crate::config::{SnapshotStore, TcpRuntime};
+use crate::listener::Drain;
+
+/// How long a draining TCP connection may go on before it is closed.
+pub const TCP_DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Proxies `downstream` to the proxy's cluster until the connection ends.
+pub async fn proxy<S>(downstream: S, tcp: &TcpRuntime, store: &SnapshotStore, mut drain: Drain)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let stats = &tcp.stats;
+    stats.downstream_cx_total.inc();
+    let snapshot = store.load();
+    let name = match &tcp.config.target {
+        ClusterTarget::Cluster(name) => name.as_str(),
+        ClusterTarget::Weighted { clusters, total } => {
+            crate::proxy::pick_weighted(clusters, *total)
+        }
+    };
+    let Some(cluster) = snapshot.clusters.get(name).cloned() else {
+        stats.downstream_cx_no_route.inc();
+        debug!(cluster = %name, "tcp proxy: no such cluster");
+        return;
+    };
+    drop(snapshot);
+    let mut upstream = None;
+    for attempt in 1..=tcp.config.max_connect_attempts {
+        let Some(endpoint) = cluster.pick() else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            return;
+        };
+        match cluster.connect(&endpoint).await {
+            Ok(stream) => {
+                upstream = Some(stream);
+                break;
+            }
+            Err(error) => {
+                cluster.stats.upstream_cx_connect_fail.inc();
+                debug!(cluster = %name, endpoint = %endpoint.authority, attempt, %error, "tcp proxy: connect failed");
+            }
+        }
+    }
+    let Some(upstream) = upstream else {
+        return;
+    };
+    let activity = Arc::new(AtomicU64::new(0));
+    let mut downstream = Counted {
+        inner: downstream,
+        activity: activity.clone(),
+    };
+    let mut upstream = Counted {
+        inner: upstream,
+        activity: activity.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut downstream, &mut upstream);
+    tokio::pin!(copy);
+    let idle = tcp.config.idle_timeout;
+    let tick = idle.map_or(Duration::from_secs(3600), |t| {
+        (t / 4).max(Duration::from_millis(10))
+    });
+    let mut ticker = tokio::time::interval(tick);
+    let mut last = (
+        activity.load(Ordering::Relaxed),
+        tokio::time::Instant::now(),
+    );
+    let lifetime = sleep_opt(tcp.config.max_downstream_connection_duration);
+    tokio::pin!(lifetime);
+    let mut drain_deadline = None;
+    loop {
+        tokio::select! {
+            result = &mut copy => {
+                if let Ok((sent, received)) = result {
+                    stats.downstream_cx_rx_bytes_total.inc_by(sent);
+                    stats.downstream_cx_tx_bytes_total.inc_by(received);
+                }
+                return;
+            }
+            _ = ticker.tick(), if idle.is_some() => {
+                let now = activity.load(Ordering::Relaxed);
+                if now != last.0 {
+                    last = (now, tokio::time::Instant::now());
+                } else if last.1.elapsed() >= idle.unwrap_or_default() {
+                    stats.idle_timeout.inc();
+                    return;
+                }
+            }
+            () = &mut lifetime => {
+                stats.max_downstream_connection_duration.inc();
+                return;
+            }
+            () = drain.signaled(), if drain_deadline.is_none() => {
+                drain_deadline = Some(tokio::time::Instant::now() + TCP_DRAIN_GRACE);
+            }
+            () = sleep_until_opt(drain_deadline) => return,
+        }
+    }
+}
+
+async fn sleep_opt(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A stream that counts its reads and writes (for the idle timeout).
+struct Counted<S> {
+    inner: S,
+    activity: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
