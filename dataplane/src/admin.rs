@@ -1,6 +1,7 @@
 //! The admin listener, with Envoy's endpoints where Sluice has the feature:
-//! `/ready`, `/server_info`, `/stats`, `/stats/prometheus`, `/config_dump`, `/clusters`,
-//! `/listeners` and `POST /quitquitquit`.
+//! `/ready`, `/server_info`, `/stats`, `/stats/prometheus`, `/config_dump` (private keys
+//! redacted), `/clusters`, `/listeners` (`?format=json` lists filter chains), `/certs`
+//! and `POST /quitquitquit`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +89,9 @@ async fn handle(
         }
         (&Method::GET, "/config_dump") => json_response(config_dump(&state)),
         (&Method::GET, "/clusters") => text(StatusCode::OK, clusters(&state)),
+        (&Method::GET, "/listeners") if request.uri().query() == Some("format=json") => {
+            json_response(listeners_json(&state))
+        }
         (&Method::GET, "/listeners") => text(
             StatusCode::OK,
             state
@@ -97,6 +101,7 @@ async fn handle(
                 .map(|(n, a)| format!("{n}::{a}\n"))
                 .collect::<String>(),
         ),
+        (&Method::GET, "/certs") => json_response(certs(&state)),
         (&Method::POST, "/quitquitquit") => {
             state.shutdown.notify_one();
             text(StatusCode::OK, "OK\n")
@@ -205,8 +210,29 @@ fn config_dump(state: &AdminState) -> serde_json::Value {
         .into_iter()
         .map(|(_, version, cla)| json!({ "version_info": version, "endpoint_config": cla }))
         .collect();
+    let secret_entry = |name: &str, version: Option<&str>, secret: serde_json::Value| {
+        let mut entry = json!({ "name": name, "secret": secret });
+        if let Some(v) = version {
+            entry["version_info"] = json!(v);
+        }
+        entry
+    };
+    let static_secrets: Vec<_> = statics
+        .secrets
+        .iter()
+        .map(|s| {
+            let secret =
+                xds_types::decode::to_json(s, "envoy.extensions.transport_sockets.tls.v3.Secret")
+                    .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+            secret_entry(&s.name, None, secret)
+        })
+        .collect();
+    let dynamic_secrets: Vec<_> = received(type_urls::SECRET)
+        .into_iter()
+        .map(|(name, version, secret)| secret_entry(&name, Some(&version), secret))
+        .collect();
     let version = snapshot.version.to_string();
-    json!({
+    let mut dump = json!({
         "configs": [
             { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap },
             { "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": version,
@@ -216,8 +242,144 @@ fn config_dump(state: &AdminState) -> serde_json::Value {
             { "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": version,
               "static_listeners": listeners, "dynamic_listeners": dynamic_listeners },
             { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": routes },
+            { "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+              "static_secrets": static_secrets, "dynamic_active_secrets": dynamic_secrets },
         ]
-    })
+    });
+    redact_private_keys(&mut dump);
+    dump
+}
+
+/// Replaces every inline private key (in secrets, bootstraps and listeners alike) with
+/// `[redacted]`, as Envoy's config dump does; a key's file name is shown as is.
+fn redact_private_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                let inline = field
+                    .as_object()
+                    .is_some_and(|o| !o.contains_key("filename"));
+                if (key == "private_key" || key == "privateKey") && inline {
+                    *field = json!({ "inline_string": "[redacted]" });
+                } else {
+                    redact_private_keys(field);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_private_keys),
+        _ => {}
+    }
+}
+
+/// `/listeners?format=json`: Envoy's listener statuses, with each listener's filter
+/// chains (how they match, TLS or not, their network filter).
+fn listeners_json(state: &AdminState) -> serde_json::Value {
+    use xds_types::filter_chain::ServerName;
+    let snapshot = state.store.load();
+    let statuses: Vec<_> = state
+        .listeners
+        .addresses()
+        .into_iter()
+        .map(|(name, address)| {
+            let chains: Vec<_> = snapshot
+                .listeners
+                .get(&name)
+                .map(|l| {
+                    let default = l.config.default_filter_chain.iter().map(|c| (c, true));
+                    l.config
+                        .filter_chains
+                        .iter()
+                        .map(|c| (c, false))
+                        .chain(default)
+                        .map(|(c, is_default)| {
+                            let m = &c.matcher;
+                            let names: Vec<String> = m
+                                .server_names
+                                .iter()
+                                .map(|n| match n {
+                                    ServerName::Exact(e) => e.clone(),
+                                    ServerName::Suffix(s) => format!("*{s}"),
+                                })
+                                .collect();
+                            let ranges = |r: &[xds_types::filter_chain::CidrRange]| -> Vec<String> {
+                                r.iter().map(|r| format!("{}/{}", r.address, r.prefix_len)).collect()
+                            };
+                            json!({
+                                "name": c.name,
+                                "default": is_default,
+                                "filter_chain_match": {
+                                    "destination_port": m.destination_port,
+                                    "prefix_ranges": ranges(&m.prefix_ranges),
+                                    "server_names": names,
+                                    "transport_protocol": m.transport_protocol,
+                                    "application_protocols": m.application_protocols,
+                                    "source_prefix_ranges": ranges(&m.source_prefix_ranges),
+                                    "direct_source_prefix_ranges": ranges(&m.direct_source_prefix_ranges),
+                                    "source_ports": m.source_ports,
+                                },
+                                "tls": c.tls.is_some(),
+                                "network_filter": match c.network {
+                                    xds_types::listener::NetworkFilter::Http(_) => "envoy.filters.network.http_connection_manager",
+                                    xds_types::listener::NetworkFilter::Tcp(_) => "envoy.filters.network.tcp_proxy",
+                                },
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "name": name,
+                "local_address": { "socket_address": { "address": address.ip().to_string(), "port_value": address.port() } },
+                "filter_chains": chains,
+            })
+        })
+        .collect();
+    json!({ "listener_statuses": statuses })
+}
+
+/// `/certs`: every TLS context's certificates and CAs (subject, SANs, serial, validity),
+/// never a key.
+fn certs(state: &AdminState) -> serde_json::Value {
+    use crate::config::ChainTls;
+    let snapshot = state.store.load();
+    let info = |certs: &[rustls::pki_types::CertificateDer<'_>]| -> Vec<serde_json::Value> {
+        certs
+            .iter()
+            .map(|c| crate::tls::certificate_info(c))
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut names: Vec<&String> = snapshot.listeners.keys().collect();
+    names.sort();
+    for name in names {
+        let listener = &snapshot.listeners[name];
+        for chain in listener
+            .chains
+            .iter()
+            .chain(listener.default_chain.as_ref())
+        {
+            if let ChainTls::Terminate { server, .. } = &chain.tls {
+                let chains: Vec<_> = server.chains().flat_map(|c| info(c)).collect();
+                out.push(json!({
+                    "listener": name, "filter_chain": chain.name,
+                    "ca_cert": info(&server.ca_certificates),
+                    "cert_chain": chains,
+                }));
+            }
+        }
+    }
+    let mut clusters: Vec<&String> = snapshot.clusters.keys().collect();
+    clusters.sort();
+    for name in clusters {
+        if let Some(tls) = &snapshot.clusters[name].tls {
+            out.push(json!({
+                "cluster": name,
+                "ca_cert": info(&tls.ca_certificates),
+                "cert_chain": info(&tls.client_chain),
+            }));
+        }
+    }
+    json!({ "certificates": out })
 }
 
 /// Envoy's `/clusters` text: `cluster::host:port::stat::value` lines.

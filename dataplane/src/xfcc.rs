@@ -1,8 +1,8 @@
 //! `x-forwarded-client-cert`, as Envoy writes it: what the HTTP connection manager's
 //! `forward_client_cert_details` does with the header a client sent, and the element it
 //! adds for a mutual TLS connection — `By` (the URI SAN of the certificate sluice served),
-//! `Hash` (SHA-256 of the client's certificate), then `Subject`, `URI`, `Cert`, `Chain` and
-//! `DNS` as `set_current_client_cert_details` asks.
+//! `Hash` (SHA-256 of the client's certificate), then `Cert`, `Chain`, `Subject`, `URI` and
+//! `DNS` as `set_current_client_cert_details` asks, in the order Envoy writes them.
 
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
@@ -61,6 +61,13 @@ fn element(tls: &TlsInfo, details: ClientCertDetails) -> String {
         .collect();
     parts.push(format!("Hash={digest}"));
     let sans = crate::tls::subject_alt_names(leaf);
+    if details.cert {
+        parts.push(format!("Cert=\"{}\"", url_encoded_pem(&[leaf])));
+    }
+    if details.chain {
+        let chain: Vec<&[u8]> = tls.peer_chain.iter().map(|c| c.as_ref()).collect();
+        parts.push(format!("Chain=\"{}\"", url_encoded_pem(&chain)));
+    }
     if details.subject {
         parts.push(format!("Subject=\"{}\"", subject(leaf)));
     }
@@ -70,13 +77,6 @@ fn element(tls: &TlsInfo, details: ClientCertDetails) -> String {
             .find(|(t, _)| *t == SanType::Uri)
             .map_or("", |(_, v)| v.as_str());
         parts.push(format!("URI={uri}"));
-    }
-    if details.cert {
-        parts.push(format!("Cert=\"{}\"", url_encoded_pem(&[leaf])));
-    }
-    if details.chain {
-        let chain: Vec<&[u8]> = tls.peer_chain.iter().map(|c| c.as_ref()).collect();
-        parts.push(format!("Chain=\"{}\"", url_encoded_pem(&chain)));
     }
     if details.dns {
         for (_, dns) in sans.iter().filter(|(t, _)| *t == SanType::Dns) {

@@ -177,3 +177,68 @@ pub fn single_cluster(
         vec![cluster("a", &[(upstream, 1)], json!({}))],
     )
 }
+
+/// The HTTP connection manager network filter with `route_config` (plus `extra` fields).
+pub fn hcm_filter(stat_prefix: &str, route_config: Value, extra: Value) -> Value {
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "route_config": route_config,
+        "http_filters": [{
+            "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+        }]
+    });
+    merge(&mut hcm, extra);
+    json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm })
+}
+
+/// A route table answering every request itself with 200 and `body`.
+pub fn answer(body: &str) -> Value {
+    json!({ "name": format!("answer-{body}"), "virtual_hosts": [ { "name": "all", "domains": ["*"],
+        "routes": [ { "match": { "prefix": "/" },
+            "direct_response": { "status": 200, "body": { "inline_string": body } } } ] } ] })
+}
+
+/// A route table sending every request to `cluster`.
+pub fn to_cluster(cluster: &str) -> Value {
+    json!({ "name": format!("to-{cluster}"), "virtual_hosts": [ { "name": "all", "domains": ["*"],
+        "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": cluster } } ] } ] })
+}
+
+/// The TCP proxy network filter to `cluster` (plus `extra` fields).
+pub fn tcp_proxy(stat_prefix: &str, cluster: &str, extra: Value) -> Value {
+    let mut t = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": stat_prefix, "cluster": cluster
+    });
+    merge(&mut t, extra);
+    json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": t })
+}
+
+/// A `DownstreamTlsContext` transport socket offering `certificates` (inline PEM
+/// `(chain, key)` pairs); `common` is merged into its `common_tls_context` and `context`
+/// into the context itself.
+pub fn tls_socket(certificates: &[(&str, &str)], common: Value, context: Value) -> Value {
+    let certificates: Vec<Value> = certificates
+        .iter()
+        .map(|(chain, key)| {
+            json!({ "certificate_chain": { "inline_string": chain },
+            "private_key": { "inline_string": key } })
+        })
+        .collect();
+    let mut common_tls = json!({ "tls_certificates": certificates });
+    merge(&mut common_tls, common);
+    let mut tls = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": common_tls
+    });
+    merge(&mut tls, context);
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": tls })
+}
+
+/// The TLS inspector listener filter.
+pub fn tls_inspector() -> Value {
+    json!({ "name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } })
+}

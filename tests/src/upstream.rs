@@ -60,8 +60,24 @@ impl Upstream {
         Self::serve(listener, name)
     }
 
+    /// Starts an HTTPS upstream (HTTP/1.1 or h2 by ALPN) with `tls`'s certificate.
+    pub async fn start_tls(name: &str, tls: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::serve_with(listener, name, Some(tokio_rustls::TlsAcceptor::from(tls)))
+    }
+
     /// Serves on an already bound listener.
     pub fn serve(listener: TcpListener, name: &str) -> Self {
+        Self::serve_with(listener, name, None)
+    }
+
+    fn serve_with(
+        listener: TcpListener,
+        name: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(State {
@@ -76,11 +92,25 @@ impl Upstream {
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |r| handle(state.clone(), r));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });

@@ -33,8 +33,9 @@ pub struct ClientTls {
     /// The configured `sni`; `None`: the endpoint's host (or the request's, with auto SNI).
     sni: Option<ServerName<'static>>,
     pub auto_sni: bool,
-    /// The client certificate, for `/certs`.
+    /// The client certificate and the trusted CAs, for `/certs`.
     pub client_chain: Vec<CertificateDer<'static>>,
+    pub ca_certificates: Vec<CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -58,6 +59,10 @@ impl ClientTls {
             .as_ref()
             .map(|v| tls::validation(v, secrets))
             .transpose()?;
+        let ca_certificates = validation
+            .as_ref()
+            .map(|v| v.ca_certificates.clone())
+            .unwrap_or_default();
         let verifier = Arc::new(EnvoyVerifier {
             roots: validation.as_ref().and_then(|v| v.roots.clone()),
             subject_alt_names: validation.map(|v| v.subject_alt_names).unwrap_or_default(),
@@ -102,6 +107,7 @@ impl ClientTls {
             sni,
             auto_sni: tls.auto_sni,
             client_chain,
+            ca_certificates,
         })
     }
 

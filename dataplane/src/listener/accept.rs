@@ -121,6 +121,8 @@ impl Connection {
                 None => {
                     self.listener.stats.no_filter_chain_match.inc();
                     debug!(listener = %self.name, %peer, sni = ?facts.server_name, "no filter chain matches; closing");
+                    // Reset, as Envoy does (it closes with the inspected bytes unread).
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     return;
                 }
             },

@@ -152,15 +152,29 @@ impl ResolvesServerCert for Certificates {
         }
         let schemes = hello.signature_schemes();
         let usable = |c: &&LoadedCertificate| c.key.key.choose_scheme(schemes).is_some();
-        let named = |c: &&LoadedCertificate| {
-            sni.as_deref()
-                .is_some_and(|n| c.dns_names.iter().any(|d| dns_matches(d, n)))
+        let ecdsa = |c: &&LoadedCertificate| {
+            c.key.key.algorithm() == rustls::SignatureAlgorithm::ECDSA && usable(c)
         };
-        self.loaded
+        let named: Vec<&LoadedCertificate> = self
+            .loaded
             .iter()
-            .find(|c| named(c) && usable(c))
-            .or_else(|| self.loaded.iter().find(usable))
-            .or_else(|| self.loaded.first())
+            .filter(|c| {
+                sni.as_deref()
+                    .is_some_and(|n| c.dns_names.iter().any(|d| dns_matches(d, n)))
+            })
+            .collect();
+        // As Envoy: the certificates for the name (else all), ECDSA when the client can
+        // verify it, else the first the client can use, else the first.
+        let candidates: Vec<&LoadedCertificate> = if named.is_empty() {
+            self.loaded.iter().collect()
+        } else {
+            named
+        };
+        candidates
+            .iter()
+            .find(|c| ecdsa(c))
+            .or_else(|| candidates.iter().find(|c| usable(c)))
+            .or_else(|| candidates.first())
             .map(|c| c.key.clone())
     }
 }
