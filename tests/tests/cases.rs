@@ -12,6 +12,7 @@ mod operator;
 mod proxyless_grpc;
 mod routing;
 mod streaming;
+mod tcp_proxy;
 mod tls;
 mod upgrades_grpc;
 mod xds_atomicity;
