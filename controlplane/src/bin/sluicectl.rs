@@ -402,6 +402,8 @@ fn nodes_view(nodes: &[pb::NodeStatus], output: Output) -> String {
             "ROUTES",
             "CLUSTERS",
             "ENDPOINTS",
+            "SECRETS",
+            "WARMING ON",
             "LAST NACK",
         ],
         |v| {
@@ -425,6 +427,8 @@ fn nodes_view(nodes: &[pb::NodeStatus], output: Output) -> String {
                 acked("route"),
                 acked("cluster"),
                 acked("endpoints"),
+                acked("secret"),
+                v["warming_on"].as_str().unwrap_or("-").to_string(),
                 v["last_nack"].as_str().unwrap_or("-").to_string(),
             ]
         },
@@ -442,7 +446,7 @@ fn node_json(n: &pb::NodeStatus) -> serde_json::Value {
                 serde_json::json!({
                     "sent_version": t.sent_version, "acked_version": t.acked_version,
                     "nack_version": t.nack_version, "nack_error": t.nack_error,
-                    "subscribed": t.subscribed,
+                    "subscribed": t.subscribed, "missing": t.missing,
                 }),
             )
         })
@@ -452,9 +456,19 @@ fn node_json(n: &pb::NodeStatus) -> serde_json::Value {
         .iter()
         .find(|t| !t.nack_error.is_empty())
         .map(|t| format!("{}: {}", short(&t.type_url), t.nack_error));
+    let warming: Vec<String> = n
+        .types
+        .iter()
+        .flat_map(|t| {
+            t.missing
+                .iter()
+                .map(move |m| format!("{}/{m}", short(&t.type_url)))
+        })
+        .collect();
     serde_json::json!({
         "id": n.id, "group": n.group, "connected": n.connected, "protocol": n.protocol,
         "connected_since_unix_ms": n.connected_since_unix_ms, "types": types, "last_nack": last_nack,
+        "warming_on": (!warming.is_empty()).then(|| warming.join(" ")),
     })
 }
 

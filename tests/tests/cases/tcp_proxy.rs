@@ -75,24 +75,41 @@ async fn tcp_proxy_carries_bytes_both_ways_with_half_close_and_idle_timeout() {
     let mut quiet = TcpStream::connect(idle).await.unwrap();
     let mut buf = [0u8; 16];
     let closed = tokio::time::timeout(Duration::from_secs(5), quiet.read(&mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed by the idle timeout: {closed:?}");
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the idle timeout: {closed:?}"
+    );
     assert!(
         eventually(Duration::from_secs(5), || async {
             sluice.stat("tcp.idle.idle_timeout").await.unwrap_or(0) == 1
         })
         .await
     );
-    assert!(sluice.stat("tcp.plain.downstream_cx_rx_bytes_total").await.unwrap() >= 1 << 20);
+    assert!(
+        sluice
+            .stat("tcp.plain.downstream_cx_rx_bytes_total")
+            .await
+            .unwrap()
+            >= 1 << 20
+    );
 }
 
 #[tokio::test]
 async fn tls_passes_through_by_sni_without_termination() {
     let ca = Authority::new("passthrough CA").unwrap();
     let backend_cert = ca
-        .issue(&LeafSpec { common_name: "backend".into(), dns: vec!["db.example".into()], ..LeafSpec::default() })
+        .issue(&LeafSpec {
+            common_name: "backend".into(),
+            dns: vec!["db.example".into()],
+            ..LeafSpec::default()
+        })
         .unwrap();
     let edge_cert = ca
-        .issue(&LeafSpec { common_name: "edge".into(), dns: vec!["www.example".into()], ..LeafSpec::default() })
+        .issue(&LeafSpec {
+            common_name: "edge".into(),
+            dns: vec!["www.example".into()],
+            ..LeafSpec::default()
+        })
         .unwrap();
     let backend = Upstream::start_tls("backend", server_config(&backend_cert).unwrap()).await;
     let (admin, listener) = (free_addr(), free_addr());
@@ -110,12 +127,24 @@ async fn tls_passes_through_by_sni_without_termination() {
         vec![cluster("backend", &[(backend.addr, 1)], json!({}))],
     );
     let _sluice = Sluice::start(&config, admin).await.unwrap();
-    let client = |sni: &str| ClientSpec { sni: Some(sni.into()), ..ClientSpec::default() };
+    let client = |sni: &str| ClientSpec {
+        sni: Some(sni.into()),
+        ..ClientSpec::default()
+    };
     let mut passed = handshake(listener, &client("db.example")).await.unwrap();
-    assert_eq!(passed.peer_common_name(), "backend", "the backend's own certificate");
-    let (status, text) = http1_over(&mut passed, "db", "/through", &[]).await.unwrap();
+    assert_eq!(
+        passed.peer_common_name(),
+        "backend",
+        "the backend's own certificate"
+    );
+    let (status, text) = http1_over(&mut passed, "db", "/through", &[])
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    assert!(text.contains("\"server\":\"backend\"") && text.contains("/through"), "{text}");
+    assert!(
+        text.contains("\"server\":\"backend\"") && text.contains("/through"),
+        "{text}"
+    );
     let mut terminated = handshake(listener, &client("www.example")).await.unwrap();
     assert_eq!(terminated.peer_common_name(), "edge");
     let (_, text) = http1_over(&mut terminated, "www", "/", &[]).await.unwrap();
@@ -137,9 +166,14 @@ async fn proxy_protocol_v1_and_v2_set_the_downstream_address() {
     let _sluice = Sluice::start(&config, admin).await.unwrap();
     let request = b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    v2.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 9, 127, 0, 0, 1, 0x1f, 0x90, 0x01, 0xbb]);
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 203, 0, 113, 9, 127, 0, 0, 1, 0x1f, 0x90, 0x01, 0xbb,
+    ]);
     for (header, source) in [
-        (b"PROXY TCP4 198.51.100.7 127.0.0.1 5000 443\r\n".to_vec(), "198.51.100.7"),
+        (
+            b"PROXY TCP4 198.51.100.7 127.0.0.1 5000 443\r\n".to_vec(),
+            "198.51.100.7",
+        ),
         (v2, "203.0.113.9"),
     ] {
         let mut stream = TcpStream::connect(listener).await.unwrap();
@@ -160,7 +194,8 @@ async fn proxy_protocol_v1_and_v2_set_the_downstream_address() {
     let mut stream = TcpStream::connect(listener).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut response = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await;
     assert!(response.is_empty(), "{response}");
 }
 
@@ -168,7 +203,11 @@ async fn proxy_protocol_v1_and_v2_set_the_downstream_address() {
 async fn upstream_tls_verifies_the_san_and_a_mismatch_is_a_503_uf() {
     let ca = Authority::new("upstream CA").unwrap();
     let cert = ca
-        .issue(&LeafSpec { common_name: "api".into(), dns: vec!["api.internal".into()], ..LeafSpec::default() })
+        .issue(&LeafSpec {
+            common_name: "api".into(),
+            dns: vec!["api.internal".into()],
+            ..LeafSpec::default()
+        })
         .unwrap();
     let https = Upstream::start_tls("https-up", server_config(&cert).unwrap()).await;
     let upstream_tls = |san: &str| {
@@ -186,10 +225,17 @@ async fn upstream_tls_verifies_the_san_and_a_mismatch_is_a_503_uf() {
     };
     let config = bootstrap(
         admin,
-        vec![listener("right", right, "api"), listener("wrong", wrong, "impostor")],
+        vec![
+            listener("right", right, "api"),
+            listener("wrong", wrong, "impostor"),
+        ],
         vec![
             cluster("api", &[(https.addr, 1)], upstream_tls("api.internal")),
-            cluster("impostor", &[(https.addr, 1)], upstream_tls("other.internal")),
+            cluster(
+                "impostor",
+                &[(https.addr, 1)],
+                upstream_tls("other.internal"),
+            ),
         ],
     );
     let sluice = Sluice::start(&config, admin).await.unwrap();
@@ -200,10 +246,19 @@ async fn upstream_tls_verifies_the_san_and_a_mismatch_is_a_503_uf() {
     let refused = client.get(wrong, "app", "/", &[]).await.unwrap();
     assert_eq!(refused.status, 503);
     assert_eq!(sluice.stat("http.response_flag.UF").await.unwrap(), 1);
-    assert!(sluice.stat("cluster.impostor.upstream_cx_connect_fail").await.unwrap() >= 1);
+    assert!(
+        sluice
+            .stat("cluster.impostor.upstream_cx_connect_fail")
+            .await
+            .unwrap()
+            >= 1
+    );
     // /certs shows the cluster's CA, never a key.
     let certs = sluice.admin_get("/certs").await.unwrap();
-    assert!(certs.contains("\"cluster\": \"api\"") && certs.contains("upstream CA"), "{certs}");
+    assert!(
+        certs.contains("\"cluster\": \"api\"") && certs.contains("upstream CA"),
+        "{certs}"
+    );
     assert!(!certs.contains("PRIVATE KEY"));
 }
 
@@ -233,9 +288,15 @@ async fn a_chain_change_drains_only_that_chain_and_a_route_change_drains_nothing
         }
     };
     async fn get(stream: &mut TcpStream) -> Option<String> {
-        stream.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .ok()?;
         let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.ok()?.ok()?;
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
         (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
     }
     let mut on_a = connect("127.0.0.1").await;
@@ -247,13 +308,24 @@ async fn a_chain_change_drains_only_that_chain_and_a_route_change_drains_nothing
     sluice.reload(&config("a2", "300s")).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            sluice.admin_get("/config_dump").await.unwrap_or_default().contains("a2")
+            sluice
+                .admin_get("/config_dump")
+                .await
+                .unwrap_or_default()
+                .contains("a2")
         })
         .await
     );
-    let answer_a = get(&mut on_a).await.expect("a's connection survives a route change");
-    assert!(answer_a.ends_with("a2") && !answer_a.contains("connection: close"), "{answer_a}");
-    let answer_b = get(&mut on_b).await.expect("b's connection survives a route change on a");
+    let answer_a = get(&mut on_a)
+        .await
+        .expect("a's connection survives a route change");
+    assert!(
+        answer_a.ends_with("a2") && !answer_a.contains("connection: close"),
+        "{answer_a}"
+    );
+    let answer_b = get(&mut on_b)
+        .await
+        .expect("b's connection survives a route change on a");
     assert!(!answer_b.contains("connection: close"), "{answer_b}");
 
     // Chain b changes (its idle timeout): b's connection drains, a's does not.

@@ -447,3 +447,108 @@ async fn the_header_timeout_answers_408_through_tls() {
         .await
     );
 }
+
+/// `python` of the venv `tests/run.sh` installs sslyze into.
+fn sslyze_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tls/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: tests/run.sh installs sslyze into .venv-tls",
+        venv.display()
+    );
+    venv
+}
+
+#[tokio::test]
+async fn a_tls_scan_finds_no_old_protocol_weak_cipher_or_insecure_renegotiation() {
+    let ca = Authority::new("scan CA").unwrap();
+    let rsa = leaf(&ca, "scan-rsa", &["localhost"], true);
+    let ecdsa = leaf(&ca, "scan-ecdsa", &["localhost"], false);
+    let (admin, listener) = (free_addr(), free_addr());
+    let config = bootstrap(
+        admin,
+        vec![json!({ "name": "scan", "address": address(listener),
+            "filter_chains": [ chain("c", &[], &[&rsa, &ecdsa], "ok") ] })],
+        vec![],
+    );
+    let _sluice = Sluice::start(&config, admin).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scan.json");
+    let status = tokio::process::Command::new(sslyze_python())
+        .args(["-m", "sslyze", "--quiet"])
+        .arg(format!("--json_out={}", out.display()))
+        .arg(format!("{listener}{{localhost}}"))
+        .status()
+        .await
+        .unwrap();
+    // sslyze exits non-zero when the (self-signed) certificate fails Mozilla's checks;
+    // the findings below are what this test asserts.
+    let _ = status;
+    // The report holds numbers (RSA moduli) past serde_json's range: keep the parts the
+    // checks read, with sslyze's own Python.
+    let reduce = "import json,sys\n\
+r=json.load(open(sys.argv[1]))['server_scan_results'][0]['scan_result']\n\
+keep=[k for k in r if k.endswith('_cipher_suites')]+['session_renegotiation','heartbleed','openssl_ccs_injection','tls_compression','tls_fallback_scsv']\n\
+print(json.dumps({k:{'result':{f:v for f,v in (r[k]['result'] or {}).items() if f!='rejected_cipher_suites'}} for k in keep}, default=str))";
+    let reduced = std::process::Command::new(sslyze_python())
+        .args(["-c", reduce])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        reduced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reduced.stderr)
+    );
+    let result: Value = serde_json::from_slice(&reduced.stdout).unwrap();
+    let result = &result;
+    let mut findings = Vec::new();
+    for version in ["ssl_2_0", "ssl_3_0", "tls_1_0", "tls_1_1"] {
+        let accepted =
+            &result[format!("{version}_cipher_suites")]["result"]["accepted_cipher_suites"];
+        if accepted.as_array().is_none_or(|a| !a.is_empty()) {
+            findings.push(format!("{version} accepted: {accepted}"));
+        }
+    }
+    for version in ["tls_1_2", "tls_1_3"] {
+        let accepted =
+            &result[format!("{version}_cipher_suites")]["result"]["accepted_cipher_suites"];
+        let suites = accepted.as_array().cloned().unwrap_or_default();
+        if suites.is_empty() {
+            findings.push(format!("{version} is not served"));
+        }
+        for suite in suites {
+            let name = suite["cipher_suite"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let weak = ["NULL", "anon", "EXPORT", "RC4", "DES", "MD5", "CBC"]
+                .iter()
+                .any(|w| name.contains(w));
+            if weak || suite["cipher_suite"]["is_anonymous"] == true {
+                findings.push(format!("weak suite {name}"));
+            }
+        }
+    }
+    let renegotiation = &result["session_renegotiation"]["result"];
+    if renegotiation["is_vulnerable_to_client_renegotiation_dos"] != false
+        || renegotiation["supports_secure_renegotiation"] != true
+    {
+        findings.push(format!("renegotiation: {renegotiation}"));
+    }
+    for (check, field, safe) in [
+        ("heartbleed", "is_vulnerable_to_heartbleed", json!(false)),
+        (
+            "openssl_ccs_injection",
+            "is_vulnerable_to_ccs_injection",
+            json!(false),
+        ),
+        ("tls_compression", "supports_compression", json!(false)),
+        ("tls_fallback_scsv", "supports_fallback_scsv", json!(true)),
+    ] {
+        if result[check]["result"][field] != safe {
+            findings.push(format!("{check}: {}", result[check]));
+        }
+    }
+    assert!(findings.is_empty(), "TLS scan findings: {findings:#?}");
+}
