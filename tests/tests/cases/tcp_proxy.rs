@@ -12,7 +12,9 @@ use sluice_tests::config::{
     address, answer, bootstrap, cluster, hcm_filter, tcp_proxy, tls_inspector, tls_socket,
     to_cluster,
 };
-use sluice_tests::pki::{handshake, http1_over, server_config, Authority, ClientSpec, LeafSpec};
+use sluice_tests::pki::{
+    handshake, http1_over, server_config, server_config_mtls, Authority, ClientSpec, LeafSpec,
+};
 use sluice_tests::process::Sluice;
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
@@ -149,6 +151,89 @@ async fn tls_passes_through_by_sni_without_termination() {
     assert_eq!(terminated.peer_common_name(), "edge");
     let (_, text) = http1_over(&mut terminated, "www", "/", &[]).await.unwrap();
     assert!(text.ends_with("edge"), "{text}");
+    // The admin API lists both chains and how they match.
+    let listeners: Value =
+        serde_json::from_str(&_sluice.admin_get("/listeners?format=json").await.unwrap()).unwrap();
+    let chains = &listeners["listener_statuses"][0]["filter_chains"];
+    assert_eq!(
+        chains[0]["filter_chain_match"]["server_names"],
+        json!(["db.example"])
+    );
+    assert_eq!(
+        chains[0]["network_filter"],
+        "envoy.filters.network.tcp_proxy"
+    );
+    assert_eq!(chains[1]["tls"], true);
+}
+
+#[tokio::test]
+async fn listener_filters_time_out_or_continue_and_http_inspector_tells_h2c_from_http1() {
+    let upstream = shouting_upstream().await;
+    let (admin, strict, lenient, sniffing) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let raw = |name: &str| json!({ "filters": [tcp_proxy(name, "shout", json!({}))] });
+    let config = bootstrap(
+        admin,
+        vec![
+            json!({ "name": "strict", "address": address(strict), "listener_filters": [tls_inspector()],
+                "listener_filters_timeout": "0.2s",
+                "filter_chains": [ { "filter_chain_match": { "transport_protocol": "tls" }, "filters": [tcp_proxy("s", "shout", json!({}))] } ],
+                "default_filter_chain": raw("strict_default") }),
+            json!({ "name": "lenient", "address": address(lenient), "listener_filters": [tls_inspector()],
+                "listener_filters_timeout": "0.2s", "continue_on_listener_filters_timeout": true,
+                "filter_chains": [ { "filter_chain_match": { "transport_protocol": "tls" }, "filters": [tcp_proxy("l", "shout", json!({}))] } ],
+                "default_filter_chain": raw("lenient_default") }),
+            json!({ "name": "sniffing", "address": address(sniffing),
+                "filter_chains": [
+                    { "filter_chain_match": { "transport_protocol": "raw_buffer", "application_protocols": ["h2c"] },
+                      "filters": [hcm_filter("h2c", answer("via-h2c"), json!({}))] },
+                    { "filter_chain_match": { "transport_protocol": "raw_buffer", "application_protocols": ["http/1.1"] },
+                      "filters": [hcm_filter("h1", answer("via-http1"), json!({}))] } ] }),
+        ],
+        vec![cluster("shout", &[(upstream, 1)], json!({}))],
+    );
+    let sluice = Sluice::start(&config, admin).await.unwrap();
+
+    // A client that waits for the server to speak first: closed after the timeout...
+    let mut silent = TcpStream::connect(strict).await.unwrap();
+    let mut buf = [0u8; 8];
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sluice
+                .stat(&format!("listener.{strict}.downstream_pre_cx_timeout"))
+                .await
+                .unwrap_or(0)
+                == 1
+        })
+        .await
+    );
+    // ...or, with continue_on_listener_filters_timeout, served by the default chain.
+    let mut patient = TcpStream::connect(lenient).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    patient.write_all(b"late").await.unwrap();
+    patient.shutdown().await.unwrap();
+    let mut answer_bytes = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        patient.read_to_end(&mut answer_bytes),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(answer_bytes, b"LATE!");
+
+    // The HTTP inspector is added because a chain matches on plaintext HTTP versions.
+    let h1 = sluice_tests::client::HttpClient::http1()
+        .get(sniffing, "a", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(h1.body, "via-http1");
+    let h2 = sluice_tests::client::HttpClient::http2()
+        .get(sniffing, "a", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(h2.body, "via-h2c");
 }
 
 #[tokio::test]
@@ -210,6 +295,15 @@ async fn upstream_tls_verifies_the_san_and_a_mismatch_is_a_503_uf() {
         })
         .unwrap();
     let https = Upstream::start_tls("https-up", server_config(&cert).unwrap()).await;
+    // An upstream that requires a client certificate from the same CA.
+    let client_cert = ca
+        .issue(&LeafSpec {
+            common_name: "sluice".into(),
+            client: true,
+            ..LeafSpec::default()
+        })
+        .unwrap();
+    let mutual = Upstream::start_tls("mtls-up", server_config_mtls(&cert, &ca.pem).unwrap()).await;
     let upstream_tls = |san: &str| {
         json!({ "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -218,7 +312,22 @@ async fn upstream_tls_verifies_the_san_and_a_mismatch_is_a_503_uf() {
                 "trusted_ca": { "inline_string": ca.pem },
                 "match_typed_subject_alt_names": [ { "san_type": "DNS", "matcher": { "exact": san } } ] } } } } })
     };
+    let mut with_client_cert = upstream_tls("api.internal");
+    with_client_cert["transport_socket"]["typed_config"]["common_tls_context"]
+        ["tls_certificates"] = json!([ { "certificate_chain": { "inline_string": client_cert.cert },
+                  "private_key": { "inline_string": client_cert.key } } ]);
+    // SNI and the name checked come from the request's host; HTTP/2 when ALPN agrees.
+    let auto = json!({
+        "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": { "validation_context": { "trusted_ca": { "inline_string": ca.pem } } } } },
+        "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "upstream_http_protocol_options": { "auto_sni": true, "auto_san_validation": true },
+            "auto_config": { "http_protocol_options": {}, "http2_protocol_options": {} } } }
+    });
     let (admin, right, wrong) = (free_addr(), free_addr(), free_addr());
+    let (mtls_ok, mtls_missing, auto_listener) = (free_addr(), free_addr(), free_addr());
     let listener = |name: &str, addr: SocketAddr, cluster_name: &str| {
         json!({ "name": name, "address": address(addr),
             "filter_chains": [ { "filters": [hcm_filter(name, to_cluster(cluster_name), json!({}))] } ] })
@@ -228,6 +337,9 @@ async fn upstream_tls_verifies_the_san_and_a_mismatch_is_a_503_uf() {
         vec![
             listener("right", right, "api"),
             listener("wrong", wrong, "impostor"),
+            listener("mtls_ok", mtls_ok, "mutual"),
+            listener("mtls_missing", mtls_missing, "mutual_without"),
+            listener("auto", auto_listener, "auto"),
         ],
         vec![
             cluster("api", &[(https.addr, 1)], upstream_tls("api.internal")),
@@ -236,6 +348,13 @@ async fn upstream_tls_verifies_the_san_and_a_mismatch_is_a_503_uf() {
                 &[(https.addr, 1)],
                 upstream_tls("other.internal"),
             ),
+            cluster("mutual", &[(mutual.addr, 1)], with_client_cert),
+            cluster(
+                "mutual_without",
+                &[(mutual.addr, 1)],
+                upstream_tls("api.internal"),
+            ),
+            cluster("auto", &[(https.addr, 1)], auto),
         ],
     );
     let sluice = Sluice::start(&config, admin).await.unwrap();
@@ -252,6 +371,33 @@ async fn upstream_tls_verifies_the_san_and_a_mismatch_is_a_503_uf() {
             .await
             .unwrap()
             >= 1
+    );
+    // Mutual TLS to the upstream: with the client certificate served, without refused.
+    let served = client.get(mtls_ok, "app", "/", &[]).await.unwrap();
+    assert_eq!(served.status, 200);
+    assert_eq!(served.json()["server"], "mtls-up");
+    assert_eq!(
+        client
+            .get(mtls_missing, "app", "/", &[])
+            .await
+            .unwrap()
+            .status,
+        503
+    );
+    // Auto SNI with SAN validation: the certificate covers api.internal, not other.host.
+    let by_host = client
+        .get(auto_listener, "api.internal", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(by_host.status, 200);
+    assert_eq!(by_host.json()["version"], "HTTP/2.0", "ALPN chose h2");
+    assert_eq!(
+        client
+            .get(auto_listener, "other.host", "/", &[])
+            .await
+            .unwrap()
+            .status,
+        503
     );
     // /certs shows the cluster's CA, never a key.
     let certs = sluice.admin_get("/certs").await.unwrap();
