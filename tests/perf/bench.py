@@ -56,7 +56,18 @@ def rss_bytes(pid, key="VmRSS"):
 
 # ---------------------------------------------------------------- proxies
 
-def envoy_style_bootstrap(listen, admin, h2_listen=None):
+CERT_DIR = None  # set by main(): one ECDSA P-256 certificate every proxy serves
+
+def make_certificate(workdir):
+    """The certificate and key every proxy's TLS listener serves (ECDSA P-256, CN localhost)."""
+    d = Path(workdir) / "tls"; d.mkdir(exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-days", "2"], check=True, capture_output=True)
+    (d / "combined.pem").write_text((d / "cert.pem").read_text() + (d / "key.pem").read_text())
+    return d
+
+def envoy_style_bootstrap(listen, admin, tls_listen=None):
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
            "stat_prefix": "bench", "codec_type": "AUTO",
            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
@@ -64,10 +75,22 @@ def envoy_style_bootstrap(listen, admin, h2_listen=None):
            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
     addr = lambda p: {"socket_address": {"address": "127.0.0.1", "port_value": p}}
+    listeners = [{"name": "bench", "address": addr(listen),
+                  "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}]
+    if tls_listen:
+        # Every TLS listener of the suite does full handshakes: no tickets, no session cache.
+        tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "disable_stateless_session_resumption": True, "disable_stateful_session_resumption": True,
+            "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"], "tls_certificates": [{
+                "certificate_chain": {"filename": str(CERT_DIR / "cert.pem")},
+                "private_key": {"filename": str(CERT_DIR / "key.pem")}}]}}}
+        listeners.append({"name": "bench_tls", "address": addr(tls_listen), "filter_chains": [{
+            "transport_socket": tls,
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": dict(hcm, stat_prefix="bench_tls")}]}]})
     return {"admin": {"address": addr(admin)},
             "static_resources": {
-                "listeners": [{"name": "bench", "address": addr(listen),
-                               "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+                "listeners": listeners,
                 "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
                               "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
                                   {"endpoint": {"address": addr(UPSTREAM_PORT)}}]}]}}]}}
@@ -77,6 +100,7 @@ class Proxy:
     def __init__(self, name, workdir):
         self.name, self.dir, self.proc = name, Path(workdir), None
         self.port, self.h2_port, self.admin = free_port(), None, free_port()
+        self.tls_port = free_port()
 
     def start(self):
         cmd = self.command()
@@ -84,6 +108,7 @@ class Proxy:
                                      stderr=open(self.dir / f"{self.name}.log", "w"), start_new_session=True)
         wait_port(self.port)
         if self.h2_port: wait_port(self.h2_port)
+        if self.tls_port: wait_port(self.tls_port)
         time.sleep(0.3)
         return self
 
@@ -100,7 +125,7 @@ class Sluice(Proxy):
     def command(self):
         self.h2_port = None
         self.config = self.dir / "sluice.json"
-        self.config.write_text(json.dumps(envoy_style_bootstrap(self.port, self.admin)))
+        self.config.write_text(json.dumps(envoy_style_bootstrap(self.port, self.admin, self.tls_port)))
         return [str(TARGET / "sluice"), "-c", str(self.config), "--concurrency", "1", "--log-level", "warn"]
     def reload(self):
         self.proc.send_signal(signal.SIGHUP)
@@ -108,7 +133,7 @@ class Sluice(Proxy):
 class Envoy(Proxy):
     def command(self):
         self.config = self.dir / "envoy.json"
-        self.config.write_text(json.dumps(envoy_style_bootstrap(self.port, self.admin)))
+        self.config.write_text(json.dumps(envoy_style_bootstrap(self.port, self.admin, self.tls_port)))
         return [os.environ["ENVOY_BIN"], "-c", str(self.config), "--concurrency", "1", "--disable-hot-restart",
                 "--base-id", str(7000 + os.getpid() % 1000), "-l", "error"]
 
@@ -125,6 +150,9 @@ http {{
   upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 1024; keepalive_requests 100000000; }}
   server {{
     listen 127.0.0.1:{self.port}; listen 127.0.0.1:{self.h2_port} http2;
+    listen 127.0.0.1:{self.tls_port} ssl http2;
+    ssl_certificate {CERT_DIR}/cert.pem; ssl_certificate_key {CERT_DIR}/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets off; ssl_session_cache off;
     location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; }}
   }}
 }}""")
@@ -138,6 +166,7 @@ class HAProxy(Proxy):
 global
   nbthread 1
   maxconn 9500
+  tune.ssl.cachesize 0
 defaults
   mode http
   timeout connect 5s
@@ -148,6 +177,7 @@ defaults
 frontend fe
   bind 127.0.0.1:{self.port}
   bind 127.0.0.1:{self.h2_port} proto h2
+  bind 127.0.0.1:{self.tls_port} ssl crt {CERT_DIR}/combined.pem alpn h2,http/1.1 no-tls-tickets
   default_backend be
 backend be
   server s1 127.0.0.1:{UPSTREAM_PORT}
@@ -157,7 +187,7 @@ backend be
 class Direct(Proxy):
     """No proxy: the upstream itself, as the ceiling (its CPU is not the proxy's)."""
     def __init__(self, name, workdir):
-        super().__init__(name, workdir); self.port = UPSTREAM_PORT
+        super().__init__(name, workdir); self.port = UPSTREAM_PORT; self.tls_port = None
     def start(self): return self
     def stop(self): pass
     @property
@@ -171,19 +201,20 @@ def on_load_cpu(cmd, timeout):
     out = subprocess.run(["taskset", "-c", LOAD_CPU] + cmd, capture_output=True, text=True, timeout=timeout)
     return out.stdout
 
-def wrk(port, path, connections, duration, extra=()):
+def wrk(port, path, connections, duration, extra=(), scheme="http"):
     out = on_load_cpu(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", str(PERF / "latency.lua"),
-                       *extra, f"http://127.0.0.1:{port}{path}"], duration + 30)
+                       *extra, f"{scheme}://localhost:{port}{path}" if scheme == "https" else f"http://127.0.0.1:{port}{path}"], duration + 30)
     line = [l for l in out.splitlines() if l.startswith("{")][-1]
     r = json.loads(line)
     secs = r["duration_us"] / 1e6
     return {"requests": r["requests"], "rps": r["requests"] / secs, "mbps": r["bytes"] / secs / 1e6,
             "errors": r["errors"] + r["non2xx"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"]}
 
-def h2load(port, duration):
+def h2load(port, duration, scheme="http"):
     n = 400_000
+    host = "localhost" if scheme == "https" else "127.0.0.1"
     out = on_load_cpu(["h2load", "-c10", "-m10", f"-n{n}", "-t1", f"--duration={duration}", "--warm-up-time=1",
-                       f"http://127.0.0.1:{port}/"], duration + 60)
+                       f"{scheme}://{host}:{port}/"], duration + 60)
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out).group(2))
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"time for request:\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)", out)
@@ -238,7 +269,15 @@ SCENARIOS = [
     ("fixed_10k", "HTTP/1.1 at a fixed 10,000 req/s over 50 connections (loadgen, open loop)", lambda p, d: fixed_rate(p.port, d)),
     ("conn_per_request", "HTTP/1.1, a new connection per request, 50 concurrent (wrk, Connection: close)",
      lambda p, d: wrk(p.port, "/", 50, d, ("-H", "Connection: close"))),
+    ("tls_h1_c50", "TLS 1.3 (ECDSA P-256, same certificate everywhere), HTTP/1.1 keep-alive, 12-byte response, 50 connections (wrk)",
+     lambda p, d: wrk(p.tls_port, "/", 50, d, scheme="https")),
+    ("tls_h2_100_streams", "TLS 1.3, HTTP/2 by ALPN, 10 connections x 10 streams (h2load)",
+     lambda p, d: h2load(p.tls_port, d, scheme="https")),
+    ("tls_handshakes", "TLS 1.3, a new connection (full handshake: resumption off everywhere) per request, 50 concurrent (wrk, Connection: close); req/s = handshakes/s",
+     lambda p, d: wrk(p.tls_port, "/", 50, d, ("-H", "Connection: close"), scheme="https")),
 ]
+
+TLS_SCENARIOS = {"tls_h1_c50", "tls_h2_100_streams", "tls_handshakes"}
 
 def measure(proxy, fn, duration):
     pid = proxy.pid
@@ -286,6 +325,8 @@ def main():
     args = ap.parse_args()
     wanted = [s for s in args.only.split(",") if s]
     workdir = Path(tempfile.mkdtemp(prefix="sluice-perf-"))
+    global CERT_DIR
+    CERT_DIR = make_certificate(workdir)
     upstream = subprocess.Popen(["taskset", "-c", LOAD_CPU, str(TARGET / "perf-upstream"), "--listen", f"127.0.0.1:{UPSTREAM_PORT}", "--threads", "1"],
                                 start_new_session=True)
     results = {}
@@ -295,6 +336,7 @@ def main():
             if wanted and name not in wanted: continue
             results[name] = {"description": desc, "runs": {}}
             for proxy_name, cls in PROXIES.items():
+                if name in TLS_SCENARIOS and proxy_name == "upstream-direct": continue
                 runs = []
                 for rep in range(args.reps):
                     proxy = cls(proxy_name, workdir).start()
@@ -425,6 +467,8 @@ def report(meta, results):
               f"upstream:  taskset -c {LOAD_CPU} target/release/perf-upstream --threads 1",
               f"wrk:       taskset -c {LOAD_CPU} wrk -t1 -c<N> -d<D>s --timeout 5s -s tests/perf/latency.lua http://127.0.0.1:<port><path>",
               f"h2load:    taskset -c {LOAD_CPU} h2load -c10 -m10 -n400000 -t1 --duration=<D> --warm-up-time=1 http://127.0.0.1:<port>/",
+              "TLS:       the same tools against https://localhost:<tls port>/ (wrk and h2load over OpenSSL; ALPN h2 for h2load);",
+              "           one ECDSA P-256 certificate (openssl req -x509 -newkey ec) for every proxy, session resumption off everywhere",
               f"fixed:     taskset -c {LOAD_CPU} target/release/loadgen --rate 10000 --connections 50 --duration-s <D>",
               "idle:      python asyncio opens N keep-alive connections with one request each; RSS delta / N",
               "control:   target/release/cp-latency --bin-dir target/release --rounds 20", "```", ""]
