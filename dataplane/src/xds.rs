@@ -796,7 +796,7 @@ fn convert<R: XdsResource>(
         .ok()
         .map(|p| p.name().to_string())
         .filter(|n| !n.is_empty());
-    let pb: R = xds_types::decode::from_bytes(&any.value, type_urls::message_name(type_url))
+    let pb: R = xds_types::decode::from_bytes(&any.value, R::KIND.message())
         .map_err(|e| (name.clone(), e))?;
     let model = pb.to_model().map_err(|e| (name.clone(), e))?;
     Ok((pb.name().to_string(), model))

@@ -379,11 +379,6 @@ impl<S> Prefixed<S> {
     pub fn new(prefix: BytesMut, inner: S) -> Self {
         Self { prefix, inner }
     }
-
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead> AsyncRead for Prefixed<S> {
