@@ -371,7 +371,7 @@ fn certs(state: &AdminState) -> serde_json::Value {
     let mut clusters: Vec<&String> = snapshot.clusters.keys().collect();
     clusters.sort();
     for name in clusters {
-        if let Some(tls) = &snapshot.clusters[name].tls {
+        if let Some(tls) = snapshot.clusters[name].transport.tls() {
             out.push(json!({
                 "cluster": name,
                 "ca_cert": info(&tls.ca_certificates),

@@ -26,7 +26,7 @@ use crate::stats::{ClusterStats, Stats};
 
 pub mod tls;
 
-use tls::{ClientTls, Connector, UpstreamStream};
+use tls::{Connector, Transport, UpstreamStream};
 
 /// The pooled HTTP client of one cluster (pools are per endpoint authority).
 pub type UpstreamClient = Client<Connector, Body>;
@@ -62,7 +62,7 @@ pub struct ClusterState {
     pub stats: ClusterStats,
     /// TLS to the endpoints, compiled; also what identifies it across updates (with the
     /// config's fingerprint).
-    pub tls: Option<ClientTls>,
+    pub transport: Transport,
     /// What the TLS context was built from (secret contents, file stamps), so a rotated
     /// secret rebuilds the cluster's pools and an unchanged one keeps them.
     pub tls_key: u64,
@@ -147,15 +147,16 @@ fn num_gcd(a: u64, b: u64) -> u64 {
 }
 
 impl ClusterState {
-    /// Creates the cluster, its pool and (for DNS clusters) its resolver task. `tls` is
-    /// the compiled upstream TLS context, `tls_key` what it was built from.
+    /// Creates the cluster, its pool and (for DNS clusters) its resolver task.
+    /// `transport` carries the compiled upstream TLS context, `tls_key` what it was built
+    /// from.
     pub fn new(
         config: xds_types::Cluster,
-        tls: Option<ClientTls>,
+        transport: Transport,
         tls_key: u64,
         stats: &Stats,
     ) -> Arc<Self> {
-        let client = pool(&config, tls.clone(), None);
+        let client = pool(&config, transport.clone(), None);
         let static_endpoints = match config.discovery {
             Discovery::Static | Discovery::LogicalDns { .. } => config
                 .endpoints
@@ -170,7 +171,7 @@ impl ClusterState {
             config,
             client,
             stats: cluster_stats,
-            tls,
+            transport,
             tls_key,
             sni_clients: Mutex::new(HashMap::new()),
             endpoints: ArcSwap::from_pointee(EndpointSet::new(static_endpoints)),
@@ -189,7 +190,7 @@ impl ClusterState {
     /// The pool a request to `host` uses: the cluster's, or with auto SNI the one whose
     /// connections were made with `host` as SNI.
     pub fn client_for(&self, host: &str) -> UpstreamClient {
-        if !self.tls.as_ref().is_some_and(|t| t.auto_sni) || host.is_empty() {
+        if !self.transport.tls().is_some_and(|t| t.auto_sni) || host.is_empty() {
             return self.client.clone();
         }
         let host = host_without_port(host).to_ascii_lowercase();
@@ -200,7 +201,7 @@ impl ClusterState {
         if clients.len() >= MAX_SNI_POOLS {
             clients.clear();
         }
-        let client = pool(&self.config, self.tls.clone(), Some(host.clone()));
+        let client = pool(&self.config, self.transport.clone(), Some(host.clone()));
         clients.insert(host, client.clone());
         client
     }
@@ -211,7 +212,7 @@ impl ClusterState {
         tls::connect(
             &endpoint.authority,
             self.config.connect_timeout,
-            self.tls.as_ref(),
+            &self.transport,
             None,
         )
         .await
@@ -283,12 +284,12 @@ impl ClusterState {
 /// A pool for `config`'s endpoints.
 fn pool(
     config: &xds_types::Cluster,
-    tls: Option<ClientTls>,
+    transport: Transport,
     sni_host: Option<String>,
 ) -> UpstreamClient {
     let connector = Connector {
         timeout: config.connect_timeout,
-        tls,
+        transport,
         sni_host,
     };
     let mut builder = Client::builder(TokioExecutor::new());

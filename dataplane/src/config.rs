@@ -24,7 +24,7 @@ use xds_types::tcp_proxy::TcpProxy;
 use xds_types::tls::{CertificateSource, DataSource, SdsRef, SecretSource};
 use xds_types::{type_urls, Bootstrap, Cluster, HttpConnectionManager, Listener, RouteTable};
 
-use crate::cluster::tls::ClientTls;
+use crate::cluster::tls::{ClientTls, Transport};
 use crate::cluster::ClusterState;
 use crate::listener::tls::ServerTls;
 use crate::router::CompiledRoutes;
@@ -387,8 +387,8 @@ fn cluster_state(
     expired: &BTreeSet<String>,
     stats: &Stats,
 ) -> Result<Arc<ClusterState>, Warming> {
-    let (tls, key) = match &config.tls {
-        None => (None, 0),
+    let (transport, key) = match &config.tls {
+        None => (Transport::Plaintext, 0),
         Some(tls) => {
             let refs: Vec<&SdsRef> = tls.sds_names().collect();
             if refs
@@ -410,10 +410,11 @@ fn cluster_state(
                 return Ok(live.clone());
             }
             match ClientTls::build(tls, config.protocol, secrets) {
-                Ok(built) => (Some(built), key),
+                Ok(built) => (Transport::Tls(built), key),
                 Err(TlsError::MissingSecret(name)) if expired.contains(&name) => {
                     warn!(cluster = %config.name, secret = %name, "secret timed out: TLS to this cluster fails until it arrives");
-                    (None, key)
+                    let reason = format!("secret {name:?} has not arrived");
+                    (Transport::Unavailable(reason.into()), key)
                 }
                 Err(error) => {
                     warn!(cluster = %config.name, %error, "upstream TLS does not build; keeping the previous cluster");
@@ -427,7 +428,7 @@ fn cluster_state(
     {
         return Ok(live);
     }
-    Ok(ClusterState::new(config.clone(), tls, key, stats))
+    Ok(ClusterState::new(config.clone(), transport, key, stats))
 }
 
 /// The listener's runtime, reusing the live version's TLS contexts and connection limits

@@ -394,7 +394,7 @@ async fn forward(
         xds_types::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
     };
     let client = cluster.client_for(host);
-    let scheme = if cluster.tls.is_some() {
+    let scheme = if cluster.config.tls.is_some() {
         http::uri::Scheme::HTTPS
     } else {
         http::uri::Scheme::HTTP

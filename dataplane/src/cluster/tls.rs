@@ -290,14 +290,44 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
-/// Connects to `authority` (`host:port`) within `timeout`, with TLS when `tls` is set,
-/// sending `sni_host` (or the authority's host) as the server name.
+/// How a cluster's connections are made.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    Plaintext,
+    Tls(ClientTls),
+    /// A secret the cluster's TLS needs did not arrive in time: every connect fails (it
+    /// is never made in plaintext).
+    Unavailable(Arc<str>),
+}
+
+impl Transport {
+    /// The TLS context, when there is one.
+    pub fn tls(&self) -> Option<&ClientTls> {
+        match self {
+            Self::Tls(t) => Some(t),
+            Self::Plaintext | Self::Unavailable(_) => None,
+        }
+    }
+}
+
+/// Connects to `authority` (`host:port`) within `timeout` over `transport`, sending
+/// `sni_host` (or the authority's host) as the server name.
 pub async fn connect(
     authority: &str,
     timeout: Duration,
-    tls: Option<&ClientTls>,
+    transport: &Transport,
     sni_host: Option<&str>,
 ) -> io::Result<UpstreamStream> {
+    let tls = match transport {
+        Transport::Plaintext => None,
+        Transport::Tls(tls) => Some(tls),
+        Transport::Unavailable(reason) => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                reason.to_string(),
+            ))
+        }
+    };
     let connect = async {
         let tcp = TcpStream::connect(authority).await?;
         let _ = tcp.set_nodelay(true);
@@ -328,7 +358,7 @@ fn host_of(authority: &str) -> &str {
 #[derive(Clone)]
 pub struct Connector {
     pub timeout: Duration,
-    pub tls: Option<ClientTls>,
+    pub transport: Transport,
     pub sni_host: Option<String>,
 }
 
@@ -405,7 +435,7 @@ impl tower_service::Service<http::Uri> for Connector {
             let stream = connect(
                 &authority,
                 this.timeout,
-                this.tls.as_ref(),
+                &this.transport,
                 this.sni_host.as_deref(),
             )
             .await?;

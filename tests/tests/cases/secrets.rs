@@ -299,3 +299,47 @@ async fn a_listener_warms_until_its_secret_arrives_and_the_fleet_view_says_so() 
     );
     assert!(eventually(Duration::from_secs(10), || async { !warming().await }).await);
 }
+
+#[tokio::test]
+async fn a_cluster_whose_secret_never_arrives_fails_its_connections_never_in_plaintext() {
+    // A plaintext upstream: were TLS skipped, the request would succeed.
+    let upstream = sluice_tests::upstream::Upstream::start("plain").await;
+    let (xds, listener, admin) = (free_addr(), free_addr(), free_addr());
+    let _cp = ControlPlane::start_empty(xds).await.unwrap();
+    let mut bootstrap: Value =
+        serde_json::from_str(&ads_bootstrap(admin, xds, "GRPC", "late-node")).unwrap();
+    let mut secured = sluice_tests::config::cluster("secured", &[(upstream.addr, 1)], json!({}));
+    secured["transport_socket"] = json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": { "tls_certificate_sds_secret_configs": [ { "name": "never",
+            "sds_config": { "ads": {}, "initial_fetch_timeout": "0.5s" } } ] } } });
+    bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(secured);
+    bootstrap["static_resources"]["listeners"] = json!([ { "name": "in", "address": address(listener),
+        "filter_chains": [ { "filters": [hcm_filter("in", sluice_tests::config::to_cluster("secured"), json!({}))] } ] } ]);
+    bootstrap["dynamic_resources"]["lds_config"]["initial_fetch_timeout"] = json!("1s");
+    let node = Sluice::start(&bootstrap.to_string(), admin).await.unwrap();
+    let client = sluice_tests::client::HttpClient::http1();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            client
+                .get(listener, "a", "/", &[])
+                .await
+                .is_ok_and(|r| r.status == 503)
+        })
+        .await,
+        "after the secret's initial_fetch_timeout the cluster is live and refuses to connect"
+    );
+    assert!(
+        upstream.seen().is_empty(),
+        "nothing reached the upstream in plaintext"
+    );
+    assert!(
+        node.stat("cluster.secured.upstream_cx_connect_fail")
+            .await
+            .unwrap()
+            >= 1
+    );
+}
