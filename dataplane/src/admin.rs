@@ -393,13 +393,14 @@ fn clusters(state: &AdminState) -> String {
         let added_via_api = !snapshot.bootstrap.clusters.iter().any(|c| &c.name == name);
         out.push_str(&format!("{name}::observability_name::{name}\n"));
         out.push_str(&format!("{name}::added_via_api::{added_via_api}\n"));
-        for e in &cluster.endpoints().endpoints {
+        let hosts = cluster.hosts();
+        for (e, weight) in hosts.hosts.iter().zip(&hosts.weights) {
             let a = &e.authority;
             out.push_str(&format!(
                 "{name}::{a}::rq_active::{}\n",
                 e.active.load(Ordering::Relaxed)
             ));
-            out.push_str(&format!("{name}::{a}::weight::{}\n", e.weight));
+            out.push_str(&format!("{name}::{a}::weight::{weight}\n"));
             // Endpoints Envoy would mark unhealthy are not in the set at all.
             out.push_str(&format!("{name}::{a}::health_flags::healthy\n"));
         }

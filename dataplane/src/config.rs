@@ -24,12 +24,12 @@ use xds_types::tcp_proxy::TcpProxy;
 use xds_types::tls::{CertificateSource, DataSource, SdsRef, SecretSource};
 use xds_types::{type_urls, Bootstrap, Cluster, HttpConnectionManager, Listener, RouteTable};
 
-use crate::cluster::tls::{ClientTls, Transport};
-use crate::cluster::ClusterState;
 use crate::listener::tls::ServerTls;
 use crate::router::CompiledRoutes;
 use crate::stats::{HttpStats, ListenerStats, Stats, TcpStats};
 use crate::tls::{file_stamps, Secrets, TlsError};
+use crate::upstream::tls::{ClientTls, Transport};
+use crate::upstream::ClusterState;
 
 /// One immutable view of the whole configuration.
 #[derive(Debug)]
@@ -423,12 +423,19 @@ fn cluster_state(
             }
         }
     };
-    if let Some(live) =
-        live.filter(|l| l.config.fingerprint == config.fingerprint && l.tls_key == key)
+    if let Some(live) = live
+        .as_ref()
+        .filter(|l| l.config.fingerprint == config.fingerprint && l.tls_key == key)
     {
-        return Ok(live);
+        return Ok(live.clone());
     }
-    Ok(ClusterState::new(config.clone(), transport, key, stats))
+    Ok(ClusterState::new(
+        config.clone(),
+        transport,
+        key,
+        stats,
+        live.as_deref(),
+    ))
 }
 
 /// The listener's runtime, reusing the live version's TLS contexts and connection limits

@@ -11,7 +11,8 @@
 //! - [`tls`]: what TLS termination and TLS to upstreams share (rustls, certificates, CAs).
 //! - [`proxy`]: the request path — route, then direct response, redirect or forward.
 //! - [`router`]: virtual host and route selection, compiled per route table.
-//! - [`cluster`]: upstream endpoints, load balancing, connection pools, DNS, upstream TLS.
+//! - [`upstream`]: clusters at run time — hosts and their state, load balancing, the
+//!   connection pool, health checks, outlier detection, circuit breakers, DNS, TLS.
 //! - [`local_reply`]: responses the proxy makes itself, and Envoy's response flags.
 //! - [`admin`], [`stats`]: the admin endpoints and the counters behind them.
 //! - [`xds`]: the ADS client (state of the world and delta) for `dynamic_resources`.
@@ -19,7 +20,6 @@
 
 pub mod admin;
 pub mod body;
-pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod http;
@@ -31,5 +31,6 @@ pub mod server;
 pub mod stats;
 pub mod tcp;
 pub mod tls;
+pub mod upstream;
 pub mod xds;
 pub mod xfcc;

@@ -216,6 +216,23 @@ impl ListenerManager {
     }
 }
 
+/// Turns on TCP keepalive with `k`'s timings (kernel defaults for the unset ones).
+pub fn apply_keepalive(stream: &tokio::net::TcpStream, k: xds_types::listener::Keepalive) {
+    let mut settings = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        settings = settings.with_time(t);
+    }
+    if let Some(i) = k.interval {
+        settings = settings.with_interval(i);
+    }
+    if let Some(p) = k.probes {
+        settings = settings.with_retries(p);
+    }
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&settings) {
+        tracing::debug!(%error, "cannot set TCP keepalive");
+    }
+}
+
 /// Binds with `SO_REUSEADDR` and `SO_REUSEPORT` (so a restarted or second process can
 /// share the port) and the default backlog.
 pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {

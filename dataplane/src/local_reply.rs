@@ -26,11 +26,13 @@ pub enum ResponseFlag {
     DownstreamProtocolError,
     /// The upgrade was not allowed by configuration.
     UpgradeFailed,
+    /// A circuit breaker of the cluster refused the request.
+    UpstreamOverflow,
 }
 
 impl ResponseFlag {
     /// Every flag, for pre-creating counters.
-    pub const ALL: [ResponseFlag; 9] = [
+    pub const ALL: [ResponseFlag; 10] = [
         Self::NoHealthyUpstream,
         Self::UpstreamConnectionFailure,
         Self::UpstreamRequestTimeout,
@@ -40,6 +42,7 @@ impl ResponseFlag {
         Self::UpstreamConnectionTermination,
         Self::DownstreamProtocolError,
         Self::UpgradeFailed,
+        Self::UpstreamOverflow,
     ];
 
     /// Envoy's short name.
@@ -54,6 +57,7 @@ impl ResponseFlag {
             Self::UpstreamConnectionTermination => "UC",
             Self::DownstreamProtocolError => "DPE",
             Self::UpgradeFailed => "UPE",
+            Self::UpstreamOverflow => "UO",
         }
     }
 }
@@ -92,5 +96,9 @@ pub fn for_flag(flag: ResponseFlag) -> Response<Body> {
         ResponseFlag::NoClusterFound => reply(StatusCode::SERVICE_UNAVAILABLE, ""),
         ResponseFlag::DownstreamProtocolError => reply(StatusCode::BAD_REQUEST, "Bad Request"),
         ResponseFlag::UpgradeFailed => reply(StatusCode::FORBIDDEN, "upgrade failed"),
+        ResponseFlag::UpstreamOverflow => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        ),
     }
 }

@@ -24,13 +24,14 @@ use xds_types::route::{
 };
 
 use crate::body::{self, Body, EndOfStream, FireOnDrop, Guarded};
-use crate::cluster::Endpoint;
 use crate::config::{ChainRuntime, HttpRuntime, Network, Snapshot, SnapshotStore};
 use crate::conn::ConnState;
 use crate::listener::tls::TlsInfo;
 use crate::local_reply::{self, ResponseFlag};
 use crate::router::RouteMatch;
 use crate::stats::{class_index, Stats};
+use crate::upstream::pool::UpstreamError;
+use crate::upstream::Host;
 
 /// Request bodies up to this size are buffered when a retry policy may need to replay
 /// them (Envoy's default per-connection buffer limit); larger ones stream once.
@@ -108,8 +109,8 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// Marks an endpoint busy for least-request balancing until dropped.
-struct EndpointGuard(Arc<Endpoint>);
+/// Marks a host busy for least-request balancing until dropped.
+struct EndpointGuard(Arc<Host>);
 
 impl Drop for EndpointGuard {
     fn drop(&mut self) {
@@ -393,7 +394,6 @@ async fn forward(
         | xds_types::cluster::UpstreamProtocol::Auto => Version::HTTP_11,
         xds_types::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
     };
-    let client = cluster.client_for(host);
     let scheme = if cluster.config.tls.is_some() {
         http::uri::Scheme::HTTPS
     } else {
@@ -417,9 +417,22 @@ async fn forward(
         _ => 1,
     };
 
+    // The cluster's max_requests circuit breaker: held until the response ends.
+    let Some(request_slot) = cluster.limits.try_request() else {
+        cluster.stats.upstream_rq_pending_overflow.inc();
+        outcome.flag = Some(ResponseFlag::UpstreamOverflow);
+        return local_reply::for_flag(ResponseFlag::UpstreamOverflow);
+    };
+    let request_slot = Arc::new(request_slot);
+    let sni_host = cluster
+        .transport
+        .tls()
+        .is_some_and(|t| t.auto_sni)
+        .then_some(host);
     let overall = deadline_after(end_of_request.clone(), action.timeout);
     tokio::pin!(overall);
     let mut attempt = 0;
+    let mut retry_slot = None;
     loop {
         attempt += 1;
         outcome.attempts = attempt;
@@ -461,23 +474,50 @@ async fn forward(
         let in_flight = (
             EndpointGuard(endpoint.clone()),
             GaugeGuard::new(&cluster.stats.upstream_rq_active),
+            request_slot.clone(),
+            retry_slot.take(),
         );
         let per_try = deadline_after(
             end_of_request.clone(),
             plan.policy.and_then(|p| p.per_try_timeout),
         );
 
+        let pool = endpoint.pool_for(host);
+        let context = cluster.context(sni_host);
+        let exchange = async {
+            if downstream_upgrade.is_some() {
+                pool.send_upgrade(upstream_request, &context)
+                    .await
+                    .map(Exchanged::Upgrade)
+            } else {
+                pool.send(upstream_request, &context)
+                    .await
+                    .map(Exchanged::Plain)
+            }
+        };
         let result = tokio::select! {
-            r = client.request(upstream_request) => TryResult::Done(r),
+            r = exchange => TryResult::Done(r),
             _ = &mut overall => TryResult::Timeout,
             _ = per_try => TryResult::PerTryTimeout,
         };
-        let retries_left = attempt < max_tries;
+        if let TryResult::Done(Err(UpstreamError::Overflow(_))) = result {
+            outcome.flag = Some(ResponseFlag::UpstreamOverflow);
+            return local_reply::for_flag(ResponseFlag::UpstreamOverflow);
+        }
+        // A retry needs room in the cluster's retry circuit breaker.
+        let mut retries_left = attempt < max_tries;
         let policy = plan.policy;
         let retry_flag = match result {
             TryResult::Done(Ok(response)) => {
                 let status = response.status().as_u16();
                 cluster.stats.upstream_rq_xx[class_index(status)].inc();
+                if retries_left && policy.is_some_and(|p| p.retries_status(status)) {
+                    retry_slot = cluster.limits.try_retry();
+                    if retry_slot.is_none() {
+                        cluster.stats.upstream_rq_retry_overflow.inc();
+                        retries_left = false;
+                    }
+                }
                 if retries_left && policy.is_some_and(|p| p.retries_status(status)) {
                     debug!(cluster = %cluster.config.name, status, attempt, "retrying on status");
                     None
@@ -523,6 +563,13 @@ async fn forward(
         };
         drop(in_flight);
         if let Some((flag, retriable)) = retry_flag {
+            if retries_left && retriable {
+                retry_slot = cluster.limits.try_retry();
+                if retry_slot.is_none() {
+                    cluster.stats.upstream_rq_retry_overflow.inc();
+                    retries_left = false;
+                }
+            }
             if !(retries_left && retriable) {
                 outcome.flag = Some(if attempt > 1 && retriable {
                     cluster.stats.upstream_rq_retry_limit_exceeded.inc();
@@ -547,9 +594,25 @@ async fn forward(
 }
 
 enum TryResult {
-    Done(Result<Response<Incoming>, hyper_util::client::legacy::Error>),
+    Done(Result<Exchanged, UpstreamError>),
     Timeout,
     PerTryTimeout,
+}
+
+/// An upstream response: a normal one (its body drives a pooled connection) or the answer
+/// to an upgrade request.
+enum Exchanged {
+    Plain(Response<Body>),
+    Upgrade(Response<Incoming>),
+}
+
+impl Exchanged {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Plain(r) => r.status(),
+            Self::Upgrade(r) => r.status(),
+        }
+    }
 }
 
 /// Resolves `timeout` after the request body completed; never when `timeout` is `None`.
@@ -635,7 +698,7 @@ fn build_request(
     method: &Method,
     version: Version,
     scheme: &http::uri::Scheme,
-    endpoint: &Endpoint,
+    endpoint: &Host,
     path: &http::uri::PathAndQuery,
     headers: HeaderMap,
     body: Body,
@@ -655,10 +718,18 @@ fn build_request(
 /// Turns the upstream response into the downstream one; for a completed upgrade, splices
 /// the two upgraded connections together.
 fn upstream_response<G: Send + Sync + 'static>(
-    mut response: Response<Incoming>,
+    response: Exchanged,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     in_flight: G,
 ) -> Response<Body> {
+    let mut response = match response {
+        Exchanged::Plain(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, false);
+            return Response::from_parts(parts, Guarded::new(body, in_flight).boxed());
+        }
+        Exchanged::Upgrade(response) => response,
+    };
     let upgraded =
         response.status() == StatusCode::SWITCHING_PROTOCOLS && downstream_upgrade.is_some();
     if upgraded {

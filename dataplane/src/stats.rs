@@ -90,6 +90,14 @@ pub struct ClusterStats {
     pub upstream_rq_retry_limit_exceeded: Counter,
     pub upstream_cx_none_healthy: Counter,
     pub membership_total: Gauge,
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    /// A request found the cluster at `max_connections` (it waited as pending).
+    pub upstream_cx_overflow: Counter,
+    /// Requests refused by `max_pending_requests` or `max_requests` (503 `UO`).
+    pub upstream_rq_pending_overflow: Counter,
+    /// Retries refused by `max_retries` or the retry budget.
+    pub upstream_rq_retry_overflow: Counter,
 }
 
 impl Stats {
@@ -350,6 +358,36 @@ impl Stats {
                 "Endpoints in the cluster",
                 l(),
                 name("membership_total"),
+            ),
+            upstream_cx_total: self.counter(
+                "envoy_cluster_upstream_cx",
+                "Upstream connections made",
+                l(),
+                name("upstream_cx_total"),
+            ),
+            upstream_cx_active: self.gauge(
+                "envoy_cluster_upstream_cx_active",
+                "Open upstream connections",
+                l(),
+                name("upstream_cx_active"),
+            ),
+            upstream_cx_overflow: self.counter(
+                "envoy_cluster_upstream_cx_overflow",
+                "Times the cluster's max_connections was reached",
+                l(),
+                name("upstream_cx_overflow"),
+            ),
+            upstream_rq_pending_overflow: self.counter(
+                "envoy_cluster_upstream_rq_pending_overflow",
+                "Requests refused by the circuit breakers (503 UO)",
+                l(),
+                name("upstream_rq_pending_overflow"),
+            ),
+            upstream_rq_retry_overflow: self.counter(
+                "envoy_cluster_upstream_rq_retry_overflow",
+                "Retries refused by max_retries or the retry budget",
+                l(),
+                name("upstream_rq_retry_overflow"),
             ),
         }
     }

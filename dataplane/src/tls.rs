@@ -1,5 +1,5 @@
 //! What TLS termination ([`crate::listener::tls`]) and TLS to upstreams
-//! ([`crate::cluster::tls`]) share: the rustls crypto provider (ring), built from Envoy's
+//! ([`crate::upstream::tls`]) share: the rustls crypto provider (ring), built from Envoy's
 //! `tls_params`; certificates and keys resolved from inline PEM, files or secrets; trust
 //! anchors; and SAN matching.
 //!

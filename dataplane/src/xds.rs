@@ -881,9 +881,7 @@ mod tests {
     #[test]
     fn valid_resources_apply_and_rejected_ones_are_named_with_their_field() {
         let good = cluster_any("name: good\nconnect_timeout: 1s");
-        let bad = cluster_any(
-            r#"{"name": "bad", "circuit_breakers": {"thresholds": [{"max_connections": 1}]}}"#,
-        );
+        let bad = cluster_any(r#"{"name": "bad", "lrs_server": {"self": {}}}"#);
         let previous = DynamicResources::default();
         let (rejected, next) = convert_all(
             type_urls::CLUSTER,
@@ -894,7 +892,7 @@ mod tests {
         );
         assert_eq!(
             vec![nack(&rejected).message],
-            vec!["bad: circuit_breakers: field is not supported by sluice".to_string()]
+            vec!["bad: lrs_server: field is not supported by sluice".to_string()]
         );
         assert!(next.clusters.contains_key("good"));
         assert!(!next.clusters.contains_key("bad"));

@@ -41,6 +41,10 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    concurrency: Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
     task: JoinHandle<()>,
 }
 
@@ -49,6 +53,11 @@ struct State {
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     failures: Mutex<HashMap<String, u64>>,
+    /// Requests being handled now, and the most ever at once.
+    concurrency: Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
 }
 
 impl Upstream {
@@ -80,10 +89,12 @@ impl Upstream {
     ) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let concurrency = Arc::default();
         let state = Arc::new(State {
             name: name.to_string(),
             seen: seen.clone(),
             failures: Mutex::default(),
+            concurrency: Arc::clone(&concurrency),
         });
         let task = tokio::spawn(async move {
             loop {
@@ -118,6 +129,7 @@ impl Upstream {
             addr,
             name: name.to_string(),
             seen,
+            concurrency,
             task,
         }
     }
@@ -125,6 +137,11 @@ impl Upstream {
     /// Requests received in full so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// The most delayed (`x-test-delay-ms`) requests it was handling at once.
+    pub fn peak_concurrency(&self) -> usize {
+        self.concurrency.1.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Forgets what was seen.
@@ -217,7 +234,12 @@ async fn handle(
     });
 
     if let Some(ms) = delay {
+        use std::sync::atomic::Ordering;
+        let (now, peak) = &*state.concurrency;
+        let current = now.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(current, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        now.fetch_sub(1, Ordering::SeqCst);
     }
     if let Some(k) = fail_first {
         let mut failures = state.failures.lock().unwrap();

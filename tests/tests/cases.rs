@@ -16,6 +16,7 @@ mod streaming;
 mod tcp_proxy;
 mod tls;
 mod upgrades_grpc;
+mod upstream_limits;
 mod xds_atomicity;
 mod xds_dataplane;
 mod xds_eds_rds;

@@ -36,8 +36,102 @@ pub struct Cluster {
     pub eds: Option<EdsConfig>,
     /// TLS to the endpoints.
     pub tls: Option<UpstreamTls>,
+    /// `circuit_breakers` for the default priority (Envoy's defaults when absent).
+    pub circuit_breakers: Thresholds,
+    /// Close a connection after this many requests; `None`: no limit.
+    pub max_requests_per_connection: Option<u32>,
+    /// Close a connection this long after it was made; `None`: no limit.
+    pub max_connection_duration: Option<Duration>,
+    /// TCP keepalive on upstream connections (`upstream_connection_options`).
+    pub keepalive: Option<crate::listener::Keepalive>,
     /// Hash of the cluster's proto: equal for an unchanged cluster across updates.
     pub fingerprint: u64,
+}
+
+/// Envoy's `CircuitBreakers.Thresholds`: what a cluster may have in flight at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub max_connections: usize,
+    pub max_pending_requests: usize,
+    pub max_requests: usize,
+    pub max_retries: usize,
+    /// When set, replaces `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+impl Default for Thresholds {
+    /// Envoy's defaults: 1024 connections, pending requests and requests, 3 retries.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            retry_budget: None,
+        }
+    }
+}
+
+/// Envoy's `RetryBudget`: retries in flight as a share of the requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Default 20 %.
+    pub budget_percent: f64,
+    /// Default 3.
+    pub min_retry_concurrency: u32,
+}
+
+fn circuit_breakers(c: &pb::Cluster) -> Result<Thresholds> {
+    let Some(breakers) = c.circuit_breakers.as_ref() else {
+        return Ok(Thresholds::default());
+    };
+    if !breakers.per_host_thresholds.is_empty() {
+        return Err(ValidationError::unsupported(
+            "circuit_breakers.per_host_thresholds",
+        ));
+    }
+    let mut out = Thresholds::default();
+    let mut seen = Vec::new();
+    for (i, t) in breakers.thresholds.iter().enumerate() {
+        let path = format!("circuit_breakers.thresholds[{i}]");
+        if seen.contains(&t.priority) {
+            return Err(ValidationError::new(
+                format!("{path}.priority"),
+                "one threshold per priority",
+            ));
+        }
+        seen.push(t.priority);
+        // Routes all use the default priority: HIGH thresholds are kept but never reached.
+        if t.priority != core::RoutingPriority::Default as i32 {
+            continue;
+        }
+        let value = |v: Option<&crate::pb::google::protobuf::UInt32Value>, default: usize| {
+            v.map_or(default, |v| v.value as usize)
+        };
+        out = Thresholds {
+            max_connections: value(t.max_connections.as_ref(), out.max_connections),
+            max_pending_requests: value(t.max_pending_requests.as_ref(), out.max_pending_requests),
+            max_requests: value(t.max_requests.as_ref(), out.max_requests),
+            max_retries: value(t.max_retries.as_ref(), out.max_retries),
+            retry_budget: t.retry_budget.as_ref().map(|b| RetryBudget {
+                budget_percent: b.budget_percent.as_ref().map_or(20.0, |p| p.value),
+                min_retry_concurrency: b.min_retry_concurrency.as_ref().map_or(3, |v| v.value),
+            }),
+        };
+        if let Some(b) = t.retry_budget.as_ref() {
+            if b.budget_interval.is_some() {
+                return Err(ValidationError::unsupported(format!(
+                    "{path}.retry_budget.budget_interval"
+                )));
+            }
+        }
+        if t.max_connection_pools.is_some() {
+            return Err(ValidationError::unsupported(format!(
+                "{path}.max_connection_pools"
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// A cluster received over xDS: as [`Cluster::try_from`]. (Upstream TLS files name
@@ -278,7 +372,31 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 "auto_sni and auto_san_validation need a TLS transport_socket",
             ));
         }
+        #[allow(deprecated)]
+        let legacy_max_requests = c.max_requests_per_connection.as_ref().map(|v| v.value);
+        let keepalive = c
+            .upstream_connection_options
+            .as_ref()
+            .and_then(|o| o.tcp_keepalive.as_ref())
+            .map(|k| crate::listener::Keepalive {
+                time: k
+                    .keepalive_time
+                    .as_ref()
+                    .map(|v| Duration::from_secs(v.value.into())),
+                interval: k
+                    .keepalive_interval
+                    .as_ref()
+                    .map(|v| Duration::from_secs(v.value.into())),
+                probes: k.keepalive_probes.as_ref().map(|v| v.value),
+            });
         Ok(Self {
+            circuit_breakers: circuit_breakers(c)?,
+            max_requests_per_connection: options
+                .max_requests_per_connection
+                .or(legacy_max_requests)
+                .filter(|n| *n > 0),
+            max_connection_duration: options.max_connection_duration,
+            keepalive,
             name: c.name.clone(),
             discovery,
             lb_policy,
@@ -301,6 +419,8 @@ impl TryFrom<&pb::Cluster> for Cluster {
 struct ProtocolOptions {
     protocol: UpstreamProtocol,
     idle_timeout: Option<Duration>,
+    max_requests_per_connection: Option<u32>,
+    max_connection_duration: Option<Duration>,
     auto_sni: bool,
     auto_san_validation: bool,
 }
@@ -313,6 +433,8 @@ fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
             UpstreamProtocol::Http1
         },
         idle_timeout: Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+        max_requests_per_connection: None,
+        max_connection_duration: None,
         auto_sni: false,
         auto_san_validation: false,
     };
@@ -354,10 +476,14 @@ fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
             }
         }
         if let Some(common) = options.common_http_protocol_options.as_ref() {
-            out.idle_timeout = http_idle_timeout(
-                common,
-                &format!("{path}.common_http_protocol_options"),
-                out.idle_timeout,
+            let at = format!("{path}.common_http_protocol_options");
+            out.idle_timeout = http_idle_timeout(common, &at, out.idle_timeout)?;
+            out.max_requests_per_connection =
+                common.max_requests_per_connection.as_ref().map(|v| v.value);
+            out.max_connection_duration = optional_timeout(
+                common.max_connection_duration.as_ref(),
+                &format!("{at}.max_connection_duration"),
+                None,
             )?;
         }
         if let Some(u) = options.upstream_http_protocol_options.as_ref() {

@@ -178,6 +178,8 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.core.v3.HttpProtocolOptions" => [
         "idle_timeout": "downstream: close a connection with no active request after this long (default 1h); upstream: pool idle timeout",
         "max_headers_count",
+        "max_requests_per_connection": "upstream: a connection is closed after this many requests",
+        "max_connection_duration": "upstream: a connection is closed (when idle) this long after it was made",
     ],
     "envoy.config.route.v3.RouteConfiguration" => [
         "name", "virtual_hosts",
@@ -258,7 +260,22 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "per_connection_buffer_limit_bytes": "accepted; bodies are streamed with bounded buffers regardless",
         "alt_stat_name",
         "transport_socket": "envoy.transport_sockets.tls with an UpstreamTlsContext",
+        "circuit_breakers": "default-priority thresholds apply; HIGH thresholds are accepted and never reached (routes all use the default priority)",
+        "max_requests_per_connection": "deprecated in Envoy; use common_http_protocol_options.max_requests_per_connection",
+        "upstream_connection_options",
     ],
+    "envoy.config.cluster.v3.CircuitBreakers" => ["thresholds"],
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds" => [
+        "priority", "max_connections", "max_pending_requests", "max_requests",
+        "max_retries": "retries in flight; replaced by retry_budget when set",
+        "retry_budget",
+        "track_remaining": "accepted; remaining-capacity gauges are not exported",
+    ],
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget" => [
+        "budget_percent", "min_retry_concurrency",
+    ],
+    "envoy.config.cluster.v3.UpstreamConnectionOptions" => ["tcp_keepalive"],
+    "envoy.type.v3.Percent" => ["value"],
     "envoy.config.core.v3.TransportSocket" => ["name", "typed_config"],
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => [
         "common_tls_context",
@@ -477,10 +494,10 @@ mod tests {
     #[test]
     fn unsupported_field_is_rejected_with_its_path() {
         let err = crate::decode::from_yaml::<crate::pb::envoy::config::cluster::v3::Cluster>(
-            "name: a\ncircuit_breakers: {thresholds: [{max_connections: 1}]}",
+            "name: a\nlrs_server: {self: {}}",
             "envoy.config.cluster.v3.Cluster",
         )
         .unwrap_err();
-        assert_eq!(err.path, "circuit_breakers");
+        assert_eq!(err.path, "lrs_server");
     }
 }

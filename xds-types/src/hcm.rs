@@ -180,6 +180,25 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             .filter(|u| u.enabled.as_ref().is_none_or(|v| v.value))
             .map(|u| u.upgrade_type.to_ascii_lowercase())
             .collect();
+        if let Some(o) = h.common_http_protocol_options.as_ref() {
+            for (field, set) in [
+                (
+                    "max_requests_per_connection",
+                    o.max_requests_per_connection.is_some(),
+                ),
+                (
+                    "max_connection_duration",
+                    o.max_connection_duration.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(ValidationError::new(
+                        format!("common_http_protocol_options.{field}"),
+                        "is supported on clusters (upstream), not on downstream connections yet",
+                    ));
+                }
+            }
+        }
         let (idle_timeout, max_headers_count) = match h.common_http_protocol_options.as_ref() {
             Some(o) => (
                 http_idle_timeout(

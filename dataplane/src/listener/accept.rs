@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
-use xds_types::listener::Keepalive;
 
 use super::filter_chain::{select, ConnectionFacts};
 use super::inspect::{inspect, InspectError, Prefixed};
@@ -76,7 +75,7 @@ impl Connection {
         let config = &self.listener.config;
         let _ = stream.set_nodelay(true);
         if let Some(k) = config.socket.keepalive {
-            keepalive(&stream, k);
+            super::apply_keepalive(&stream, k);
         }
         let local = match stream.local_addr() {
             Ok(a) => a,
@@ -219,21 +218,5 @@ impl Connection {
             }
             Network::Tcp(tcp) => crate::tcp::proxy(stream, tcp, &self.store, drain).await,
         }
-    }
-}
-
-fn keepalive(stream: &TcpStream, k: Keepalive) {
-    let mut settings = socket2::TcpKeepalive::new();
-    if let Some(t) = k.time {
-        settings = settings.with_time(t);
-    }
-    if let Some(i) = k.interval {
-        settings = settings.with_interval(i);
-    }
-    if let Some(p) = k.probes {
-        settings = settings.with_retries(p);
-    }
-    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&settings) {
-        debug!(%error, "cannot set TCP keepalive");
     }
 }

@@ -90,7 +90,7 @@ static_resources:
 
     std::fs::write(
         &path,
-        "static_resources: {clusters: [{name: a, circuit_breakers: {}}]}",
+        "static_resources: {clusters: [{name: a, lrs_server: {self: {}}}]}",
     )
     .unwrap();
     let out = std::process::Command::new(binary("sluice"))
@@ -101,7 +101,7 @@ static_resources:
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("static_resources.clusters[0].circuit_breakers: field is not supported"),
+        stderr.contains("static_resources.clusters[0].lrs_server: field is not supported"),
         "{stderr}"
     );
 }

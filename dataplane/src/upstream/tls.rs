@@ -6,15 +6,12 @@
 //! `auto_sni_san_validation`, the SNI) must match. The configured `sni` is only sent, as in
 //! Envoy. A failed handshake is a connect failure (`UF`, retryable by `connect-failure`).
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -224,7 +221,7 @@ pub enum UpstreamStream {
 
 impl UpstreamStream {
     /// Whether TLS negotiated HTTP/2 by ALPN.
-    fn negotiated_h2(&self) -> bool {
+    pub fn negotiated_h2(&self) -> bool {
         match self {
             Self::Plain(_) => false,
             Self::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
@@ -350,96 +347,5 @@ fn host_of(authority: &str) -> &str {
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
-    }
-}
-
-/// The pool's connector: [`connect`] for each new pooled connection. `sni_host` is the
-/// request host when the cluster sends SNI from it (one pool per host).
-#[derive(Clone)]
-pub struct Connector {
-    pub timeout: Duration,
-    pub transport: Transport,
-    pub sni_host: Option<String>,
-}
-
-/// A pooled connection.
-pub struct PooledStream(TokioIo<UpstreamStream>);
-
-impl hyper::rt::Read for PooledStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for PooledStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-}
-
-impl Connection for PooledStream {
-    fn connected(&self) -> Connected {
-        let connected = Connected::new();
-        if self.0.inner().negotiated_h2() {
-            connected.negotiated_h2()
-        } else {
-            connected
-        }
-    }
-}
-
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = PooledStream;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<PooledStream>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let authority = uri
-                .authority()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no authority"))?
-                .to_string();
-            let stream = connect(
-                &authority,
-                this.timeout,
-                &this.transport,
-                this.sni_host.as_deref(),
-            )
-            .await?;
-            Ok(PooledStream(TokioIo::new(stream)))
-        })
     }
 }
