@@ -29,6 +29,18 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    // Every typed load-balancing policy, so a list that names one Sluice does not
+    // implement before one it does still decodes (Envoy uses the first it knows).
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+    "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+    "envoy.extensions.load_balancing_policies.random.v3.Random",
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+    "envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality",
+    "envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin",
+    "envoy.extensions.load_balancing_policies.pick_first.v3.PickFirst",
+    "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided",
 ];
 
 const ENVOY_TYPES_DIR: &str = "envoy-types-0.7.7";

@@ -538,8 +538,11 @@ load_assignment:
 
     #[test]
     fn invalid_documents_name_the_document_and_field() {
-        let text = format!("{CLUSTER}---\n\"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\nname: bad\nlb_policy: MAGLEV\n");
+        let text = format!("{CLUSTER}---\n\"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\nname: bad\nlb_policy: CLUSTER_PROVIDED\n");
         let err = ResourceSet::from_yaml(&text).unwrap_err().to_string();
-        assert_eq!(err, "document 1: lb_policy: MAGLEV is not supported");
+        assert_eq!(
+            err,
+            "document 1: lb_policy: CLUSTER_PROVIDED is not supported"
+        );
     }
 }

@@ -382,27 +382,74 @@ fn certs(state: &AdminState) -> serde_json::Value {
     json!({ "certificates": out })
 }
 
-/// Envoy's `/clusters` text: `cluster::host:port::stat::value` lines.
+/// Envoy's `/clusters` text: `cluster::host:port::stat::value` lines, in Envoy's order.
 fn clusters(state: &AdminState) -> String {
+    use std::fmt::Write;
     let snapshot = state.store.load();
     let mut names: Vec<&String> = snapshot.clusters.keys().collect();
     names.sort();
     let mut out = String::new();
+    let rate = |r: Option<f64>| r.map_or("-1".to_string(), |r| format!("{r}"));
     for name in names {
         let cluster = &snapshot.clusters[name];
         let added_via_api = !snapshot.bootstrap.clusters.iter().any(|c| &c.name == name);
-        out.push_str(&format!("{name}::observability_name::{name}\n"));
-        out.push_str(&format!("{name}::added_via_api::{added_via_api}\n"));
-        let hosts = cluster.hosts();
-        for (e, weight) in hosts.hosts.iter().zip(&hosts.weights) {
-            let a = &e.authority;
-            out.push_str(&format!(
-                "{name}::{a}::rq_active::{}\n",
-                e.active.load(Ordering::Relaxed)
-            ));
-            out.push_str(&format!("{name}::{a}::weight::{weight}\n"));
-            // Endpoints Envoy would mark unhealthy are not in the set at all.
-            out.push_str(&format!("{name}::{a}::health_flags::healthy\n"));
+        let _ = writeln!(out, "{name}::observability_name::{name}");
+        if let Some(detector) = &cluster.outlier {
+            let [external, local] = detector.success_rate_stats();
+            for (prefix, stats) in [("", external), ("local_origin_", local)] {
+                let _ = writeln!(
+                    out,
+                    "{name}::outlier::{prefix}success_rate_average::{}",
+                    rate(stats.map(|s| s.0))
+                );
+                let _ = writeln!(
+                    out,
+                    "{name}::outlier::{prefix}success_rate_ejection_threshold::{}",
+                    rate(stats.map(|s| s.1))
+                );
+            }
+        }
+        let t = &cluster.config.circuit_breakers;
+        for (stat, value) in [
+            ("max_connections", t.max_connections),
+            ("max_pending_requests", t.max_pending_requests),
+            ("max_requests", t.max_requests),
+            ("max_retries", t.max_retries),
+        ] {
+            let _ = writeln!(out, "{name}::default_priority::{stat}::{value}");
+        }
+        let _ = writeln!(out, "{name}::added_via_api::{added_via_api}");
+        for m in cluster.members().iter() {
+            let h = &m.host;
+            let a = &h.authority;
+            let c = &h.counters;
+            let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+            for (stat, value) in [
+                ("cx_active", h.connections().max(0) as u64),
+                ("cx_connect_fail", load(&c.cx_connect_fail)),
+                ("cx_total", load(&c.cx_total)),
+                ("rq_active", load(&h.active)),
+                ("rq_error", load(&c.rq_error)),
+                ("rq_success", load(&c.rq_success)),
+                ("rq_timeout", load(&c.rq_timeout)),
+                ("rq_total", load(&c.rq_total)),
+            ] {
+                let _ = writeln!(out, "{name}::{a}::{stat}::{value}");
+            }
+            let _ = writeln!(out, "{name}::{a}::hostname::");
+            let _ = writeln!(out, "{name}::{a}::health_flags::{}", h.describe_flags());
+            let _ = writeln!(out, "{name}::{a}::weight::{}", m.weight);
+            let _ = writeln!(out, "{name}::{a}::region::{}", m.locality.region);
+            let _ = writeln!(out, "{name}::{a}::zone::{}", m.locality.zone);
+            let _ = writeln!(out, "{name}::{a}::sub_zone::{}", m.locality.sub_zone);
+            let _ = writeln!(out, "{name}::{a}::canary::false");
+            let _ = writeln!(out, "{name}::{a}::priority::{}", m.priority);
+            let _ = writeln!(
+                out,
+                "{name}::{a}::success_rate::{}",
+                rate(h.outlier.success_rate())
+            );
+            let _ = writeln!(out, "{name}::{a}::local_origin_success_rate::-1");
         }
     }
     out

@@ -16,7 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use tracing::warn;
-use xds_types::cluster::LbEndpoint;
+use xds_types::cluster::Assignment;
 use xds_types::hcm::RouteSource;
 use xds_types::listener::{FilterChain, NetworkFilter};
 use xds_types::secret::{Secret, SecretValue};
@@ -138,7 +138,7 @@ pub struct DynamicResources {
     /// RDS route configurations.
     pub routes: BTreeMap<String, RouteTable>,
     /// EDS endpoints, by EDS name.
-    pub assignments: BTreeMap<String, Vec<LbEndpoint>>,
+    pub assignments: BTreeMap<String, Assignment>,
     /// SDS secrets.
     pub secrets: BTreeMap<String, Secret>,
     /// SDS secrets that did not arrive within their `initial_fetch_timeout`.

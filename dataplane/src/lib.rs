@@ -22,6 +22,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod conn;
+pub mod hash_policy;
 pub mod http;
 pub mod listener;
 pub mod local_reply;

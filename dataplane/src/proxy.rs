@@ -30,6 +30,8 @@ use crate::listener::tls::TlsInfo;
 use crate::local_reply::{self, ResponseFlag};
 use crate::router::RouteMatch;
 use crate::stats::{class_index, Stats};
+use crate::upstream::lb::PickRequest;
+use crate::upstream::outlier::Outcome as TryOutcome;
 use crate::upstream::pool::UpstreamError;
 use crate::upstream::Host;
 
@@ -365,6 +367,17 @@ async fn forward(
     }
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (parts, incoming) = request.into_parts();
+    let request_hash = if cluster.config.lb.policy.is_consistent_hash() {
+        crate::hash_policy::compute(
+            &action.hash_policy,
+            &parts.headers,
+            &parts.uri,
+            ctx.remote,
+            ctx.local,
+        )
+    } else {
+        Default::default()
+    };
     let is_chunked_h1 = parts.version <= Version::HTTP_11
         && parts
             .headers
@@ -433,16 +446,30 @@ async fn forward(
     tokio::pin!(overall);
     let mut attempt = 0;
     let mut retry_slot = None;
+    let previous_hosts = plan.policy.filter(|p| p.previous_hosts);
+    let mut tried: Vec<Arc<Host>> = Vec::new();
     loop {
         attempt += 1;
         outcome.attempts = attempt;
-        let Some(endpoint) = cluster.pick() else {
+        let picked = cluster.pick(&PickRequest {
+            hash: request_hash.hash,
+            avoid: if previous_hosts.is_some() {
+                &tried
+            } else {
+                &[]
+            },
+            reselect: previous_hosts.map_or(0, |p| p.host_selection_retry_max_attempts),
+        });
+        let Some(endpoint) = picked else {
             cluster.stats.upstream_cx_none_healthy.inc();
             outcome.flag = Some(ResponseFlag::NoHealthyUpstream);
             return local_reply::for_flag(ResponseFlag::NoHealthyUpstream);
         };
         if outcome.detailed {
             outcome.upstream = Some(endpoint.authority.clone());
+        }
+        if previous_hosts.is_some() {
+            tried.push(endpoint.clone());
         }
         let try_body = match &mut body {
             RequestBody::Replayable(bytes) => body::full(bytes.clone()),
@@ -504,6 +531,15 @@ async fn forward(
             outcome.flag = Some(ResponseFlag::UpstreamOverflow);
             return local_reply::for_flag(ResponseFlag::UpstreamOverflow);
         }
+        cluster.report(
+            &endpoint,
+            match &result {
+                TryResult::Done(Ok(response)) => TryOutcome::Status(response.status().as_u16()),
+                TryResult::Done(Err(UpstreamError::Connect(_))) => TryOutcome::ConnectFailed,
+                TryResult::Done(Err(_)) => TryOutcome::Reset,
+                TryResult::Timeout | TryResult::PerTryTimeout => TryOutcome::Timeout,
+            },
+        );
         // A retry needs room in the cluster's retry circuit breaker.
         let mut retries_left = attempt < max_tries;
         let policy = plan.policy;
@@ -526,7 +562,11 @@ async fn forward(
                         outcome.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
                         cluster.stats.upstream_rq_retry_limit_exceeded.inc();
                     }
-                    return upstream_response(response, downstream_upgrade, in_flight);
+                    let mut response = upstream_response(response, downstream_upgrade, in_flight);
+                    if let Some(cookie) = request_hash.set_cookie {
+                        response.headers_mut().append(header::SET_COOKIE, cookie);
+                    }
+                    return response;
                 }
             }
             TryResult::Done(Err(error)) => {

@@ -98,6 +98,41 @@ pub struct ClusterStats {
     pub upstream_rq_pending_overflow: Counter,
     /// Retries refused by `max_retries` or the retry budget.
     pub upstream_rq_retry_overflow: Counter,
+    /// Hosts eligible for traffic (no failure flag).
+    pub membership_healthy: Gauge,
+    pub membership_degraded: Gauge,
+    /// Hosts that take no traffic and do not count (e.g. waiting for a first health check).
+    pub membership_excluded: Gauge,
+    pub membership_change: Counter,
+    /// Picks made in panic mode (too few healthy hosts: all hosts were used).
+    pub lb_healthy_panic: Counter,
+}
+
+/// Active health-check counters of one cluster (Envoy's `cluster.<name>.health_check.*`).
+#[derive(Clone)]
+pub struct HealthCheckStats {
+    pub attempt: Counter,
+    pub success: Counter,
+    /// Every failed check, network failures included.
+    pub failure: Counter,
+    pub network_failure: Counter,
+    /// Hosts the checks consider healthy.
+    pub healthy: Gauge,
+}
+
+/// Outlier-detection counters of one cluster (`cluster.<name>.outlier_detection.*`).
+#[derive(Clone)]
+pub struct OutlierStats {
+    pub ejections_active: Gauge,
+    pub ejections_overflow: Counter,
+    pub ejections_enforced_total: Counter,
+    /// Envoy's deprecated total: ejections allowed by `max_ejection_percent`, enforced or not.
+    pub ejections_total: Counter,
+    /// `(detected, enforced)` per ejection type, in [`crate::upstream::outlier::Kind`] order.
+    pub by_kind: Vec<(Counter, Counter)>,
+    /// Envoy's deprecated per-type counters of detections.
+    pub ejections_consecutive_5xx: Counter,
+    pub ejections_success_rate: Counter,
 }
 
 impl Stats {
@@ -388,6 +423,150 @@ impl Stats {
                 "Retries refused by max_retries or the retry budget",
                 l(),
                 name("upstream_rq_retry_overflow"),
+            ),
+            membership_healthy: self.gauge(
+                "envoy_cluster_membership_healthy",
+                "Endpoints eligible for traffic",
+                l(),
+                name("membership_healthy"),
+            ),
+            membership_degraded: self.gauge(
+                "envoy_cluster_membership_degraded",
+                "Degraded endpoints",
+                l(),
+                name("membership_degraded"),
+            ),
+            membership_excluded: self.gauge(
+                "envoy_cluster_membership_excluded",
+                "Endpoints excluded from load balancing",
+                l(),
+                name("membership_excluded"),
+            ),
+            membership_change: self.counter(
+                "envoy_cluster_membership_change",
+                "Changes of the cluster's endpoints",
+                l(),
+                name("membership_change"),
+            ),
+            lb_healthy_panic: self.counter(
+                "envoy_cluster_lb_healthy_panic",
+                "Requests balanced in panic mode (over all hosts)",
+                l(),
+                name("lb_healthy_panic"),
+            ),
+        }
+    }
+
+    fn cluster_counter(
+        &self,
+        cluster: &str,
+        family: &'static str,
+        stat: &str,
+        help: &str,
+    ) -> Counter {
+        let labels = vec![("envoy_cluster_name".to_string(), cluster.to_string())];
+        self.counter(family, help, labels, format!("cluster.{cluster}.{stat}"))
+    }
+
+    fn cluster_gauge(&self, cluster: &str, family: &'static str, stat: &str, help: &str) -> Gauge {
+        let labels = vec![("envoy_cluster_name".to_string(), cluster.to_string())];
+        self.gauge(family, help, labels, format!("cluster.{cluster}.{stat}"))
+    }
+
+    /// The health-check counters of a cluster that has active health checks.
+    pub fn health_check(&self, cluster: &str) -> HealthCheckStats {
+        let c = |family, stat, help| self.cluster_counter(cluster, family, stat, help);
+        HealthCheckStats {
+            attempt: c(
+                "envoy_cluster_health_check_attempt",
+                "health_check.attempt",
+                "Health checks started",
+            ),
+            success: c(
+                "envoy_cluster_health_check_success",
+                "health_check.success",
+                "Health checks passed",
+            ),
+            failure: c(
+                "envoy_cluster_health_check_failure",
+                "health_check.failure",
+                "Health checks failed",
+            ),
+            network_failure: c(
+                "envoy_cluster_health_check_network_failure",
+                "health_check.network_failure",
+                "Health checks failed by a connection error or timeout",
+            ),
+            healthy: self.cluster_gauge(
+                cluster,
+                "envoy_cluster_health_check_healthy",
+                "health_check.healthy",
+                "Hosts passing health checks",
+            ),
+        }
+    }
+
+    /// The outlier-detection counters of a cluster that has outlier detection.
+    pub fn outlier(&self, cluster: &str) -> OutlierStats {
+        let c = |family, stat, help| self.cluster_counter(cluster, family, stat, help);
+        let by_kind = crate::upstream::outlier::Kind::ALL
+            .iter()
+            .map(|kind| {
+                let name = kind.stat_name();
+                let labels = || {
+                    vec![
+                        ("envoy_cluster_name".to_string(), cluster.to_string()),
+                        ("envoy_ejection_type".to_string(), name.to_string()),
+                    ]
+                };
+                (
+                    self.counter(
+                        "envoy_cluster_outlier_detection_ejections_detected",
+                        "Outliers detected, by type",
+                        labels(),
+                        format!("cluster.{cluster}.outlier_detection.ejections_detected_{name}"),
+                    ),
+                    self.counter(
+                        "envoy_cluster_outlier_detection_ejections_enforced",
+                        "Outliers ejected, by type",
+                        labels(),
+                        format!("cluster.{cluster}.outlier_detection.ejections_enforced_{name}"),
+                    ),
+                )
+            })
+            .collect();
+        OutlierStats {
+            ejections_active: self.cluster_gauge(
+                cluster,
+                "envoy_cluster_outlier_detection_ejections_active",
+                "outlier_detection.ejections_active",
+                "Hosts ejected now",
+            ),
+            ejections_overflow: c(
+                "envoy_cluster_outlier_detection_ejections_overflow",
+                "outlier_detection.ejections_overflow",
+                "Ejections refused by max_ejection_percent",
+            ),
+            ejections_enforced_total: c(
+                "envoy_cluster_outlier_detection_ejections_enforced_all",
+                "outlier_detection.ejections_enforced_total",
+                "Hosts ejected",
+            ),
+            ejections_total: c(
+                "envoy_cluster_outlier_detection_ejections",
+                "outlier_detection.ejections_total",
+                "Ejections within max_ejection_percent, enforced or not (deprecated in Envoy)",
+            ),
+            by_kind,
+            ejections_consecutive_5xx: c(
+                "envoy_cluster_outlier_detection_ejections_consecutive_5xx",
+                "outlier_detection.ejections_consecutive_5xx",
+                "Consecutive-5xx outliers detected (deprecated in Envoy)",
+            ),
+            ejections_success_rate: c(
+                "envoy_cluster_outlier_detection_ejections_success_rate",
+                "outlier_detection.ejections_success_rate",
+                "Success-rate outliers detected (deprecated in Envoy)",
             ),
         }
     }

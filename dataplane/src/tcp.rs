@@ -15,6 +15,7 @@ use xds_types::route::ClusterTarget;
 
 use crate::config::{SnapshotStore, TcpRuntime};
 use crate::listener::Drain;
+use crate::upstream::outlier::Outcome;
 
 /// How long a draining TCP connection may go on before it is closed.
 pub const TCP_DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -41,17 +42,23 @@ where
     drop(snapshot);
     let mut upstream = None;
     for attempt in 1..=tcp.config.max_connect_attempts {
-        let Some(endpoint) = cluster.pick() else {
+        let Some(endpoint) = cluster.pick_any() else {
             cluster.stats.upstream_cx_none_healthy.inc();
             return;
         };
         match cluster.connect(&endpoint).await {
             Ok(stream) => {
+                cluster.report(&endpoint, Outcome::Connected);
                 upstream = Some(stream);
                 break;
             }
             Err(error) => {
                 cluster.stats.upstream_cx_connect_fail.inc();
+                endpoint
+                    .counters
+                    .cx_connect_fail
+                    .fetch_add(1, Ordering::Relaxed);
+                cluster.report(&endpoint, Outcome::ConnectFailed);
                 debug!(cluster = %name, endpoint = %endpoint.authority, attempt, %error, "tcp proxy: connect failed");
             }
         }

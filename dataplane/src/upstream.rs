@@ -1,119 +1,72 @@
-//! Upstream clusters at run time: hosts and their state, load balancing, the connection
-//! pool, circuit breakers, DNS and TLS.
+//! Upstream clusters at run time: hosts and their state, health checking, outlier
+//! detection, load balancing, the connection pool, circuit breakers, DNS and TLS.
 //!
 //! A [`ClusterState`] is built from a validated [`xds_types::Cluster`] and lives in the
 //! config snapshot. When an update leaves a cluster's config unchanged, the new snapshot
 //! reuses the same `Arc<ClusterState>`. Hosts are kept by address in the cluster's
 //! registry: an EDS or DNS update that keeps a host keeps its [`Host`] — connection pool,
-//! requests in flight, and (with later features) health and ejection state — and a CDS
-//! update that changes the cluster carries its hosts over when their connections can stay.
-//! A host that leaves the set drains: its idle connections close, requests in flight finish.
+//! requests in flight, health flags, ejection state — and a CDS update that changes the
+//! cluster carries its hosts over when their connections can stay (else their health).
+//! A host that leaves the set drains: its idle connections close, requests in flight
+//! finish; with active health checks it first stays, `/pending_dynamic_removal`, until a
+//! check fails (unless `ignore_health_on_host_removal`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rand::Rng;
+use tokio::task::AbortHandle;
 use tracing::{debug, warn};
-use xds_types::cluster::{Discovery, DnsLookupFamily, LbPolicy};
+use xds_types::cluster::{Discovery, DnsLookupFamily, EdsHealth, LbEndpoint, Locality};
 
-use crate::stats::{ClusterStats, Stats};
+use crate::stats::{ClusterStats, HealthCheckStats, Stats};
 
 pub mod circuit_breaker;
+pub mod control;
+pub mod health_check;
+pub mod host;
+pub mod lb;
+pub mod outlier;
 pub mod pool;
 pub mod tls;
 
 use circuit_breaker::Limits;
-use pool::{ClusterContext, HostPool, PoolSettings};
+use host::flag;
+pub use host::Host;
+use lb::{LbView, Member, PickRequest};
+use outlier::{Detector, Outcome};
+use pool::{ClusterContext, PoolSettings};
 use tls::{Transport, UpstreamStream};
 
-/// Most per-host pools a host of a cluster with auto SNI keeps (one per SNI).
-const MAX_SNI_POOLS: usize = 64;
+/// Health flags a new host of a cluster copies from the host it replaces (same address)
+/// when the connections could not be carried over.
+const CARRIED_FLAGS: u16 = flag::FAILED_ACTIVE_HC | flag::ACTIVE_HC_TIMEOUT;
 
-/// One upstream host, kept by address across endpoint updates.
-#[derive(Debug)]
-pub struct Host {
-    /// `host:port`: the request authority and the registry key.
-    pub authority: String,
-    /// `authority` parsed once, so building an upstream URI does not re-parse it.
-    pub uri_authority: Option<http::uri::Authority>,
-    /// Requests in flight, for LEAST_REQUEST.
-    pub active: AtomicU64,
-    pool: Arc<HostPool>,
-    /// With auto SNI: one pool per request host.
-    sni_pools: Mutex<HashMap<String, Arc<HostPool>>>,
-    settings: Arc<PoolSettings>,
-    transport: Transport,
+/// One endpoint as discovery describes it, keyed by `authority`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    authority: String,
+    weight: u32,
+    priority: u32,
+    locality: Locality,
+    locality_weight: Option<u32>,
+    health: EdsHealth,
 }
 
-impl Host {
-    fn new(authority: String, settings: Arc<PoolSettings>, transport: Transport) -> Arc<Self> {
-        Arc::new(Self {
-            uri_authority: authority.parse().ok(),
-            pool: HostPool::new(authority.clone(), settings.clone(), transport.clone()),
+impl Endpoint {
+    fn from_lb(e: &LbEndpoint, authority: String) -> Self {
+        Self {
             authority,
-            active: AtomicU64::new(0),
-            sni_pools: Mutex::new(HashMap::new()),
-            settings,
-            transport,
-        })
-    }
-
-    /// The pool a request for `host` uses: the host's, or with auto SNI the one whose
-    /// connections were made with `host` as SNI.
-    pub fn pool_for(&self, host: &str) -> Arc<HostPool> {
-        if !self.transport.tls().is_some_and(|t| t.auto_sni) || host.is_empty() {
-            return self.pool.clone();
-        }
-        let sni = host_without_port(host).to_ascii_lowercase();
-        let mut pools = self.sni_pools.lock().unwrap_or_else(|e| e.into_inner());
-        if pools.len() >= MAX_SNI_POOLS && !pools.contains_key(&sni) {
-            pools.clear();
-        }
-        pools
-            .entry(sni)
-            .or_insert_with(|| {
-                HostPool::new(
-                    self.authority.clone(),
-                    self.settings.clone(),
-                    self.transport.clone(),
-                )
-            })
-            .clone()
-    }
-
-    fn pools(&self) -> Vec<Arc<HostPool>> {
-        let mut all = vec![self.pool.clone()];
-        all.extend(
-            self.sni_pools
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned(),
-        );
-        all
-    }
-
-    /// Closes the idle connections (the host left the cluster).
-    fn drain(&self) {
-        for pool in self.pools() {
-            pool.close_idle();
+            weight: e.weight,
+            priority: e.priority,
+            locality: e.locality.clone(),
+            locality_weight: e.locality_weight,
+            health: e.health,
         }
     }
-}
-
-/// The hosts of a cluster with their weights and the precomputed round-robin schedule.
-#[derive(Debug, Default)]
-pub struct HostSet {
-    pub hosts: Vec<Arc<Host>>,
-    /// `weights[i]` is the load-balancing weight of `hosts[i]`.
-    pub weights: Vec<u32>,
-    /// Indices into `hosts`, each repeated by weight, interleaved (smooth WRR).
-    schedule: Vec<usize>,
-    total_weight: u64,
 }
 
 /// A cluster at run time.
@@ -126,11 +79,32 @@ pub struct ClusterState {
     /// secret rebuilds the cluster's pools and an unchanged one keeps them.
     pub tls_key: u64,
     pub limits: Arc<Limits>,
+    pub outlier: Option<Arc<Detector>>,
     settings: Arc<PoolSettings>,
     /// Every host by authority: the state that survives endpoint updates.
     registry: Mutex<HashMap<String, Arc<Host>>>,
-    hosts: ArcSwap<HostSet>,
-    rr_cursor: AtomicUsize,
+    /// What discovery said last (the input of the next comparison).
+    endpoints: Mutex<Vec<Endpoint>>,
+    members: ArcSwap<Vec<Member>>,
+    member_hosts: ArcSwap<Vec<Arc<Host>>>,
+    lb: ArcSwap<LbView>,
+    /// Serialises membership changes and load-balancer rebuilds.
+    change: Mutex<()>,
+    overprovisioning: AtomicU32,
+    health_checks: Option<HealthChecks>,
+    /// Health-check sessions by host authority.
+    sessions: Mutex<HashMap<String, AbortHandle>>,
+    /// The resolver, reaper and outlier sweep.
+    background: Mutex<Vec<AbortHandle>>,
+    /// A newer version of this cluster took over its hosts and checks.
+    superseded: AtomicBool,
+    this: Weak<ClusterState>,
+}
+
+/// What the cluster's health-check sessions share.
+struct HealthChecks {
+    config: Arc<xds_types::cluster::HealthCheck>,
+    stats: HealthCheckStats,
 }
 
 impl std::fmt::Debug for ClusterState {
@@ -141,65 +115,12 @@ impl std::fmt::Debug for ClusterState {
     }
 }
 
-/// Longest round-robin schedule precomputed; larger weight sums use weighted random.
-const MAX_SCHEDULE: u64 = 1 << 16;
-
-impl HostSet {
-    fn new(entries: Vec<(Arc<Host>, u32)>) -> Self {
-        let (hosts, weights): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-        let total_weight: u64 = weights.iter().map(|w| u64::from(*w)).sum();
-        let schedule = smooth_weighted_schedule(&weights, total_weight);
-        Self {
-            hosts,
-            weights,
-            schedule,
-            total_weight,
-        }
-    }
-}
-
-/// Nginx's smooth weighted round robin, unrolled once into a fixed schedule.
-fn smooth_weighted_schedule(weights: &[u32], total: u64) -> Vec<usize> {
-    let gcd = weights.iter().map(|w| u64::from(*w)).fold(0, num_gcd);
-    if weights.is_empty() || gcd == 0 || total / gcd > MAX_SCHEDULE {
-        return Vec::new();
-    }
-    let weights: Vec<i64> = weights
-        .iter()
-        .map(|w| (u64::from(*w) / gcd) as i64)
-        .collect();
-    let sum: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut schedule = Vec::with_capacity(sum as usize);
-    for _ in 0..sum {
-        for (c, w) in current.iter_mut().zip(&weights) {
-            *c += w;
-        }
-        let (best, _) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
-            .expect("non-empty");
-        current[best] -= sum;
-        schedule.push(best);
-    }
-    schedule
-}
-
-fn num_gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        num_gcd(b, a % b)
-    }
-}
-
 impl ClusterState {
-    /// Creates the cluster and (for DNS clusters) its resolver task. `transport` carries
-    /// the compiled upstream TLS context, `tls_key` what it was built from. `previous` is
-    /// the version it replaces: its hosts are carried over when their connections can stay
-    /// (same transport and pool settings), and its circuit-breaker counters when the
-    /// limits did not change.
+    /// Creates the cluster and its background tasks (DNS, pool reaping, health checks,
+    /// outlier sweeps). `transport` carries the compiled upstream TLS context, `tls_key`
+    /// what it was built from. `previous` is the version it replaces: its hosts are carried
+    /// over when their connections can stay (same transport and pool settings), else their
+    /// health-check state is; its circuit-breaker counters when the limits did not change.
     pub fn new(
         config: xds_types::Cluster,
         transport: Transport,
@@ -219,42 +140,131 @@ impl ClusterState {
             .filter(|p| p.config.circuit_breakers == config.circuit_breakers)
             .map(|p| p.limits.clone())
             .unwrap_or_else(|| Limits::new(config.circuit_breakers));
-        let registry = previous
-            .filter(|p| {
-                p.tls_key == tls_key
-                    && p.settings.same_as(&settings)
-                    && p.transport.same_as(&transport)
+        let carried =
+            previous.map(|p| p.registry.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let reuse_hosts = previous.is_some_and(|p| {
+            p.tls_key == tls_key && p.settings.same_as(&settings) && p.transport.same_as(&transport)
+        });
+        let registry: HashMap<String, Arc<Host>> = match (&carried, reuse_hosts) {
+            (Some(hosts), true) => hosts.clone(),
+            (Some(hosts), false) => hosts
+                .iter()
+                .map(|(authority, old)| {
+                    let host = Host::new(
+                        authority.clone(),
+                        settings.clone(),
+                        transport.clone(),
+                        old.flags() & CARRIED_FLAGS,
+                    );
+                    (authority.clone(), host)
+                })
+                .collect(),
+            (None, _) => HashMap::new(),
+        };
+        // Health a removed feature set no longer applies.
+        for host in registry.values() {
+            if config.health_check.is_none() {
+                host.clear(CARRIED_FLAGS | flag::PENDING_ACTIVE_HC | flag::PENDING_DYNAMIC_REMOVAL);
+            }
+            if config.outlier_detection.is_none() {
+                host.clear(flag::FAILED_OUTLIER_CHECK);
+            }
+        }
+        let endpoints = previous
+            .map(|p| {
+                p.endpoints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
             })
-            .map(|p| p.registry.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
         let cluster_stats = stats.cluster(&config.name);
-        let state = Arc::new(Self {
+        let outlier = config
+            .outlier_detection
+            .clone()
+            .map(|o| Detector::new(o, stats.outlier(&config.name)));
+        let health_checks = config.health_check.clone().map(|h| HealthChecks {
+            config: Arc::new(h),
+            stats: stats.health_check(&config.name),
+        });
+        let overprovisioning = config.overprovisioning_factor;
+        let state = Arc::new_cyclic(|this| Self {
             config,
             stats: cluster_stats,
             transport,
             tls_key,
             limits,
+            outlier,
             settings,
             registry: Mutex::new(registry),
-            hosts: ArcSwap::from_pointee(HostSet::default()),
-            rr_cursor: AtomicUsize::new(0),
+            endpoints: Mutex::new(Vec::new()),
+            members: ArcSwap::from_pointee(Vec::new()),
+            member_hosts: ArcSwap::from_pointee(Vec::new()),
+            lb: ArcSwap::from_pointee(LbView::default()),
+            change: Mutex::new(()),
+            overprovisioning: AtomicU32::new(overprovisioning),
+            health_checks,
+            sessions: Mutex::new(HashMap::new()),
+            background: Mutex::new(Vec::new()),
+            superseded: AtomicBool::new(false),
+            this: this.clone(),
         });
-        let static_endpoints: Vec<(String, u32)> = match state.config.discovery {
-            Discovery::Static | Discovery::LogicalDns { .. } => state
-                .config
-                .endpoints
-                .iter()
-                .filter(|e| e.healthy)
-                .map(|e| (authority(&e.host, e.port), e.weight))
-                .collect(),
-            Discovery::StrictDns { .. } | Discovery::Eds => Vec::new(),
-        };
-        state.replace_endpoints(static_endpoints);
-        if let Discovery::StrictDns { refresh } = state.config.discovery {
-            tokio::spawn(resolve_loop(Arc::downgrade(&state), refresh));
+        if let Some(p) = previous {
+            p.supersede();
+            state.overprovisioning.store(
+                p.overprovisioning.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
         }
-        tokio::spawn(reap_loop(Arc::downgrade(&state)));
+        match state.config.discovery {
+            Discovery::Static | Discovery::LogicalDns { .. } => {
+                let endpoints = state
+                    .config
+                    .endpoints
+                    .iter()
+                    .map(|e| Endpoint::from_lb(e, authority(&e.host, e.port)))
+                    .collect();
+                state.replace_endpoints(endpoints);
+            }
+            // Discovered clusters start with what the previous version had.
+            Discovery::StrictDns { .. } | Discovery::Eds => state.replace_endpoints(endpoints),
+        }
+        let mut background = Vec::new();
+        if let Discovery::StrictDns { refresh } = state.config.discovery {
+            background
+                .push(tokio::spawn(resolve_loop(Arc::downgrade(&state), refresh)).abort_handle());
+        }
+        background.push(tokio::spawn(reap_loop(Arc::downgrade(&state))).abort_handle());
+        if let Some(detector) = &state.outlier {
+            background.push(control::spawn(sweep_loop(
+                Arc::downgrade(&state),
+                detector.config.interval,
+            )));
+        }
+        *state.background.lock().unwrap_or_else(|e| e.into_inner()) = background;
         state
+    }
+
+    /// A newer version took over: stop checking and sweeping (requests in flight may still
+    /// hold this one).
+    fn supersede(&self) {
+        self.superseded.store(true, Ordering::Relaxed);
+        for (_, task) in self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+        for task in self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
     }
 
     /// What a request through this cluster's pools needs.
@@ -269,6 +279,7 @@ impl ClusterState {
     /// A raw connection to `host` (for the TCP proxy), with the cluster's connect timeout
     /// and TLS.
     pub async fn connect(&self, host: &Host) -> std::io::Result<UpstreamStream> {
+        self.stats.upstream_cx_total.inc();
         tls::connect(
             &host.authority,
             self.config.connect_timeout,
@@ -279,93 +290,267 @@ impl ClusterState {
     }
 
     /// Replaces an EDS cluster's endpoints when they differ.
-    pub fn assign(&self, assignment: &[xds_types::cluster::LbEndpoint]) {
-        let next: Vec<(String, u32)> = assignment
+    pub fn assign(&self, assignment: &xds_types::cluster::Assignment) {
+        self.overprovisioning
+            .store(assignment.overprovisioning_factor, Ordering::Relaxed);
+        let next = assignment
+            .endpoints
             .iter()
-            .filter(|e| e.healthy)
-            .map(|e| (authority(&e.host, e.port), e.weight))
+            .map(|e| Endpoint::from_lb(e, authority(&e.host, e.port)))
             .collect();
         self.replace_endpoints(next);
     }
 
-    /// Swaps in `next` unless it equals the current endpoints. Hosts that stay keep their
-    /// state; hosts that go drain.
-    fn replace_endpoints(&self, next: Vec<(String, u32)>) {
-        let current = self.hosts.load();
-        let same = current.hosts.len() == next.len()
-            && current
-                .hosts
-                .iter()
-                .zip(&current.weights)
-                .zip(&next)
-                .all(|((h, w), (a, nw))| h.authority == *a && w == nw);
-        if same && !next.is_empty() {
-            return;
+    /// Applies discovery's view: new hosts join (failing active health checks until their
+    /// first one when the cluster has them), kept hosts keep their state, removed hosts
+    /// drain — or, while they pass health checks, stay until they fail one.
+    fn replace_endpoints(&self, next: Vec<Endpoint>) {
+        let _change = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut last = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            let unchanged = *last == next && !self.members.load().is_empty();
+            if unchanged {
+                return;
+            }
+            *last = next.clone();
         }
+        let checked = self.health_checks.is_some();
+        let new_host_flags = if checked {
+            flag::FAILED_ACTIVE_HC
+                | if self.config.lb.ignore_new_hosts_until_first_hc {
+                    flag::PENDING_ACTIVE_HC
+                } else {
+                    0
+                }
+        } else {
+            0
+        };
         let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let entries: Vec<(Arc<Host>, u32)> = next
-            .iter()
-            .map(|(authority, weight)| {
-                let host = registry
-                    .entry(authority.clone())
-                    .or_insert_with(|| {
-                        Host::new(
-                            authority.clone(),
-                            self.settings.clone(),
-                            self.transport.clone(),
-                        )
-                    })
-                    .clone();
-                (host, *weight)
-            })
-            .collect();
-        let wanted: std::collections::HashSet<&String> = next.iter().map(|(a, _)| a).collect();
+        let mut seen = HashSet::new();
+        let mut members = Vec::with_capacity(next.len());
+        for e in next {
+            if !seen.insert(e.authority.clone()) {
+                continue;
+            }
+            let host = registry
+                .entry(e.authority.clone())
+                .or_insert_with(|| {
+                    Host::new(
+                        e.authority.clone(),
+                        self.settings.clone(),
+                        self.transport.clone(),
+                        new_host_flags,
+                    )
+                })
+                .clone();
+            host.clear(
+                flag::FAILED_EDS_HEALTH
+                    | flag::EDS_STATUS_DRAINING
+                    | flag::DEGRADED_EDS_HEALTH
+                    | flag::PENDING_DYNAMIC_REMOVAL,
+            );
+            match e.health {
+                EdsHealth::Healthy => {}
+                EdsHealth::Unhealthy => {
+                    host.set(flag::FAILED_EDS_HEALTH);
+                }
+                EdsHealth::Draining => {
+                    host.set(flag::EDS_STATUS_DRAINING);
+                }
+                EdsHealth::Degraded => {
+                    host.set(flag::DEGRADED_EDS_HEALTH);
+                }
+            }
+            members.push(Member {
+                host,
+                weight: e.weight,
+                priority: e.priority,
+                locality: e.locality,
+                locality_weight: e.locality_weight,
+            });
+        }
+        // Removed hosts that still pass their health checks stay until they fail one.
+        let keep_while_healthy = checked && !self.config.ignore_health_on_host_removal;
+        for old in self.members.load().iter() {
+            if seen.contains(&old.host.authority) {
+                continue;
+            }
+            if keep_while_healthy && !old.host.has(flag::FAILED_ACTIVE_HC) {
+                old.host.set(flag::PENDING_DYNAMIC_REMOVAL);
+                seen.insert(old.host.authority.clone());
+                members.push(old.clone());
+            }
+        }
         registry.retain(|authority, host| {
-            let keep = wanted.contains(authority);
+            let keep = seen.contains(authority);
             if !keep {
-                host.drain();
+                self.host_left(host);
             }
             keep
         });
         drop(registry);
-        debug!(cluster = %self.config.name, endpoints = entries.len(), "endpoints changed");
-        self.stats.membership_total.set(entries.len() as i64);
-        self.hosts.store(Arc::new(HostSet::new(entries)));
+        debug!(cluster = %self.config.name, hosts = members.len(), "hosts changed");
+        self.stats.membership_change.inc();
+        self.install(members);
     }
 
-    /// The current hosts.
-    pub fn hosts(&self) -> Arc<HostSet> {
-        self.hosts.load_full()
-    }
-
-    /// Picks a host by the cluster's policy; `None` when there is none.
-    pub fn pick(&self) -> Option<Arc<Host>> {
-        let set = self.hosts.load();
-        let n = set.hosts.len();
-        if n == 0 {
-            return None;
+    fn host_left(&self, host: &Arc<Host>) {
+        host.drain();
+        if let Some(d) = &self.outlier {
+            d.forget(host);
         }
-        let index = match self.config.lb_policy {
-            LbPolicy::RoundRobin if !set.schedule.is_empty() => {
-                let i = self.rr_cursor.fetch_add(1, Ordering::Relaxed);
-                set.schedule[i % set.schedule.len()]
-            }
-            LbPolicy::LeastRequest { choice_count } => {
-                let mut rng = rand::rng();
-                let mut best = rng.random_range(0..n);
-                for _ in 1..choice_count {
-                    let other = rng.random_range(0..n);
-                    if set.hosts[other].active.load(Ordering::Relaxed)
-                        < set.hosts[best].active.load(Ordering::Relaxed)
-                    {
-                        best = other;
-                    }
-                }
-                best
-            }
-            LbPolicy::RoundRobin | LbPolicy::Random => weighted_random(&set),
+        if let Some(task) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host.authority)
+        {
+            task.abort();
+        }
+    }
+
+    /// Publishes a membership: hosts learn their owner, new hosts get a health-check
+    /// session, and the load balancer is rebuilt.
+    fn install(&self, members: Vec<Member>) {
+        for m in &members {
+            m.host.adopt(self.this.clone());
+        }
+        if !self.superseded.load(Ordering::Relaxed) {
+            self.start_sessions(&members);
+        }
+        self.stats.membership_total.set(members.len() as i64);
+        self.member_hosts
+            .store(Arc::new(members.iter().map(|m| m.host.clone()).collect()));
+        self.members.store(Arc::new(members));
+        self.rebuild_lb();
+    }
+
+    fn start_sessions(&self, members: &[Member]) {
+        let Some(checks) = &self.health_checks else {
+            return;
         };
-        Some(set.hosts[index].clone())
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for m in members {
+            if sessions.contains_key(&m.host.authority) {
+                continue;
+            }
+            let probe = health_check::probe(
+                &checks.config,
+                &self.config.name,
+                self.transport.clone(),
+                self.config.connect_timeout,
+            );
+            let env = Arc::new(CheckEnvironment {
+                cluster: self.this.clone(),
+            });
+            let task = control::spawn(health_check::run_session(
+                m.host.clone(),
+                checks.config.clone(),
+                probe,
+                env,
+            ));
+            sessions.insert(m.host.authority.clone(), task);
+        }
+    }
+
+    /// Rebuilds the load balancer from the membership and the hosts' flags.
+    fn rebuild_lb(&self) {
+        let members = self.members.load();
+        let view = LbView::build(
+            &members,
+            &self.config.lb,
+            self.overprovisioning.load(Ordering::Relaxed),
+        );
+        let census = view.census;
+        self.stats.membership_healthy.set(census.healthy as i64);
+        self.stats.membership_degraded.set(census.degraded as i64);
+        self.stats.membership_excluded.set(census.excluded as i64);
+        if let Some(checks) = &self.health_checks {
+            let passing = members
+                .iter()
+                .filter(|m| !m.host.has(flag::FAILED_ACTIVE_HC))
+                .count();
+            checks.stats.healthy.set(passing as i64);
+        }
+        self.lb.store(Arc::new(view));
+    }
+
+    /// A host's health flags changed: rebuild the load balancer.
+    pub fn health_changed(&self) {
+        let _change = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        self.rebuild_lb();
+    }
+
+    /// A host pending removal failed its health check: it goes now.
+    fn remove_pending(&self, host: &Arc<Host>) {
+        let _change = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        let members: Vec<Member> = self
+            .members
+            .load()
+            .iter()
+            .filter(|m| !Arc::ptr_eq(&m.host, host))
+            .cloned()
+            .collect();
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host.authority);
+        self.host_left(host);
+        self.install(members);
+    }
+
+    /// The hosts and where they sit.
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        self.members.load_full()
+    }
+
+    /// Picks a host for a request; `None` when the cluster has none.
+    pub fn pick(&self, request: &PickRequest<'_>) -> Option<Arc<Host>> {
+        let (host, panic) = self.lb.load().pick(&self.config.lb.policy, request)?;
+        if panic {
+            self.stats.lb_healthy_panic.inc();
+        }
+        Some(host)
+    }
+
+    /// Picks a host with nothing to hash on (the TCP proxy, the xDS client).
+    pub fn pick_any(&self) -> Option<Arc<Host>> {
+        self.pick(&PickRequest::default())
+    }
+
+    /// Records the outcome of a try against `host` for outlier detection and the host's
+    /// counters.
+    pub fn report(&self, host: &Arc<Host>, outcome: Outcome) {
+        let c = &host.counters;
+        match outcome {
+            Outcome::Status(status) => {
+                c.rq_total.fetch_add(1, Ordering::Relaxed);
+                if status >= 500 {
+                    c.rq_error.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    c.rq_success.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Outcome::Timeout => {
+                c.rq_total.fetch_add(1, Ordering::Relaxed);
+                c.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                c.rq_error.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Reset | Outcome::ConnectFailed => {
+                c.rq_total.fetch_add(1, Ordering::Relaxed);
+                c.rq_error.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Connected => {}
+        }
+        if let Some(detector) = &self.outlier {
+            detector.record(host, outcome, &self.member_hosts.load());
+        }
+    }
+
+    /// Whether the cluster has connected for traffic (health checks slow down until it
+    /// has, as Envoy's `no_traffic_interval`).
+    fn traffic_seen(&self) -> bool {
+        self.stats.upstream_cx_total.get() > 0
     }
 
     fn reap(&self) {
@@ -380,6 +565,60 @@ impl ClusterState {
             for pool in host.pools() {
                 pool.reap();
             }
+        }
+    }
+}
+
+impl Drop for ClusterState {
+    fn drop(&mut self) {
+        self.supersede();
+    }
+}
+
+/// The health-check sessions' view of their cluster.
+struct CheckEnvironment {
+    cluster: Weak<ClusterState>,
+}
+
+impl health_check::CheckEnv for CheckEnvironment {
+    fn traffic_seen(&self) -> bool {
+        self.cluster.upgrade().is_some_and(|c| c.traffic_seen())
+    }
+
+    fn on_result(
+        &self,
+        host: &Arc<Host>,
+        passing: bool,
+        changed: bool,
+        verdict: health_check::Verdict,
+    ) {
+        let Some(cluster) = self.cluster.upgrade() else {
+            return;
+        };
+        if let Some(checks) = &cluster.health_checks {
+            checks.stats.attempt.inc();
+            if passing {
+                checks.stats.success.inc();
+            } else {
+                checks.stats.failure.inc();
+                if matches!(
+                    verdict,
+                    health_check::Verdict::Timeout
+                        | health_check::Verdict::Fail { network: true, .. }
+                ) {
+                    checks.stats.network_failure.inc();
+                }
+            }
+        }
+        if passing {
+            if let Some(detector) = &cluster.outlier {
+                detector.health_check_passed(host);
+            }
+        }
+        if !passing && host.has(flag::PENDING_DYNAMIC_REMOVAL | flag::FAILED_ACTIVE_HC) {
+            cluster.remove_pending(host);
+        } else if changed {
+            host.health_changed();
         }
     }
 }
@@ -402,18 +641,6 @@ impl Transport {
             (Transport::Plaintext, Transport::Plaintext) | (Transport::Tls(_), Transport::Tls(_))
         )
     }
-}
-
-fn weighted_random(set: &HostSet) -> usize {
-    let mut target = rand::rng().random_range(0..set.total_weight.max(1));
-    for (i, w) in set.weights.iter().enumerate() {
-        let w = u64::from(*w);
-        if target < w {
-            return i;
-        }
-        target -= w;
-    }
-    set.hosts.len() - 1
 }
 
 /// `host:port`, bracketing IPv6 literals.
@@ -452,6 +679,19 @@ async fn reap_loop(cluster: Weak<ClusterState>) {
     }
 }
 
+/// Runs the outlier detector's interval sweep until the cluster is dropped.
+async fn sweep_loop(cluster: Weak<ClusterState>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(state) = cluster.upgrade() else {
+            return;
+        };
+        if let Some(detector) = &state.outlier {
+            detector.sweep(&state.member_hosts.load(), tokio::time::Instant::now());
+        }
+    }
+}
+
 /// Re-resolves a STRICT_DNS cluster's hostnames until the cluster is dropped.
 async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
     loop {
@@ -459,7 +699,7 @@ async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
             return;
         };
         let mut resolved = Vec::new();
-        for e in state.config.endpoints.iter().filter(|e| e.healthy) {
+        for e in &state.config.endpoints {
             match tokio::net::lookup_host((e.host.as_str(), e.port)).await {
                 Ok(addrs) => {
                     let mut addrs: Vec<SocketAddr> = addrs
@@ -468,9 +708,9 @@ async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
                     addrs.sort();
                     addrs.dedup();
                     resolved.extend(
-                        addrs
-                            .into_iter()
-                            .map(|a| (authority(&a.ip().to_string(), a.port()), e.weight)),
+                        addrs.into_iter().map(|a| {
+                            Endpoint::from_lb(e, authority(&a.ip().to_string(), a.port()))
+                        }),
                     );
                 }
                 Err(error) => {
@@ -480,7 +720,7 @@ async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
         }
         // An empty answer never replaces known endpoints (a DNS outage keeps the last
         // good set, as Envoy does).
-        if !resolved.is_empty() || state.hosts.load().hosts.is_empty() {
+        if !resolved.is_empty() || state.members.load().is_empty() {
             state.replace_endpoints(resolved);
         }
         drop(state);
@@ -493,23 +733,5 @@ fn family_allows(family: DnsLookupFamily, addr: &SocketAddr) -> bool {
         DnsLookupFamily::V4Only => addr.is_ipv4(),
         DnsLookupFamily::V6Only => addr.is_ipv6(),
         _ => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn equal_weights_are_plain_round_robin() {
-        assert_eq!(smooth_weighted_schedule(&[1, 1, 1], 3), vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn weights_interleave_smoothly() {
-        assert_eq!(
-            smooth_weighted_schedule(&[5, 1, 1], 7),
-            vec![0, 0, 1, 0, 2, 0, 0]
-        );
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 use xds_types::bootstrap::AdsSource;
-use xds_types::cluster::{Assignment, LbEndpoint};
+use xds_types::cluster::Assignment;
 use xds_types::pb::envoy::config::cluster::v3::Cluster as ClusterPb;
 use xds_types::pb::envoy::config::core::v3::Node;
 use xds_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as AssignmentPb;
@@ -284,7 +284,7 @@ impl Client<'_> {
         let snapshot = self.store.load();
         let cluster = snapshot.clusters.get(&self.source.cluster);
         let endpoint = cluster
-            .and_then(|c| c.pick())
+            .and_then(|c| c.pick_any())
             .ok_or_else(|| StreamError::NoEndpoint(self.source.cluster.clone()))?;
         let tls = cluster.and_then(|c| c.config.tls.as_ref());
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -334,7 +334,9 @@ impl Client<'_> {
         for (type_url, name) in warming.expired() {
             warn!(%type_url, %name, "initial fetch timeout: going live without it");
             if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
-                current.assignments.insert(name, Vec::new());
+                current
+                    .assignments
+                    .insert(name.clone(), Assignment::empty(&name));
             } else if type_url == type_urls::SECRET {
                 current.expired_secrets.insert(name);
             } else {
@@ -625,7 +627,9 @@ fn remove(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
             dynamic.routes.remove(name);
         }
         type_urls::CLUSTER_LOAD_ASSIGNMENT => {
-            dynamic.assignments.insert(name.to_string(), Vec::new());
+            dynamic
+                .assignments
+                .insert(name.to_string(), Assignment::empty(name));
         }
         type_urls::SECRET => {
             dynamic.secrets.remove(name);
@@ -852,8 +856,8 @@ xds_resource!(RoutesPb => RouteTable, slot: routes, convert: |pb: &RoutesPb| {
     }
     RouteTable::try_from(pb)
 });
-xds_resource!(AssignmentPb => Vec<LbEndpoint>, slot: assignments,
-    convert: |pb: &AssignmentPb| Assignment::try_from(pb).map(|a| a.endpoints));
+xds_resource!(AssignmentPb => Assignment, slot: assignments,
+    convert: |pb: &AssignmentPb| Assignment::try_from(pb));
 
 #[cfg(test)]
 mod tests {
@@ -908,7 +912,7 @@ mod tests {
             &DynamicResources::default(),
             true,
         );
-        let broken = cluster_any(r#"{"name": "web", "lb_policy": "MAGLEV"}"#);
+        let broken = cluster_any(r#"{"name": "web", "lb_policy": "CLUSTER_PROVIDED"}"#);
         let (rejected, next) = convert_all(
             type_urls::CLUSTER,
             "v2",
@@ -918,7 +922,7 @@ mod tests {
         );
         assert_eq!(
             vec![nack(&rejected).message],
-            vec!["web: lb_policy: MAGLEV is not supported".to_string()]
+            vec!["web: lb_policy: CLUSTER_PROVIDED is not supported".to_string()]
         );
         assert_eq!(next.clusters["web"].connect_timeout, Duration::from_secs(1));
     }
@@ -967,7 +971,7 @@ mod tests {
             ),
             "{message}"
         );
-        assert_eq!(next.assignments["web"][0].host, "127.0.0.1");
+        assert_eq!(next.assignments["web"].endpoints[0].host, "127.0.0.1");
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! - `x-test-response-bytes: N` — stream N bytes instead of JSON;
 //! - `x-test-echo-body: 1` — stream the request body back.
 //!
+//! A test can also make every request fail (`answer_all_with`) and stop it, closing its open
+//! connections as a crashed process would, then start it again on the same address.
+//!
 //! It records every request whose body it read completely, so tests can assert what an
 //! upstream did (or did not) see.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +49,7 @@ pub struct Upstream {
         std::sync::atomic::AtomicUsize,
         std::sync::atomic::AtomicUsize,
     )>,
+    forced_status: Arc<AtomicU16>,
     task: JoinHandle<()>,
 }
 
@@ -58,6 +63,8 @@ struct State {
         std::sync::atomic::AtomicUsize,
         std::sync::atomic::AtomicUsize,
     )>,
+    /// When not 0, the status every request gets (health checks included).
+    forced_status: Arc<AtomicU16>,
 }
 
 impl Upstream {
@@ -77,6 +84,12 @@ impl Upstream {
         Self::serve_with(listener, name, Some(tokio_rustls::TlsAcceptor::from(tls)))
     }
 
+    /// Starts an upstream on `addr` (one that was stopped before, say).
+    pub async fn start_on(addr: SocketAddr, name: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream again");
+        Self::serve(listener, name)
+    }
+
     /// Serves on an already bound listener.
     pub fn serve(listener: TcpListener, name: &str) -> Self {
         Self::serve_with(listener, name, None)
@@ -90,21 +103,29 @@ impl Upstream {
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let concurrency = Arc::default();
+        let forced_status = Arc::new(AtomicU16::new(0));
         let state = Arc::new(State {
             name: name.to_string(),
             seen: seen.clone(),
             failures: Mutex::default(),
             concurrency: Arc::clone(&concurrency),
+            forced_status: Arc::clone(&forced_status),
         });
         let task = tokio::spawn(async move {
+            // The connections live in this task's set, so stopping the upstream closes them.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    Some(_) = connections.join_next() => continue,
+                };
+                let Ok((stream, _)) = accepted else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = hyper::service::service_fn(move |r| handle(state.clone(), r));
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -130,8 +151,15 @@ impl Upstream {
             name: name.to_string(),
             seen,
             concurrency,
+            forced_status,
             task,
         }
+    }
+
+    /// From now on answers every request with `status` (0: behave normally again).
+    pub fn answer_all_with(&self, status: u16) {
+        self.forced_status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Requests received in full so far.
@@ -164,7 +192,13 @@ async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let status = header(&request, "x-test-status").and_then(|s| s.parse().ok());
+    let forced = state
+        .forced_status
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let status = match forced {
+        0 => header(&request, "x-test-status").and_then(|s| s.parse().ok()),
+        forced => Some(forced),
+    };
     let delay = header(&request, "x-test-delay-ms").and_then(|s| s.parse().ok());
     let response_bytes: Option<u64> =
         header(&request, "x-test-response-bytes").and_then(|s| s.parse().ok());

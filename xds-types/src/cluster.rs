@@ -5,6 +5,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::{Result, ValidationError};
+pub use crate::health_check::HealthCheck;
+pub use crate::lb::{LbConfig, LbPolicy};
+pub use crate::outlier::OutlierDetection;
 use crate::pb::envoy::config::cluster::v3 as pb;
 use crate::pb::envoy::config::core::v3 as core;
 use crate::pb::envoy::config::endpoint::v3 as endpoint;
@@ -25,9 +28,11 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub struct Cluster {
     pub name: String,
     pub discovery: Discovery,
-    pub lb_policy: LbPolicy,
+    pub lb: LbConfig,
     pub connect_timeout: Duration,
     pub endpoints: Vec<LbEndpoint>,
+    /// The assignment's `overprovisioning_factor` in percent (Envoy's default 140).
+    pub overprovisioning_factor: u32,
     pub protocol: UpstreamProtocol,
     /// Idle pooled connections are closed after this long; `None` keeps them.
     pub idle_timeout: Option<Duration>,
@@ -44,6 +49,13 @@ pub struct Cluster {
     pub max_connection_duration: Option<Duration>,
     /// TCP keepalive on upstream connections (`upstream_connection_options`).
     pub keepalive: Option<crate::listener::Keepalive>,
+    /// Active health checking of the hosts.
+    pub health_check: Option<HealthCheck>,
+    /// Passive health checking: ejecting hosts for the errors they return.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// A host removed from discovery goes at once, even while it passes health checks
+    /// (else it stays, `/pending_dynamic_removal`, until it fails one).
+    pub ignore_health_on_host_removal: bool,
     /// Hash of the cluster's proto: equal for an unchanged cluster across updates.
     pub fingerprint: u64,
 }
@@ -156,6 +168,19 @@ pub struct Assignment {
     /// The EDS name (`cluster_name` of the resource).
     pub name: String,
     pub endpoints: Vec<LbEndpoint>,
+    /// `policy.overprovisioning_factor` in percent (default 140).
+    pub overprovisioning_factor: u32,
+}
+
+impl Assignment {
+    /// No endpoints: what an EDS cluster goes live with when its endpoints never came.
+    pub fn empty(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            endpoints: Vec::new(),
+            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+        }
+    }
 }
 
 impl TryFrom<&endpoint::ClusterLoadAssignment> for Assignment {
@@ -168,6 +193,7 @@ impl TryFrom<&endpoint::ClusterLoadAssignment> for Assignment {
         Ok(Self {
             name: la.cluster_name.clone(),
             endpoints: endpoints(la, Discovery::Eds)?,
+            overprovisioning_factor: overprovisioning_factor(la)?,
         })
     }
 }
@@ -192,17 +218,6 @@ pub enum Discovery {
     Eds,
 }
 
-/// Load balancing policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbPolicy {
-    RoundRobin,
-    /// Power of `choice_count` choices.
-    LeastRequest {
-        choice_count: u32,
-    },
-    Random,
-}
-
 /// Which IP family DNS clusters use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DnsLookupFamily {
@@ -223,22 +238,48 @@ pub enum UpstreamProtocol {
     Auto,
 }
 
-/// One endpoint and its weight.
+/// One endpoint, its weight and where it sits (priority, locality).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbEndpoint {
     /// An IP literal (STATIC) or a hostname (DNS clusters).
     pub host: String,
     pub port: u16,
     pub weight: u32,
-    /// False for endpoints whose `health_status` excludes them from load balancing.
-    pub healthy: bool,
+    /// The `health_status` discovery reported.
+    pub health: EdsHealth,
+    /// 0 is the highest priority; lower ones take traffic as higher ones fail.
+    pub priority: u32,
+    pub locality: Locality,
+    /// The locality's `load_balancing_weight`, for locality-weighted load balancing.
+    pub locality_weight: Option<u32>,
+}
+
+/// An endpoint's `health_status` as discovery reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdsHealth {
+    /// `UNKNOWN` (the default) and `HEALTHY`: eligible.
+    Healthy,
+    /// `UNHEALTHY` and `TIMEOUT`: Envoy's `/failed_eds_health`.
+    Unhealthy,
+    /// `DRAINING`: Envoy's `/eds_status_draining`.
+    Draining,
+    /// `DEGRADED`: Envoy's `/degraded_eds_health`; used only when no healthy host is left.
+    Degraded,
+}
+
+/// Where an endpoint runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
 }
 
 impl TryFrom<&pb::Cluster> for Cluster {
     type Error = ValidationError;
 
     fn try_from(c: &pb::Cluster) -> Result<Self> {
-        use pb::cluster::{ClusterDiscoveryType as T, DiscoveryType as D, LbPolicy as L};
+        use pb::cluster::{ClusterDiscoveryType as T, DiscoveryType as D};
         if c.name.is_empty() {
             return Err(ValidationError::required("name"));
         }
@@ -271,38 +312,7 @@ impl TryFrom<&pb::Cluster> for Cluster {
             },
             Some(_) => return Err(ValidationError::unsupported("cluster_type")),
         };
-        let lb_policy = match L::try_from(c.lb_policy) {
-            Ok(L::RoundRobin) => LbPolicy::RoundRobin,
-            Ok(L::LeastRequest) => {
-                let choice_count = match c.lb_config.as_ref() {
-                    Some(pb::cluster::LbConfig::LeastRequestLbConfig(l)) => {
-                        l.choice_count.as_ref().map_or(2, |v| v.value)
-                    }
-                    _ => 2,
-                };
-                if choice_count < 2 {
-                    return Err(ValidationError::new(
-                        "least_request_lb_config.choice_count",
-                        "must be at least 2",
-                    ));
-                }
-                LbPolicy::LeastRequest { choice_count }
-            }
-            Ok(L::Random) => LbPolicy::Random,
-            Ok(other) => {
-                return Err(ValidationError::new(
-                    "lb_policy",
-                    format!("{} is not supported", other.as_str_name()),
-                ))
-            }
-            Err(_) => return Err(ValidationError::new("lb_policy", "unknown policy")),
-        };
-        if c.lb_config.is_some() && !matches!(lb_policy, LbPolicy::LeastRequest { .. }) {
-            return Err(ValidationError::new(
-                "least_request_lb_config",
-                "only valid with lb_policy LEAST_REQUEST",
-            ));
-        }
+        let lb = crate::lb::lb_config(c)?;
         let dns_lookup_family = {
             use pb::cluster::DnsLookupFamily as F;
             match F::try_from(c.dns_lookup_family) {
@@ -342,15 +352,18 @@ impl TryFrom<&pb::Cluster> for Cluster {
             }
             (_, None) => None,
         };
-        let endpoints = match c.load_assignment.as_ref() {
+        let (endpoints, overprovisioning_factor) = match c.load_assignment.as_ref() {
             Some(_) if eds.is_some() => {
                 return Err(ValidationError::new(
                     "load_assignment",
                     "EDS clusters receive their endpoints over EDS",
                 ))
             }
-            Some(la) => endpoints(la, discovery).map_err(|e| e.within("load_assignment"))?,
-            None => Vec::new(),
+            Some(la) => (
+                endpoints(la, discovery).map_err(|e| e.within("load_assignment"))?,
+                overprovisioning_factor(la).map_err(|e| e.within("load_assignment"))?,
+            ),
+            None => (Vec::new(), DEFAULT_OVERPROVISIONING_FACTOR),
         };
         if matches!(discovery, Discovery::LogicalDns { .. }) && endpoints.len() != 1 {
             return Err(ValidationError::new(
@@ -389,7 +402,26 @@ impl TryFrom<&pb::Cluster> for Cluster {
                     .map(|v| Duration::from_secs(v.value.into())),
                 probes: k.keepalive_probes.as_ref().map(|v| v.value),
             });
+        let health_check = match c.health_checks.as_slice() {
+            [] => None,
+            [h] => Some(HealthCheck::try_from(h).map_err(|e| e.within("health_checks[0]"))?),
+            _ => {
+                return Err(ValidationError::new(
+                    "health_checks",
+                    "at most one health check per cluster is supported",
+                ))
+            }
+        };
+        let outlier_detection = c
+            .outlier_detection
+            .as_ref()
+            .map(|o| OutlierDetection::try_from(o).map_err(|e| e.within("outlier_detection")))
+            .transpose()?;
         Ok(Self {
+            health_check,
+            outlier_detection,
+            ignore_health_on_host_removal: c.ignore_health_on_host_removal,
+            overprovisioning_factor,
             circuit_breakers: circuit_breakers(c)?,
             max_requests_per_connection: options
                 .max_requests_per_connection
@@ -399,7 +431,7 @@ impl TryFrom<&pb::Cluster> for Cluster {
             keepalive,
             name: c.name.clone(),
             discovery,
-            lb_policy,
+            lb,
             connect_timeout: match c.connect_timeout.as_ref() {
                 Some(d) => duration(d, "connect_timeout")?,
                 None => DEFAULT_CONNECT_TIMEOUT,
@@ -520,12 +552,28 @@ fn endpoints(
     let mut out = Vec::new();
     for (l, locality) in la.endpoints.iter().enumerate() {
         let lpath = format!("endpoints[{l}]");
-        if locality.priority != 0 {
+        if locality.priority > MAX_PRIORITY {
             return Err(ValidationError::new(
                 format!("{lpath}.priority"),
-                "only priority 0 is supported",
+                format!("must be at most {MAX_PRIORITY}"),
             ));
         }
+        let locality_weight = locality.load_balancing_weight.as_ref().map(|w| w.value);
+        if locality_weight == Some(0) {
+            return Err(ValidationError::new(
+                format!("{lpath}.load_balancing_weight"),
+                "must be at least 1",
+            ));
+        }
+        let place = locality
+            .locality
+            .as_ref()
+            .map(|l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            })
+            .unwrap_or_default();
         for (e, lb) in locality.lb_endpoints.iter().enumerate() {
             let epath = format!("{lpath}.lb_endpoints[{e}]");
             let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) =
@@ -554,19 +602,52 @@ fn endpoints(
                     "must be at least 1",
                 ));
             }
-            let healthy = !matches!(
-                H::try_from(lb.health_status),
-                Ok(H::Unhealthy | H::Draining | H::Timeout)
-            );
+            let health = match H::try_from(lb.health_status) {
+                Ok(H::Unknown | H::Healthy) => EdsHealth::Healthy,
+                Ok(H::Unhealthy | H::Timeout) => EdsHealth::Unhealthy,
+                Ok(H::Draining) => EdsHealth::Draining,
+                Ok(H::Degraded) => EdsHealth::Degraded,
+                Err(_) => {
+                    return Err(ValidationError::new(
+                        format!("{epath}.health_status"),
+                        "unknown status",
+                    ))
+                }
+            };
             out.push(LbEndpoint {
                 host,
                 port,
                 weight,
-                healthy,
+                health,
+                priority: locality.priority,
+                locality: place.clone(),
+                locality_weight,
             });
         }
     }
     Ok(out)
+}
+
+/// Envoy's default `overprovisioning_factor` (percent).
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
+/// Highest priority level accepted (Envoy allows 128 levels).
+const MAX_PRIORITY: u32 = 127;
+
+fn overprovisioning_factor(la: &endpoint::ClusterLoadAssignment) -> Result<u32> {
+    let Some(policy) = la.policy.as_ref() else {
+        return Ok(DEFAULT_OVERPROVISIONING_FACTOR);
+    };
+    let factor = policy
+        .overprovisioning_factor
+        .as_ref()
+        .map_or(DEFAULT_OVERPROVISIONING_FACTOR, |v| v.value);
+    if factor == 0 {
+        return Err(ValidationError::new(
+            "policy.overprovisioning_factor",
+            "must be greater than 0",
+        ));
+    }
+    Ok(factor)
 }
 
 /// Host and port of an Envoy `Address` (TCP socket addresses only).
@@ -696,7 +777,22 @@ transport_socket:
 
     #[test]
     fn unsupported_lb_policy_is_named() {
-        let err = cluster("name: a\nlb_policy: MAGLEV").unwrap_err();
+        let err = cluster("name: a\nlb_policy: CLUSTER_PROVIDED").unwrap_err();
         assert_eq!(err.path, "lb_policy");
+    }
+
+    #[test]
+    fn endpoints_keep_priority_locality_and_health() {
+        let c = cluster(
+            "name: a\nload_assignment: {cluster_name: a, policy: {overprovisioning_factor: 100}, endpoints: [
+               {priority: 1, locality: {zone: z1}, load_balancing_weight: 3, lb_endpoints: [
+                 {health_status: DRAINING, endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}",
+        )
+        .unwrap();
+        assert_eq!(c.overprovisioning_factor, 100);
+        let e = &c.endpoints[0];
+        assert_eq!((e.priority, e.locality_weight), (1, Some(3)));
+        assert_eq!(e.locality.zone, "z1");
+        assert_eq!(e.health, EdsHealth::Draining);
     }
 }

@@ -222,7 +222,19 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
         "host_rewrite_literal", "timeout", "retry_policy",
         "cluster_not_found_response_code",
+        "hash_policy": "for RING_HASH and MAGLEV clusters; no effect on others, as in Envoy",
     ],
+    "envoy.config.route.v3.RouteAction.HashPolicy" => [
+        "header", "cookie", "connection_properties", "query_parameter", "terminal",
+    ],
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header" => ["header_name", "regex_rewrite"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie" => [
+        "name", "ttl": "a missing cookie is generated and set on the response (0s: a session cookie)",
+        "path", "attributes",
+    ],
+    "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute" => ["name", "value"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties" => ["source_ip"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter" => ["name"],
     "envoy.config.route.v3.WeightedCluster" => [
         "clusters",
         "total_weight": "deprecated in Envoy; when set it must equal the sum of the weights",
@@ -231,7 +243,11 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.route.v3.RetryPolicy" => [
         "retry_on": "5xx, gateway-error, connect-failure, reset, retriable-status-codes (others are rejected)",
         "num_retries", "per_try_timeout", "retriable_status_codes", "retry_back_off",
+        "retry_host_predicate": "envoy.retry_host_predicates.previous_hosts",
+        "host_selection_retry_max_attempts",
     ],
+    "envoy.config.route.v3.RetryPolicy.RetryHostPredicate" => ["name", "typed_config"],
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate" => [],
     "envoy.config.route.v3.RetryPolicy.RetryBackOff" => ["base_interval", "max_interval"],
     "envoy.config.route.v3.RedirectAction" => [
         "https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
@@ -252,9 +268,14 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.cluster.v3.Cluster" => [
         "name", "type": "STATIC, STRICT_DNS, LOGICAL_DNS, EDS",
         "eds_cluster_config": "endpoints over ADS; the cluster warms until they arrive",
-        "connect_timeout", "lb_policy": "ROUND_ROBIN, LEAST_REQUEST, RANDOM",
+        "connect_timeout", "lb_policy": "ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV",
         "load_assignment", "dns_refresh_rate", "dns_lookup_family": "AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL",
-        "least_request_lb_config",
+        "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "round_robin_lb_config",
+        "load_balancing_policy": "replaces lb_policy and its lb_config",
+        "common_lb_config",
+        "health_checks": "at most one per cluster",
+        "outlier_detection",
+        "ignore_health_on_host_removal",
         "http2_protocol_options": "deprecated in Envoy; selects HTTP/2 upstream",
         "typed_extension_protocol_options": "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "per_connection_buffer_limit_bytes": "accepted; bodies are streamed with bounded buffers regardless",
@@ -263,6 +284,103 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "circuit_breakers": "default-priority thresholds apply; HIGH thresholds are accepted and never reached (routes all use the default priority)",
         "max_requests_per_connection": "deprecated in Envoy; use common_http_protocol_options.max_requests_per_connection",
         "upstream_connection_options",
+    ],
+    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => [
+        "choice_count",
+        "active_request_bias": "with unequal weights, a host's weight is divided by (active requests + 1) to this power",
+    ],
+    "envoy.config.core.v3.RuntimeDouble" => [
+        "default_value", "runtime_key": "accepted; sluice has no runtime, so the default applies",
+    ],
+    "envoy.config.cluster.v3.Cluster.RingHashLbConfig" => [
+        "minimum_ring_size", "maximum_ring_size", "hash_function": "XX_HASH only",
+    ],
+    "envoy.config.cluster.v3.Cluster.MaglevLbConfig" => ["table_size": "a prime, at most 5000011"],
+    "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig" => [],
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig" => [
+        "healthy_panic_threshold": "default 50%; 0 disables panic mode",
+        "zone_aware_lb_config": "accepted; no effect (zone-aware routing needs a local cluster, which sluice does not have)",
+        "locality_weighted_lb_config",
+        "update_merge_window": "accepted; tuning (sluice applies host changes at once)",
+        "ignore_new_hosts_until_first_hc",
+        "close_connections_on_host_set_change": "false only",
+        "consistent_hashing_lb_config",
+    ],
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.ZoneAwareLbConfig" => [
+        "routing_enabled", "min_cluster_size", "fail_traffic_on_panic",
+    ],
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig" => [],
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig" => [],
+    "envoy.config.cluster.v3.LoadBalancingPolicy" => [
+        "policies": "the first policy sluice implements is used and the others are not checked, as in Envoy: round_robin, least_request, random, ring_hash, maglev, wrr_locality",
+    ],
+    "envoy.config.cluster.v3.LoadBalancingPolicy.Policy" => ["typed_extension_config"],
+    "envoy.config.core.v3.TypedExtensionConfig" => ["name", "typed_config"],
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => ["locality_lb_config"],
+    "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => [
+        "choice_count", "active_request_bias", "locality_lb_config",
+        "enable_full_scan", "selection_method",
+    ],
+    "envoy.extensions.load_balancing_policies.random.v3.Random" => ["locality_lb_config"],
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => [
+        "hash_function": "XX_HASH (DEFAULT_HASH) only", "minimum_ring_size", "maximum_ring_size",
+        "consistent_hashing_lb_config", "locality_weighted_lb_config",
+    ],
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => [
+        "table_size", "consistent_hashing_lb_config", "locality_weighted_lb_config",
+    ],
+    "envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality" => [
+        "endpoint_picking_policy": "locality-weighted, then this policy within the locality",
+    ],
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig" => [
+        "zone_aware_lb_config": "accepted; no effect (zone-aware routing needs a local cluster, which sluice does not have)",
+        "locality_weighted_lb_config",
+    ],
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig" => [
+        "routing_enabled", "min_cluster_size", "fail_traffic_on_panic",
+        "force_locality_direct_routing", "force_local_zone", "locality_basis",
+    ],
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig.ForceLocalZone" => ["min_size"],
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig" => [],
+    "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig" => [],
+    "envoy.config.core.v3.HealthCheck" => [
+        "timeout", "interval", "initial_jitter", "interval_jitter", "interval_jitter_percent",
+        "unhealthy_threshold", "healthy_threshold", "alt_port", "reuse_connection",
+        "no_traffic_interval": "default 60s: until the cluster has carried a request, hosts are checked this often",
+        "no_traffic_healthy_interval", "unhealthy_interval", "unhealthy_edge_interval",
+        "healthy_edge_interval",
+        "http_health_check", "tcp_health_check", "grpc_health_check",
+        "always_log_health_check_failures": "accepted; failures are logged at debug level",
+        "always_log_health_check_success": "accepted; no effect",
+        "tls_options": "checks use the cluster's transport socket; alpn_protocols is refused",
+    ],
+    "envoy.config.core.v3.HealthCheck.TlsOptions" => [],
+    "envoy.config.core.v3.HealthCheck.HttpHealthCheck" => [
+        "host": "default: the cluster's name", "path", "method": "not CONNECT",
+        "send": "a request body", "receive": "the response body must contain each payload, in order",
+        "response_buffer_size": "how much of the body receive looks at (default 1024 bytes)",
+        "request_headers_to_add", "request_headers_to_remove",
+        "expected_statuses": "default [200, 201)", "retriable_statuses",
+        "codec_client_type": "HTTP1 or HTTP2",
+    ],
+    "envoy.config.core.v3.HealthCheck.TcpHealthCheck" => ["send", "receive"],
+    "envoy.config.core.v3.HealthCheck.GrpcHealthCheck" => [
+        "service_name", "authority": "default: the cluster's name", "initial_metadata",
+    ],
+    "envoy.config.core.v3.HealthCheck.Payload" => ["text": "hex-encoded bytes", "binary"],
+    "envoy.type.v3.Int64Range" => ["start", "end"],
+    "envoy.config.cluster.v3.OutlierDetection" => [
+        "consecutive_5xx", "interval", "base_ejection_time",
+        "max_ejection_percent": "default 10%: with fewer than 10 hosts nothing is ejected unless always_eject_one_host",
+        "enforcing_consecutive_5xx", "enforcing_success_rate", "success_rate_minimum_hosts",
+        "success_rate_request_volume", "success_rate_stdev_factor", "consecutive_gateway_failure",
+        "enforcing_consecutive_gateway_failure": "default 0%: detected and counted, not ejected",
+        "split_external_local_origin_errors", "consecutive_local_origin_failure",
+        "enforcing_consecutive_local_origin_failure", "enforcing_local_origin_success_rate",
+        "failure_percentage_threshold", "enforcing_failure_percentage",
+        "enforcing_failure_percentage_local_origin", "failure_percentage_minimum_hosts",
+        "failure_percentage_request_volume", "max_ejection_time", "max_ejection_time_jitter",
+        "successful_active_health_check_uneject_host", "always_eject_one_host",
     ],
     "envoy.config.cluster.v3.CircuitBreakers" => ["thresholds"],
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds" => [
@@ -325,19 +443,21 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher" => [
         "san_type": "DNS, URI, EMAIL or IP_ADDRESS", "matcher",
     ],
-    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => ["choice_count"],
     "envoy.config.cluster.v3.Cluster.EdsClusterConfig" => [
         "eds_config": "ads only", "service_name",
     ],
-    "envoy.config.endpoint.v3.ClusterLoadAssignment" => ["cluster_name", "endpoints"],
+    "envoy.config.endpoint.v3.ClusterLoadAssignment" => ["cluster_name", "endpoints", "policy"],
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy" => [
+        "overprovisioning_factor": "default 140: a priority keeps all its traffic until fewer than 1/1.4 of its hosts are healthy",
+    ],
     "envoy.config.endpoint.v3.LocalityLbEndpoints" => [
         "lb_endpoints", "locality",
-        "load_balancing_weight": "accepted; locality weighting is not applied yet",
-        "priority": "only priority 0",
+        "load_balancing_weight": "the locality's weight with locality-weighted load balancing; else no effect, as in Envoy",
+        "priority": "0 is the highest; lower priorities take the traffic higher ones lack the health for",
     ],
     "envoy.config.endpoint.v3.LbEndpoint" => [
         "endpoint", "load_balancing_weight",
-        "health_status": "UNHEALTHY, DRAINING and TIMEOUT endpoints receive no traffic",
+        "health_status": "UNHEALTHY and TIMEOUT (/failed_eds_health) and DRAINING (/eds_status_draining) take no traffic; DEGRADED takes traffic only when its priority has no healthy host",
     ],
     "envoy.config.endpoint.v3.Endpoint" => ["address", "hostname"],
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => [
@@ -388,6 +508,9 @@ fn walk(message: &DynamicMessage, path: &str) -> Result<()> {
     if name.starts_with("google.protobuf.") {
         return Ok(());
     }
+    if name == "envoy.config.cluster.v3.LoadBalancingPolicy" {
+        return walk_lb_policies(message, path);
+    }
     let supported = supported_fields(name).unwrap_or(&[]);
     for (field, value) in message.fields() {
         let field_path = join(path, field.name());
@@ -411,6 +534,39 @@ fn walk_value(value: &Value, path: &str) -> Result<()> {
             .try_for_each(|(k, v)| walk_value(v, &format!("{path}[{k:?}]"))),
         _ => Ok(()),
     }
+}
+
+/// Checks only the policy Envoy would use: the first one whose type Sluice implements
+/// (the others may be any extension). A list with none is refused by the conversion.
+fn walk_lb_policies(message: &DynamicMessage, path: &str) -> Result<()> {
+    let Some(Value::List(policies)) = message
+        .get_field_by_name("policies")
+        .map(|v| v.into_owned())
+    else {
+        return Ok(());
+    };
+    for (i, policy) in policies.iter().enumerate() {
+        let Some(policy) = policy.as_message() else {
+            continue;
+        };
+        let Some(config) = policy
+            .get_field_by_name("typed_extension_config")
+            .and_then(|v| v.as_message().cloned())
+        else {
+            continue;
+        };
+        let Some(any) = config
+            .get_field_by_name("typed_config")
+            .and_then(|v| v.as_message().cloned())
+        else {
+            continue;
+        };
+        let (type_url, _) = unpack(&any);
+        if crate::lb::SUPPORTED_TYPED_POLICIES.contains(&type_url.as_str()) {
+            return walk(policy, &format!("{}[{i}]", join(path, "policies")));
+        }
+    }
+    Ok(())
 }
 
 fn walk_any(any: &DynamicMessage, path: &str) -> Result<()> {

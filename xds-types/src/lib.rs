@@ -10,8 +10,9 @@
 //! - [`fields`]: the table of supported fields; it drives rejection (with field paths) and
 //!   `docs/xds-support.md`.
 //! - [`resource`]: the resource kinds (type URL, message, names, push order), once.
-//! - [`listener`] (with [`filter_chain`], [`tcp_proxy`]), [`hcm`], [`route`], [`cluster`],
-//!   [`tls`], [`secret`], [`bootstrap`]: the validated model.
+//! - [`listener`] (with [`filter_chain`], [`tcp_proxy`]), [`hcm`], [`route`], [`cluster`]
+//!   (with [`lb`], [`health_check`], [`outlier`]), [`tls`], [`secret`], [`bootstrap`]: the
+//!   validated model.
 //!   Every conversion is pure: no I/O, no locks; regexes compile here, once.
 //! - [`error`]: [`ValidationError`], which always names the field path.
 
@@ -22,7 +23,10 @@ pub mod error;
 pub mod fields;
 pub mod filter_chain;
 pub mod hcm;
+pub mod health_check;
+pub mod lb;
 pub mod listener;
+pub mod outlier;
 pub mod pb;
 pub mod resource;
 pub mod route;

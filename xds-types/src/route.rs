@@ -141,6 +141,38 @@ pub struct ForwardAction {
     pub retry_policy: Option<RetryPolicy>,
     /// Status when the named cluster does not exist (503 or 404).
     pub cluster_not_found_status: u16,
+    /// How the request's hash for RING_HASH and MAGLEV clusters is computed.
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One input of a request's consistent hash (Envoy's `RouteAction.HashPolicy`).
+#[derive(Debug, Clone)]
+pub struct HashPolicy {
+    pub source: HashSource,
+    /// When this policy produced a hash, the later ones are skipped.
+    pub terminal: bool,
+}
+
+/// What a hash policy hashes.
+#[derive(Debug, Clone)]
+pub enum HashSource {
+    /// A request header's value, optionally rewritten first.
+    Header {
+        name: http::HeaderName,
+        rewrite: Option<(Regex, String)>,
+    },
+    /// A cookie's value; with a `ttl`, a missing cookie is generated and set on the
+    /// response (`Some(0s)`: a session cookie).
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: Option<String>,
+        attributes: Vec<(String, String)>,
+    },
+    /// The downstream IP address.
+    SourceIp,
+    /// A query parameter's value.
+    QueryParameter(String),
 }
 
 /// Which cluster receives the request.
@@ -163,6 +195,10 @@ pub struct RetryPolicy {
     pub retriable_status_codes: Vec<u16>,
     pub base_interval: Duration,
     pub max_interval: Duration,
+    /// `envoy.retry_host_predicates.previous_hosts`: a retry avoids the hosts already tried.
+    pub previous_hosts: bool,
+    /// How often host selection is repeated to satisfy `previous_hosts` (default 1).
+    pub host_selection_retry_max_attempts: u32,
 }
 
 /// The retry conditions Sluice implements (Envoy's `x-envoy-retry-on` names).
@@ -734,8 +770,112 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
                 .map(|p| retry_policy(p).map_err(|e| e.within("retry_policy")))
                 .transpose()?,
             cluster_not_found_status,
+            hash_policy: a
+                .hash_policy
+                .iter()
+                .enumerate()
+                .map(|(i, h)| hash_policy(h).map_err(|e| e.within(format!("hash_policy[{i}]"))))
+                .collect::<Result<_>>()?,
         })
     }
+}
+
+fn hash_policy(h: &pb::route_action::HashPolicy) -> Result<HashPolicy> {
+    use pb::route_action::hash_policy::PolicySpecifier as P;
+    let source = match h.policy_specifier.as_ref() {
+        Some(P::Header(header)) => {
+            let name = validate_header_name(&header.header_name)
+                .map_err(|e| e.within("header.header_name"))?;
+            let rewrite = header
+                .regex_rewrite
+                .as_ref()
+                .map(|r| {
+                    let pattern = r
+                        .pattern
+                        .as_ref()
+                        .ok_or_else(|| ValidationError::required("pattern"))?;
+                    let re = compile_regex(&pattern.regex, false)
+                        .map_err(|e| e.within("pattern.regex"))?;
+                    Ok::<_, ValidationError>((re, re2_substitution(&r.substitution)))
+                })
+                .transpose()
+                .map_err(|e| e.within("header.regex_rewrite"))?;
+            HashSource::Header {
+                name: http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| ValidationError::new("header.header_name", "not a header name"))?,
+                rewrite,
+            }
+        }
+        Some(P::Cookie(c)) => {
+            if c.name.is_empty() {
+                return Err(ValidationError::required("cookie.name"));
+            }
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            };
+            if !token(&c.name) {
+                return Err(ValidationError::new("cookie.name", "not a cookie name"));
+            }
+            let attributes = c
+                .attributes
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    if !token(&a.name)
+                        || a.value.contains(';')
+                        || a.value.contains(|c: char| c.is_control())
+                    {
+                        return Err(ValidationError::new(
+                            format!("cookie.attributes[{i}]"),
+                            "not a cookie attribute",
+                        ));
+                    }
+                    Ok((a.name.clone(), a.value.clone()))
+                })
+                .collect::<Result<_>>()?;
+            if c.path.contains(';') || c.path.contains(|c: char| c.is_control()) {
+                return Err(ValidationError::new("cookie.path", "not a cookie path"));
+            }
+            HashSource::Cookie {
+                name: c.name.clone(),
+                ttl: c
+                    .ttl
+                    .as_ref()
+                    .map(|t| duration(t, "cookie.ttl"))
+                    .transpose()?,
+                path: (!c.path.is_empty()).then(|| c.path.clone()),
+                attributes,
+            }
+        }
+        Some(P::ConnectionProperties(p)) => {
+            if !p.source_ip {
+                return Err(ValidationError::new(
+                    "connection_properties.source_ip",
+                    "must be true",
+                ));
+            }
+            HashSource::SourceIp
+        }
+        Some(P::QueryParameter(q)) => {
+            if q.name.is_empty() {
+                return Err(ValidationError::required("query_parameter.name"));
+            }
+            HashSource::QueryParameter(q.name.clone())
+        }
+        Some(P::FilterState(_)) => return Err(ValidationError::unsupported("filter_state")),
+        None => {
+            return Err(ValidationError::new(
+                "",
+                "one of header, cookie, connection_properties or query_parameter is required",
+            ))
+        }
+    };
+    Ok(HashPolicy {
+        source,
+        terminal: h.terminal,
+    })
 }
 
 /// RE2 substitutions use `\1`; Rust's regex uses `${1}`. `$` must be escaped.
@@ -865,7 +1005,39 @@ fn retry_policy(p: &pb::RetryPolicy) -> Result<RetryPolicy> {
                 })
         })
         .collect::<Result<_>>()?;
+    let mut previous_hosts = false;
+    for (i, predicate) in p.retry_host_predicate.iter().enumerate() {
+        use pb::retry_policy::retry_host_predicate::ConfigType;
+        let typed = match predicate.config_type.as_ref() {
+            Some(ConfigType::TypedConfig(any)) => crate::type_urls::message_name(&any.type_url),
+            None => "",
+        };
+        match (predicate.name.as_str(), typed) {
+            (_, "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate")
+            | ("envoy.retry_host_predicates.previous_hosts", "") => previous_hosts = true,
+            (other, _) => {
+                return Err(ValidationError::new(
+                    format!("retry_host_predicate[{i}].name"),
+                    format!(
+                    "{other:?} is not supported (envoy.retry_host_predicates.previous_hosts is)"
+                ),
+                ))
+            }
+        }
+    }
+    let host_selection_retry_max_attempts = match p.host_selection_retry_max_attempts {
+        0 => 1,
+        n if (1..=100).contains(&n) => n as u32,
+        _ => {
+            return Err(ValidationError::new(
+                "host_selection_retry_max_attempts",
+                "must be between 1 and 100",
+            ))
+        }
+    };
     Ok(RetryPolicy {
+        previous_hosts,
+        host_selection_retry_max_attempts,
         retry_on,
         num_retries: p.num_retries.as_ref().map_or(1, |v| v.value),
         per_try_timeout: optional_timeout(p.per_try_timeout.as_ref(), "per_try_timeout", None)?,

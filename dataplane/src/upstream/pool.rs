@@ -25,6 +25,7 @@ use tracing::debug;
 use xds_types::cluster::UpstreamProtocol;
 
 use super::circuit_breaker::Limits;
+use super::host::HostCounters;
 use super::tls::{connect, Transport, UpstreamStream};
 use crate::body::{Body, BoxError};
 use crate::stats::ClusterStats;
@@ -96,6 +97,7 @@ pub struct HostPool {
     authority: String,
     settings: Arc<PoolSettings>,
     transport: Transport,
+    counters: Arc<HostCounters>,
     idle: Mutex<Vec<IdleConnection>>,
     http2: Mutex<Option<Http2>>,
     /// Woken when a connection of this host is returned or closed (a pending request may
@@ -111,16 +113,29 @@ impl std::fmt::Debug for HostPool {
     }
 }
 
-/// Decrements the cluster's open-connection count when dropped.
+/// Decrements the cluster's and the host's open-connection counts when dropped.
 struct ConnectionCount {
     limits: Arc<Limits>,
     stats: ClusterStats,
+    host: Arc<HostCounters>,
+}
+
+impl ConnectionCount {
+    fn new(limits: &Arc<Limits>, stats: &ClusterStats, host: &Arc<HostCounters>) -> Self {
+        host.cx_active.fetch_add(1, Ordering::Relaxed);
+        Self {
+            limits: limits.clone(),
+            stats: stats.clone(),
+            host: host.clone(),
+        }
+    }
 }
 
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
         self.limits.connections.fetch_sub(1, Ordering::Relaxed);
         self.stats.upstream_cx_active.dec();
+        self.host.cx_active.fetch_sub(1, Ordering::Relaxed);
         self.limits.released.notify_waiters();
     }
 }
@@ -134,12 +149,18 @@ pub struct ClusterContext<'a> {
 }
 
 impl HostPool {
-    /// An empty pool for `authority` (`host:port`).
-    pub fn new(authority: String, settings: Arc<PoolSettings>, transport: Transport) -> Arc<Self> {
+    /// An empty pool for `authority` (`host:port`), counting into the host's `counters`.
+    pub fn new(
+        authority: String,
+        settings: Arc<PoolSettings>,
+        transport: Transport,
+        counters: Arc<HostCounters>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             authority,
             settings,
             transport,
+            counters,
             idle: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
             released: Notify::new(),
@@ -211,10 +232,7 @@ impl HostPool {
             cluster.stats.upstream_cx_overflow.inc();
             return Err(UpstreamError::Overflow("max_connections"));
         }
-        let counted = ConnectionCount {
-            limits: limits.clone(),
-            stats: cluster.stats.clone(),
-        };
+        let counted = ConnectionCount::new(limits, cluster.stats, &self.counters);
         let stream = self.dial(cluster).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake::<_, Body>(TokioIo::new(stream))
@@ -283,10 +301,7 @@ impl HostPool {
                 return Ok(Acquired::Idle(connection));
             }
             if limits.try_open_connection() {
-                let counted = ConnectionCount {
-                    limits: limits.clone(),
-                    stats: cluster.stats.clone(),
-                };
+                let counted = ConnectionCount::new(limits, cluster.stats, &self.counters);
                 return Ok(Acquired::Opened(
                     Box::new(self.dial(cluster).await?),
                     counted,
@@ -315,6 +330,7 @@ impl HostPool {
     async fn dial(&self, cluster: &ClusterContext<'_>) -> Result<UpstreamStream, UpstreamError> {
         cluster.stats.upstream_cx_total.inc();
         cluster.stats.upstream_cx_active.inc();
+        self.counters.cx_total.fetch_add(1, Ordering::Relaxed);
         let stream = connect(
             &self.authority,
             self.settings.connect_timeout,
@@ -322,7 +338,12 @@ impl HostPool {
             cluster.sni_host,
         )
         .await
-        .map_err(UpstreamError::Connect)?;
+        .map_err(|e| {
+            self.counters
+                .cx_connect_fail
+                .fetch_add(1, Ordering::Relaxed);
+            UpstreamError::Connect(e)
+        })?;
         if let (Some(k), UpstreamStream::Plain(tcp)) = (self.settings.keepalive, &stream) {
             crate::listener::apply_keepalive(tcp, k);
         }
@@ -424,7 +445,9 @@ enum Acquired {
     Opened(Box<UpstreamStream>, ConnectionCount),
 }
 
-/// A new connection, by the protocol it speaks.
+/// A new connection, by the protocol it speaks. It lives only from the dial to its first
+/// use, so the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Connected {
     Http1(Http1),
     Http2(http2::SendRequest<Body>),

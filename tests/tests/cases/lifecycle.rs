@@ -72,7 +72,7 @@ async fn invalid_bootstrap_exits_with_the_field_path() {
 static_resources:
   clusters:
   - name: a
-    lb_policy: MAGLEV
+    lb_policy: CLUSTER_PROVIDED
 "#,
     )
     .unwrap();

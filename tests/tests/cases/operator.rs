@@ -103,14 +103,14 @@ async fn apply_get_rollback_nodes_and_restart() {
         "bad.yaml",
         &xds_resources(listener, second.addr, "v9").replace(
             "\"name\":\"web\"",
-            "\"name\":\"web\",\"lb_policy\":\"MAGLEV\"",
+            "\"name\":\"web\",\"lb_policy\":\"CLUSTER_PROVIDED\"",
         ),
     );
     let (ok, _, err) = cp.sluicectl(&["apply", "-f", &bad]);
     assert!(!ok);
     assert_eq!(
         err.trim(),
-        format!("error: {bad}: document 0: lb_policy: MAGLEV is not supported")
+        format!("error: {bad}: document 0: lb_policy: CLUSTER_PROVIDED is not supported")
     );
     assert!(serves(listener, "first", "v1").await);
 

@@ -60,9 +60,9 @@ async fn every_node_nacks_invalid_config_and_keeps_serving() {
     // An unsupported load-balancing policy: every node rejects the cluster.
     let invalid = xds_resources(listener, second.addr, "v1").replace(
         "\"name\":\"web\"",
-        "\"name\":\"web\",\"lb_policy\":\"MAGLEV\"",
+        "\"name\":\"web\",\"lb_policy\":\"CLUSTER_PROVIDED\"",
     );
-    assert!(invalid.contains("MAGLEV"));
+    assert!(invalid.contains("CLUSTER_PROVIDED"));
     cp.update(&invalid).unwrap();
     let error = ConfigStatus::Error as i32;
     assert!(
@@ -70,7 +70,8 @@ async fn every_node_nacks_invalid_config_and_keeps_serving() {
             let s = cluster_status(xds).await;
             s.len() == 2
                 && s.iter().all(|(_, status, details)| {
-                    *status == error && details.contains("web: lb_policy: MAGLEV is not supported")
+                    *status == error
+                        && details.contains("web: lb_policy: CLUSTER_PROVIDED is not supported")
                 })
         })
         .await,
@@ -86,7 +87,7 @@ async fn every_node_nacks_invalid_config_and_keeps_serving() {
             .find(|l| l.starts_with(node))
             .unwrap_or_default();
         assert!(
-            line.contains("cluster: web: lb_policy: MAGLEV is not supported"),
+            line.contains("cluster: web: lb_policy: CLUSTER_PROVIDED is not supported"),
             "{table}"
         );
     }
