@@ -7,8 +7,9 @@
 //! - `x-test-response-bytes: N` — stream N bytes instead of JSON;
 //! - `x-test-echo-body: 1` — stream the request body back.
 //!
-//! A test can also make every request fail (`answer_all_with`) and stop it, closing its open
-//! connections as a crashed process would, then start it again on the same address.
+//! A test can also make requests fail (`fail_with`: all of them, or all but health checks
+//! on `/healthz`) and stop the upstream, closing its open connections as a crashed process
+//! would, then start it again on the same address.
 //!
 //! It records every request whose body it read completely, so tests can assert what an
 //! upstream did (or did not) see.
@@ -16,7 +17,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU16;
+use std::sync::atomic::{AtomicBool, AtomicU16};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,7 +50,7 @@ pub struct Upstream {
         std::sync::atomic::AtomicUsize,
         std::sync::atomic::AtomicUsize,
     )>,
-    forced_status: Arc<AtomicU16>,
+    forced: Arc<Forced>,
     task: JoinHandle<()>,
 }
 
@@ -63,8 +64,14 @@ struct State {
         std::sync::atomic::AtomicUsize,
         std::sync::atomic::AtomicUsize,
     )>,
-    /// When not 0, the status every request gets (health checks included).
-    forced_status: Arc<AtomicU16>,
+    forced: Arc<Forced>,
+}
+
+/// The status every request gets when not 0, and whether `/healthz` is spared.
+#[derive(Default)]
+struct Forced {
+    status: AtomicU16,
+    spare_health_checks: AtomicBool,
 }
 
 impl Upstream {
@@ -103,13 +110,13 @@ impl Upstream {
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let concurrency = Arc::default();
-        let forced_status = Arc::new(AtomicU16::new(0));
+        let forced = Arc::new(Forced::default());
         let state = Arc::new(State {
             name: name.to_string(),
             seen: seen.clone(),
             failures: Mutex::default(),
             concurrency: Arc::clone(&concurrency),
-            forced_status: Arc::clone(&forced_status),
+            forced: Arc::clone(&forced),
         });
         let task = tokio::spawn(async move {
             // The connections live in this task's set, so stopping the upstream closes them.
@@ -151,15 +158,29 @@ impl Upstream {
             name: name.to_string(),
             seen,
             concurrency,
-            forced_status,
+            forced,
             task,
         }
     }
 
-    /// From now on answers every request with `status` (0: behave normally again).
-    pub fn answer_all_with(&self, status: u16) {
-        self.forced_status
-            .store(status, std::sync::atomic::Ordering::SeqCst);
+    /// From now on answers every request with `status` (0: behave normally again); with
+    /// `spare_health_checks`, requests for `/healthz` still get 200.
+    pub fn fail_with(&self, status: u16, spare_health_checks: bool) {
+        use std::sync::atomic::Ordering;
+        self.forced
+            .spare_health_checks
+            .store(spare_health_checks, Ordering::SeqCst);
+        self.forced.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Requests seen in full for paths other than `/healthz` (traffic, not health checks).
+    pub fn traffic_seen(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| !s.path.starts_with("/healthz"))
+            .count()
     }
 
     /// Requests received in full so far.
@@ -193,10 +214,17 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let forced = state
-        .forced_status
+        .forced
+        .status
         .load(std::sync::atomic::Ordering::SeqCst);
+    let spared = request.uri().path().starts_with("/healthz")
+        && state
+            .forced
+            .spare_health_checks
+            .load(std::sync::atomic::Ordering::SeqCst);
     let status = match forced {
         0 => header(&request, "x-test-status").and_then(|s| s.parse().ok()),
+        _ if spared => None,
         forced => Some(forced),
     };
     let delay = header(&request, "x-test-delay-ms").and_then(|s| s.parse().ok());

@@ -10,6 +10,7 @@ mod http1;
 mod lifecycle;
 mod operator;
 mod proxyless_grpc;
+mod resilience;
 mod routing;
 mod secrets;
 mod streaming;
