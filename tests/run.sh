@@ -53,7 +53,9 @@ echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "==> cargo build (binaries used by the end-to-end suites)"
-cargo build --workspace --bins
+echo "==> cargo build (binaries used by the end-to-end suites, and the tests)"
+# All targets, so dev-dependency features (tokio's test-util) unify once and the tests'
+# build below reuses these artifacts instead of compiling the tree a second time.
+cargo build --workspace --all-targets
 echo "==> tests"
 cargo nextest run --workspace --no-fail-fast

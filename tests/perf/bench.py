@@ -14,6 +14,7 @@ TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 PROXY_CPU, LOAD_CPU = "0", "1"   # the proxy gets core 0; upstream and load generator core 1
 UPSTREAM_PORT = 18081
 HZ = os.sysconf("SC_CLK_TCK")
+UPSTREAM_H2 = False  # set per scenario: the proxies speak h2 to the upstream
 
 def free_port():
     with socket.socket() as s:
@@ -91,9 +92,18 @@ def envoy_style_bootstrap(listen, admin, tls_listen=None):
     return {"admin": {"address": addr(admin)},
             "static_resources": {
                 "listeners": listeners,
-                "clusters": [{"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
-                              "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
-                                  {"endpoint": {"address": addr(UPSTREAM_PORT)}}]}]}}]}}
+                "clusters": [upstream_cluster(addr)]}}
+
+def upstream_cluster(addr):
+    cluster = {"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
+                   {"endpoint": {"address": addr(UPSTREAM_PORT)}}]}]}}
+    if UPSTREAM_H2:
+        # One HTTP/2 connection (prior knowledge) to the upstream, multiplexing every request.
+        cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return cluster
 
 class Proxy:
     """A proxy under test: started pinned to PROXY_CPU with one worker."""
@@ -129,6 +139,13 @@ class Sluice(Proxy):
         return [str(TARGET / "sluice"), "-c", str(self.config), "--concurrency", "1", "--log-level", "warn"]
     def reload(self):
         self.proc.send_signal(signal.SIGHUP)
+
+class SluiceBefore(Sluice):
+    """An earlier sluice build (SLUICE_BEFORE_BIN), for before/after comparisons."""
+    def command(self):
+        cmd = super().command()
+        cmd[0] = os.environ["SLUICE_BEFORE_BIN"]
+        return cmd
 
 class Envoy(Proxy):
     def command(self):
@@ -180,7 +197,7 @@ frontend fe
   bind 127.0.0.1:{self.tls_port} ssl crt {CERT_DIR}/combined.pem alpn h2,http/1.1 no-tls-tickets
   default_backend be
 backend be
-  server s1 127.0.0.1:{UPSTREAM_PORT}
+  server s1 127.0.0.1:{UPSTREAM_PORT}{" proto h2" if UPSTREAM_H2 else ""}
 """)
         return ["haproxy", "-f", str(cfg), "-db"]
 
@@ -194,6 +211,8 @@ class Direct(Proxy):
     def pid(self): return None
 
 PROXIES = {"sluice": Sluice, "envoy": Envoy, "nginx": Nginx, "haproxy": HAProxy, "upstream-direct": Direct}
+if os.environ.get("SLUICE_BEFORE_BIN"):
+    PROXIES = {"sluice": Sluice, "sluice-before": SluiceBefore, **{k: v for k, v in PROXIES.items() if k != "sluice"}}
 
 # ---------------------------------------------------------------- load
 
@@ -269,6 +288,10 @@ SCENARIOS = [
     ("fixed_10k", "HTTP/1.1 at a fixed 10,000 req/s over 50 connections (loadgen, open loop)", lambda p, d: fixed_rate(p.port, d)),
     ("conn_per_request", "HTTP/1.1, a new connection per request, 50 concurrent (wrk, Connection: close)",
      lambda p, d: wrk(p.port, "/", 50, d, ("-H", "Connection: close"))),
+    ("up_h2_c50", "HTTP/1.1 keep-alive from 50 connections, HTTP/2 to the upstream, 12-byte response (wrk; nginx cannot proxy to h2)",
+     lambda p, d: wrk(p.port, "/", 50, d)),
+    ("up_h2_fixed_10k", "HTTP/1.1 at a fixed 10,000 req/s over 50 connections, HTTP/2 to the upstream (loadgen, open loop)",
+     lambda p, d: fixed_rate(p.port, d)),
     ("tls_h1_c50", "TLS 1.3 (ECDSA P-256, same certificate everywhere), HTTP/1.1 keep-alive, 12-byte response, 50 connections (wrk)",
      lambda p, d: wrk(p.tls_port, "/", 50, d, scheme="https")),
     ("tls_h2_100_streams", "TLS 1.3, HTTP/2 by ALPN, 10 connections x 10 streams (h2load)",
@@ -278,6 +301,7 @@ SCENARIOS = [
 ]
 
 TLS_SCENARIOS = {"tls_h1_c50", "tls_h2_100_streams", "tls_handshakes"}
+H2_UPSTREAM_SCENARIOS = {"up_h2_c50", "up_h2_fixed_10k"}
 
 def measure(proxy, fn, duration):
     pid = proxy.pid
@@ -335,14 +359,19 @@ def main():
         for name, desc, fn in SCENARIOS:
             if wanted and name not in wanted: continue
             results[name] = {"description": desc, "runs": {}}
-            for proxy_name, cls in PROXIES.items():
-                if name in TLS_SCENARIOS and proxy_name == "upstream-direct": continue
-                runs = []
-                for rep in range(args.reps):
+            global UPSTREAM_H2
+            UPSTREAM_H2 = name in H2_UPSTREAM_SCENARIOS
+            proxies = {p: cls for p, cls in PROXIES.items()
+                       if not (name in TLS_SCENARIOS and p == "upstream-direct")
+                       and not (UPSTREAM_H2 and p in ("nginx", "upstream-direct"))}
+            # Repetitions interleave the proxies, so the machine's drift over minutes
+            # spreads over all of them instead of favouring whichever ran first.
+            for rep in range(args.reps):
+                for proxy_name, cls in proxies.items():
                     proxy = cls(proxy_name, workdir).start()
-                    try: runs.append(measure(proxy, fn, args.duration))
+                    try: results[name]["runs"].setdefault(proxy_name, []).append(measure(proxy, fn, args.duration))
                     finally: proxy.stop()
-                results[name]["runs"][proxy_name] = runs
+            for proxy_name, runs in results[name]["runs"].items():
                 print(f"{name:18} {proxy_name:16} " + " ".join(f"{r.get('rps') or 0:9.0f}rps/{r.get('cpu_us_per_req') or 0:6.1f}us" for r in runs), flush=True)
         if not wanted or "idle_connections" in wanted:
             results["idle_connections"] = {"description": f"RSS with {args.idle} idle keep-alive connections", "runs": {}}

@@ -338,6 +338,30 @@ impl Sender {
     }
 }
 
+/// Sends a probe over the kept connection, connecting first when there is none usable; any
+/// failure to connect or exchange is a network failure and drops the connection.
+async fn exchange(
+    sender: &mut Option<Sender>,
+    target: &Target,
+    host: &Host,
+    h2: bool,
+    request: Option<Request<Full<Bytes>>>,
+) -> Result<http::Response<hyper::body::Incoming>, Verdict> {
+    if !sender.as_ref().is_some_and(Sender::is_usable) {
+        let stream = target.connect(host).await.map_err(|_| NETWORK)?;
+        *sender = Some(Sender::open(stream, h2).await.map_err(|_| NETWORK)?);
+    }
+    let request = request.ok_or(NETWORK)?;
+    let open = sender.as_mut().expect("connected above");
+    match open.send(request).await {
+        Ok(response) => Ok(response),
+        Err(_) => {
+            *sender = None;
+            Err(NETWORK)
+        }
+    }
+}
+
 struct HttpProbe {
     target: Target,
     authority: String,
@@ -383,26 +407,18 @@ impl HttpProbe {
     }
 
     async fn run(&mut self, host: &Host) -> Verdict {
-        if !self.sender.as_ref().is_some_and(Sender::is_usable) {
-            let stream = match self.target.connect(host).await {
-                Ok(s) => s,
-                Err(_) => return NETWORK,
-            };
-            match Sender::open(stream, self.config.http2).await {
-                Ok(s) => self.sender = Some(s),
-                Err(_) => return NETWORK,
-            }
-        }
-        let Some(request) = self.request() else {
-            return NETWORK;
-        };
-        let sender = self.sender.as_mut().expect("connected above");
-        let response = match sender.send(request).await {
+        let request = self.request();
+        let response = match exchange(
+            &mut self.sender,
+            &self.target,
+            host,
+            self.config.http2,
+            request,
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(_) => {
-                self.sender = None;
-                return NETWORK;
-            }
+            Err(verdict) => return verdict,
         };
         let status = response.status().as_u16();
         let closes = response
@@ -598,26 +614,10 @@ impl GrpcProbe {
 
     async fn run(&mut self, host: &Host) -> Verdict {
         use prost::Message;
-        if !self.sender.as_ref().is_some_and(Sender::is_usable) {
-            let stream = match self.target.connect(host).await {
-                Ok(s) => s,
-                Err(_) => return NETWORK,
-            };
-            match Sender::open(stream, true).await {
-                Ok(s) => self.sender = Some(s),
-                Err(_) => return NETWORK,
-            }
-        }
-        let Some(request) = self.request() else {
-            return NETWORK;
-        };
-        let sender = self.sender.as_mut().expect("connected above");
-        let response = match sender.send(request).await {
+        let request = self.request();
+        let response = match exchange(&mut self.sender, &self.target, host, true, request).await {
             Ok(r) => r,
-            Err(_) => {
-                self.sender = None;
-                return NETWORK;
-            }
+            Err(verdict) => return verdict,
         };
         if !self.reuse {
             self.sender = None;
@@ -680,7 +680,6 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::upstream::pool::PoolSettings;
 
     fn config(yaml: &str) -> HealthCheck {
         let pb: xds_types::pb::envoy::config::core::v3::HealthCheck =
@@ -689,15 +688,7 @@ mod tests {
     }
 
     fn host(flags: u16) -> Arc<Host> {
-        let settings = Arc::new(PoolSettings {
-            protocol: xds_types::cluster::UpstreamProtocol::Http1,
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: None,
-            max_requests_per_connection: None,
-            max_connection_duration: None,
-            keepalive: None,
-        });
-        Host::new("127.0.0.1:1".into(), settings, Transport::Plaintext, flags)
+        Host::for_tests("127.0.0.1:1", flags)
     }
 
     const CHECK: &str = "timeout: 1s\ninterval: 5s\nunhealthy_threshold: 3\nhealthy_threshold: 2\nhttp_health_check: {path: /}";

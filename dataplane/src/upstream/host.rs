@@ -106,6 +106,20 @@ impl Host {
         })
     }
 
+    /// A plaintext HTTP/1.1 host with default pool settings, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(authority: &str, flags: u16) -> Arc<Self> {
+        let settings = Arc::new(PoolSettings {
+            protocol: xds_types::cluster::UpstreamProtocol::Http1,
+            connect_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: None,
+            max_requests_per_connection: None,
+            max_connection_duration: None,
+            keepalive: None,
+        });
+        Self::new(authority.to_string(), settings, Transport::Plaintext, flags)
+    }
+
     /// The pool a request for `host` uses: the host's, or with auto SNI the one whose
     /// connections were made with `host` as SNI.
     pub fn pool_for(&self, host: &str) -> Arc<HostPool> {

@@ -454,17 +454,19 @@ impl LbView {
         hash: Option<u64>,
         attempt: u32,
     ) -> Option<(Arc<Host>, bool)> {
-        let roll = match hash {
-            Some(h) => h % 100,
-            None => rand::rng().random_range(0..100),
-        } as u32;
         let mut level = None;
-        let mut upto = 0;
-        for (i, share) in self.load.iter().enumerate() {
-            upto += share;
-            if roll < upto {
-                level = self.levels.get(i);
-                break;
+        if self.levels.len() > 1 {
+            let roll = match hash {
+                Some(h) => h % 100,
+                None => rand::rng().random_range(0..100),
+            } as u32;
+            let mut upto = 0;
+            for (i, share) in self.load.iter().enumerate() {
+                upto += share;
+                if roll < upto {
+                    level = self.levels.get(i);
+                    break;
+                }
             }
         }
         let level = level.or_else(|| self.levels.first())?;
@@ -617,27 +619,11 @@ fn priority_load(availability: &[f64], counts: &[usize], total_panic: bool) -> V
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::time::Duration;
 
     use super::*;
-    use crate::upstream::pool::PoolSettings;
-    use crate::upstream::tls::Transport;
 
     fn host(port: u16) -> Arc<Host> {
-        let settings = Arc::new(PoolSettings {
-            protocol: xds_types::cluster::UpstreamProtocol::Http1,
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: None,
-            max_requests_per_connection: None,
-            max_connection_duration: None,
-            keepalive: None,
-        });
-        Host::new(
-            format!("10.0.0.1:{port}"),
-            settings,
-            Transport::Plaintext,
-            0,
-        )
+        Host::for_tests(&format!("10.0.0.1:{port}"), 0)
     }
 
     fn members(n: u16, priority: u32) -> Vec<Member> {

@@ -466,27 +466,10 @@ impl Detector {
 mod tests {
     use super::*;
     use crate::stats::Stats;
-    use crate::upstream::pool::PoolSettings;
-    use crate::upstream::tls::Transport;
 
     fn hosts(n: usize) -> Vec<Arc<Host>> {
-        let settings = Arc::new(PoolSettings {
-            protocol: xds_types::cluster::UpstreamProtocol::Http1,
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: None,
-            max_requests_per_connection: None,
-            max_connection_duration: None,
-            keepalive: None,
-        });
         (0..n)
-            .map(|i| {
-                Host::new(
-                    format!("127.0.0.1:{}", 1000 + i),
-                    settings.clone(),
-                    Transport::Plaintext,
-                    0,
-                )
-            })
+            .map(|i| Host::for_tests(&format!("127.0.0.1:{}", 1000 + i), 0))
             .collect()
     }
 
