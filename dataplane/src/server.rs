@@ -64,7 +64,17 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         store.clone(),
         FlagCounters::new(&stats),
     ));
-    listeners.reconcile(&store.load())?;
+    // As Envoy initializes its clusters: listeners open once the static clusters' hosts
+    // have had their first health check.
+    let initial = store.load();
+    futures_util::future::join_all(
+        initial
+            .clusters
+            .values()
+            .map(|cluster| cluster.first_health_checks()),
+    )
+    .await;
+    listeners.reconcile(&initial)?;
     let shutdown = Arc::new(Notify::new());
     let admin_state = Arc::new(AdminState {
         store: store.clone(),

@@ -94,6 +94,10 @@ pub struct ClusterState {
     health_checks: Option<HealthChecks>,
     /// Health-check sessions by host authority.
     sessions: Mutex<HashMap<String, AbortHandle>>,
+    /// Sessions that have not reported their first result yet, and the wake-up for
+    /// [`ClusterState::first_health_checks`].
+    unchecked: std::sync::atomic::AtomicUsize,
+    first_results: tokio::sync::Notify,
     /// The resolver, reaper and outlier sweep.
     background: Mutex<Vec<AbortHandle>>,
     /// A newer version of this cluster took over its hosts and checks.
@@ -205,6 +209,8 @@ impl ClusterState {
             overprovisioning: AtomicU32::new(overprovisioning),
             health_checks,
             sessions: Mutex::new(HashMap::new()),
+            unchecked: std::sync::atomic::AtomicUsize::new(0),
+            first_results: tokio::sync::Notify::new(),
             background: Mutex::new(Vec::new()),
             superseded: AtomicBool::new(false),
             this: this.clone(),
@@ -409,6 +415,31 @@ impl ClusterState {
         }
     }
 
+    /// Resolves once every host has had its first health check (at once without health
+    /// checks), or after the checks' timeout and initial jitter plus a second: Envoy does
+    /// not initialize a cluster before that round, so start-up does not send traffic to
+    /// hosts nobody has checked yet.
+    pub async fn first_health_checks(&self) {
+        let Some(checks) = &self.health_checks else {
+            return;
+        };
+        let bound = checks.config.timeout + checks.config.initial_jitter + Duration::from_secs(1);
+        let all_reported = async {
+            loop {
+                let reported = self.first_results.notified();
+                tokio::pin!(reported);
+                reported.as_mut().enable();
+                if self.unchecked.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                reported.await;
+            }
+        };
+        if tokio::time::timeout(bound, all_reported).await.is_err() {
+            warn!(cluster = %self.config.name, "first health checks still pending; serving anyway");
+        }
+    }
+
     /// Publishes a membership: hosts learn their owner, new hosts get a health-check
     /// session, and the load balancer is rebuilt.
     fn install(&self, members: Vec<Member>) {
@@ -440,8 +471,10 @@ impl ClusterState {
                 self.transport.clone(),
                 self.config.connect_timeout,
             );
+            self.unchecked.fetch_add(1, Ordering::SeqCst);
             let env = Arc::new(CheckEnvironment {
                 cluster: self.this.clone(),
+                first: AtomicBool::new(true),
             });
             let task = control::spawn(health_check::run_session(
                 m.host.clone(),
@@ -578,6 +611,8 @@ impl Drop for ClusterState {
 /// The health-check sessions' view of their cluster.
 struct CheckEnvironment {
     cluster: Weak<ClusterState>,
+    /// No result reported yet.
+    first: AtomicBool,
 }
 
 impl health_check::CheckEnv for CheckEnvironment {
@@ -595,6 +630,11 @@ impl health_check::CheckEnv for CheckEnvironment {
         let Some(cluster) = self.cluster.upgrade() else {
             return;
         };
+        if self.first.swap(false, Ordering::SeqCst)
+            && cluster.unchecked.fetch_sub(1, Ordering::SeqCst) == 1
+        {
+            cluster.first_results.notify_waiters();
+        }
         if let Some(checks) = &cluster.health_checks {
             checks.stats.attempt.inc();
             if passing {

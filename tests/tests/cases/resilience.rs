@@ -740,3 +740,53 @@ async fn sluice_checks_grpc_and_tcp_health() {
 async fn envoy_checks_grpc_and_tcp_health() {
     grpc_and_tcp_health_checks(Kind::Envoy).await;
 }
+
+/// Start-up waits for the first health checks, as Envoy's cluster initialization does: the
+/// very first requests go only to hosts that passed, none to the one that refuses
+/// connections (without the wait, every host would start unchecked and in panic).
+async fn first_requests_after_the_first_checks(kind: Kind) {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let dead = free_addr();
+    let (listener, admin) = (free_addr(), free_addr());
+    // The live hosts take 300 ms to answer a check, so the first round is not over before
+    // a proxy that does not wait would take its first requests.
+    let mut slow_check = health_check();
+    slow_check["timeout"] = json!("1s");
+    slow_check["http_health_check"]["request_headers_to_add"] =
+        json!([ { "header": { "key": "x-test-delay-ms", "value": "300" } } ]);
+    let web = cluster(
+        "web",
+        &[a.addr, b.addr, dead],
+        json!({ "health_checks": [slow_check] }),
+    );
+    let proxy = Proxy::start(
+        kind,
+        &proxy_config(admin, listener, vec![web], json!({})),
+        admin,
+    )
+    .await;
+    let client = HttpClient::http1();
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(
+            client
+                .get(listener, "x", "/web", &[])
+                .await
+                .map_or(0, |r| r.status.as_u16()),
+        );
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{kind:?}: {statuses:?}");
+    assert_eq!(proxy.flags("web", dead).await, "/failed_active_hc");
+    assert_eq!(proxy.stat("cluster.web.lb_healthy_panic").await, 0);
+}
+
+#[tokio::test]
+async fn sluice_serves_after_the_first_health_checks() {
+    first_requests_after_the_first_checks(Kind::Sluice).await;
+}
+
+#[tokio::test]
+async fn envoy_serves_after_the_first_health_checks() {
+    first_requests_after_the_first_checks(Kind::Envoy).await;
+}
