@@ -4,6 +4,7 @@
 //! policy that produced a hash ends the list. A cookie policy with a `ttl` generates the
 //! cookie when the request has none, and the response sets it.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use http::{HeaderMap, HeaderValue, Uri};
@@ -32,10 +33,8 @@ pub fn compute(
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| match rewrite {
-                    Some((re, substitution)) => {
-                        re.replace_all(v, substitution.as_str()).into_owned()
-                    }
-                    None => v.to_string(),
+                    Some((re, substitution)) => re.replace_all(v, substitution.as_str()),
+                    None => Cow::Borrowed(v),
                 }),
             HashSource::Cookie {
                 name,
@@ -43,7 +42,7 @@ pub fn compute(
                 path,
                 attributes,
             } => match cookie(headers, name) {
-                Some(value) => Some(value),
+                Some(value) => Some(Cow::Borrowed(value)),
                 None => match ttl {
                     Some(ttl) => {
                         // Stable per connection, as Envoy's: the two addresses, hashed.
@@ -51,13 +50,13 @@ pub fn compute(
                             format!("{:016x}", xxh64(format!("{remote}{local}").as_bytes(), 0));
                         out.set_cookie =
                             set_cookie(name, &value, path.as_deref(), ttl.as_secs(), attributes);
-                        Some(value)
+                        Some(Cow::Owned(value))
                     }
                     None => None,
                 },
             },
-            HashSource::SourceIp => Some(remote.ip().to_string()),
-            HashSource::QueryParameter(name) => query_parameter(uri, name),
+            HashSource::SourceIp => Some(Cow::Owned(remote.ip().to_string())),
+            HashSource::QueryParameter(name) => query_parameter(uri, name).map(Cow::Borrowed),
         };
         if let Some(value) = value {
             let new = xxh64(value.as_bytes(), 0);
@@ -74,7 +73,7 @@ pub fn compute(
 }
 
 /// The value of cookie `name` (quotes stripped), from any `Cookie` header.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -82,7 +81,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_string())
+        .map(|(_, v)| v.trim_matches('"'))
 }
 
 /// Envoy's generated-cookie `Set-Cookie` value.
@@ -112,12 +111,10 @@ fn set_cookie(
 }
 
 /// The first value of query parameter `name`.
-fn query_parameter(uri: &Uri, name: &str) -> Option<String> {
-    uri.query()?
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+fn query_parameter<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
+    xds_types::route::query_pairs(uri.query()?)
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+        .map(|(_, v)| v)
 }
 
 #[cfg(test)]

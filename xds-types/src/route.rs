@@ -632,11 +632,17 @@ impl QueryParameterMatcher {
     /// Whether `query` (without `?`) satisfies this matcher.
     pub fn matches(&self, query: Option<&str>) -> bool {
         let Some(query) = query else { return false };
-        query.split('&').any(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            k == self.name && self.value.as_ref().is_none_or(|m| m.matches(v))
-        })
+        query_pairs(query)
+            .any(|(k, v)| k == self.name && self.value.as_ref().is_none_or(|m| m.matches(v)))
     }
+}
+
+/// The `name=value` pairs of a query string (without `?`), as Envoy reads them: no
+/// percent-decoding, a name without `=` has an empty value.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
 /// Converts an Envoy `StringMatcher`.
@@ -726,15 +732,7 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
         let regex_rewrite = a
             .regex_rewrite
             .as_ref()
-            .map(|r| {
-                let pattern = r
-                    .pattern
-                    .as_ref()
-                    .ok_or_else(|| ValidationError::required("pattern"))?;
-                let re =
-                    compile_regex(&pattern.regex, false).map_err(|e| e.within("pattern.regex"))?;
-                Ok::<_, ValidationError>((re, re2_substitution(&r.substitution)))
-            })
+            .map(regex_substitution)
             .transpose()
             .map_err(|e| e.within("regex_rewrite"))?;
         let host_rewrite = match a.host_rewrite_specifier.as_ref() {
@@ -780,6 +778,17 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
     }
 }
 
+/// A `RegexMatchAndSubstitute`: the compiled pattern and the substitution with RE2's
+/// `\N` group references translated.
+fn regex_substitution(r: &matcher::RegexMatchAndSubstitute) -> Result<(Regex, String)> {
+    let pattern = r
+        .pattern
+        .as_ref()
+        .ok_or_else(|| ValidationError::required("pattern"))?;
+    let re = compile_regex(&pattern.regex, false).map_err(|e| e.within("pattern.regex"))?;
+    Ok((re, re2_substitution(&r.substitution)))
+}
+
 fn hash_policy(h: &pb::route_action::HashPolicy) -> Result<HashPolicy> {
     use pb::route_action::hash_policy::PolicySpecifier as P;
     let source = match h.policy_specifier.as_ref() {
@@ -789,15 +798,7 @@ fn hash_policy(h: &pb::route_action::HashPolicy) -> Result<HashPolicy> {
             let rewrite = header
                 .regex_rewrite
                 .as_ref()
-                .map(|r| {
-                    let pattern = r
-                        .pattern
-                        .as_ref()
-                        .ok_or_else(|| ValidationError::required("pattern"))?;
-                    let re = compile_regex(&pattern.regex, false)
-                        .map_err(|e| e.within("pattern.regex"))?;
-                    Ok::<_, ValidationError>((re, re2_substitution(&r.substitution)))
-                })
+                .map(regex_substitution)
                 .transpose()
                 .map_err(|e| e.within("header.regex_rewrite"))?;
             HashSource::Header {

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Interleaved A/B of two sluice builds: CPU µs per request of each, run after run, so the
+# machine's drift over minutes falls on both alike. Release binaries and the perf tools
+# must be built (tests/perf/run.sh builds them).
+#   tests/perf/ab.sh NEW_BIN OLD_BIN   with MODE=fixed|wrk|h2load (default fixed),
+#   H2UP=1 for an HTTP/2 upstream, REPS (default 6).
+# Each run: sluice pinned to CPU 0 with one worker, upstream and load on CPU 1, 5 s of load
+# on loopback, CPU from /proc/PID/stat; every process is stopped by its PID.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NEW=$1; OLD=$2
+TARGET="${CARGO_TARGET_DIR:-target}/release"
+PORT=19100; ADMIN=19101; UP=18081
+CONFIG=$(mktemp)
+H2UP="${H2UP:-0}" python3 - "$CONFIG" <<PY
+import json, os, sys
+sys.path.insert(0, "tests/perf")
+import bench
+bench.UPSTREAM_H2 = os.environ["H2UP"] == "1"
+open(sys.argv[1], "w").write(json.dumps(bench.envoy_style_bootstrap($PORT, $ADMIN)))
+PY
+taskset -c 1 "$TARGET/perf-upstream" --listen "127.0.0.1:$UP" --threads 1 & UPSTREAM=$!
+trap 'kill $UPSTREAM 2>/dev/null; rm -f "$CONFIG"' EXIT
+sleep 0.5
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+for _ in $(seq 1 "${REPS:-6}"); do
+  for name in new old; do
+    bin=$NEW; [ "$name" = old ] && bin=$OLD
+    taskset -c 0 "$bin" -c "$CONFIG" --concurrency 1 --log-level warn & PROXY=$!
+    sleep 0.7
+    before=$(cpu $PROXY)
+    case "${MODE:-fixed}" in
+      fixed) n=$(taskset -c 1 "$TARGET/loadgen" --addr "127.0.0.1:$PORT" --rate 10000 --connections 50 --duration-s 5 \
+                 | grep -o '"requests":[0-9]*' | grep -o '[0-9]*$') ;;
+      wrk)   n=$(taskset -c 1 wrk -t1 -c50 -d5s "http://127.0.0.1:$PORT/" | grep -o '[0-9]* requests in' | grep -o '^[0-9]*') ;;
+      h2load) n=$(taskset -c 1 h2load -c10 -m10 -n400000 -t1 --duration=5 --warm-up-time=1 "http://127.0.0.1:$PORT/" \
+                 | grep -o 'requests: [0-9]* total' | grep -o '[0-9]*') ;;
+    esac
+    after=$(cpu $PROXY)
+    kill $PROXY; wait $PROXY 2>/dev/null || true
+    python3 -c "print('$name', $n, round(($after - $before) * 1e6 / $(getconf CLK_TCK) / $n, 1), 'us/req')"
+  done
+done
