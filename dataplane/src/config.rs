@@ -24,6 +24,7 @@ use xds_types::tcp_proxy::TcpProxy;
 use xds_types::tls::{CertificateSource, DataSource, SdsRef, SecretSource};
 use xds_types::{type_urls, Bootstrap, Cluster, HttpConnectionManager, Listener, RouteTable};
 
+use crate::http::filter::HttpFilterChain;
 use crate::listener::tls::ServerTls;
 use crate::router::CompiledRoutes;
 use crate::stats::{HttpStats, ListenerStats, Stats, TcpStats};
@@ -120,7 +121,11 @@ pub enum Network {
 /// An HTTP connection manager with its compiled route table and counters.
 pub struct HttpRuntime {
     pub config: HttpConnectionManager,
-    pub routes: CompiledRoutes,
+    /// Carried over from the previous snapshot while the table is unchanged (with the
+    /// per-route filter state it holds).
+    pub routes: Arc<CompiledRoutes>,
+    /// The HTTP filters in front of the router; carried over while the chain is unchanged.
+    pub filters: Arc<HttpFilterChain>,
     pub stats: HttpStats,
 }
 
@@ -479,9 +484,33 @@ fn chain_runtime(
                 RouteSource::Inline(table) => table,
                 RouteSource::Rds { name, .. } => dynamic.routes.get(name).ok_or(Warming)?,
             };
+            let previous = previous.and_then(|p| match &p.network {
+                Network::Http(http) => Some(http),
+                Network::Tcp(_) => None,
+            });
+            let routes = match previous {
+                Some(p)
+                    if p.routes.table.fingerprint == table.fingerprint
+                        && p.routes.table.name == table.name =>
+                {
+                    p.routes.clone()
+                }
+                _ => Arc::new(CompiledRoutes::new(table.clone(), &h.stat_prefix, stats)),
+            };
+            // The same identity is the same chain, filters included.
+            let filters = match previous {
+                Some(p) => p.filters.clone(),
+                None => Arc::new(HttpFilterChain::new(
+                    &h.http_filters,
+                    &h.skipped_filters,
+                    &h.stat_prefix,
+                    stats,
+                )),
+            };
             Network::Http(Box::new(HttpRuntime {
                 config: (**h).clone(),
-                routes: CompiledRoutes::new(table.clone()),
+                routes,
+                filters,
                 stats: stats.http(&h.stat_prefix),
             }))
         }

@@ -2,6 +2,13 @@
 //! connection (plaintext or TLS) with the chain's codec and limits, and the timers hyper
 //! does not have — the request-headers timeout (408), the idle timeout and draining — all
 //! working above the stream, so they behave the same under TLS.
+//!
+//! Below it: [`ctx`] (what one request's filters share), [`filter`] (the chain of HTTP
+//! filters in front of the router) and [`filters`] (each filter).
+
+pub mod ctx;
+pub mod filter;
+pub mod filters;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,7 +1,9 @@
 //! Responses the proxy answers itself, and Envoy's response flags. Every proxy error
-//! becomes a response here and nowhere else.
+//! ([`ProxyError`]) becomes a response here and nowhere else.
 
-use http::{header, HeaderValue, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
+use xds_types::route::HeaderMutations;
 
 use crate::body::{self, Body};
 
@@ -28,11 +30,17 @@ pub enum ResponseFlag {
     UpgradeFailed,
     /// A circuit breaker of the cluster refused the request.
     UpstreamOverflow,
+    /// The local rate limit filter refused the request.
+    RateLimited,
+    /// The RBAC filter denied the request.
+    RbacAccessDenied,
+    /// The fault filter aborted the request.
+    FaultInjected,
 }
 
 impl ResponseFlag {
     /// Every flag, for pre-creating counters.
-    pub const ALL: [ResponseFlag; 10] = [
+    pub const ALL: [ResponseFlag; 13] = [
         Self::NoHealthyUpstream,
         Self::UpstreamConnectionFailure,
         Self::UpstreamRequestTimeout,
@@ -43,6 +51,9 @@ impl ResponseFlag {
         Self::DownstreamProtocolError,
         Self::UpgradeFailed,
         Self::UpstreamOverflow,
+        Self::RateLimited,
+        Self::RbacAccessDenied,
+        Self::FaultInjected,
     ];
 
     /// Envoy's short name.
@@ -58,13 +69,16 @@ impl ResponseFlag {
             Self::DownstreamProtocolError => "DPE",
             Self::UpgradeFailed => "UPE",
             Self::UpstreamOverflow => "UO",
+            Self::RateLimited => "RL",
+            Self::RbacAccessDenied => "RBAC",
+            Self::FaultInjected => "FI",
         }
     }
 }
 
 /// A locally generated response; bodies are Envoy's default texts so clients and tests
 /// see the same thing from either proxy.
-pub fn reply(status: StatusCode, text: &'static str) -> Response<Body> {
+pub(crate) fn reply(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(if text.is_empty() {
         body::empty()
     } else {
@@ -79,8 +93,95 @@ pub fn reply(status: StatusCode, text: &'static str) -> Response<Body> {
     response
 }
 
+/// A reply a filter makes instead of forwarding the request.
+#[derive(Debug)]
+pub struct LocalReply {
+    pub status: StatusCode,
+    /// Sent as `text/plain` when not empty.
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The filter's configured response header mutations.
+    pub mutations: Option<HeaderMutations>,
+    pub flag: Option<ResponseFlag>,
+}
+
+impl LocalReply {
+    pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            headers: Vec::new(),
+            mutations: None,
+            flag: None,
+        }
+    }
+}
+
+/// Why the proxy answers a request itself.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// A failure Envoy names by a response flag, answered with Envoy's text.
+    Flag(ResponseFlag),
+    /// The route's cluster does not exist; the route chose the status.
+    ClusterNotFound(StatusCode),
+    /// Every try failed this way and the retries are spent (flag `URX`).
+    RetriesExhausted(ResponseFlag),
+    /// A filter's answer.
+    Local(LocalReply),
+}
+
+impl ProxyError {
+    /// The response flag for stats and the access log.
+    pub fn flag(&self) -> Option<ResponseFlag> {
+        match self {
+            Self::Flag(f) => Some(*f),
+            Self::ClusterNotFound(_) => Some(ResponseFlag::NoClusterFound),
+            Self::RetriesExhausted(_) => Some(ResponseFlag::UpstreamRetryLimitExceeded),
+            Self::Local(reply) => reply.flag,
+        }
+    }
+}
+
+/// The response for a proxy error: the only place errors become responses.
+pub fn render(error: ProxyError) -> Response<Body> {
+    match error {
+        ProxyError::Flag(flag) => {
+            let mut response = for_flag(flag);
+            if flag == ResponseFlag::DownstreamProtocolError {
+                // A malformed request leaves the connection in an unknown state.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+        ProxyError::ClusterNotFound(status) => reply(status, ""),
+        ProxyError::RetriesExhausted(last) => for_flag(last),
+        ProxyError::Local(local) => {
+            let has_body = !local.body.is_empty();
+            let mut response = Response::new(if has_body {
+                body::full(local.body)
+            } else {
+                body::empty()
+            });
+            *response.status_mut() = local.status;
+            let headers = response.headers_mut();
+            if has_body {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            for (name, value) in local.headers {
+                headers.append(name, value);
+            }
+            if let Some(m) = &local.mutations {
+                crate::proxy::apply_mutations(headers, m);
+            }
+            response
+        }
+    }
+}
+
 /// The local reply for a flag.
-pub fn for_flag(flag: ResponseFlag) -> Response<Body> {
+fn for_flag(flag: ResponseFlag) -> Response<Body> {
     match flag {
         ResponseFlag::NoHealthyUpstream => reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
         ResponseFlag::UpstreamConnectionFailure | ResponseFlag::UpstreamRetryLimitExceeded => reply(
@@ -100,5 +201,9 @@ pub fn for_flag(flag: ResponseFlag) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
         ),
+        // Filters make these replies themselves ([`ProxyError::Local`]).
+        ResponseFlag::RateLimited => reply(StatusCode::TOO_MANY_REQUESTS, "local_rate_limited"),
+        ResponseFlag::RbacAccessDenied => reply(StatusCode::FORBIDDEN, "RBAC: access denied"),
+        ResponseFlag::FaultInjected => reply(StatusCode::SERVICE_UNAVAILABLE, "fault filter abort"),
     }
 }

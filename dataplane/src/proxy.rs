@@ -26,8 +26,10 @@ use xds_types::route::{
 use crate::body::{self, Body, EndOfStream, FireOnDrop, Guarded};
 use crate::config::{ChainRuntime, HttpRuntime, Network, Snapshot, SnapshotStore};
 use crate::conn::ConnState;
+use crate::http::ctx::{client_ip, RequestCtx};
+use crate::http::filters::local_ratelimit::ConnLimiters;
 use crate::listener::tls::TlsInfo;
-use crate::local_reply::{self, ResponseFlag};
+use crate::local_reply::{self, ProxyError, ResponseFlag};
 use crate::router::RouteMatch;
 use crate::stats::{class_index, Stats};
 use crate::upstream::lb::PickRequest;
@@ -61,6 +63,8 @@ pub struct ConnContext {
     pub tls: Option<Arc<TlsInfo>>,
     pub conn: Arc<ConnState>,
     pub flags: Arc<FlagCounters>,
+    /// Rate limiters kept per downstream connection.
+    pub limiters: ConnLimiters,
 }
 
 /// One counter per [`ResponseFlag`].
@@ -141,17 +145,6 @@ pub async fn serve(
     let stats = listener.stats.clone();
     stats.downstream_rq_total.inc();
     let rq_active = GaugeGuard::new(&stats.downstream_rq_active);
-    if ctx.conn.conflicting_framing.swap(false, Ordering::Relaxed) {
-        // Both Content-Length and Transfer-Encoding: a request smuggling attempt.
-        stats.downstream_rq_xx[class_index(400)].inc();
-        ctx.flags.inc(ResponseFlag::DownstreamProtocolError);
-        let mut response = local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        drop((active, rq_active));
-        return Ok(response);
-    }
     let method = request.method().clone();
     let version = request.version();
     let path = path_and_query(request.uri()).to_string();
@@ -161,19 +154,21 @@ pub async fn serve(
         detailed: tracing::enabled!(target: "access", tracing::Level::INFO),
         ..Outcome::default()
     };
-    let (mut response, mutations) = route_request(
-        &ctx,
-        &snapshot,
-        listener,
-        request,
-        &host,
-        &path,
-        &mut outcome,
-    )
-    .await;
-    for m in mutations {
-        apply_mutations(response.headers_mut(), m);
-    }
+    let mut response = if let Some(error) = malformed(&ctx, &request) {
+        outcome.flag = error.flag();
+        local_reply::render(error)
+    } else {
+        handle(
+            &ctx,
+            &snapshot,
+            listener,
+            request,
+            &host,
+            &path,
+            &mut outcome,
+        )
+        .await
+    };
     if let Ok(server) = HeaderValue::from_str(&listener.config.server_name) {
         response.headers_mut().insert(header::SERVER, server);
     }
@@ -202,26 +197,96 @@ pub async fn serve(
     Ok(Response::from_parts(parts, body))
 }
 
-/// Routes and executes the action; returns the response and the response header
-/// mutations to apply (route, virtual host, route table: Envoy's order).
-async fn route_request<'s>(
+/// A request no filter or upstream may see: both `Content-Length` and
+/// `Transfer-Encoding` (a smuggling attempt), or HTTP/1.1 without `Host` (RFC 9112 §3.2).
+fn malformed(ctx: &ConnContext, request: &Request<Incoming>) -> Option<ProxyError> {
+    let conflicting = ctx.conn.conflicting_framing.swap(false, Ordering::Relaxed);
+    let missing_host =
+        request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST);
+    (conflicting || missing_host).then_some(ProxyError::Flag(ResponseFlag::DownstreamProtocolError))
+}
+
+/// Routes the request, runs the HTTP filters, then the router; renders whatever error
+/// comes out, and adds the response headers the filters asked for.
+async fn handle(
     ctx: &ConnContext,
-    snapshot: &'s Snapshot,
-    listener: &'s HttpRuntime,
+    snapshot: &Snapshot,
+    listener: &HttpRuntime,
     request: Request<Incoming>,
     host: &str,
     path: &str,
     outcome: &mut Outcome,
-) -> (Response<Body>, Vec<&'s HeaderMutations>) {
+) -> Response<Body> {
+    let route = listener.routes.route(host, path, request.headers());
+    let (mut parts, body) = request.into_parts();
+    let mut filter_ctx = RequestCtx {
+        remote: ctx.remote,
+        local: ctx.local,
+        tls: ctx.tls.as_deref(),
+        client_ip: client_ip(
+            ctx.remote.ip(),
+            &parts.headers,
+            listener.config.use_remote_address,
+            listener.config.xff_num_trusted_hops,
+        ),
+        host,
+        scheme: if ctx.tls.is_some() { "https" } else { "http" },
+        route,
+        response_headers: Vec::new(),
+        conn_limiters: &ctx.limiters,
+    };
+    let local_reply = if listener.filters.is_empty() {
+        None
+    } else {
+        listener
+            .filters
+            .on_request(&mut filter_ctx, &mut parts)
+            .await
+    };
+    let request = Request::from_parts(parts, body);
+    let (result, mutations) = match local_reply {
+        Some(reply) => (Err(ProxyError::Local(reply)), Vec::new()),
+        None => route_request(ctx, snapshot, listener, route, request, host, path, outcome).await,
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            outcome.flag = error.flag();
+            local_reply::render(error)
+        }
+    };
+    for m in mutations {
+        apply_mutations(response.headers_mut(), m);
+    }
+    for (name, value) in filter_ctx.response_headers {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+/// The router: executes the route's action. Returns the response (or why there is none)
+/// and the route's response header mutations (route, virtual host, route table: Envoy's
+/// order), which apply to whatever the router answers.
+#[allow(clippy::too_many_arguments)]
+async fn route_request<'s>(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    listener: &'s HttpRuntime,
+    route: Option<RouteMatch<'s>>,
+    request: Request<Incoming>,
+    host: &str,
+    path: &str,
+    outcome: &mut Outcome,
+) -> (Result<Response<Body>, ProxyError>, Vec<&'s HeaderMutations>) {
     let Some(RouteMatch {
         virtual_host,
         route,
-    }) = listener.routes.route(host, path, request.headers())
+        ..
+    }) = route
     else {
         listener.stats.no_route.inc();
-        outcome.flag = Some(ResponseFlag::NoRouteFound);
         return (
-            local_reply::for_flag(ResponseFlag::NoRouteFound),
+            Err(ProxyError::Flag(ResponseFlag::NoRouteFound)),
             Vec::new(),
         );
     };
@@ -231,8 +296,8 @@ async fn route_request<'s>(
         &listener.routes.table.response_headers,
     ];
     let response = match &route.action {
-        RouteAction::Direct(direct) => direct_response(direct),
-        RouteAction::Redirect(redirect) => redirect_response(redirect, route, host, path),
+        RouteAction::Direct(direct) => Ok(direct_response(direct)),
+        RouteAction::Redirect(redirect) => Ok(redirect_response(redirect, route, host, path)),
         RouteAction::Forward(action) => {
             let request_mutations = [
                 &route.request_headers,
@@ -341,7 +406,7 @@ async fn forward(
     host: &str,
     path: &str,
     outcome: &mut Outcome,
-) -> Response<Body> {
+) -> Result<Response<Body>, ProxyError> {
     let action = plan.action;
     let cluster_name = match &action.target {
         ClusterTarget::Cluster(name) => name.as_str(),
@@ -352,17 +417,15 @@ async fn forward(
     }
     let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
         listener.stats.no_cluster.inc();
-        outcome.flag = Some(ResponseFlag::NoClusterFound);
         let status = StatusCode::from_u16(action.cluster_not_found_status)
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return local_reply::reply(status, "");
+        return Err(ProxyError::ClusterNotFound(status));
     };
 
     let upgrade = requested_upgrade(request.headers());
     if let Some(protocol) = &upgrade {
         if !listener.config.upgrades.iter().any(|u| u == protocol) {
-            outcome.flag = Some(ResponseFlag::UpgradeFailed);
-            return local_reply::for_flag(ResponseFlag::UpgradeFailed);
+            return Err(ProxyError::Flag(ResponseFlag::UpgradeFailed));
         }
     }
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -398,8 +461,7 @@ async fn forward(
         Some(rewritten) => rewritten.parse().ok(),
     };
     let Some(upstream_path) = upstream_path else {
-        outcome.flag = Some(ResponseFlag::DownstreamProtocolError);
-        return local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
+        return Err(ProxyError::Flag(ResponseFlag::DownstreamProtocolError));
     };
     let version = match cluster.config.protocol {
         // With ALPN the pool speaks HTTP/2 on connections that negotiated it.
@@ -417,13 +479,7 @@ async fn forward(
     let may_retry = plan.policy.is_some_and(|p| p.num_retries > 0);
     let mut body = match prepare_body(incoming, may_retry, is_chunked_h1, &end_of_request).await {
         Ok(body) => body,
-        Err(()) => {
-            outcome.flag = Some(ResponseFlag::DownstreamProtocolError);
-            let mut r = local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
-        }
+        Err(()) => return Err(ProxyError::Flag(ResponseFlag::DownstreamProtocolError)),
     };
     let max_tries = match (&body, plan.policy) {
         (RequestBody::Replayable(_), Some(p)) => 1 + p.num_retries,
@@ -433,8 +489,7 @@ async fn forward(
     // The cluster's max_requests circuit breaker: held until the response ends.
     let Some(request_slot) = cluster.limits.try_request() else {
         cluster.stats.upstream_rq_pending_overflow.inc();
-        outcome.flag = Some(ResponseFlag::UpstreamOverflow);
-        return local_reply::for_flag(ResponseFlag::UpstreamOverflow);
+        return Err(ProxyError::Flag(ResponseFlag::UpstreamOverflow));
     };
     let request_slot = Arc::new(request_slot);
     let sni_host = cluster
@@ -462,8 +517,7 @@ async fn forward(
         });
         let Some(endpoint) = picked else {
             cluster.stats.upstream_cx_none_healthy.inc();
-            outcome.flag = Some(ResponseFlag::NoHealthyUpstream);
-            return local_reply::for_flag(ResponseFlag::NoHealthyUpstream);
+            return Err(ProxyError::Flag(ResponseFlag::NoHealthyUpstream));
         };
         if outcome.detailed {
             outcome.upstream = Some(endpoint.authority.clone());
@@ -492,8 +546,7 @@ async fn forward(
         ) {
             Some(r) => r,
             None => {
-                outcome.flag = Some(ResponseFlag::DownstreamProtocolError);
-                return local_reply::for_flag(ResponseFlag::DownstreamProtocolError);
+                return Err(ProxyError::Flag(ResponseFlag::DownstreamProtocolError));
             }
         };
         cluster.stats.upstream_rq_total.inc();
@@ -528,8 +581,7 @@ async fn forward(
             _ = per_try => TryResult::PerTryTimeout,
         };
         if let TryResult::Done(Err(UpstreamError::Overflow(_))) = result {
-            outcome.flag = Some(ResponseFlag::UpstreamOverflow);
-            return local_reply::for_flag(ResponseFlag::UpstreamOverflow);
+            return Err(ProxyError::Flag(ResponseFlag::UpstreamOverflow));
         }
         cluster.report(
             &endpoint,
@@ -566,7 +618,7 @@ async fn forward(
                     if let Some(cookie) = request_hash.set_cookie {
                         response.headers_mut().append(header::SET_COOKIE, cookie);
                     }
-                    return response;
+                    return Ok(response);
                 }
             }
             TryResult::Done(Err(error)) => {
@@ -597,8 +649,7 @@ async fn forward(
             TryResult::Timeout => {
                 cluster.stats.upstream_rq_timeout.inc();
                 listener.stats.downstream_rq_timeout.inc();
-                outcome.flag = Some(ResponseFlag::UpstreamRequestTimeout);
-                return local_reply::for_flag(ResponseFlag::UpstreamRequestTimeout);
+                return Err(ProxyError::Flag(ResponseFlag::UpstreamRequestTimeout));
             }
         };
         drop(in_flight);
@@ -611,13 +662,11 @@ async fn forward(
                 }
             }
             if !(retries_left && retriable) {
-                outcome.flag = Some(if attempt > 1 && retriable {
+                if attempt > 1 && retriable {
                     cluster.stats.upstream_rq_retry_limit_exceeded.inc();
-                    ResponseFlag::UpstreamRetryLimitExceeded
-                } else {
-                    flag
-                });
-                return local_reply::for_flag(flag);
+                    return Err(ProxyError::RetriesExhausted(flag));
+                }
+                return Err(ProxyError::Flag(flag));
             }
         }
         cluster.stats.upstream_rq_retry.inc();
@@ -626,8 +675,7 @@ async fn forward(
             _ = tokio::time::sleep(backoff(policy, attempt)) => {}
             _ = &mut overall => {
                 cluster.stats.upstream_rq_timeout.inc();
-                outcome.flag = Some(ResponseFlag::UpstreamRequestTimeout);
-                return local_reply::for_flag(ResponseFlag::UpstreamRequestTimeout);
+                return Err(ProxyError::Flag(ResponseFlag::UpstreamRequestTimeout));
             }
         }
     }

@@ -8,10 +8,16 @@ use std::collections::HashMap;
 use http::HeaderMap;
 use xds_types::route::{Route, RouteTable, VirtualHost};
 
-/// A route table ready to serve.
-#[derive(Debug)]
+use crate::http::filter::{compile_overrides, Overrides};
+use crate::stats::Stats;
+
+/// A route table ready to serve, with its HTTP filter overrides compiled.
 pub struct CompiledRoutes {
     pub table: RouteTable,
+    table_overrides: Overrides,
+    vhost_overrides: Vec<Overrides>,
+    /// By virtual host, then route.
+    route_overrides: Vec<Vec<Overrides>>,
     exact: HashMap<String, usize>,
     /// `(suffix, vhost)`, longest suffix first.
     suffixes: Vec<(String, usize)>,
@@ -21,15 +27,18 @@ pub struct CompiledRoutes {
 }
 
 /// What the router found for a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RouteMatch<'a> {
     pub virtual_host: &'a VirtualHost,
     pub route: &'a Route,
+    /// Filter overrides of the route, its virtual host and the table: most specific first.
+    pub overrides: [&'a Overrides; 3],
 }
 
 impl CompiledRoutes {
-    /// Indexes the virtual hosts of `table` by domain.
-    pub fn new(table: RouteTable) -> Self {
+    /// Indexes the virtual hosts of `table` by domain and compiles the filter overrides
+    /// (`hcm_prefix` names their counters).
+    pub fn new(table: RouteTable, hcm_prefix: &str, stats: &Stats) -> Self {
         let mut exact = HashMap::new();
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
@@ -49,7 +58,19 @@ impl CompiledRoutes {
         }
         suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let compile = |c| compile_overrides(c, hcm_prefix, stats);
         Self {
+            table_overrides: compile(&table.per_filter),
+            vhost_overrides: table
+                .virtual_hosts
+                .iter()
+                .map(|v| compile(&v.per_filter))
+                .collect(),
+            route_overrides: table
+                .virtual_hosts
+                .iter()
+                .map(|v| v.routes.iter().map(|r| compile(&r.per_filter)).collect())
+                .collect(),
             table,
             exact,
             suffixes,
@@ -60,6 +81,11 @@ impl CompiledRoutes {
 
     /// The virtual host serving `host` (already lowercased by the caller or not).
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        self.virtual_host_index(host)
+            .map(|i| &self.table.virtual_hosts[i])
+    }
+
+    fn virtual_host_index(&self, host: &str) -> Option<usize> {
         let host = host.to_ascii_lowercase();
         let index = self
             .exact
@@ -78,7 +104,7 @@ impl CompiledRoutes {
                     .map(|(_, i)| *i)
             })
             .or(self.catch_all)?;
-        self.table.virtual_hosts.get(index)
+        (index < self.table.virtual_hosts.len()).then_some(index)
     }
 
     /// The first route of the matching virtual host whose matcher accepts the request.
@@ -88,9 +114,10 @@ impl CompiledRoutes {
         path_and_query: &str,
         headers: &HeaderMap,
     ) -> Option<RouteMatch<'a>> {
-        let virtual_host = self.virtual_host(host)?;
+        let vh = self.virtual_host_index(host)?;
+        let virtual_host = &self.table.virtual_hosts[vh];
         let query = path_and_query.split_once('?').map(|(_, q)| q);
-        let route = virtual_host.routes.iter().find(|r| {
+        let (index, route) = virtual_host.routes.iter().enumerate().find(|(_, r)| {
             let m = &r.matcher;
             m.matches_path(path_and_query)
                 && m.headers.iter().all(|h| {
@@ -101,13 +128,23 @@ impl CompiledRoutes {
         Some(RouteMatch {
             virtual_host,
             route,
+            overrides: [
+                &self.route_overrides[vh][index],
+                &self.vhost_overrides[vh],
+                &self.table_overrides,
+            ],
         })
     }
 }
 
 /// A header's value for matching: values of a repeated header joined by `,`, and the
 /// pseudo-headers `:authority`/`:path` answered from the request.
-fn header_value(headers: &HeaderMap, name: &str, host: &str, path: &str) -> Option<String> {
+pub(crate) fn header_value(
+    headers: &HeaderMap,
+    name: &str,
+    host: &str,
+    path: &str,
+) -> Option<String> {
     match name {
         ":authority" => return Some(host.to_string()),
         ":path" => return Some(path.to_string()),
@@ -130,7 +167,7 @@ mod tests {
     fn compile(yaml: &str) -> CompiledRoutes {
         let rc: RouteConfiguration =
             xds_types::decode::from_yaml(yaml, "envoy.config.route.v3.RouteConfiguration").unwrap();
-        CompiledRoutes::new(RouteTable::try_from(&rc).unwrap())
+        CompiledRoutes::new(RouteTable::try_from(&rc).unwrap(), "test", &Stats::new())
     }
 
     #[test]

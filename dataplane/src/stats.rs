@@ -571,6 +571,43 @@ impl Stats {
         }
     }
 
+    /// An HTTP filter's counter under its connection manager: `http.<hcm_prefix>.<name>`
+    /// (e.g. `rbac.denied`), one Prometheus family with the name as a label.
+    pub fn filter_counter(&self, hcm_prefix: &str, name: &str) -> Counter {
+        self.counter(
+            "envoy_http_filter",
+            "HTTP filter events, by connection manager and Envoy stat name",
+            vec![
+                (
+                    "envoy_http_conn_manager_prefix".to_string(),
+                    hcm_prefix.to_string(),
+                ),
+                ("name".to_string(), name.to_string()),
+            ],
+            format!("http.{hcm_prefix}.{name}"),
+        )
+    }
+
+    /// A counter with a filter's own stat prefix (`flat` is Envoy's full name, `event`
+    /// its last part, a label of `family`).
+    pub fn named_counter(
+        &self,
+        family: &'static str,
+        prefix: &str,
+        flat: &str,
+        event: &str,
+    ) -> Counter {
+        self.counter(
+            family,
+            "HTTP filter events, by the filter's stat prefix",
+            vec![
+                ("stat_prefix".to_string(), prefix.to_string()),
+                ("event".to_string(), event.to_string()),
+            ],
+            flat.to_string(),
+        )
+    }
+
     /// A counter per response flag (`UF`, `UT`, …), for operators to alert on.
     pub fn response_flag(&self, flag: &str) -> Counter {
         self.counter(

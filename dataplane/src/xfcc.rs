@@ -88,7 +88,7 @@ fn element(tls: &TlsInfo, details: ClientCertDetails) -> String {
 
 /// The certificate's subject in RFC 2253 form (most specific first: `CN=a,O=b`), as
 /// Envoy prints it.
-fn subject(der: &[u8]) -> String {
+pub(crate) fn subject(der: &[u8]) -> String {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return String::new();
     };

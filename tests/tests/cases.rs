@@ -7,6 +7,7 @@ mod cp_security;
 mod differential;
 mod hostile;
 mod http1;
+mod http_filters;
 mod lifecycle;
 mod operator;
 mod proxyless_grpc;

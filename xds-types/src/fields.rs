@@ -168,9 +168,105 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "config_source": "ads only", "route_config_name",
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
-        "name",
-        "typed_config": "only envoy.filters.http.router, which must be last",
+        "name": "what typed_per_filter_config keys refer to; unique in the list",
+        "typed_config": "router (last), cors, local_ratelimit, basic_auth, rbac, fault; another type is refused with its name unless is_optional",
+        "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
+        "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
+    "envoy.config.route.v3.FilterConfig" => [
+        "config": "required unless disabled, as in Envoy", "is_optional": "an override of a type sluice does not implement is ignored",
+        "disabled": "the filter does not run for this route (virtual host, table)",
+    ],
+    "envoy.config.route.v3.Decorator" => ["operation", "propagate"],
+    "envoy.extensions.filters.http.cors.v3.Cors" => [],
+    "envoy.extensions.filters.http.cors.v3.CorsPolicy" => [
+        "allow_origin_string_match", "allow_methods": "`*` echoes Access-Control-Request-Method",
+        "allow_headers": "`*` echoes Access-Control-Request-Headers", "expose_headers", "max_age",
+        "allow_credentials", "allow_private_network_access",
+        "forward_not_matching_preflights": "default true: a preflight from an origin not allowed goes upstream",
+        "filter_enabled": "default 100%; the runtime key is ignored (there is no runtime)",
+        "shadow_enabled": "counts origin_valid / origin_invalid without changing responses",
+    ],
+    "envoy.config.route.v3.CorsPolicy" => [
+        "allow_origin_string_match", "allow_methods", "allow_headers", "expose_headers", "max_age",
+        "allow_credentials", "allow_private_network_access", "forward_not_matching_preflights",
+        "filter_enabled", "shadow_enabled",
+    ],
+    "envoy.config.core.v3.RuntimeFractionalPercent" => [
+        "default_value", "runtime_key": "accepted; there is no runtime, the default value applies",
+    ],
+    "envoy.type.v3.FractionalPercent" => ["numerator", "denominator"],
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => [
+        "stat_prefix": "counters http_local_rate_limit.{enabled,enforced,rate_limited,ok} under it",
+        "status": "default 429", "token_bucket": "unset: the default bucket never limits",
+        "filter_enabled": "default 0%, as in Envoy", "filter_enforced": "default 0%, as in Envoy",
+        "request_headers_to_add_when_not_enforced", "response_headers_to_add",
+        "descriptors": "an entry with an empty value is a wildcard: one bucket per distinct value, at most max_dynamic_descriptors (least recently used dropped)",
+        "stage", "local_rate_limit_per_downstream_connection", "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+        "vh_rate_limits", "always_consume_default_token_bucket",
+        "rate_limits": "descriptors from these actions instead of the route's", "max_dynamic_descriptors": "default 20",
+    ],
+    "envoy.type.v3.TokenBucket" => ["max_tokens", "tokens_per_fill", "fill_interval": "at least 50ms"],
+    "envoy.type.v3.HttpStatus" => ["code"],
+    "envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor" => ["entries", "token_bucket"],
+    "envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry" => ["key", "value"],
+    "envoy.config.route.v3.RateLimit" => ["stage", "actions"],
+    "envoy.config.route.v3.RateLimit.Action" => [
+        "remote_address": "the client address after x-forwarded-for processing",
+        "destination_cluster", "request_headers", "generic_key", "header_value_match",
+    ],
+    "envoy.config.route.v3.RateLimit.Action.RemoteAddress" => [],
+    "envoy.config.route.v3.RateLimit.Action.DestinationCluster" => [],
+    "envoy.config.route.v3.RateLimit.Action.RequestHeaders" => ["header_name", "descriptor_key", "skip_if_absent"],
+    "envoy.config.route.v3.RateLimit.Action.GenericKey" => ["descriptor_value", "descriptor_key"],
+    "envoy.config.route.v3.RateLimit.Action.HeaderValueMatch" => [
+        "descriptor_value", "descriptor_key", "expect_match", "headers",
+    ],
+    "envoy.extensions.filters.http.basic_auth.v3.BasicAuth" => [
+        "users": "htpasswd lines with {SHA} hashes (Envoy's only format)",
+        "forward_username_header", "authentication_header",
+    ],
+    "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute" => ["users"],
+    "envoy.extensions.filters.http.rbac.v3.RBAC" => [
+        "rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix",
+    ],
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => ["rbac": "unset: no policy on this route"],
+    "envoy.config.rbac.v3.RBAC" => ["action": "ALLOW, DENY or LOG", "policies"],
+    "envoy.config.rbac.v3.Policy" => ["permissions", "principals"],
+    "envoy.config.rbac.v3.Permission" => [
+        "any", "and_rules", "or_rules", "not_rule", "header", "url_path": "the path without its query",
+        "destination_ip", "destination_port", "destination_port_range", "requested_server_name",
+    ],
+    "envoy.config.rbac.v3.Permission.Set" => ["rules"],
+    "envoy.config.rbac.v3.Principal" => [
+        "any", "and_ids", "or_ids", "not_id",
+        "authenticated": "a verified client certificate; principal_name matches its URI SANs, then DNS SANs, then subject",
+        "source_ip": "deprecated in Envoy: as direct_remote_ip", "direct_remote_ip",
+        "remote_ip": "the client address after x-forwarded-for processing", "header", "url_path",
+    ],
+    "envoy.config.rbac.v3.Principal.Set" => ["ids"],
+    "envoy.config.rbac.v3.Principal.Authenticated" => ["principal_name"],
+    "envoy.type.matcher.v3.PathMatcher" => ["path"],
+    "envoy.type.v3.Int32Range" => ["start", "end"],
+    "envoy.config.core.v3.CidrRange" => ["address_prefix", "prefix_len"],
+    "envoy.extensions.filters.http.fault.v3.HTTPFault" => [
+        "delay", "abort", "upstream_cluster", "headers", "downstream_nodes", "max_active_faults",
+        "delay_percent_runtime": "accepted; there is no runtime", "abort_percent_runtime": "accepted; there is no runtime",
+        "delay_duration_runtime": "accepted; there is no runtime", "abort_http_status_runtime": "accepted; there is no runtime",
+        "max_active_faults_runtime": "accepted; there is no runtime", "abort_grpc_status_runtime": "accepted; there is no runtime",
+        "disable_downstream_cluster_stats": "accepted; no per-downstream-cluster fault stats are kept",
+    ],
+    "envoy.extensions.filters.http.fault.v3.FaultAbort" => [
+        "http_status", "grpc_status", "header_abort": "x-envoy-fault-abort-request / x-envoy-fault-abort-grpc-request",
+        "response_body": "default: fault filter abort",
+        "percentage": "unset: 0%, as in Envoy; header-controlled: x-envoy-fault-abort-request-percentage may lower it",
+    ],
+    "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort" => [],
+    "envoy.extensions.filters.common.fault.v3.FaultDelay" => [
+        "fixed_delay", "header_delay": "x-envoy-fault-delay-request (ms)",
+        "percentage": "unset: 0%, as in Envoy; header-controlled: x-envoy-fault-delay-request-percentage may lower it",
+    ],
+    "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay" => [],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => [
         "upgrade_type", "enabled",
     ],
@@ -183,17 +279,25 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.config.route.v3.RouteConfiguration" => [
         "name", "virtual_hosts",
+        "typed_per_filter_config": "overrides of the HTTP filters for every route of the table",
         "request_headers_to_add", "request_headers_to_remove",
         "response_headers_to_add", "response_headers_to_remove",
         "validate_clusters": "accepted; inline tables in a bootstrap are always checked against its static clusters, and sluice-cp checks every table against the group's clusters",
     ],
     "envoy.config.route.v3.VirtualHost" => [
         "name", "domains", "routes", "retry_policy",
+        "typed_per_filter_config": "overrides of the HTTP filters for the virtual host's routes",
+        "cors": "deprecated in Envoy; used when no per-filter CORS policy is set",
+        "rate_limits": "read by the local rate limit filter",
+        "metadata": "accepted; no filter reads it yet",
         "request_headers_to_add", "request_headers_to_remove",
         "response_headers_to_add", "response_headers_to_remove",
     ],
     "envoy.config.route.v3.Route" => [
         "name", "match", "route", "redirect", "direct_response",
+        "typed_per_filter_config": "overrides of the HTTP filters for this route (the most specific level)",
+        "metadata": "accepted; no filter reads it yet",
+        "decorator": "accepted; no effect until tracing",
         "request_headers_to_add", "request_headers_to_remove",
         "response_headers_to_add", "response_headers_to_remove",
     ],
@@ -223,6 +327,8 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "host_rewrite_literal", "timeout", "retry_policy",
         "cluster_not_found_response_code",
         "hash_policy": "for RING_HASH and MAGLEV clusters; no effect on others, as in Envoy",
+        "cors": "deprecated in Envoy; used when no per-filter CORS policy is set",
+        "rate_limits": "read by the local rate limit filter", "include_vh_rate_limits",
     ],
     "envoy.config.route.v3.RouteAction.HashPolicy" => [
         "header", "cookie", "connection_properties", "query_parameter", "terminal",
@@ -511,13 +617,103 @@ fn walk(message: &DynamicMessage, path: &str) -> Result<()> {
     if name == "envoy.config.cluster.v3.LoadBalancingPolicy" {
         return walk_lb_policies(message, path);
     }
+    if name == "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" {
+        let optional = message
+            .get_field_by_name("is_optional")
+            .is_some_and(|v| v.as_bool() == Some(true));
+        let filter_name = message
+            .get_field_by_name("name")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if let Some(any) = message
+            .has_field_by_name("typed_config")
+            .then(|| message.get_field_by_name("typed_config"))
+            .flatten()
+            .and_then(|v| v.as_message().cloned())
+        {
+            if !filter_type_known(&any, &filter_name, optional, path)? {
+                return Ok(());
+            }
+        }
+    }
     let supported = supported_fields(name).unwrap_or(&[]);
     for (field, value) in message.fields() {
         let field_path = join(path, field.name());
         if !supported.iter().any(|(f, _)| *f == field.name()) {
             return Err(ValidationError::unsupported(field_path));
         }
+        if field.name() == "typed_per_filter_config" {
+            walk_per_filter_configs(value, &field_path)?;
+            continue;
+        }
         walk_value(value, &field_path)?;
+    }
+    Ok(())
+}
+
+/// Whether an HTTP filter's config (or a per-route override) is of a type Sluice
+/// implements: `Ok(false)` for an unknown optional one (skipped, as Envoy skips it), an
+/// error naming the type for an unknown required one.
+fn filter_type_known(
+    any: &DynamicMessage,
+    filter_name: &str,
+    optional: bool,
+    path: &str,
+) -> Result<bool> {
+    let (type_url, _) = unpack(any);
+    if crate::http_filter::is_known_filter(&type_url) {
+        return Ok(true);
+    }
+    if optional {
+        return Ok(false);
+    }
+    let message = crate::type_urls::message_name(&type_url);
+    let short = message.rsplit('.').next().unwrap_or(message);
+    Err(ValidationError::new(
+        path,
+        format!("{filter_name} ({short}) is not supported ({message})"),
+    ))
+}
+
+/// `typed_per_filter_config`: each value must be a filter type Sluice implements, unless
+/// it is wrapped in a `FilterConfig` with `is_optional`.
+fn walk_per_filter_configs(value: &Value, path: &str) -> Result<()> {
+    let Value::Map(map) = value else {
+        return walk_value(value, path);
+    };
+    for (key, any) in map {
+        let filter_name = key.as_str().unwrap_or_default();
+        let entry_path = format!("{path}[{filter_name:?}]");
+        let Some(any) = any.as_message() else {
+            continue;
+        };
+        if !filter_type_known(any, filter_name, false, &entry_path)? {
+            continue;
+        }
+        let (type_url, inner) = unpack(any);
+        if type_url == crate::type_urls::ROUTE_FILTER_CONFIG {
+            if let Some(inner) = &inner {
+                let optional = inner
+                    .get_field_by_name("is_optional")
+                    .is_some_and(|v| v.as_bool() == Some(true));
+                if let Some(config) = inner
+                    .has_field_by_name("config")
+                    .then(|| inner.get_field_by_name("config"))
+                    .flatten()
+                    .and_then(|v| v.as_message().cloned())
+                {
+                    if !filter_type_known(
+                        &config,
+                        filter_name,
+                        optional,
+                        &format!("{entry_path}.config"),
+                    )? {
+                        continue;
+                    }
+                }
+            }
+        }
+        walk_any(any, &entry_path)?;
     }
     Ok(())
 }

@@ -196,26 +196,26 @@ fn ranges(ranges: &[core::CidrRange], path: &str) -> Result<Vec<CidrRange>> {
     ranges
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            let at = format!("{path}[{i}]");
-            let address: IpAddr = r.address_prefix.parse().map_err(|_| {
-                ValidationError::new(
-                    format!("{at}.address_prefix"),
-                    format!("{:?} is not an IP address", r.address_prefix),
-                )
-            })?;
-            let len = r
-                .prefix_len
-                .as_ref()
-                .map_or(if address.is_ipv4() { 32 } else { 128 }, |v| v.value);
-            u8::try_from(len)
-                .ok()
-                .and_then(|len| CidrRange::new(address, len))
-                .ok_or_else(|| {
-                    ValidationError::new(format!("{at}.prefix_len"), "too long for the address")
-                })
-        })
+        .map(|(i, r)| cidr(r, &format!("{path}[{i}]")))
         .collect()
+}
+
+/// One `CidrRange`; an unset `prefix_len` is the address's full length.
+pub(crate) fn cidr(r: &core::CidrRange, at: &str) -> Result<CidrRange> {
+    let address: IpAddr = r.address_prefix.parse().map_err(|_| {
+        ValidationError::new(
+            format!("{at}.address_prefix"),
+            format!("{:?} is not an IP address", r.address_prefix),
+        )
+    })?;
+    let len = r
+        .prefix_len
+        .as_ref()
+        .map_or(if address.is_ipv4() { 32 } else { 128 }, |v| v.value);
+    u8::try_from(len)
+        .ok()
+        .and_then(|len| CidrRange::new(address, len))
+        .ok_or_else(|| ValidationError::new(format!("{at}.prefix_len"), "too long for the address"))
 }
 
 /// Most combinations one chain's match may expand to when checking for overlaps.

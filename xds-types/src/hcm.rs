@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use crate::cluster::http_idle_timeout;
 use crate::error::{Result, ValidationError};
-use crate::pb::envoy::extensions::filters::http::router::v3::Router;
+use crate::http_filter::HttpFilters;
 use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
 use crate::route::RouteTable;
-use crate::type_urls;
-use crate::util::{ads_config_source, optional_timeout, unpack_any};
+use crate::util::{ads_config_source, optional_timeout};
 
 /// Envoy's default downstream idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -47,6 +46,10 @@ pub struct HttpConnectionManager {
     /// What the element sluice adds to `x-forwarded-client-cert` carries, besides
     /// `By` and `Hash`.
     pub client_cert_details: ClientCertDetails,
+    /// The filters in front of the router.
+    pub http_filters: HttpFilters,
+    /// Optional filters of types Sluice does not implement, skipped (logged once).
+    pub skipped_filters: Vec<String>,
 }
 
 /// Envoy's `ForwardClientCertDetails`.
@@ -151,29 +154,7 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             Some(_) => return Err(ValidationError::unsupported("route_specifier")),
             None => return Err(ValidationError::required("route_config")),
         };
-        if h.http_filters.is_empty() {
-            return Err(ValidationError::new(
-                "http_filters",
-                "the router filter is required",
-            ));
-        }
-        for (i, f) in h.http_filters.iter().enumerate() {
-            let path = format!("http_filters[{i}]");
-            let last = i + 1 == h.http_filters.len();
-            match f.config_type.as_ref() {
-                Some(pb::http_filter::ConfigType::TypedConfig(any)) => {
-                    let _: Router =
-                        unpack_any(any, type_urls::ROUTER, &format!("{path}.typed_config"))?;
-                }
-                _ => return Err(ValidationError::required(format!("{path}.typed_config"))),
-            }
-            if !last {
-                return Err(ValidationError::new(
-                    path,
-                    "the router filter must be the last filter",
-                ));
-            }
-        }
+        let (http_filters, skipped_filters) = HttpFilters::from_proto(&h.http_filters)?;
         let upgrades = h
             .upgrade_configs
             .iter()
@@ -254,6 +235,8 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             })
             .unwrap_or_default();
         Ok(Self {
+            http_filters,
+            skipped_filters,
             forward_client_cert,
             client_cert_details,
             stat_prefix: h.stat_prefix.clone(),

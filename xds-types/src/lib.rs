@@ -14,6 +14,8 @@
 //!   (with [`lb`], [`health_check`], [`outlier`]), [`tls`], [`secret`], [`bootstrap`]: the
 //!   validated model.
 //!   Every conversion is pure: no I/O, no locks; regexes compile here, once.
+//! - [`http_filter`] (with [`rate_limit`]): the HTTP filters in front of the router and
+//!   their per-route overrides.
 //! - [`error`]: [`ValidationError`], which always names the field path.
 
 pub mod bootstrap;
@@ -24,10 +26,12 @@ pub mod fields;
 pub mod filter_chain;
 pub mod hcm;
 pub mod health_check;
+pub mod http_filter;
 pub mod lb;
 pub mod listener;
 pub mod outlier;
 pub mod pb;
+pub mod rate_limit;
 pub mod resource;
 pub mod route;
 pub mod secret;

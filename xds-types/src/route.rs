@@ -8,9 +8,11 @@ use std::time::Duration;
 use regex::Regex;
 
 use crate::error::{Result, ValidationError};
+use crate::http_filter::{per_filter_configs, CorsPolicy, PerFilterConfigs};
 use crate::pb::envoy::config::core::v3 as core;
 use crate::pb::envoy::config::route::v3 as pb;
 use crate::pb::envoy::r#type::matcher::v3 as matcher;
+use crate::rate_limit::{policies, RateLimitPolicy};
 use crate::util::{duration, optional_timeout};
 
 /// Envoy's default route timeout.
@@ -28,6 +30,11 @@ pub struct RouteTable {
     /// Route-configuration-level mutations; applied after virtual host and route level.
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
+    /// Filter overrides for every route of the table (the least specific level).
+    pub per_filter: PerFilterConfigs,
+    /// Hash of the resource as received: an unchanged table keeps its compiled form (and
+    /// the filters' per-route state) across snapshots.
+    pub fingerprint: u64,
 }
 
 /// A set of domains and the routes tried, in order, for requests to them.
@@ -41,6 +48,10 @@ pub struct VirtualHost {
     pub retry_policy: Option<RetryPolicy>,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
+    pub per_filter: PerFilterConfigs,
+    /// The deprecated `VirtualHost.cors`, used when no per-filter CORS policy is set.
+    pub cors: Option<Box<CorsPolicy>>,
+    pub rate_limits: Vec<RateLimitPolicy>,
 }
 
 /// One route: the first whose matcher accepts a request decides its fate.
@@ -51,6 +62,7 @@ pub struct Route {
     pub action: RouteAction,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
+    pub per_filter: PerFilterConfigs,
 }
 
 /// Conditions on path, headers and query parameters; all must hold.
@@ -143,6 +155,11 @@ pub struct ForwardAction {
     pub cluster_not_found_status: u16,
     /// How the request's hash for RING_HASH and MAGLEV clusters is computed.
     pub hash_policy: Vec<HashPolicy>,
+    /// The deprecated `RouteAction.cors`, used when no per-filter CORS policy is set.
+    pub cors: Option<Box<CorsPolicy>>,
+    pub rate_limits: Vec<RateLimitPolicy>,
+    /// Also use the virtual host's `rate_limits`.
+    pub include_vh_rate_limits: bool,
 }
 
 /// One input of a request's consistent hash (Envoy's `RouteAction.HashPolicy`).
@@ -306,6 +323,8 @@ impl TryFrom<&pb::RouteConfiguration> for RouteTable {
             }
         }
         Ok(Self {
+            per_filter: per_filter_configs(&rc.typed_per_filter_config, "typed_per_filter_config")?,
+            fingerprint: crate::util::fingerprint(rc, "envoy.config.route.v3.RouteConfiguration"),
             name: rc.name.clone(),
             virtual_hosts,
             request_headers: mutations(
@@ -349,6 +368,17 @@ impl TryFrom<&pb::VirtualHost> for VirtualHost {
             .map(|p| retry_policy(p).map_err(|e| e.within("retry_policy")))
             .transpose()?;
         Ok(Self {
+            per_filter: per_filter_configs(&vh.typed_per_filter_config, "typed_per_filter_config")?,
+            cors: vh
+                .cors
+                .as_ref()
+                .map(|c| {
+                    CorsPolicy::try_from(c)
+                        .map(Box::new)
+                        .map_err(|e| e.within("cors"))
+                })
+                .transpose()?,
+            rate_limits: policies(&vh.rate_limits, "rate_limits")?,
             name: vh.name.clone(),
             domains,
             routes,
@@ -436,6 +466,7 @@ impl TryFrom<&pb::Route> for Route {
             }
         }
         Ok(Self {
+            per_filter: per_filter_configs(&r.typed_per_filter_config, "typed_per_filter_config")?,
             name: r.name.clone(),
             matcher,
             action,
@@ -774,6 +805,17 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
                 .enumerate()
                 .map(|(i, h)| hash_policy(h).map_err(|e| e.within(format!("hash_policy[{i}]"))))
                 .collect::<Result<_>>()?,
+            cors: a
+                .cors
+                .as_ref()
+                .map(|c| {
+                    CorsPolicy::try_from(c)
+                        .map(Box::new)
+                        .map_err(|e| e.within("cors"))
+                })
+                .transpose()?,
+            rate_limits: policies(&a.rate_limits, "rate_limits")?,
+            include_vh_rate_limits: a.include_vh_rate_limits.as_ref().is_some_and(|v| v.value),
         })
     }
 }
@@ -1137,7 +1179,7 @@ impl TryFrom<&pb::DirectResponseAction> for DirectResponse {
     }
 }
 
-fn data_source(d: &core::DataSource) -> Result<Vec<u8>> {
+pub(crate) fn data_source(d: &core::DataSource) -> Result<Vec<u8>> {
     use core::data_source::Specifier as S;
     match d.specifier.as_ref() {
         Some(S::InlineString(s)) => Ok(s.clone().into_bytes()),

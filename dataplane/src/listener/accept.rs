@@ -213,6 +213,7 @@ impl Connection {
                     tls,
                     conn: Arc::new(ConnState::default()),
                     flags: self.flags.clone(),
+                    limiters: Default::default(),
                 });
                 crate::http::serve_connection(stream, http, ctx, drain).await;
             }

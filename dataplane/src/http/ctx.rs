@@ -1,0 +1,100 @@
+//! `RequestCtx`: what the filters of one request share — the connection, the route the
+//! request matched, the client address after `x-forwarded-for` processing, and what
+//! filters add to the response.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderName, HeaderValue};
+
+use super::filter::{Overrides, PerRoute};
+use super::filters::local_ratelimit::ConnLimiters;
+use crate::listener::tls::TlsInfo;
+use crate::router::RouteMatch;
+
+/// One request's context for its filters.
+pub struct RequestCtx<'a> {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<&'a TlsInfo>,
+    /// The client address as Envoy derives it: the peer with `use_remote_address`, else
+    /// the `x-forwarded-for` entry `xff_num_trusted_hops` from the right (the peer when
+    /// there is none).
+    pub client_ip: IpAddr,
+    /// `Host` (or the HTTP/2 authority).
+    pub host: &'a str,
+    /// `https` on TLS connections.
+    pub scheme: &'static str,
+    pub route: Option<RouteMatch<'a>>,
+    /// Headers every response to this request gets (CORS, rate limit headers, …).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Per-connection rate limiters.
+    pub conn_limiters: &'a ConnLimiters,
+}
+
+impl<'a> RequestCtx<'a> {
+    /// The most specific override for the filter named `name`: route, virtual host,
+    /// route table.
+    pub fn override_for(&self, name: &str) -> Option<&'a PerRoute> {
+        self.levels()
+            .find_map(|level| level.iter().find(|(n, _)| n == name).map(|(_, p)| p))
+    }
+
+    /// The overrides of every level, most specific first (empty without a route).
+    pub fn levels(&self) -> impl Iterator<Item = &'a Overrides> {
+        self.route.into_iter().flat_map(|m| m.overrides)
+    }
+
+    /// The cluster the route sends to, when it names one directly.
+    pub fn route_cluster(&self) -> Option<&'a str> {
+        use xds_types::route::{ClusterTarget, RouteAction};
+        match &self.route?.route.action {
+            RouteAction::Forward(f) => match &f.target {
+                ClusterTarget::Cluster(c) => Some(c),
+                ClusterTarget::Weighted { .. } => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// The client address Envoy's connection manager derives for a request.
+pub fn client_ip(
+    remote: IpAddr,
+    headers: &http::HeaderMap,
+    use_remote_address: bool,
+    xff_num_trusted_hops: u32,
+) -> IpAddr {
+    if use_remote_address {
+        return remote;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let from_right = xff_num_trusted_hops as usize;
+    entries
+        .len()
+        .checked_sub(from_right + 1)
+        .and_then(|i| entries[i].parse().ok())
+        .unwrap_or(remote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ip_follows_xff_and_trusted_hops() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut h = http::HeaderMap::new();
+        assert_eq!(client_ip(peer, &h, false, 0), peer);
+        h.insert("x-forwarded-for", "10.0.0.1, 10.0.0.2".parse().unwrap());
+        assert_eq!(client_ip(peer, &h, false, 0).to_string(), "10.0.0.2");
+        assert_eq!(client_ip(peer, &h, false, 1).to_string(), "10.0.0.1");
+        assert_eq!(client_ip(peer, &h, false, 2), peer);
+        assert_eq!(client_ip(peer, &h, true, 0), peer);
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP filter chain: the connection manager's `http_filters` in front of the router,
+//! built once per filter chain (and carried across snapshots while the chain is
+//! unchanged, so token buckets and counters keep their state).
+//!
+//! A filter is a phase object: on the request headers it continues, answers locally
+//! (the router and the filters after it never see the request), or waits (a fault
+//! delay). What it wants added to the response — whoever produces it, the router or a
+//! later filter's local reply — it leaves in the [`RequestCtx`], as Envoy's encoder path
+//! runs through every filter that saw the request. Per-route overrides are looked up by
+//! filter name, most specific level first.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::request::Parts;
+use tracing::warn;
+use xds_types::http_filter::{FilterConfig, HttpFilters, PerFilterConfig, PerFilterConfigs};
+
+use super::ctx::RequestCtx;
+use super::filters;
+use crate::local_reply::LocalReply;
+use crate::stats::Stats;
+
+/// What a filter decided about a request.
+pub enum Decision {
+    /// Hand the request to the next filter.
+    Continue,
+    /// Answer now; later filters and the router do not run.
+    Respond(LocalReply),
+    /// Decide later (a delay, a call to another service).
+    Wait(Pin<Box<dyn Future<Output = Decision> + Send>>),
+}
+
+/// One HTTP filter's behaviour.
+pub trait HttpFilter: Send + Sync {
+    /// Runs on the request headers. `per_route` is the most specific override for this
+    /// filter (never [`PerRoute::Disabled`]: disabled filters are not called).
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        per_route: Option<&PerRoute>,
+        request: &mut Parts,
+    ) -> Decision;
+}
+
+/// A per-route override, compiled with the route table (state such as a route's own
+/// token buckets lives here, and is kept while the table is unchanged).
+pub enum PerRoute {
+    Disabled,
+    Cors(Box<xds_types::http_filter::CorsPolicy>),
+    LocalRateLimit(Arc<filters::local_ratelimit::Limiter>),
+    BasicAuth(xds_types::http_filter::basic_auth::Users),
+    Rbac(Option<Arc<filters::rbac::Engine>>),
+    Fault(Box<xds_types::http_filter::Fault>),
+}
+
+/// The overrides of one level (route, virtual host or route table), by filter name.
+pub type Overrides = Vec<(String, PerRoute)>;
+
+/// Compiles one level's `typed_per_filter_config`.
+pub fn compile_overrides(configs: &PerFilterConfigs, hcm_prefix: &str, stats: &Stats) -> Overrides {
+    configs
+        .iter()
+        .map(|(name, config)| {
+            let compiled = match config {
+                PerFilterConfig::Disabled => PerRoute::Disabled,
+                PerFilterConfig::Cors(p) => PerRoute::Cors(p.clone()),
+                PerFilterConfig::LocalRateLimit(c) => PerRoute::LocalRateLimit(Arc::new(
+                    filters::local_ratelimit::Limiter::new(c, stats),
+                )),
+                PerFilterConfig::BasicAuth(users) => PerRoute::BasicAuth(users.clone()),
+                PerFilterConfig::Rbac(r) => PerRoute::Rbac(
+                    r.as_ref()
+                        .map(|r| Arc::new(filters::rbac::Engine::new(r, hcm_prefix, stats))),
+                ),
+                PerFilterConfig::Fault(f) => PerRoute::Fault(f.clone()),
+            };
+            (name.clone(), compiled)
+        })
+        .collect()
+}
+
+struct Entry {
+    name: String,
+    disabled: bool,
+    filter: Box<dyn HttpFilter>,
+}
+
+/// The filters of one connection manager, in order.
+pub struct HttpFilterChain {
+    entries: Vec<Entry>,
+}
+
+impl HttpFilterChain {
+    /// Builds the filters of a connection manager (`hcm_prefix` is its `stat_prefix`).
+    pub fn new(config: &HttpFilters, skipped: &[String], hcm_prefix: &str, stats: &Stats) -> Self {
+        for name in skipped {
+            warn!(filter = %name, "optional HTTP filter of a type sluice does not implement: skipped");
+        }
+        let entries = config
+            .filters
+            .iter()
+            .map(|f| {
+                let filter: Box<dyn HttpFilter> = match &f.config {
+                    FilterConfig::Cors => Box::new(filters::cors::Cors::new(hcm_prefix, stats)),
+                    FilterConfig::LocalRateLimit(c) => Box::new(
+                        filters::local_ratelimit::LocalRateLimitFilter::new(c, stats),
+                    ),
+                    FilterConfig::BasicAuth(c) => Box::new(
+                        filters::basic_auth::BasicAuthFilter::new(c, hcm_prefix, stats),
+                    ),
+                    FilterConfig::Rbac(c) => {
+                        Box::new(filters::rbac::RbacFilter::new(c, hcm_prefix, stats))
+                    }
+                    FilterConfig::Fault(c) => {
+                        Box::new(filters::fault::FaultFilter::new(c, hcm_prefix, stats))
+                    }
+                };
+                Entry {
+                    name: f.name.clone(),
+                    disabled: f.disabled,
+                    filter,
+                }
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// Whether only the router runs (the request path skips the chain entirely).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Runs the request phase of every enabled filter, in order; `Some` is a local reply.
+    pub async fn on_request(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        request: &mut Parts,
+    ) -> Option<LocalReply> {
+        for entry in &self.entries {
+            let per_route = ctx.override_for(&entry.name);
+            match per_route {
+                Some(PerRoute::Disabled) => continue,
+                None if entry.disabled => continue,
+                _ => {}
+            }
+            let mut decision = entry.filter.on_request(ctx, per_route, request);
+            loop {
+                match decision {
+                    Decision::Continue => break,
+                    Decision::Respond(reply) => return Some(reply),
+                    Decision::Wait(later) => decision = later.await,
+                }
+            }
+        }
+        None
+    }
+}

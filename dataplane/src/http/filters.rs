@@ -1,0 +1,20 @@
+//! The HTTP filters Sluice implements, one module each, with Envoy's config, defaults,
+//! counters and per-route form.
+
+pub mod basic_auth;
+pub mod cors;
+pub mod fault;
+pub mod local_ratelimit;
+pub mod rbac;
+
+use rand::Rng;
+use xds_types::http_filter::Fraction;
+
+/// Whether this request falls in `fraction` (no random draw at 0 % or 100 %).
+pub(crate) fn sample(fraction: Fraction) -> bool {
+    match fraction.per_million {
+        0 => false,
+        p if p >= 1_000_000 => true,
+        p => rand::rng().random_range(0..1_000_000) < p,
+    }
+}

@@ -1,0 +1,220 @@
+//! `envoy.filters.http.fault`: delays, then aborts, a share of the requests that match
+//! the fault's cluster, headers and downstream nodes; fixed or driven by the request's
+//! `x-envoy-fault-*` headers (which can only lower the configured share).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use xds_types::http_filter::fault::{AbortSource, DelaySource, FaultShare};
+use xds_types::http_filter::{Fault, Fraction};
+
+use super::sample;
+use crate::http::ctx::RequestCtx;
+use crate::http::filter::{Decision, HttpFilter, PerRoute};
+use crate::local_reply::{LocalReply, ResponseFlag};
+use crate::stats::Stats;
+
+const DELAY_HEADER: &str = "x-envoy-fault-delay-request";
+const DELAY_PERCENT_HEADER: &str = "x-envoy-fault-delay-request-percentage";
+const ABORT_HEADER: &str = "x-envoy-fault-abort-request";
+const ABORT_GRPC_HEADER: &str = "x-envoy-fault-abort-grpc-request";
+const ABORT_PERCENT_HEADER: &str = "x-envoy-fault-abort-request-percentage";
+const DOWNSTREAM_NODE_HEADER: &str = "x-envoy-downstream-service-node";
+const DEFAULT_ABORT_BODY: &str = "fault filter abort";
+
+/// The filter, its counters (`http.<prefix>.fault.*`) and its active faults.
+pub struct FaultFilter {
+    config: Fault,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    active: AtomicU32,
+    delays_injected: Counter,
+    aborts_injected: Counter,
+    faults_overflow: Counter,
+}
+
+impl FaultFilter {
+    pub fn new(config: &Fault, hcm_prefix: &str, stats: &Stats) -> Self {
+        let c = |n: &str| stats.filter_counter(hcm_prefix, &format!("fault.{n}"));
+        Self {
+            config: config.clone(),
+            shared: Arc::new(Shared {
+                active: AtomicU32::new(0),
+                delays_injected: c("delays_injected"),
+                aborts_injected: c("aborts_injected"),
+                faults_overflow: c("faults_overflow"),
+            }),
+        }
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Whether this request gets the fault: the configured share, lowered by the request's
+/// percentage header for header-controlled faults.
+fn chosen(
+    share: FaultShare,
+    header_controlled: bool,
+    headers: &HeaderMap,
+    percent_header: &str,
+) -> bool {
+    let mut fraction = share.fraction;
+    if header_controlled {
+        if let Some(n) = header_u64(headers, percent_header) {
+            let asked = u64::from(share.unit).saturating_mul(n).min(1_000_000) as u32;
+            fraction = Fraction {
+                per_million: asked.min(fraction.per_million),
+            };
+        }
+    }
+    sample(fraction)
+}
+
+/// The abort's reply, if this request is aborted.
+fn abort(config: &Fault, headers: &HeaderMap) -> Option<LocalReply> {
+    let a = config.abort.as_ref()?;
+    let header = matches!(a.source, AbortSource::Header);
+    if !chosen(a.share, header, headers, ABORT_PERCENT_HEADER) {
+        return None;
+    }
+    let body: String = if a.body.is_empty() {
+        DEFAULT_ABORT_BODY.into()
+    } else {
+        a.body.clone()
+    };
+    let http_status = |code: u64| {
+        u16::try_from(code)
+            .ok()
+            .filter(|c| (200..600).contains(c))
+            .and_then(|c| StatusCode::from_u16(c).ok())
+    };
+    let grpc = |code: u64| {
+        let mut reply = LocalReply::new(StatusCode::OK, "");
+        reply.headers.push((
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        ));
+        reply.headers.push((
+            HeaderName::from_static("grpc-status"),
+            HeaderValue::from(code),
+        ));
+        if let Ok(v) = HeaderValue::from_str(&body) {
+            reply
+                .headers
+                .push((HeaderName::from_static("grpc-message"), v));
+        }
+        reply
+    };
+    let mut reply = match a.source {
+        AbortSource::Http(code) => LocalReply::new(http_status(u64::from(code))?, ""),
+        AbortSource::Grpc(code) => grpc(u64::from(code)),
+        AbortSource::Header => match header_u64(headers, ABORT_HEADER).and_then(http_status) {
+            Some(status) => LocalReply::new(status, ""),
+            None => grpc(header_u64(headers, ABORT_GRPC_HEADER)?),
+        },
+    };
+    if reply.body.is_empty() && reply.status != StatusCode::OK {
+        reply.body = body.into();
+    }
+    reply.flag = Some(ResponseFlag::FaultInjected);
+    Some(reply)
+}
+
+/// Decrements the active-fault count when a delay ends.
+struct ActiveFault(Arc<Shared>);
+
+impl Drop for ActiveFault {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl HttpFilter for FaultFilter {
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        per_route: Option<&PerRoute>,
+        request: &mut Parts,
+    ) -> Decision {
+        let config = match per_route {
+            Some(PerRoute::Fault(f)) => f,
+            _ => &self.config,
+        };
+        if let Some(cluster) = &config.upstream_cluster {
+            if ctx.route_cluster() != Some(cluster.as_str()) {
+                return Decision::Continue;
+            }
+        }
+        if !config.downstream_nodes.is_empty() {
+            let node = request
+                .headers
+                .get(DOWNSTREAM_NODE_HEADER)
+                .and_then(|v| v.to_str().ok());
+            if !node.is_some_and(|n| config.downstream_nodes.iter().any(|d| d == n)) {
+                return Decision::Continue;
+            }
+        }
+        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        if !config.headers.iter().all(|m| {
+            m.matches(
+                crate::router::header_value(&request.headers, &m.name, ctx.host, path).as_deref(),
+            )
+        }) {
+            return Decision::Continue;
+        }
+        let delay = config.delay.as_ref().and_then(|d| {
+            let header = matches!(d.source, DelaySource::Header);
+            if !chosen(d.share, header, &request.headers, DELAY_PERCENT_HEADER) {
+                return None;
+            }
+            match d.source {
+                DelaySource::Fixed(t) => Some(t),
+                DelaySource::Header => {
+                    header_u64(&request.headers, DELAY_HEADER).map(Duration::from_millis)
+                }
+            }
+        });
+        let will_abort = config.abort.is_some();
+        if delay.is_none() && !will_abort {
+            return Decision::Continue;
+        }
+        let active = self.shared.active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveFault(self.shared.clone());
+        if config.max_active_faults.is_some_and(|max| active >= max) {
+            self.shared.faults_overflow.inc();
+            return Decision::Continue;
+        }
+        let Some(delay) = delay.filter(|d| !d.is_zero()) else {
+            drop(guard);
+            return match abort(config, &request.headers) {
+                Some(reply) => {
+                    self.shared.aborts_injected.inc();
+                    Decision::Respond(reply)
+                }
+                None => Decision::Continue,
+            };
+        };
+        self.shared.delays_injected.inc();
+        let abort_reply = abort(config, &request.headers);
+        let shared = self.shared.clone();
+        Decision::Wait(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            drop(guard);
+            match abort_reply {
+                Some(reply) => {
+                    shared.aborts_injected.inc();
+                    Decision::Respond(reply)
+                }
+                None => Decision::Continue,
+            }
+        }))
+    }
+}

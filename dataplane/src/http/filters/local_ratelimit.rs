@@ -1,0 +1,394 @@
+//! `envoy.filters.http.local_ratelimit`: token buckets in this proxy. The listener-level
+//! config has one [`Limiter`]; a route's override has its own (kept with the compiled
+//! route table). Buckets refill lazily, in whole fill intervals since they were made, which
+//! is what Envoy's fill timer does.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
+use xds_types::http_filter::local_ratelimit::{LocalRateLimit, TokenBucket, VhRateLimits};
+use xds_types::rate_limit::{RateLimitAction, RateLimitPolicy};
+use xds_types::route::RouteAction;
+
+use super::sample;
+use crate::http::ctx::RequestCtx;
+use crate::http::filter::{Decision, HttpFilter, PerRoute};
+use crate::local_reply::{LocalReply, ResponseFlag};
+use crate::proxy::apply_mutations;
+use crate::stats::Stats;
+
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// One token bucket.
+struct Bucket {
+    shape: TokenBucket,
+    state: Mutex<(u32, Instant)>,
+}
+
+impl Bucket {
+    fn new(shape: TokenBucket) -> Self {
+        Self {
+            shape,
+            state: Mutex::new((shape.max_tokens, Instant::now())),
+        }
+    }
+
+    /// Refills, then takes a token if there is one.
+    fn take(&self) -> bool {
+        let mut state = self.state.lock().expect("bucket lock");
+        self.refill(&mut state);
+        if state.0 == 0 {
+            return false;
+        }
+        state.0 -= 1;
+        true
+    }
+
+    fn refill(&self, state: &mut (u32, Instant)) {
+        let elapsed = state.1.elapsed();
+        let fills = elapsed.as_nanos() / self.shape.fill_interval.as_nanos().max(1);
+        if fills > 0 {
+            let added = u64::try_from(fills)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(u64::from(self.shape.tokens_per_fill));
+            state.0 = (u64::from(state.0) + added).min(u64::from(self.shape.max_tokens)) as u32;
+            state.1 += self.shape.fill_interval * u32::try_from(fills).unwrap_or(u32::MAX);
+        }
+    }
+
+    /// `(limit, remaining, reset)` for the `x-ratelimit-*` headers. As in Envoy, the
+    /// reset is 0 while tokens remain, else the seconds (rounded up) until the next fill.
+    fn report(&self) -> (u32, u32, u64) {
+        let mut state = self.state.lock().expect("bucket lock");
+        self.refill(&mut state);
+        let reset = if state.0 > 0 {
+            0
+        } else {
+            // Whole seconds, rounded up.
+            let left = self.shape.fill_interval.saturating_sub(state.1.elapsed());
+            left.as_secs() + u64::from(left.subsec_nanos() > 0)
+        };
+        (self.shape.max_tokens, state.0, reset)
+    }
+}
+
+/// A configured descriptor's buckets: one, or one per value of its wildcard entries.
+struct DescriptorBuckets {
+    entries: Vec<(String, String)>,
+    shape: TokenBucket,
+    fixed: Option<Arc<Bucket>>,
+    dynamic: Option<Mutex<lru::LruCache<Vec<String>, Arc<Bucket>>>>,
+}
+
+impl DescriptorBuckets {
+    /// The bucket for a request descriptor, if it matches this one.
+    fn bucket_for(&self, descriptor: &[(String, String)]) -> Option<Arc<Bucket>> {
+        if descriptor.len() != self.entries.len()
+            || !self
+                .entries
+                .iter()
+                .zip(descriptor)
+                .all(|((k, v), (rk, rv))| k == rk && (v.is_empty() || v == rv))
+        {
+            return None;
+        }
+        if let Some(b) = &self.fixed {
+            return Some(b.clone());
+        }
+        let values: Vec<String> = descriptor.iter().map(|(_, v)| v.clone()).collect();
+        let mut cache = self.dynamic.as_ref()?.lock().expect("descriptor lock");
+        Some(
+            cache
+                .get_or_insert(values, || Arc::new(Bucket::new(self.shape)))
+                .clone(),
+        )
+    }
+
+    fn fills_per_second(&self) -> f64 {
+        f64::from(self.shape.tokens_per_fill) / self.shape.fill_interval.as_secs_f64()
+    }
+}
+
+/// The counters of one `stat_prefix` (`<prefix>.http_local_rate_limit.*`).
+#[derive(Clone)]
+struct Counters {
+    enabled: Counter,
+    enforced: Counter,
+    rate_limited: Counter,
+    ok: Counter,
+}
+
+/// The buckets and settings of one local rate limit config.
+pub struct Limiter {
+    config: LocalRateLimit,
+    default: Option<Bucket>,
+    /// In order of increasing refill rate: the strictest is tried first, as in Envoy.
+    descriptors: Vec<DescriptorBuckets>,
+    counters: Counters,
+}
+
+impl Limiter {
+    pub fn new(config: &LocalRateLimit, stats: &Stats) -> Self {
+        let c = |n: &str| {
+            stats.named_counter(
+                "envoy_http_local_rate_limit",
+                &config.stat_prefix,
+                &format!("{}.http_local_rate_limit.{n}", config.stat_prefix),
+                n,
+            )
+        };
+        let counters = Counters {
+            enabled: c("enabled"),
+            enforced: c("enforced"),
+            rate_limited: c("rate_limited"),
+            ok: c("ok"),
+        };
+        Self::new_with_counters(config, counters)
+    }
+
+    /// A fresh limiter with the same config and counters, for one downstream connection.
+    fn for_connection(&self) -> Self {
+        let mut fresh = Self::new_with_counters(&self.config, self.counters.clone());
+        fresh.config.per_connection = false;
+        fresh
+    }
+
+    fn new_with_counters(config: &LocalRateLimit, counters: Counters) -> Self {
+        let capacity =
+            NonZeroUsize::new(config.max_dynamic_descriptors as usize).unwrap_or(NonZeroUsize::MIN);
+        let mut descriptors: Vec<DescriptorBuckets> = config
+            .descriptors
+            .iter()
+            .map(|d| DescriptorBuckets {
+                entries: d.entries.clone(),
+                shape: d.token_bucket,
+                fixed: (!d.is_dynamic()).then(|| Arc::new(Bucket::new(d.token_bucket))),
+                dynamic: d
+                    .is_dynamic()
+                    .then(|| Mutex::new(lru::LruCache::new(capacity))),
+            })
+            .collect();
+        descriptors.sort_by(|a, b| a.fills_per_second().total_cmp(&b.fills_per_second()));
+        Self {
+            default: config.token_bucket.map(Bucket::new),
+            config: config.clone(),
+            descriptors,
+            counters,
+        }
+    }
+
+    /// Whether the request may pass; takes a token from every bucket it consumes.
+    /// Returns the bucket the `x-ratelimit-*` headers describe.
+    fn check(&self, request: &[Vec<(String, String)>]) -> (bool, Option<Arc<Bucket>>) {
+        let mut matched = false;
+        let mut reported: Option<Arc<Bucket>> = None;
+        for d in &self.descriptors {
+            let Some(bucket) = request.iter().find_map(|r| d.bucket_for(r)) else {
+                continue;
+            };
+            matched = true;
+            let allowed = bucket.take();
+            if reported.is_none() {
+                reported = Some(bucket);
+            }
+            if !allowed {
+                return (false, reported);
+            }
+        }
+        if !matched || self.config.always_consume_default_token_bucket {
+            if let Some(default) = &self.default {
+                return (default.take(), reported);
+            }
+        }
+        (true, reported)
+    }
+
+    fn report(&self, bucket: Option<&Bucket>) -> Option<(u32, u32, u64)> {
+        bucket.or(self.default.as_ref()).map(Bucket::report)
+    }
+
+    /// Decides one request with this limiter.
+    fn decide(&self, ctx: &mut RequestCtx<'_>, request: &mut Parts, limiter: &Limiter) -> Decision {
+        if !sample(self.config.filter_enabled) {
+            return Decision::Continue;
+        }
+        self.counters.enabled.inc();
+        let descriptors = if self.descriptors.is_empty() {
+            Vec::new()
+        } else {
+            descriptors(&self.config, ctx, request)
+        };
+        let (allowed, bucket) = limiter.check(&descriptors);
+        let mut headers = Vec::new();
+        if self.config.x_ratelimit_headers {
+            if let Some((limit, remaining, reset)) = limiter.report(bucket.as_deref()) {
+                headers.push((X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit)));
+                headers.push((X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining)));
+                headers.push((X_RATELIMIT_RESET.clone(), HeaderValue::from(reset)));
+            }
+        }
+        ctx.response_headers.extend(headers);
+        if allowed {
+            self.counters.ok.inc();
+            return Decision::Continue;
+        }
+        self.counters.rate_limited.inc();
+        if !sample(self.config.filter_enforced) {
+            apply_mutations(
+                &mut request.headers,
+                &self.config.request_headers_when_not_enforced,
+            );
+            return Decision::Continue;
+        }
+        self.counters.enforced.inc();
+        let mut reply = LocalReply::new(self.config.status, "local_rate_limited");
+        reply.flag = Some(ResponseFlag::RateLimited);
+        reply.mutations = Some(self.config.response_headers.clone());
+        Decision::Respond(reply)
+    }
+}
+
+/// The request's descriptors from the rate limit actions of its route (or the filter's
+/// own `rate_limits`) at the filter's stage.
+fn descriptors(
+    config: &LocalRateLimit,
+    ctx: &RequestCtx<'_>,
+    request: &Parts,
+) -> Vec<Vec<(String, String)>> {
+    let mut policies: Vec<&RateLimitPolicy> = Vec::new();
+    if !config.rate_limits.is_empty() {
+        policies.extend(config.rate_limits.iter());
+    } else if let Some(m) = ctx.route {
+        let route_limits: &[RateLimitPolicy] = match &m.route.action {
+            RouteAction::Forward(f) => &f.rate_limits,
+            _ => &[],
+        };
+        let include_vh =
+            matches!(&m.route.action, RouteAction::Forward(f) if f.include_vh_rate_limits);
+        policies.extend(route_limits.iter());
+        let vh = match (include_vh, config.vh_rate_limits) {
+            (true, _) | (false, VhRateLimits::Include) => true,
+            (false, VhRateLimits::Ignore) => false,
+            (false, VhRateLimits::Override) => route_limits.is_empty(),
+        };
+        if vh {
+            policies.extend(m.virtual_host.rate_limits.iter());
+        }
+    }
+    policies
+        .into_iter()
+        .filter(|p| p.stage == config.stage)
+        .filter_map(|p| descriptor(p, ctx, request))
+        .collect()
+}
+
+fn descriptor(
+    policy: &RateLimitPolicy,
+    ctx: &RequestCtx<'_>,
+    request: &Parts,
+) -> Option<Vec<(String, String)>> {
+    let mut entries = Vec::with_capacity(policy.actions.len());
+    for action in &policy.actions {
+        match action {
+            RateLimitAction::RemoteAddress => {
+                entries.push(("remote_address".into(), ctx.client_ip.to_string()));
+            }
+            RateLimitAction::DestinationCluster => {
+                entries.push((
+                    "destination_cluster".into(),
+                    ctx.route_cluster()?.to_string(),
+                ));
+            }
+            RateLimitAction::RequestHeader {
+                header,
+                key,
+                skip_if_absent,
+            } => match request.headers.get(header).and_then(|v| v.to_str().ok()) {
+                Some(v) => entries.push((key.clone(), v.to_string())),
+                None if *skip_if_absent => {}
+                None => return None,
+            },
+            RateLimitAction::GenericKey { key, value } => {
+                entries.push((key.clone(), value.clone()));
+            }
+            RateLimitAction::HeaderValueMatch {
+                key,
+                value,
+                expect_match,
+                headers,
+            } => {
+                let matched = headers.iter().all(|h| {
+                    h.matches(
+                        request
+                            .headers
+                            .get(h.name.as_str())
+                            .and_then(|v| v.to_str().ok()),
+                    )
+                });
+                if matched != *expect_match {
+                    return None;
+                }
+                entries.push((key.clone(), value.clone()));
+            }
+        }
+    }
+    (!entries.is_empty()).then_some(entries)
+}
+
+/// The listener-level filter.
+pub struct LocalRateLimitFilter {
+    limiter: Arc<Limiter>,
+}
+
+impl LocalRateLimitFilter {
+    pub fn new(config: &LocalRateLimit, stats: &Stats) -> Self {
+        Self {
+            limiter: Arc::new(Limiter::new(config, stats)),
+        }
+    }
+}
+
+impl HttpFilter for LocalRateLimitFilter {
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        per_route: Option<&PerRoute>,
+        request: &mut Parts,
+    ) -> Decision {
+        let limiter = match per_route {
+            Some(PerRoute::LocalRateLimit(l)) => l.clone(),
+            _ => self.limiter.clone(),
+        };
+        if limiter.config.per_connection {
+            let key = Arc::as_ptr(&limiter) as usize;
+            let connection = ctx
+                .conn_limiters
+                .get_or_insert(key, || limiter.for_connection());
+            return limiter.decide(ctx, request, &connection);
+        }
+        limiter.decide(ctx, request, &limiter)
+    }
+}
+
+/// The limiters of one downstream connection (`local_rate_limit_per_downstream_connection`),
+/// keyed by the limiter they were made from.
+#[derive(Default)]
+pub struct ConnLimiters(Mutex<Vec<(usize, Arc<Limiter>)>>);
+
+impl ConnLimiters {
+    fn get_or_insert(&self, key: usize, make: impl FnOnce() -> Limiter) -> Arc<Limiter> {
+        let mut list = self.0.lock().expect("connection limiters lock");
+        if let Some((_, l)) = list.iter().find(|(k, _)| *k == key) {
+            return l.clone();
+        }
+        let limiter = Arc::new(make());
+        list.push((key, limiter.clone()));
+        limiter
+    }
+}

@@ -1,0 +1,358 @@
+//! Validated HTTP filters: the connection manager's `http_filters` list and the per-route
+//! `typed_per_filter_config` overrides, for the filters Sluice implements.
+//!
+//! A filter is known by the type of its `typed_config`, as in Envoy; its `name` is what
+//! per-route overrides refer to. The router is the terminal filter and is not part of
+//! [`HttpFilters::filters`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::error::{Result, ValidationError};
+use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use crate::pb::google::protobuf::Any;
+use crate::type_urls;
+
+pub mod basic_auth;
+pub mod cors;
+pub mod fault;
+pub mod local_ratelimit;
+pub mod rbac;
+
+pub use basic_auth::BasicAuth;
+pub use cors::CorsPolicy;
+pub use fault::Fault;
+pub use local_ratelimit::LocalRateLimit;
+pub use rbac::Rbac;
+
+/// The filters in front of the router, in order.
+#[derive(Debug, Clone, Default)]
+pub struct HttpFilters {
+    pub filters: Vec<HttpFilter>,
+}
+
+/// One configured HTTP filter.
+#[derive(Debug, Clone)]
+pub struct HttpFilter {
+    /// The name per-route configs refer to.
+    pub name: String,
+    /// Off unless a route or virtual host enables it with a per-filter config.
+    pub disabled: bool,
+    pub config: FilterConfig,
+}
+
+/// A filter's listener-level configuration.
+#[derive(Debug, Clone)]
+pub enum FilterConfig {
+    /// `envoy.filters.http.cors`: its policies come from the routes.
+    Cors,
+    LocalRateLimit(Box<LocalRateLimit>),
+    BasicAuth(BasicAuth),
+    Rbac(Box<Rbac>),
+    Fault(Box<Fault>),
+}
+
+/// A per-route, per-virtual-host or per-route-table override of one filter.
+#[derive(Debug, Clone)]
+pub enum PerFilterConfig {
+    /// `FilterConfig { disabled: true }`: the filter does not run here.
+    Disabled,
+    Cors(Box<CorsPolicy>),
+    LocalRateLimit(Box<LocalRateLimit>),
+    /// Replaces the filter's users.
+    BasicAuth(basic_auth::Users),
+    /// `None`: no policy, every request is allowed.
+    Rbac(Option<Box<Rbac>>),
+    Fault(Box<Fault>),
+}
+
+/// Overrides keyed by filter name.
+pub type PerFilterConfigs = BTreeMap<String, PerFilterConfig>;
+
+/// Type URLs of the HTTP filters Sluice knows, with their extension names for messages.
+const FILTERS: &[(&str, &str)] = &[
+    (type_urls::ROUTER, "envoy.filters.http.router"),
+    (type_urls::CORS, "envoy.filters.http.cors"),
+    (
+        type_urls::LOCAL_RATE_LIMIT,
+        "envoy.filters.http.local_ratelimit",
+    ),
+    (type_urls::BASIC_AUTH, "envoy.filters.http.basic_auth"),
+    (type_urls::RBAC, "envoy.filters.http.rbac"),
+    (type_urls::FAULT, "envoy.filters.http.fault"),
+];
+
+/// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
+/// skips optional filters that are not).
+pub fn is_known_filter(type_url: &str) -> bool {
+    FILTERS.iter().any(|(url, _)| *url == type_url)
+        || type_url == type_urls::ROUTE_FILTER_CONFIG
+        || PER_ROUTE_TYPES.contains(&type_url)
+}
+
+const PER_ROUTE_TYPES: &[&str] = &[
+    type_urls::CORS_POLICY,
+    type_urls::BASIC_AUTH_PER_ROUTE,
+    type_urls::RBAC_PER_ROUTE,
+];
+
+/// The error for a filter type Sluice does not implement, naming it as Envoy's docs do.
+fn unsupported_type(path: &str, filter_name: &str, type_url: &str) -> ValidationError {
+    let message = type_urls::message_name(type_url);
+    let short = message.rsplit('.').next().unwrap_or(message);
+    ValidationError::new(
+        path,
+        format!("{filter_name} ({short}) is not supported ({message})"),
+    )
+}
+
+impl HttpFilters {
+    /// Converts the connection manager's list: the router last, filters before it,
+    /// unknown optional filters skipped (the caller logs [`HttpFilters::skipped`]).
+    pub fn from_proto(list: &[hcm_pb::HttpFilter]) -> Result<(Self, Vec<String>)> {
+        use hcm_pb::http_filter::ConfigType;
+        if list.is_empty() {
+            return Err(ValidationError::new(
+                "http_filters",
+                "the router filter is required",
+            ));
+        }
+        let mut filters = Vec::new();
+        let mut skipped = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, f) in list.iter().enumerate() {
+            let path = format!("http_filters[{i}]");
+            let last = i + 1 == list.len();
+            let any = match f.config_type.as_ref() {
+                Some(ConfigType::TypedConfig(any)) => any,
+                Some(_) => {
+                    return Err(ValidationError::new(
+                        format!("{path}.config_discovery"),
+                        "filter config discovery is not supported",
+                    ))
+                }
+                None => return Err(ValidationError::required(format!("{path}.typed_config"))),
+            };
+            if !names.insert(f.name.as_str()) {
+                return Err(ValidationError::new(
+                    format!("{path}.name"),
+                    format!("filter name {:?} appears twice", f.name),
+                ));
+            }
+            if any.type_url == type_urls::ROUTER {
+                if !last {
+                    return Err(ValidationError::new(
+                        path,
+                        "the router filter must be the last filter",
+                    ));
+                }
+                let _: crate::pb::envoy::extensions::filters::http::router::v3::Router =
+                    crate::util::unpack_any(
+                        any,
+                        type_urls::ROUTER,
+                        &format!("{path}.typed_config"),
+                    )?;
+                continue;
+            }
+            if last {
+                return Err(ValidationError::new(
+                    path,
+                    "the last filter must be the router (envoy.filters.http.router)",
+                ));
+            }
+            let typed_path = format!("{path}.typed_config");
+            let config = match filter_config(any, &typed_path) {
+                Ok(Some(c)) => c,
+                Ok(None) if f.is_optional => {
+                    skipped.push(f.name.clone());
+                    continue;
+                }
+                Ok(None) => return Err(unsupported_type(&path, &f.name, &any.type_url)),
+                Err(e) => return Err(e),
+            };
+            filters.push(HttpFilter {
+                name: f.name.clone(),
+                disabled: f.disabled,
+                config,
+            });
+        }
+        Ok((Self { filters }, skipped))
+    }
+}
+
+/// A listener-level filter config; `None` for a type Sluice does not implement.
+fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
+    use crate::util::unpack_any;
+    Ok(Some(match any.type_url.as_str() {
+        type_urls::CORS => {
+            let _: crate::pb::envoy::extensions::filters::http::cors::v3::Cors =
+                unpack_any(any, type_urls::CORS, path)?;
+            FilterConfig::Cors
+        }
+        type_urls::LOCAL_RATE_LIMIT => FilterConfig::LocalRateLimit(Box::new(
+            LocalRateLimit::try_from(&unpack_any(any, type_urls::LOCAL_RATE_LIMIT, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
+        type_urls::BASIC_AUTH => FilterConfig::BasicAuth(
+            BasicAuth::try_from(&unpack_any(any, type_urls::BASIC_AUTH, path)?)
+                .map_err(|e| e.within(path))?,
+        ),
+        type_urls::RBAC => FilterConfig::Rbac(Box::new(
+            Rbac::try_from(&unpack_any(any, type_urls::RBAC, path)?).map_err(|e| e.within(path))?,
+        )),
+        type_urls::FAULT => FilterConfig::Fault(Box::new(
+            Fault::try_from(&unpack_any(any, type_urls::FAULT, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
+        _ => return Ok(None),
+    }))
+}
+
+/// Converts a `typed_per_filter_config` map. Entries for filter types Sluice does not
+/// implement are refused unless wrapped in a `FilterConfig` with `is_optional`.
+pub fn per_filter_configs(map: &HashMap<String, Any>, path: &str) -> Result<PerFilterConfigs> {
+    let mut out = BTreeMap::new();
+    for (name, any) in map {
+        let entry_path = format!("{path}[{name:?}]");
+        if let Some(config) = per_filter_config(name, any, &entry_path)? {
+            out.insert(name.clone(), config);
+        }
+    }
+    Ok(out)
+}
+
+fn per_filter_config(name: &str, any: &Any, path: &str) -> Result<Option<PerFilterConfig>> {
+    use crate::util::unpack_any;
+    if any.type_url == type_urls::ROUTE_FILTER_CONFIG {
+        let wrapper: crate::pb::envoy::config::route::v3::FilterConfig =
+            unpack_any(any, type_urls::ROUTE_FILTER_CONFIG, path)?;
+        if wrapper.disabled {
+            return Ok(Some(PerFilterConfig::Disabled));
+        }
+        // As Envoy: an enabling wrapper must carry the filter's per-route config.
+        let Some(inner) = wrapper.config.as_ref() else {
+            return Err(ValidationError::new(
+                format!("{path}.config"),
+                format!("empty per-filter configuration for {name}"),
+            ));
+        };
+        if wrapper.is_optional && !is_known_filter(&inner.type_url) {
+            return Ok(None);
+        }
+        return per_filter_config(name, inner, &format!("{path}.config"));
+    }
+    Ok(Some(match any.type_url.as_str() {
+        type_urls::CORS_POLICY => PerFilterConfig::Cors(Box::new(
+            CorsPolicy::try_from(&unpack_any::<
+                crate::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy,
+            >(any, type_urls::CORS_POLICY, path)?)
+            .map_err(|e| e.within(path))?,
+        )),
+        type_urls::LOCAL_RATE_LIMIT => {
+            let proto: crate::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit =
+                unpack_any(any, type_urls::LOCAL_RATE_LIMIT, path)?;
+            let config = LocalRateLimit::try_from(&proto).map_err(|e| e.within(path))?;
+            if config.token_bucket.is_none() {
+                return Err(ValidationError::new(
+                    format!("{path}.token_bucket"),
+                    "a per-route local rate limit needs a token bucket",
+                ));
+            }
+            PerFilterConfig::LocalRateLimit(Box::new(config))
+        }
+        type_urls::BASIC_AUTH_PER_ROUTE => {
+            let p: crate::pb::envoy::extensions::filters::http::basic_auth::v3::BasicAuthPerRoute =
+                unpack_any(any, type_urls::BASIC_AUTH_PER_ROUTE, path)?;
+            let users = p
+                .users
+                .as_ref()
+                .ok_or_else(|| ValidationError::required(format!("{path}.users")))?;
+            PerFilterConfig::BasicAuth(
+                basic_auth::users(users).map_err(|e| e.within(format!("{path}.users")))?,
+            )
+        }
+        type_urls::RBAC_PER_ROUTE => {
+            let p: crate::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute =
+                unpack_any(any, type_urls::RBAC_PER_ROUTE, path)?;
+            PerFilterConfig::Rbac(
+                p.rbac
+                    .as_ref()
+                    .map(|r| Rbac::try_from(r).map(Box::new))
+                    .transpose()
+                    .map_err(|e| e.within(format!("{path}.rbac")))?,
+            )
+        }
+        type_urls::FAULT => PerFilterConfig::Fault(Box::new(
+            Fault::try_from(&unpack_any(any, type_urls::FAULT, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
+        other => return Err(unsupported_type(path, name, other)),
+    }))
+}
+
+/// A probability, in parts per million (Envoy's `FractionalPercent`, normalised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fraction {
+    pub per_million: u32,
+}
+
+impl Fraction {
+    pub const ALWAYS: Fraction = Fraction {
+        per_million: 1_000_000,
+    };
+    pub const NEVER: Fraction = Fraction { per_million: 0 };
+
+    /// `numerator / denominator`, capped at 100 % as Envoy caps it.
+    pub fn from_proto(p: &crate::pb::envoy::r#type::v3::FractionalPercent) -> Self {
+        Self {
+            per_million: p
+                .numerator
+                .saturating_mul(Self::unit(p.denominator))
+                .min(1_000_000),
+        }
+    }
+
+    /// A `RuntimeFractionalPercent`'s default value (there is no runtime); `unset` when
+    /// the field is absent.
+    pub fn runtime(
+        p: Option<&crate::pb::envoy::config::core::v3::RuntimeFractionalPercent>,
+        unset: Fraction,
+    ) -> Self {
+        match p {
+            None => unset,
+            Some(r) => r
+                .default_value
+                .as_ref()
+                .map_or(Fraction::NEVER, Fraction::from_proto),
+        }
+    }
+
+    /// The scale of a `FractionalPercent` denominator: how many parts per million one
+    /// unit of its numerator is.
+    pub fn unit(denominator: i32) -> u32 {
+        match denominator {
+            0 => 10_000,
+            1 => 100,
+            _ => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::envoy::r#type::v3::FractionalPercent;
+
+    #[test]
+    fn fractions_normalise_to_parts_per_million() {
+        let f = |n, d| {
+            Fraction::from_proto(&FractionalPercent {
+                numerator: n,
+                denominator: d,
+            })
+        };
+        assert_eq!(f(50, 0).per_million, 500_000);
+        assert_eq!(f(50, 1).per_million, 5_000);
+        assert_eq!(f(50, 2).per_million, 50);
+        assert_eq!(f(500, 0), Fraction::ALWAYS);
+    }
+}
