@@ -511,3 +511,181 @@ async fn filter_chain_matches_envoy() {
     assert_eq!(sluice_denied, envoy_denied, "http.filters.rbac.denied");
     assert_eq!(limited, Some(2), "route_rl.http_local_rate_limit.enforced");
 }
+
+/// One HTTP/1.1 request from `source` (a loopback address); the response's status.
+async fn status_from(source: &str, listener: SocketAddr, path: &str, extra: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(listener).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: h\r\nconnection: close\r\n{extra}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    sluice_tests::client::raw_status(&String::from_utf8_lossy(&answer)).unwrap_or(0)
+}
+
+/// A listener limiting each client address to two requests an hour, at most 1,000
+/// client buckets at once.
+fn per_client_config(admin: SocketAddr, listener: SocketAddr, upstream: &Upstream) -> String {
+    let filters = json!([
+        { "name": "envoy.filters.http.local_ratelimit",
+          "typed_config": typed(LOCAL_RL, json!({
+              "stat_prefix": "per_client",
+              "token_bucket": { "max_tokens": 1000000, "fill_interval": "1s" },
+              "filter_enabled": { "default_value": { "numerator": 100 } },
+              "filter_enforced": { "default_value": { "numerator": 100 } },
+              "descriptors": [ { "entries": [ { "key": "remote_address", "value": "" } ],
+                                 "token_bucket": { "max_tokens": 2, "fill_interval": "3600s" } } ],
+              "max_dynamic_descriptors": 1000 })) },
+        { "name": "envoy.filters.http.router",
+          "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }
+    ]);
+    let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+        { "match": { "prefix": "/" }, "route": { "cluster": "a", "rate_limits": [ { "actions": [ { "remote_address": {} } ] } ] } } ] } ] });
+    bootstrap(
+        admin,
+        vec![http_listener(
+            "per_client",
+            listener,
+            routes,
+            json!({ "http_filters": filters }),
+        )],
+        vec![cluster("a", &[(upstream.addr, 1)], json!({}))],
+    )
+}
+
+async fn two_clients(listener: SocketAddr) -> Vec<(&'static str, u16)> {
+    let mut out = Vec::new();
+    for source in [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.2",
+        "127.0.0.3",
+    ] {
+        out.push((source, status_from(source, listener, "/", "").await));
+    }
+    out
+}
+
+#[tokio::test]
+async fn clients_on_different_addresses_get_their_own_buckets() {
+    let upstream = Upstream::start("a").await;
+    let expected = vec![
+        ("127.0.0.2", 200),
+        ("127.0.0.3", 200),
+        ("127.0.0.2", 200),
+        ("127.0.0.3", 200),
+        ("127.0.0.2", 429),
+        ("127.0.0.3", 429),
+    ];
+
+    let (admin, listener) = (free_addr(), free_addr());
+    let envoy = Envoy::start(&per_client_config(admin, listener, &upstream), admin)
+        .await
+        .expect("start envoy (installed by tests/run.sh)");
+    assert_eq!(two_clients(listener).await, expected, "envoy");
+    drop(envoy);
+
+    let (admin, listener) = (free_addr(), free_addr());
+    let sluice = Sluice::start(&per_client_config(admin, listener, &upstream), admin)
+        .await
+        .expect("start sluice");
+    assert_eq!(two_clients(listener).await, expected, "sluice");
+
+    // Rotating client addresses (here through x-forwarded-for, which is what the
+    // connection manager trusts without use_remote_address) must not grow memory past
+    // the 1,000 buckets allowed.
+    let rss_before = sluice_tests::process::rss_of(sluice.pid());
+    const DISTINCT: u32 = 20_000;
+    let client = HttpClient::http1();
+    let mut tasks = Vec::new();
+    for worker in 0..8u32 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut limited = 0u32;
+            for i in (worker..DISTINCT).step_by(8) {
+                let xff = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 0xff, i & 0xff);
+                let reply = client
+                    .get(listener, "h", "/", &[("x-forwarded-for", &xff)])
+                    .await
+                    .expect("request");
+                limited += u32::from(reply.status == 429);
+            }
+            limited
+        }));
+    }
+    let mut limited = 0;
+    for t in tasks {
+        limited += t.await.unwrap();
+    }
+    let rss_after = sluice_tests::process::rss_of(sluice.pid());
+    eprintln!(
+        "{DISTINCT} distinct client addresses: RSS {} KiB -> {} KiB",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    assert_eq!(limited, 0, "each new address has a fresh bucket");
+    assert!(
+        rss_after.saturating_sub(rss_before) < 32 << 20,
+        "RSS grew from {rss_before} to {rss_after} bytes"
+    );
+    drop(sluice);
+}
+
+#[tokio::test]
+async fn hostile_filter_inputs_get_a_clear_4xx() {
+    let upstream = Upstream::start("a").await;
+    let (admin, listener) = (free_addr(), free_addr());
+    let sluice = Sluice::start(&config(admin, listener, &upstream), admin)
+        .await
+        .expect("start sluice");
+    let huge = "A".repeat(40 * 1024);
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "/auth-on/x",
+            format!("authorization: Basic {huge}\r\n"),
+            401,
+        ),
+        ("/auth-on/x", format!("authorization: {huge}\r\n"), 401),
+        ("/auth-on/x", "authorization: Basic \r\n".into(), 401),
+        ("/auth-on/x", "authorization: Basic ::::\r\n".into(), 401),
+        ("/auth-on/x", "authorization: Basic Og==\r\n".into(), 401),
+        ("/cors/x", format!("origin: https://{huge}\r\n"), 200),
+        // Control characters are not a header value: the codec refuses the request.
+        ("/cors/x", "origin: \x01\x7f\r\n".into(), 400),
+        (
+            "/cors/x",
+            format!("origin: https://good.example\r\naccess-control-request-method: {huge}\r\n"),
+            200,
+        ),
+        (
+            "/fault-header",
+            "x-envoy-fault-abort-request: 99999999999999999999\r\n".into(),
+            200,
+        ),
+        (
+            "/fault-header",
+            "x-envoy-fault-abort-request: 99\r\n".into(),
+            200,
+        ),
+        (
+            "/fault-header",
+            "x-envoy-fault-abort-request-percentage: -5\r\n".into(),
+            200,
+        ),
+    ];
+    for (path, headers, expected) in cases {
+        let status = status_from("127.0.0.1", listener, path, &headers).await;
+        assert_eq!(status, expected, "{path} with {:.60}", headers);
+    }
+    // Still serving.
+    assert_eq!(status_from("127.0.0.1", listener, "/cors/x", "").await, 200);
+    drop(sluice);
+}

@@ -392,3 +392,71 @@ impl ConnLimiters {
         limiter
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as pb;
+
+    fn limiter(yaml: &str) -> Limiter {
+        let proto: pb::LocalRateLimit = xds_types::decode::from_yaml(
+            yaml,
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        )
+        .unwrap();
+        Limiter::new(&LocalRateLimit::try_from(&proto).unwrap(), &Stats::new())
+    }
+
+    fn ip(i: u32) -> Vec<(String, String)> {
+        vec![(
+            "remote_address".into(),
+            std::net::Ipv4Addr::from(i).to_string(),
+        )]
+    }
+
+    #[test]
+    fn wildcard_buckets_are_per_value_and_bounded() {
+        let l = limiter(
+            "stat_prefix: t
+descriptors: [{entries: [{key: remote_address, value: ''}], token_bucket: {max_tokens: 1, fill_interval: 3600s}}]
+max_dynamic_descriptors: 1000",
+        );
+        assert!(l.check(&[ip(1)]).0);
+        assert!(
+            !l.check(&[ip(1)]).0,
+            "the second request of a client is over"
+        );
+        assert!(l.check(&[ip(2)]).0, "another client has its own bucket");
+        for i in 0..100_000 {
+            l.check(&[ip(1_000_000 + i)]);
+        }
+        let held = l.descriptors[0]
+            .dynamic
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .len();
+        assert_eq!(
+            held, 1000,
+            "100,000 addresses keep at most max_dynamic_descriptors buckets"
+        );
+        // The oldest clients were dropped and start over with a full bucket.
+        assert!(l.check(&[ip(1)]).0);
+    }
+
+    #[test]
+    fn strictest_descriptor_and_default_bucket() {
+        let l = limiter(
+            "stat_prefix: t
+token_bucket: {max_tokens: 3, fill_interval: 3600s}
+descriptors: [{entries: [{key: k, value: v}], token_bucket: {max_tokens: 5, fill_interval: 3600s}}]",
+        );
+        let d = vec![vec![("k".to_string(), "v".to_string())]];
+        // The default bucket (3) is consumed too and runs out first.
+        assert!(l.check(&d).0 && l.check(&d).0 && l.check(&d).0);
+        assert!(!l.check(&d).0);
+        // A request no descriptor matches uses the default bucket only.
+        assert!(!l.check(&[]).0);
+    }
+}
