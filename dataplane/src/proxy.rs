@@ -219,29 +219,32 @@ async fn handle(
 ) -> Response<Body> {
     let route = listener.routes.route(host, path, request.headers());
     let (mut parts, body) = request.into_parts();
-    let mut filter_ctx = RequestCtx {
-        remote: ctx.remote,
-        local: ctx.local,
-        tls: ctx.tls.as_deref(),
-        client_ip: client_ip(
-            ctx.remote.ip(),
-            &parts.headers,
-            listener.config.use_remote_address,
-            listener.config.xff_num_trusted_hops,
-        ),
-        host,
-        scheme: if ctx.tls.is_some() { "https" } else { "http" },
-        route,
-        response_headers: Vec::new(),
-        conn_limiters: &ctx.limiters,
-    };
+    let mut filter_response_headers = Vec::new();
     let local_reply = if listener.filters.is_empty() {
         None
     } else {
-        listener
+        let mut filter_ctx = RequestCtx {
+            remote: ctx.remote,
+            local: ctx.local,
+            tls: ctx.tls.as_deref(),
+            client_ip: client_ip(
+                ctx.remote.ip(),
+                &parts.headers,
+                listener.config.use_remote_address,
+                listener.config.xff_num_trusted_hops,
+            ),
+            host,
+            scheme: if ctx.tls.is_some() { "https" } else { "http" },
+            route,
+            response_headers: Vec::new(),
+            conn_limiters: &ctx.limiters,
+        };
+        let reply = listener
             .filters
             .on_request(&mut filter_ctx, &mut parts)
-            .await
+            .await;
+        filter_response_headers = filter_ctx.response_headers;
+        reply
     };
     let request = Request::from_parts(parts, body);
     let (result, mutations) = match local_reply {
@@ -258,7 +261,7 @@ async fn handle(
     for m in mutations {
         apply_mutations(response.headers_mut(), m);
     }
-    for (name, value) in filter_ctx.response_headers {
+    for (name, value) in filter_response_headers {
         response.headers_mut().append(name, value);
     }
     response

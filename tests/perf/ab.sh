@@ -3,7 +3,9 @@
 # machine's drift over minutes falls on both alike. Release binaries and the perf tools
 # must be built (tests/perf/run.sh builds them).
 #   tests/perf/ab.sh NEW_BIN OLD_BIN   with MODE=fixed|wrk|h2load (default fixed),
-#   H2UP=1 for an HTTP/2 upstream, REPS (default 6).
+#   H2UP=1 for an HTTP/2 upstream, REPS (default 6), FILTERS=1 to put CORS, a local rate
+#   limit (enabled, never reached) and RBAC (allow) in front of the NEW build's router
+#   (the OLD build keeps the router-only chain).
 # Each run: sluice pinned to CPU 0 with one worker, upstream and load on CPU 1, 5 s of load
 # on loopback, CPU from /proc/PID/stat; every process is stopped by its PID.
 set -euo pipefail
@@ -11,22 +13,28 @@ cd "$(dirname "$0")/../.."
 NEW=$1; OLD=$2
 TARGET="${CARGO_TARGET_DIR:-target}/release"
 PORT=19100; ADMIN=19101; UP=18081
-CONFIG=$(mktemp)
-H2UP="${H2UP:-0}" python3 - "$CONFIG" <<PY
+CONFIG=$(mktemp); NEW_CONFIG=$(mktemp)
+H2UP="${H2UP:-0}" FILTERS="${FILTERS:-0}" python3 - "$CONFIG" "$NEW_CONFIG" <<PY
 import json, os, sys
 sys.path.insert(0, "tests/perf")
 import bench
 bench.UPSTREAM_H2 = os.environ["H2UP"] == "1"
-open(sys.argv[1], "w").write(json.dumps(bench.envoy_style_bootstrap($PORT, $ADMIN)))
+config = bench.envoy_style_bootstrap($PORT, $ADMIN)
+open(sys.argv[1], "w").write(json.dumps(config))
+if os.environ["FILTERS"] == "1":
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"][:0] = bench.POLICY_FILTERS
+    hcm["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = bench.POLICY_CORS
+open(sys.argv[2], "w").write(json.dumps(config))
 PY
 taskset -c 1 "$TARGET/perf-upstream" --listen "127.0.0.1:$UP" --threads 1 & UPSTREAM=$!
-trap 'kill $UPSTREAM 2>/dev/null; rm -f "$CONFIG"' EXIT
+trap 'kill $UPSTREAM 2>/dev/null; rm -f "$CONFIG" "$NEW_CONFIG"' EXIT
 sleep 0.5
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for _ in $(seq 1 "${REPS:-6}"); do
   for name in new old; do
-    bin=$NEW; [ "$name" = old ] && bin=$OLD
-    taskset -c 0 "$bin" -c "$CONFIG" --concurrency 1 --log-level warn & PROXY=$!
+    bin=$NEW; config=$NEW_CONFIG; [ "$name" = old ] && bin=$OLD && config=$CONFIG
+    taskset -c 0 "$bin" -c "$config" --concurrency 1 --log-level warn & PROXY=$!
     sleep 0.7
     before=$(cpu $PROXY)
     case "${MODE:-fixed}" in

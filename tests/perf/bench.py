@@ -68,6 +68,28 @@ def make_certificate(workdir):
     (d / "combined.pem").write_text((d / "cert.pem").read_text() + (d / "key.pem").read_text())
     return d
 
+# The policy filters the A/B puts in front of the router (tests/perf/ab.sh FILTERS=1): a
+# CORS policy for every route, a local rate limit that checks every request and never
+# runs out, and RBAC that allows GETs from loopback.
+POLICY_FILTERS = [
+    {"name": "envoy.filters.http.cors", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+    {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "bench_rl",
+        "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
+        "filter_enabled": {"default_value": {"numerator": 100}},
+        "filter_enforced": {"default_value": {"numerator": 100}}}},
+    {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {"loopback-gets": {
+            "permissions": [{"header": {"name": ":method", "string_match": {"exact": "GET"}}}],
+            "principals": [{"direct_remote_ip": {"address_prefix": "127.0.0.0", "prefix_len": 8}}]}}}}},
+]
+POLICY_CORS = {"envoy.filters.http.cors": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+    "allow_origin_string_match": [{"exact": "https://app.example"}], "allow_methods": "GET"}}
+
 def envoy_style_bootstrap(listen, admin, tls_listen=None):
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
            "stat_prefix": "bench", "codec_type": "AUTO",

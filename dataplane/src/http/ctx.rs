@@ -67,18 +67,14 @@ pub fn client_ip(
     if use_remote_address {
         return remote;
     }
-    let entries: Vec<&str> = headers
+    headers
         .get_all("x-forwarded-for")
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let from_right = xff_num_trusted_hops as usize;
-    entries
-        .len()
-        .checked_sub(from_right + 1)
-        .and_then(|i| entries[i].parse().ok())
+        .flat_map(|v| v.rsplit(','))
+        .nth(xff_num_trusted_hops as usize)
+        .and_then(|entry| entry.trim().parse().ok())
         .unwrap_or(remote)
 }
 
