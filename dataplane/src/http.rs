@@ -4,11 +4,13 @@
 //! working above the stream, so they behave the same under TLS.
 //!
 //! Below it: [`ctx`] (what one request's filters share), [`filter`] (the chain of HTTP
-//! filters in front of the router) and [`filters`] (each filter).
+//! filters in front of the router), [`filters`] (each filter) and [`path`] (the path
+//! normalisation applied before both).
 
 pub mod ctx;
 pub mod filter;
 pub mod filters;
+pub mod path;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,10 +62,18 @@ pub async fn serve_connection<S>(
         .header_read_timeout(None)
         .max_buf_size(header_bytes.max(8192))
         .max_headers(hcm.max_headers_count as usize);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = builder.http2();
+    h2.timer(TokioTimer::new())
         .max_header_list_size(header_bytes as u32);
+    if let Some(n) = hcm.http2.max_concurrent_streams {
+        h2.max_concurrent_streams(n);
+    }
+    if let Some(n) = hcm.http2.initial_stream_window_size {
+        h2.initial_stream_window_size(n);
+    }
+    if let Some(n) = hcm.http2.initial_connection_window_size {
+        h2.initial_connection_window_size(n);
+    }
     let alpn_h2 = ctx
         .tls
         .as_ref()

@@ -1,6 +1,7 @@
 //! The request path: one snapshot load, route, then a direct response, a redirect, or a
 //! forward to an upstream cluster with Envoy's timeout, retry and header semantics.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 use tracing::{debug, info};
+use xds_types::hcm::{ServerHeader, StripPort, UnderscoresAction};
 use xds_types::route::{
     AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderMutations, Redirect,
     RedirectPath, RetryPolicy, RouteAction,
@@ -28,8 +30,9 @@ use crate::config::{ChainRuntime, HttpRuntime, Network, Snapshot, SnapshotStore}
 use crate::conn::ConnState;
 use crate::http::ctx::{client_ip, RequestCtx};
 use crate::http::filters::local_ratelimit::ConnLimiters;
+use crate::http::path::PathOutcome;
 use crate::listener::tls::TlsInfo;
-use crate::local_reply::{self, ProxyError, ResponseFlag};
+use crate::local_reply::{self, LocalReply, ProxyError, ResponseFlag};
 use crate::router::RouteMatch;
 use crate::stats::{class_index, Stats};
 use crate::upstream::lb::PickRequest;
@@ -145,6 +148,8 @@ pub async fn serve(
     let stats = listener.stats.clone();
     stats.downstream_rq_total.inc();
     let rq_active = GaugeGuard::new(&stats.downstream_rq_active);
+    let mut request = request;
+    let refused = prepare(&ctx, listener, &mut request);
     let method = request.method().clone();
     let version = request.version();
     let path = path_and_query(request.uri()).to_string();
@@ -154,7 +159,7 @@ pub async fn serve(
         detailed: tracing::enabled!(target: "access", tracing::Level::INFO),
         ..Outcome::default()
     };
-    let mut response = if let Some(error) = malformed(&ctx, &request) {
+    let mut response = if let Some(error) = refused {
         outcome.flag = error.flag();
         local_reply::render(error)
     } else {
@@ -169,8 +174,15 @@ pub async fn serve(
         )
         .await
     };
-    if let Ok(server) = HeaderValue::from_str(&listener.config.server_name) {
-        response.headers_mut().insert(header::SERVER, server);
+    let set_server = match listener.config.server_header {
+        ServerHeader::Overwrite => true,
+        ServerHeader::AppendIfAbsent => !response.headers().contains_key(header::SERVER),
+        ServerHeader::PassThrough => false,
+    };
+    if set_server {
+        if let Ok(server) = HeaderValue::from_str(&listener.config.server_name) {
+            response.headers_mut().insert(header::SERVER, server);
+        }
     }
 
     let status = response.status().as_u16();
@@ -197,13 +209,90 @@ pub async fn serve(
     Ok(Response::from_parts(parts, body))
 }
 
-/// A request no filter or upstream may see: both `Content-Length` and
-/// `Transfer-Encoding` (a smuggling attempt), or HTTP/1.1 without `Host` (RFC 9112 §3.2).
-fn malformed(ctx: &ConnContext, request: &Request<Incoming>) -> Option<ProxyError> {
+/// The connection manager's checks and rewrites before filters and routing. Refused
+/// (`Some`, the answer): both `Content-Length` and `Transfer-Encoding` (a smuggling
+/// attempt), HTTP/1.1 without `Host` (RFC 9112 §3.2), header names with underscores when
+/// the listener refuses them, a path the normalisation refuses or redirects. Otherwise
+/// headers with underscores may be dropped, the port stripped from `Host` and the path
+/// normalised, and the upstream sees the result.
+fn prepare(
+    ctx: &ConnContext,
+    listener: &HttpRuntime,
+    request: &mut Request<Incoming>,
+) -> Option<ProxyError> {
+    let bad = Some(ProxyError::Flag(ResponseFlag::DownstreamProtocolError));
     let conflicting = ctx.conn.conflicting_framing.swap(false, Ordering::Relaxed);
     let missing_host =
         request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST);
-    (conflicting || missing_host).then_some(ProxyError::Flag(ResponseFlag::DownstreamProtocolError))
+    if conflicting || missing_host {
+        return bad;
+    }
+    let hcm = &listener.config;
+    if hcm.headers_with_underscores != UnderscoresAction::Allow {
+        let named: Vec<HeaderName> = request
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        if !named.is_empty() {
+            if hcm.headers_with_underscores == UnderscoresAction::Reject {
+                listener
+                    .stats
+                    .requests_rejected_with_underscores_in_headers
+                    .inc();
+                return bad;
+            }
+            listener
+                .stats
+                .dropped_headers_with_underscores
+                .inc_by(named.len() as u64);
+            for name in named {
+                request.headers_mut().remove(name);
+            }
+        }
+    }
+    if hcm.strip_port != StripPort::Keep {
+        let stripped = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| match split_host_port(h) {
+                (name, Some(port))
+                    if hcm.strip_port == StripPort::Any || port.parse() == Ok(ctx.local.port()) =>
+                {
+                    HeaderValue::from_str(name).ok()
+                }
+                _ => None,
+            });
+        if let Some(host) = stripped {
+            request.headers_mut().insert(header::HOST, host);
+        }
+    }
+    match crate::http::path::apply(&hcm.path, path_and_query(request.uri())) {
+        PathOutcome::Forward(Cow::Borrowed(_)) => None,
+        PathOutcome::Forward(Cow::Owned(normalized)) => {
+            let mut parts = request.uri().clone().into_parts();
+            let Ok(path) = normalized.parse() else {
+                return bad;
+            };
+            parts.path_and_query = Some(path);
+            match Uri::from_parts(parts) {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(_) => return bad,
+            }
+            None
+        }
+        PathOutcome::Reject => bad,
+        PathOutcome::Redirect(location) => {
+            let mut reply = LocalReply::new(StatusCode::TEMPORARY_REDIRECT, "");
+            let Ok(location) = HeaderValue::from_str(&location) else {
+                return bad;
+            };
+            reply.headers.push((header::LOCATION, location));
+            Some(ProxyError::Local(reply))
+        }
+    }
 }
 
 /// Routes the request, runs the HTTP filters, then the router; renders whatever error
@@ -217,7 +306,9 @@ async fn handle(
     path: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
-    let route = listener.routes.route(host, path, request.headers());
+    let route = listener
+        .routes
+        .route(request.method(), host, path, request.headers());
     let (mut parts, body) = request.into_parts();
     let mut filter_response_headers = Vec::new();
     let local_reply = if listener.filters.is_empty() {
@@ -311,13 +402,35 @@ async fn route_request<'s>(
                 .retry_policy
                 .as_ref()
                 .or(virtual_host.retry_policy.as_ref());
+            let envoy_headers = (!listener.config.http_filters.router.suppress_envoy_headers)
+                .then_some(EnvoyHeaders {
+                    attempt_count_upstream: virtual_host.include_request_attempt_count,
+                    attempt_count_downstream: virtual_host.include_attempt_count_in_response,
+                });
             let plan = ForwardPlan {
                 action,
                 policy,
                 request_mutations,
                 rewrite_prefix: route.matcher.rewritable_prefix(),
+                envoy_headers,
             };
-            forward(ctx, snapshot, listener, plan, request, host, path, outcome).await
+            let forwarded =
+                forward(ctx, snapshot, listener, plan, request, host, path, outcome).await;
+            match forwarded {
+                // Envoy marks a circuit breaker's refusal so clients can back off.
+                Err(ProxyError::Flag(ResponseFlag::UpstreamOverflow))
+                    if envoy_headers.is_some() =>
+                {
+                    let mut response =
+                        local_reply::render(ProxyError::Flag(ResponseFlag::UpstreamOverflow));
+                    response
+                        .headers_mut()
+                        .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+                    outcome.flag = Some(ResponseFlag::UpstreamOverflow);
+                    Ok(response)
+                }
+                other => other,
+            }
         }
     };
     (response, mutations)
@@ -389,7 +502,24 @@ struct ForwardPlan<'a> {
     policy: Option<&'a RetryPolicy>,
     request_mutations: [&'a HeaderMutations; 3],
     rewrite_prefix: Option<&'a str>,
+    /// The router's `x-envoy-*` headers: `None` with `suppress_envoy_headers`.
+    envoy_headers: Option<EnvoyHeaders>,
 }
+
+/// Which of the router's `x-envoy-*` headers a request gets.
+#[derive(Clone, Copy)]
+struct EnvoyHeaders {
+    /// `x-envoy-attempt-count` upstream (the virtual host's `include_request_attempt_count`).
+    attempt_count_upstream: bool,
+    /// `x-envoy-attempt-count` downstream (`include_attempt_count_in_response`).
+    attempt_count_downstream: bool,
+}
+
+static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+static X_ENVOY_EXPECTED_TIMEOUT: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_ENVOY_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 
 /// A request body as the retry loop sees it.
 enum RequestBody {
@@ -427,7 +557,11 @@ async fn forward(
 
     let upgrade = requested_upgrade(request.headers());
     if let Some(protocol) = &upgrade {
-        if !listener.config.upgrades.iter().any(|u| u == protocol) {
+        let listed =
+            |list: &[(String, bool)]| list.iter().find(|(t, _)| t == protocol).map(|(_, on)| *on);
+        let allowed = listed(&listener.config.upgrades)
+            .is_some_and(|on| listed(&action.upgrades).unwrap_or(on));
+        if !allowed {
             return Err(ProxyError::Flag(ResponseFlag::UpgradeFailed));
         }
     }
@@ -533,11 +667,14 @@ async fn forward(
             RequestBody::Streaming(b) => b.take().unwrap_or_else(body::empty),
         };
         // The last try takes the headers; earlier ones clone them.
-        let try_headers = if attempt < max_tries {
+        let mut try_headers = if attempt < max_tries {
             headers.clone().unwrap_or_default()
         } else {
             headers.take().unwrap_or_default()
         };
+        if plan.envoy_headers.is_some_and(|e| e.attempt_count_upstream) {
+            try_headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        }
         let upstream_request = match build_request(
             &parts.method,
             version,
@@ -567,6 +704,7 @@ async fn forward(
 
         let pool = endpoint.pool_for(host);
         let context = cluster.context(sni_host);
+        let sent = Instant::now();
         let exchange = async {
             if downstream_upgrade.is_some() {
                 pool.send_upgrade(upstream_request, &context)
@@ -620,6 +758,15 @@ async fn forward(
                     let mut response = upstream_response(response, downstream_upgrade, in_flight);
                     if let Some(cookie) = request_hash.set_cookie {
                         response.headers_mut().append(header::SET_COOKIE, cookie);
+                    }
+                    if let Some(envoy) = plan.envoy_headers {
+                        let took = sent.elapsed().as_millis() as u64;
+                        let headers = response.headers_mut();
+                        headers.insert(X_ENVOY_SERVICE_TIME.clone(), HeaderValue::from(took));
+                        if envoy.attempt_count_downstream {
+                            headers
+                                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+                        }
                     }
                     return Ok(response);
                 }
@@ -899,6 +1046,20 @@ fn upstream_headers(
     for m in plan.request_mutations {
         apply_mutations(&mut headers, m);
     }
+    if plan.envoy_headers.is_some() {
+        // What the upstream may take: the per-try timeout when shorter, else the route's.
+        let per_try = plan.policy.and_then(|p| p.per_try_timeout);
+        let expected = match (per_try, plan.action.timeout) {
+            (Some(t), Some(overall)) => Some(t.min(overall)),
+            (t, overall) => t.or(overall),
+        };
+        if let Some(t) = expected {
+            headers.insert(
+                X_ENVOY_EXPECTED_TIMEOUT.clone(),
+                HeaderValue::from(t.as_millis() as u64),
+            );
+        }
+    }
     headers
 }
 
@@ -1030,7 +1191,8 @@ fn request_host<B>(request: &Request<B>) -> &str {
         .unwrap_or("")
 }
 
-fn split_host_port(host: &str) -> (&str, Option<&str>) {
+/// `host[:port]` split; an IPv6 literal keeps its brackets.
+pub(crate) fn split_host_port(host: &str) -> (&str, Option<&str>) {
     if host.starts_with('[') {
         return match host.rsplit_once("]:") {
             Some((h, p)) => (&host[..h.len() + 1], Some(p)),

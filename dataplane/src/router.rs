@@ -86,6 +86,11 @@ impl CompiledRoutes {
     }
 
     fn virtual_host_index(&self, host: &str) -> Option<usize> {
+        let host = if self.table.ignore_port_in_host_matching {
+            crate::proxy::split_host_port(host).0
+        } else {
+            host
+        };
         let host = host.to_ascii_lowercase();
         let index = self
             .exact
@@ -110,6 +115,7 @@ impl CompiledRoutes {
     /// The first route of the matching virtual host whose matcher accepts the request.
     pub fn route<'a>(
         &'a self,
+        method: &http::Method,
         host: &str,
         path_and_query: &str,
         headers: &HeaderMap,
@@ -121,7 +127,9 @@ impl CompiledRoutes {
             let m = &r.matcher;
             m.matches_path(path_and_query)
                 && m.headers.iter().all(|h| {
-                    h.matches(header_value(headers, &h.name, host, path_and_query).as_deref())
+                    h.matches(
+                        header_value(headers, &h.name, method, host, path_and_query).as_deref(),
+                    )
                 })
                 && m.query_parameters.iter().all(|q| q.matches(query))
         })?;
@@ -138,16 +146,18 @@ impl CompiledRoutes {
 }
 
 /// A header's value for matching: values of a repeated header joined by `,`, and the
-/// pseudo-headers `:authority`/`:path` answered from the request.
+/// pseudo-headers `:authority`, `:path` and `:method` answered from the request.
 pub(crate) fn header_value(
     headers: &HeaderMap,
     name: &str,
+    method: &http::Method,
     host: &str,
     path: &str,
 ) -> Option<String> {
     match name {
         ":authority" => return Some(host.to_string()),
         ":path" => return Some(path.to_string()),
+        ":method" => return Some(method.as_str().to_string()),
         _ => {}
     }
     let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
@@ -199,7 +209,10 @@ mod tests {
                {name: inv, match: {prefix: /, headers: [{name: x-block, present_match: true, invert_match: true}]}, direct_response: {status: 200}}]}]",
         );
         let mut headers = HeaderMap::new();
-        let name = |p: &str, h: &HeaderMap| r.route("h", p, h).map(|m| m.route.name.clone());
+        let name = |p: &str, h: &HeaderMap| {
+            r.route(&http::Method::GET, "h", p, h)
+                .map(|m| m.route.name.clone())
+        };
         assert_eq!(name("/x?debug", &headers).as_deref(), Some("q"));
         assert_eq!(name("/x", &headers).as_deref(), Some("inv"));
         headers.insert("x-block", "1".parse().unwrap());

@@ -52,6 +52,8 @@ pub struct HttpStats {
     pub downstream_rq_timeout: Counter,
     pub no_route: Counter,
     pub no_cluster: Counter,
+    pub requests_rejected_with_underscores_in_headers: Counter,
+    pub dropped_headers_with_underscores: Counter,
 }
 
 /// Counters of one listener (Envoy's `listener.<address>.*`).
@@ -245,6 +247,18 @@ impl Stats {
                 "Requests routed to a missing cluster",
                 l(),
                 name("no_cluster"),
+            ),
+            requests_rejected_with_underscores_in_headers: self.counter(
+                "envoy_http_requests_rejected_with_underscores_in_headers",
+                "Requests refused for a header name with an underscore",
+                l(),
+                name("requests_rejected_with_underscores_in_headers"),
+            ),
+            dropped_headers_with_underscores: self.counter(
+                "envoy_http_dropped_headers_with_underscores",
+                "Request headers dropped for an underscore in their name",
+                l(),
+                name("dropped_headers_with_underscores"),
             ),
         }
     }

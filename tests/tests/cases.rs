@@ -10,6 +10,7 @@ mod http1;
 mod http_filters;
 mod lifecycle;
 mod operator;
+mod path_normalization;
 mod proxyless_grpc;
 mod resilience;
 mod routing;

@@ -457,7 +457,24 @@ struct ProtocolOptions {
     auto_san_validation: bool,
 }
 
+/// The HTTP/2 settings sluice applies downstream only: set on a cluster they are refused.
+fn no_upstream_http2_settings(
+    o: &crate::pb::envoy::config::core::v3::Http2ProtocolOptions,
+    path: &str,
+) -> Result<()> {
+    if *o != Default::default() {
+        return Err(ValidationError::new(
+            path,
+            "HTTP/2 settings apply to downstream connections only; an upstream's must be empty",
+        ));
+    }
+    Ok(())
+}
+
 fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
+    if let Some(o) = &c.http2_protocol_options {
+        no_upstream_http2_settings(o, "http2_protocol_options")?;
+    }
     let mut out = ProtocolOptions {
         protocol: if c.http2_protocol_options.is_some() {
             UpstreamProtocol::Http2
@@ -484,7 +501,13 @@ fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
             None => {}
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(P::HttpProtocolOptions(_)) => out.protocol = UpstreamProtocol::Http1,
-                Some(P::Http2ProtocolOptions(_)) => out.protocol = UpstreamProtocol::Http2,
+                Some(P::Http2ProtocolOptions(o)) => {
+                    no_upstream_http2_settings(
+                        &o,
+                        &format!("{path}.explicit_http_config.http2_protocol_options"),
+                    )?;
+                    out.protocol = UpstreamProtocol::Http2
+                }
                 _ => {
                     return Err(ValidationError::new(
                         format!("{path}.explicit_http_config"),

@@ -159,6 +159,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "generate_request_id", "preserve_external_request_id",
         "drain_timeout", "server_name",
         "forward_client_cert_details": "SANITIZE (default), FORWARD_ONLY, APPEND_FORWARD, SANITIZE_SET, ALWAYS_FORWARD_ONLY",
+        "normalize_path": "RFC 3986 as Envoy: dot segments removed, percent-encoded unreserved characters decoded, backslashes made slashes; the upstream sees the result",
+        "merge_slashes", "path_with_escaped_slashes_action": "%2F and %5C, any case; UNESCAPE_AND_REDIRECT answers 307 to the unescaped path",
+        "server_header_transformation", "strip_matching_host_port", "strip_any_host_port",
+        "http2_protocol_options",
         "set_current_client_cert_details",
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails" => [
@@ -178,6 +182,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "disabled": "the filter does not run for this route (virtual host, table)",
     ],
     "envoy.config.route.v3.Decorator" => ["operation", "propagate"],
+    "envoy.config.route.v3.RouteAction.UpgradeConfig" => ["upgrade_type", "enabled"],
     "envoy.extensions.filters.http.cors.v3.Cors" => [],
     "envoy.extensions.filters.http.cors.v3.CorsPolicy" => [
         "allow_origin_string_match", "allow_methods": "`*` echoes Access-Control-Request-Method",
@@ -270,15 +275,18 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => [
         "upgrade_type", "enabled",
     ],
-    "envoy.extensions.filters.http.router.v3.Router" => [],
+    "envoy.extensions.filters.http.router.v3.Router" => [
+        "suppress_envoy_headers": "leaves out x-envoy-upstream-service-time, x-envoy-expected-rq-timeout-ms, x-envoy-overloaded and x-envoy-attempt-count",
+    ],
     "envoy.config.core.v3.HttpProtocolOptions" => [
+        "headers_with_underscores_action": "downstream: ALLOW (default), REJECT_REQUEST (400), DROP_HEADER",
         "idle_timeout": "downstream: close a connection with no active request after this long (default 1h); upstream: pool idle timeout",
         "max_headers_count",
         "max_requests_per_connection": "upstream: a connection is closed after this many requests",
         "max_connection_duration": "upstream: a connection is closed (when idle) this long after it was made",
     ],
     "envoy.config.route.v3.RouteConfiguration" => [
-        "name", "virtual_hosts",
+        "name", "virtual_hosts", "ignore_port_in_host_matching",
         "typed_per_filter_config": "overrides of the HTTP filters for every route of the table",
         "request_headers_to_add", "request_headers_to_remove",
         "response_headers_to_add", "response_headers_to_remove",
@@ -290,6 +298,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "cors": "deprecated in Envoy; used when no per-filter CORS policy is set",
         "rate_limits": "read by the local rate limit filter",
         "metadata": "accepted; no filter reads it yet",
+        "include_request_attempt_count", "include_attempt_count_in_response",
         "request_headers_to_add", "request_headers_to_remove",
         "response_headers_to_add", "response_headers_to_remove",
     ],
@@ -329,6 +338,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "hash_policy": "for RING_HASH and MAGLEV clusters; no effect on others, as in Envoy",
         "cors": "deprecated in Envoy; used when no per-filter CORS policy is set",
         "rate_limits": "read by the local rate limit filter", "include_vh_rate_limits",
+        "upgrade_configs": "per-route upgrade switches over the connection manager's",
     ],
     "envoy.config.route.v3.RouteAction.HashPolicy" => [
         "header", "cookie", "connection_properties", "query_parameter", "terminal",
@@ -590,7 +600,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "private_key": "PEM (RSA, ECDSA or Ed25519); redacted in every read from sluice-cp and in /config_dump",
     ],
     "envoy.config.core.v3.Http1ProtocolOptions" => [],
-    "envoy.config.core.v3.Http2ProtocolOptions" => [],
+    "envoy.config.core.v3.Http2ProtocolOptions" => [
+        "max_concurrent_streams": "downstream", "initial_stream_window_size": "downstream",
+        "initial_connection_window_size": "downstream",
+    ],
 };
 
 /// Rejects the first set field, anywhere in `message`, that [`SUPPORTED`] does not list.

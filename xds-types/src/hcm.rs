@@ -25,8 +25,9 @@ pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub codec: Codec,
     pub routes: RouteSource,
-    /// Lowercased upgrade protocols (e.g. `websocket`) proxied as upgrades.
-    pub upgrades: Vec<String>,
+    /// Lowercased upgrade protocols (e.g. `websocket`) and whether they are enabled; a
+    /// route may switch a listed one on or off, an unlisted one is refused.
+    pub upgrades: Vec<(String, bool)>,
     /// Time allowed for the request headers; `None` = no limit (Envoy's default).
     pub request_headers_timeout: Option<Duration>,
     /// Close connections with no active request after this long.
@@ -48,8 +49,69 @@ pub struct HttpConnectionManager {
     pub client_cert_details: ClientCertDetails,
     /// The filters in front of the router.
     pub http_filters: HttpFilters,
+    /// What happens to the path before filters and routing see it.
+    pub path: PathPolicy,
+    pub headers_with_underscores: UnderscoresAction,
+    pub server_header: ServerHeader,
+    pub strip_port: StripPort,
+    pub http2: Http2Settings,
     /// Optional filters of types Sluice does not implement, skipped (logged once).
     pub skipped_filters: Vec<String>,
+}
+
+/// Path normalisation, in Envoy's order: escaped slashes, then RFC 3986 normalisation,
+/// then merging slashes. The upstream sees the result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathPolicy {
+    pub normalize: bool,
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// Envoy's `PathWithEscapedSlashesAction` (`%2F`, `%5C`, any case).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    #[default]
+    Keep,
+    Reject,
+    UnescapeAndRedirect,
+    UnescapeAndForward,
+}
+
+/// Envoy's `HeadersWithUnderscoresAction`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnderscoresAction {
+    #[default]
+    Allow,
+    Reject,
+    Drop,
+}
+
+/// Envoy's `ServerHeaderTransformation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerHeader {
+    #[default]
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// Whether the port is removed from `Host` before routing (and upstream).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StripPort {
+    #[default]
+    Keep,
+    /// Only when it is the listener's port.
+    Matching,
+    Any,
+}
+
+/// Downstream HTTP/2 settings; `None` keeps hyper's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Http2Settings {
+    pub max_concurrent_streams: Option<u32>,
+    pub initial_stream_window_size: Option<u32>,
+    pub initial_connection_window_size: Option<u32>,
 }
 
 /// Envoy's `ForwardClientCertDetails`.
@@ -155,11 +217,99 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             None => return Err(ValidationError::required("route_config")),
         };
         let (http_filters, skipped_filters) = HttpFilters::from_proto(&h.http_filters)?;
+        use pb::http_connection_manager::{
+            PathWithEscapedSlashesAction as P, ServerHeaderTransformation as T, StripPortMode,
+        };
+        let escaped_slashes = match P::try_from(h.path_with_escaped_slashes_action) {
+            Ok(P::ImplementationSpecificDefault | P::KeepUnchanged) => EscapedSlashes::Keep,
+            Ok(P::RejectRequest) => EscapedSlashes::Reject,
+            Ok(P::UnescapeAndRedirect) => EscapedSlashes::UnescapeAndRedirect,
+            Ok(P::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+            Err(_) => {
+                return Err(ValidationError::new(
+                    "path_with_escaped_slashes_action",
+                    "unknown value",
+                ))
+            }
+        };
+        let server_header = match T::try_from(h.server_header_transformation) {
+            Ok(T::Overwrite) => ServerHeader::Overwrite,
+            Ok(T::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+            Ok(T::PassThrough) => ServerHeader::PassThrough,
+            Err(_) => {
+                return Err(ValidationError::new(
+                    "server_header_transformation",
+                    "unknown value",
+                ))
+            }
+        };
+        if h.strip_matching_host_port && h.strip_port_mode.is_some() {
+            return Err(ValidationError::new(
+                "strip_any_host_port",
+                "only one of strip_matching_host_port and strip_any_host_port may be set",
+            ));
+        }
+        let strip_port = match h.strip_port_mode.as_ref() {
+            Some(StripPortMode::StripAnyHostPort(true)) => StripPort::Any,
+            _ if h.strip_matching_host_port => StripPort::Matching,
+            _ => StripPort::Keep,
+        };
+        let headers_with_underscores = match h
+            .common_http_protocol_options
+            .as_ref()
+            .map_or(0, |o| o.headers_with_underscores_action)
+        {
+            0 => UnderscoresAction::Allow,
+            1 => UnderscoresAction::Reject,
+            2 => UnderscoresAction::Drop,
+            _ => {
+                return Err(ValidationError::new(
+                    "common_http_protocol_options.headers_with_underscores_action",
+                    "unknown value",
+                ))
+            }
+        };
+        let http2 = h
+            .http2_protocol_options
+            .as_ref()
+            .map(|o| {
+                let window = |v: &Option<crate::pb::google::protobuf::UInt32Value>, field: &str| {
+                    v.as_ref()
+                        .map(|v| {
+                            if (65_535..=2_147_483_647).contains(&v.value) {
+                                Ok(v.value)
+                            } else {
+                                Err(ValidationError::new(
+                                    format!("http2_protocol_options.{field}"),
+                                    "must be in [65535, 2147483647]",
+                                ))
+                            }
+                        })
+                        .transpose()
+                };
+                Ok::<_, ValidationError>(Http2Settings {
+                    max_concurrent_streams: o.max_concurrent_streams.as_ref().map(|v| v.value),
+                    initial_stream_window_size: window(
+                        &o.initial_stream_window_size,
+                        "initial_stream_window_size",
+                    )?,
+                    initial_connection_window_size: window(
+                        &o.initial_connection_window_size,
+                        "initial_connection_window_size",
+                    )?,
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
         let upgrades = h
             .upgrade_configs
             .iter()
-            .filter(|u| u.enabled.as_ref().is_none_or(|v| v.value))
-            .map(|u| u.upgrade_type.to_ascii_lowercase())
+            .map(|u| {
+                (
+                    u.upgrade_type.to_ascii_lowercase(),
+                    u.enabled.as_ref().is_none_or(|v| v.value),
+                )
+            })
             .collect();
         if let Some(o) = h.common_http_protocol_options.as_ref() {
             for (field, set) in [
@@ -235,6 +385,15 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             })
             .unwrap_or_default();
         Ok(Self {
+            path: PathPolicy {
+                normalize: h.normalize_path.as_ref().is_some_and(|v| v.value),
+                merge_slashes: h.merge_slashes,
+                escaped_slashes,
+            },
+            headers_with_underscores,
+            server_header,
+            strip_port,
+            http2,
             http_filters,
             skipped_filters,
             forward_client_cert,

@@ -24,10 +24,18 @@ pub use fault::Fault;
 pub use local_ratelimit::LocalRateLimit;
 pub use rbac::Rbac;
 
-/// The filters in front of the router, in order.
+/// The filters in front of the router, in order, and the router's own settings.
 #[derive(Debug, Clone, Default)]
 pub struct HttpFilters {
     pub filters: Vec<HttpFilter>,
+    pub router: RouterConfig,
+}
+
+/// `envoy.extensions.filters.http.router.v3.Router`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouterConfig {
+    /// Leaves out the `x-envoy-*` headers the router adds.
+    pub suppress_envoy_headers: bool,
 }
 
 /// One configured HTTP filter.
@@ -117,6 +125,7 @@ impl HttpFilters {
             ));
         }
         let mut filters = Vec::new();
+        let mut router = RouterConfig::default();
         let mut skipped = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, f) in list.iter().enumerate() {
@@ -145,12 +154,13 @@ impl HttpFilters {
                         "the router filter must be the last filter",
                     ));
                 }
-                let _: crate::pb::envoy::extensions::filters::http::router::v3::Router =
+                let r: crate::pb::envoy::extensions::filters::http::router::v3::Router =
                     crate::util::unpack_any(
                         any,
                         type_urls::ROUTER,
                         &format!("{path}.typed_config"),
                     )?;
+                router.suppress_envoy_headers = r.suppress_envoy_headers;
                 continue;
             }
             if last {
@@ -175,7 +185,7 @@ impl HttpFilters {
                 config,
             });
         }
-        Ok((Self { filters }, skipped))
+        Ok((Self { filters, router }, skipped))
     }
 }
 

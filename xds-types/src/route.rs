@@ -32,6 +32,8 @@ pub struct RouteTable {
     pub response_headers: HeaderMutations,
     /// Filter overrides for every route of the table (the least specific level).
     pub per_filter: PerFilterConfigs,
+    /// Virtual hosts are matched on `Host` without its port.
+    pub ignore_port_in_host_matching: bool,
     /// Hash of the resource as received: an unchanged table keeps its compiled form (and
     /// the filters' per-route state) across snapshots.
     pub fingerprint: u64,
@@ -52,6 +54,10 @@ pub struct VirtualHost {
     /// The deprecated `VirtualHost.cors`, used when no per-filter CORS policy is set.
     pub cors: Option<Box<CorsPolicy>>,
     pub rate_limits: Vec<RateLimitPolicy>,
+    /// Send `x-envoy-attempt-count` upstream.
+    pub include_request_attempt_count: bool,
+    /// Send `x-envoy-attempt-count` downstream.
+    pub include_attempt_count_in_response: bool,
 }
 
 /// One route: the first whose matcher accepts a request decides its fate.
@@ -160,6 +166,9 @@ pub struct ForwardAction {
     pub rate_limits: Vec<RateLimitPolicy>,
     /// Also use the virtual host's `rate_limits`.
     pub include_vh_rate_limits: bool,
+    /// Per-route upgrade switches (lowercased type, enabled); they override the
+    /// connection manager's `upgrade_configs` for this route.
+    pub upgrades: Vec<(String, bool)>,
 }
 
 /// One input of a request's consistent hash (Envoy's `RouteAction.HashPolicy`).
@@ -325,6 +334,7 @@ impl TryFrom<&pb::RouteConfiguration> for RouteTable {
         Ok(Self {
             per_filter: per_filter_configs(&rc.typed_per_filter_config, "typed_per_filter_config")?,
             fingerprint: crate::util::fingerprint(rc, "envoy.config.route.v3.RouteConfiguration"),
+            ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
             name: rc.name.clone(),
             virtual_hosts,
             request_headers: mutations(
@@ -379,6 +389,8 @@ impl TryFrom<&pb::VirtualHost> for VirtualHost {
                 })
                 .transpose()?,
             rate_limits: policies(&vh.rate_limits, "rate_limits")?,
+            include_request_attempt_count: vh.include_request_attempt_count,
+            include_attempt_count_in_response: vh.include_attempt_count_in_response,
             name: vh.name.clone(),
             domains,
             routes,
@@ -816,6 +828,23 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
                 .transpose()?,
             rate_limits: policies(&a.rate_limits, "rate_limits")?,
             include_vh_rate_limits: a.include_vh_rate_limits.as_ref().is_some_and(|v| v.value),
+            upgrades: a
+                .upgrade_configs
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    if u.connect_config.is_some() {
+                        return Err(ValidationError::new(
+                            format!("upgrade_configs[{i}].connect_config"),
+                            "CONNECT termination is not supported",
+                        ));
+                    }
+                    Ok((
+                        u.upgrade_type.to_ascii_lowercase(),
+                        u.enabled.as_ref().is_none_or(|v| v.value),
+                    ))
+                })
+                .collect::<Result<_>>()?,
         })
     }
 }

@@ -124,7 +124,7 @@ fn routes() -> Value {
                 route("/rbac-off", json!({ "envoy.filters.http.rbac": typed(RBAC_PER_ROUTE, json!({})) })),
                 route("/rbac-role", json!({ "envoy.filters.http.rbac": typed(RBAC_PER_ROUTE, json!({ "rbac": { "rules": {
                     "action": "ALLOW", "policies": { "admins": {
-                        "permissions": [ { "any": true } ],
+                        "permissions": [ { "header": { "name": ":method", "string_match": { "exact": "GET" } } } ],
                         "principals": [ { "header": { "name": "x-role", "string_match": { "exact": "admin" } } } ] } } } } })) })),
                 route("/fault-abort", json!({ "envoy.filters.http.fault": typed(FAULT, json!({
                     "abort": { "http_status": 503, "percentage": { "numerator": 100 } } })) })),
@@ -369,6 +369,13 @@ fn corpus() -> Vec<Case> {
             M::GET,
             "/rbac-role",
             vec![("x-role", "admin"), ("x-evil", "1")],
+        ),
+        (
+            "rbac route method refused",
+            "h",
+            M::POST,
+            "/rbac-role",
+            vec![("x-role", "admin")],
         ),
         ("fault abort", "h", M::GET, "/fault-abort", vec![]),
         (

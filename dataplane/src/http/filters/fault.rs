@@ -165,7 +165,14 @@ impl HttpFilter for FaultFilter {
         let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
         if !config.headers.iter().all(|m| {
             m.matches(
-                crate::router::header_value(&request.headers, &m.name, ctx.host, path).as_deref(),
+                crate::router::header_value(
+                    &request.headers,
+                    &m.name,
+                    &request.method,
+                    ctx.host,
+                    path,
+                )
+                .as_deref(),
             )
         }) {
             return Decision::Continue;

@@ -76,7 +76,10 @@ fn allows(rules: &Rules, ctx: &RequestCtx<'_>, request: &Parts) -> bool {
 
 fn header(m: &HeaderMatcher, ctx: &RequestCtx<'_>, request: &Parts) -> bool {
     let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-    m.matches(crate::router::header_value(&request.headers, &m.name, ctx.host, path).as_deref())
+    m.matches(
+        crate::router::header_value(&request.headers, &m.name, &request.method, ctx.host, path)
+            .as_deref(),
+    )
 }
 
 fn permission(p: &Permission, ctx: &RequestCtx<'_>, request: &Parts) -> bool {
