@@ -36,11 +36,13 @@ pub enum ResponseFlag {
     RbacAccessDenied,
     /// The fault filter aborted the request.
     FaultInjected,
+    /// The external authorization service denied the request (or could not be asked).
+    UnauthorizedExternalService,
 }
 
 impl ResponseFlag {
     /// Every flag, for pre-creating counters.
-    pub const ALL: [ResponseFlag; 13] = [
+    pub const ALL: [ResponseFlag; 14] = [
         Self::NoHealthyUpstream,
         Self::UpstreamConnectionFailure,
         Self::UpstreamRequestTimeout,
@@ -54,6 +56,7 @@ impl ResponseFlag {
         Self::RateLimited,
         Self::RbacAccessDenied,
         Self::FaultInjected,
+        Self::UnauthorizedExternalService,
     ];
 
     /// Envoy's short name.
@@ -72,6 +75,7 @@ impl ResponseFlag {
             Self::RateLimited => "RL",
             Self::RbacAccessDenied => "RBAC",
             Self::FaultInjected => "FI",
+            Self::UnauthorizedExternalService => "UAEX",
         }
     }
 }
@@ -170,7 +174,12 @@ pub fn render(error: ProxyError) -> Response<Body> {
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
             for (name, value) in local.headers {
-                headers.append(name, value);
+                // A reply's own content type replaces the default one.
+                if name == header::CONTENT_TYPE {
+                    headers.insert(name, value);
+                } else {
+                    headers.append(name, value);
+                }
             }
             if let Some(m) = &local.mutations {
                 crate::proxy::apply_mutations(headers, m);
@@ -205,5 +214,6 @@ fn for_flag(flag: ResponseFlag) -> Response<Body> {
         ResponseFlag::RateLimited => reply(StatusCode::TOO_MANY_REQUESTS, "local_rate_limited"),
         ResponseFlag::RbacAccessDenied => reply(StatusCode::FORBIDDEN, "RBAC: access denied"),
         ResponseFlag::FaultInjected => reply(StatusCode::SERVICE_UNAVAILABLE, "fault filter abort"),
+        ResponseFlag::UnauthorizedExternalService => reply(StatusCode::FORBIDDEN, ""),
     }
 }

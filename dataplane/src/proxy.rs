@@ -315,6 +315,7 @@ async fn handle(
         None
     } else {
         let mut filter_ctx = RequestCtx {
+            snapshot,
             remote: ctx.remote,
             local: ctx.local,
             tls: ctx.tls.as_deref(),

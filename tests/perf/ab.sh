@@ -5,7 +5,8 @@
 #   tests/perf/ab.sh NEW_BIN OLD_BIN   with MODE=fixed|wrk|h2load (default fixed),
 #   H2UP=1 for an HTTP/2 upstream, REPS (default 6), FILTERS=1 to put CORS, a local rate
 #   limit (enabled, never reached) and RBAC (allow) in front of the NEW build's router
-#   (the OLD build keeps the router-only chain).
+#   (the OLD build keeps the router-only chain), SUPPRESS=1 to set the NEW router's
+#   suppress_envoy_headers (no x-envoy-* headers: the chain's own cost).
 # Each run: sluice pinned to CPU 0 with one worker, upstream and load on CPU 1, 5 s of load
 # on loopback, CPU from /proc/PID/stat; every process is stopped by its PID.
 set -euo pipefail
@@ -14,21 +15,26 @@ NEW=$1; OLD=$2
 TARGET="${CARGO_TARGET_DIR:-target}/release"
 PORT=19100; ADMIN=19101; UP=18081
 CONFIG=$(mktemp); NEW_CONFIG=$(mktemp)
-H2UP="${H2UP:-0}" FILTERS="${FILTERS:-0}" python3 - "$CONFIG" "$NEW_CONFIG" <<PY
+H2UP="${H2UP:-0}" FILTERS="${FILTERS:-0}" SUPPRESS="${SUPPRESS:-0}" python3 - "$CONFIG" "$NEW_CONFIG" <<PY
 import json, os, sys
 sys.path.insert(0, "tests/perf")
 import bench
 bench.UPSTREAM_H2 = os.environ["H2UP"] == "1"
 config = bench.envoy_style_bootstrap($PORT, $ADMIN)
 open(sys.argv[1], "w").write(json.dumps(config))
+hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+if os.environ["SUPPRESS"] == "1":
+    hcm["http_filters"][-1]["typed_config"]["suppress_envoy_headers"] = True
 if os.environ["FILTERS"] == "1":
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"][:0] = bench.POLICY_FILTERS
     hcm["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = bench.POLICY_CORS
 open(sys.argv[2], "w").write(json.dumps(config))
 PY
 taskset -c 1 "$TARGET/perf-upstream" --listen "127.0.0.1:$UP" --threads 1 & UPSTREAM=$!
-trap 'kill $UPSTREAM 2>/dev/null; rm -f "$CONFIG" "$NEW_CONFIG"' EXIT
+PROXY=
+trap 'kill $UPSTREAM $PROXY 2>/dev/null; rm -f "$CONFIG" "$NEW_CONFIG"' EXIT
+# sluice binds with SO_REUSEPORT: a proxy left on the port would share the load unseen.
+if ss -ltn "sport = :$PORT" | grep -q LISTEN; then echo "port $PORT is in use" >&2; exit 1; fi
 sleep 0.5
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for _ in $(seq 1 "${REPS:-6}"); do
@@ -45,7 +51,8 @@ for _ in $(seq 1 "${REPS:-6}"); do
                  | grep -o 'requests: [0-9]* total' | grep -o '[0-9]*') ;;
     esac
     after=$(cpu $PROXY)
-    kill $PROXY; wait $PROXY 2>/dev/null || true
+    kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
+    [ "${n:-0}" -gt 0 ] || { echo "$name answered no requests" >&2; exit 1; }
     python3 -c "print('$name', $n, round(($after - $before) * 1e6 / $(getconf CLK_TCK) / $n, 1), 'us/req')"
   done
 done

@@ -5,6 +5,7 @@ mod concurrent_changes;
 mod controlplane_envoy;
 mod cp_security;
 mod differential;
+mod ext_authz;
 mod hostile;
 mod http1;
 mod http_filters;

@@ -262,8 +262,20 @@ fn ads_source(d: &pb::bootstrap::DynamicResources) -> Result<AdsSource> {
             "exactly one gRPC service is supported",
         ));
     };
+    if service.timeout.is_some() {
+        return Err(ValidationError::new(
+            "ads_config.grpc_services[0].timeout",
+            "not supported on the xDS stream",
+        ));
+    }
     let cluster = match service.target_specifier.as_ref() {
         Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(g)) if !g.cluster_name.is_empty() => {
+            if !g.authority.is_empty() {
+                return Err(ValidationError::new(
+                    "ads_config.grpc_services[0].envoy_grpc.authority",
+                    "not supported on the xDS stream",
+                ));
+            }
             g.cluster_name.clone()
         }
         _ => {

@@ -43,8 +43,8 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "grpc_services": "exactly one, envoy_grpc naming a static cluster",
         "set_node_on_first_message_only": "accepted; the node is sent on every request",
     ],
-    "envoy.config.core.v3.GrpcService" => ["envoy_grpc"],
-    "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name"],
+    "envoy.config.core.v3.GrpcService" => ["envoy_grpc", "timeout": "ext_authz: the check's deadline (default 200ms); refused on the xDS stream"],
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name", "authority": "ext_authz: :authority of the checks; refused on the xDS stream"],
     "envoy.config.core.v3.ConfigSource" => [
         "ads", "resource_api_version": "V3",
         "initial_fetch_timeout": "lds/cds: readiness waits at most this long for the first response; eds/rds: a cluster or listener warms at most this long, then goes live with no endpoints or an empty route table (default 15s; 0 waits forever)",
@@ -173,7 +173,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name": "what typed_per_filter_config keys refer to; unique in the list",
-        "typed_config": "router (last), cors, local_ratelimit, basic_auth, rbac, fault; another type is refused with its name unless is_optional",
+        "typed_config": "router (last), cors, local_ratelimit, basic_auth, rbac, fault, ext_authz; another type is refused with its name unless is_optional",
         "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
         "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
@@ -272,6 +272,17 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "percentage": "unset: 0%, as in Envoy; header-controlled: x-envoy-fault-delay-request-percentage may lower it",
     ],
     "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay" => [],
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => [
+        "grpc_service": "envoy_grpc to a cluster (HTTP/2 cleartext or TLS per the cluster)",
+        "transport_api_version": "V3", "failure_mode_allow", "failure_mode_allow_header_add",
+        "status_on_error": "default 403", "stat_prefix",
+        "filter_enabled": "default 100%", "deny_at_disable",
+    ],
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute" => ["disabled", "check_settings"],
+    "envoy.extensions.filters.http.ext_authz.v3.CheckSettings" => ["context_extensions"],
+    "envoy.config.core.v3.RuntimeFeatureFlag" => [
+        "default_value", "runtime_key": "accepted; there is no runtime, the default value applies",
+    ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => [
         "upgrade_type", "enabled",
     ],

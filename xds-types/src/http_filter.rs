@@ -14,12 +14,14 @@ use crate::type_urls;
 
 pub mod basic_auth;
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod local_ratelimit;
 pub mod rbac;
 
 pub use basic_auth::BasicAuth;
 pub use cors::CorsPolicy;
+pub use ext_authz::{ExtAuthz, ExtAuthzPerRoute};
 pub use fault::Fault;
 pub use local_ratelimit::LocalRateLimit;
 pub use rbac::Rbac;
@@ -57,6 +59,7 @@ pub enum FilterConfig {
     BasicAuth(BasicAuth),
     Rbac(Box<Rbac>),
     Fault(Box<Fault>),
+    ExtAuthz(Box<ExtAuthz>),
 }
 
 /// A per-route, per-virtual-host or per-route-table override of one filter.
@@ -71,6 +74,7 @@ pub enum PerFilterConfig {
     /// `None`: no policy, every request is allowed.
     Rbac(Option<Box<Rbac>>),
     Fault(Box<Fault>),
+    ExtAuthz(ExtAuthzPerRoute),
 }
 
 /// Overrides keyed by filter name.
@@ -87,6 +91,7 @@ const FILTERS: &[(&str, &str)] = &[
     (type_urls::BASIC_AUTH, "envoy.filters.http.basic_auth"),
     (type_urls::RBAC, "envoy.filters.http.rbac"),
     (type_urls::FAULT, "envoy.filters.http.fault"),
+    (type_urls::EXT_AUTHZ, "envoy.filters.http.ext_authz"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -101,6 +106,7 @@ const PER_ROUTE_TYPES: &[&str] = &[
     type_urls::CORS_POLICY,
     type_urls::BASIC_AUTH_PER_ROUTE,
     type_urls::RBAC_PER_ROUTE,
+    type_urls::EXT_AUTHZ_PER_ROUTE,
 ];
 
 /// The error for a filter type Sluice does not implement, naming it as Envoy's docs do.
@@ -213,6 +219,10 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
             Fault::try_from(&unpack_any(any, type_urls::FAULT, path)?)
                 .map_err(|e| e.within(path))?,
         )),
+        type_urls::EXT_AUTHZ => FilterConfig::ExtAuthz(Box::new(
+            ExtAuthz::try_from(&unpack_any(any, type_urls::EXT_AUTHZ, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
         _ => return Ok(None),
     }))
 }
@@ -295,6 +305,10 @@ fn per_filter_config(name: &str, any: &Any, path: &str) -> Result<Option<PerFilt
             Fault::try_from(&unpack_any(any, type_urls::FAULT, path)?)
                 .map_err(|e| e.within(path))?,
         )),
+        type_urls::EXT_AUTHZ_PER_ROUTE => PerFilterConfig::ExtAuthz(
+            ExtAuthzPerRoute::try_from(&unpack_any(any, type_urls::EXT_AUTHZ_PER_ROUTE, path)?)
+                .map_err(|e| e.within(path))?,
+        ),
         other => return Err(unsupported_type(path, name, other)),
     }))
 }

@@ -53,3 +53,7 @@ pub const RBAC_PER_ROUTE: &str =
 pub const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 /// `envoy.config.route.v3.FilterConfig`: a per-route wrapper with `disabled`/`is_optional`.
 pub const ROUTE_FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+pub const EXT_AUTHZ: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+pub const EXT_AUTHZ_PER_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";

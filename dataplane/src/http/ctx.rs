@@ -8,11 +8,14 @@ use http::{HeaderName, HeaderValue};
 
 use super::filter::{Overrides, PerRoute};
 use super::filters::local_ratelimit::ConnLimiters;
+use crate::config::Snapshot;
 use crate::listener::tls::TlsInfo;
 use crate::router::RouteMatch;
 
 /// One request's context for its filters.
 pub struct RequestCtx<'a> {
+    /// The snapshot the request uses from start to end (clusters for filters that call out).
+    pub snapshot: &'a Snapshot,
     pub remote: SocketAddr,
     pub local: SocketAddr,
     pub tls: Option<&'a TlsInfo>,

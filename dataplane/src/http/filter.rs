@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::request::Parts;
+use http::{HeaderName, HeaderValue};
 use tracing::warn;
 use xds_types::http_filter::{FilterConfig, HttpFilters, PerFilterConfig, PerFilterConfigs};
 
@@ -28,8 +29,21 @@ pub enum Decision {
     Continue,
     /// Answer now; later filters and the router do not run.
     Respond(LocalReply),
+    /// Hand the request on with these changes (what an authorization service asked for).
+    ContinueWith(Edits),
     /// Decide later (a delay, a call to another service).
     Wait(Pin<Box<dyn Future<Output = Decision> + Send>>),
+}
+
+/// Header changes a filter decided on without holding the request.
+#[derive(Default)]
+pub struct Edits {
+    /// `(name, value, append)`: appended to a header the request has (and dropped when it
+    /// has none, as Envoy's authorization filter does), or set over any existing value.
+    pub request: Vec<(HeaderName, HeaderValue, bool)>,
+    pub remove: Vec<HeaderName>,
+    /// Added to the response.
+    pub response: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// One HTTP filter's behaviour.
@@ -53,6 +67,7 @@ pub enum PerRoute {
     BasicAuth(xds_types::http_filter::basic_auth::Users),
     Rbac(Option<Arc<filters::rbac::Engine>>),
     Fault(Box<xds_types::http_filter::Fault>),
+    ExtAuthz(xds_types::http_filter::ExtAuthzPerRoute),
 }
 
 /// The overrides of one level (route, virtual host or route table), by filter name.
@@ -75,6 +90,7 @@ pub fn compile_overrides(configs: &PerFilterConfigs, hcm_prefix: &str, stats: &S
                         .map(|r| Arc::new(filters::rbac::Engine::new(r, hcm_prefix, stats))),
                 ),
                 PerFilterConfig::Fault(f) => PerRoute::Fault(f.clone()),
+                PerFilterConfig::ExtAuthz(e) => PerRoute::ExtAuthz(e.clone()),
             };
             (name.clone(), compiled)
         })
@@ -116,6 +132,9 @@ impl HttpFilterChain {
                     FilterConfig::Fault(c) => {
                         Box::new(filters::fault::FaultFilter::new(c, hcm_prefix, stats))
                     }
+                    FilterConfig::ExtAuthz(c) => Box::new(filters::ext_authz::ExtAuthzFilter::new(
+                        c, hcm_prefix, stats,
+                    )),
                 };
                 Entry {
                     name: f.name.clone(),
@@ -149,6 +168,22 @@ impl HttpFilterChain {
             loop {
                 match decision {
                     Decision::Continue => break,
+                    Decision::ContinueWith(edits) => {
+                        for name in edits.remove {
+                            request.headers.remove(name);
+                        }
+                        for (name, value, append) in edits.request {
+                            if append {
+                                if request.headers.contains_key(&name) {
+                                    request.headers.append(name, value);
+                                }
+                            } else {
+                                request.headers.insert(name, value);
+                            }
+                        }
+                        ctx.response_headers.extend(edits.response);
+                        break;
+                    }
                     Decision::Respond(reply) => return Some(reply),
                     Decision::Wait(later) => decision = later.await,
                 }

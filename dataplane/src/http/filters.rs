@@ -3,6 +3,7 @@
 
 pub mod basic_auth;
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod local_ratelimit;
 pub mod rbac;
