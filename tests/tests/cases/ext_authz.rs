@@ -218,9 +218,17 @@ fn normalize(reply: &Reply) -> Value {
     json!({ "status": reply.status.as_u16(), "headers": headers, "body": body })
 }
 
+/// `(label, listener index, path, request headers)`.
+type Case = (
+    &'static str,
+    usize,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+);
+
 async fn run(listeners: [SocketAddr; 3]) -> Vec<Value> {
     let client = HttpClient::http1();
-    let cases: Vec<(&str, usize, &str, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "allow",
             0,
