@@ -38,11 +38,13 @@ pub enum ResponseFlag {
     FaultInjected,
     /// The external authorization service denied the request (or could not be asked).
     UnauthorizedExternalService,
+    /// The rate limit service could not be asked and the filter fails closed.
+    RateLimitServiceError,
 }
 
 impl ResponseFlag {
     /// Every flag, for pre-creating counters.
-    pub const ALL: [ResponseFlag; 14] = [
+    pub const ALL: [ResponseFlag; 15] = [
         Self::NoHealthyUpstream,
         Self::UpstreamConnectionFailure,
         Self::UpstreamRequestTimeout,
@@ -57,6 +59,7 @@ impl ResponseFlag {
         Self::RbacAccessDenied,
         Self::FaultInjected,
         Self::UnauthorizedExternalService,
+        Self::RateLimitServiceError,
     ];
 
     /// Envoy's short name.
@@ -76,6 +79,7 @@ impl ResponseFlag {
             Self::RbacAccessDenied => "RBAC",
             Self::FaultInjected => "FI",
             Self::UnauthorizedExternalService => "UAEX",
+            Self::RateLimitServiceError => "RLSE",
         }
     }
 }
@@ -215,5 +219,6 @@ fn for_flag(flag: ResponseFlag) -> Response<Body> {
         ResponseFlag::RbacAccessDenied => reply(StatusCode::FORBIDDEN, "RBAC: access denied"),
         ResponseFlag::FaultInjected => reply(StatusCode::SERVICE_UNAVAILABLE, "fault filter abort"),
         ResponseFlag::UnauthorizedExternalService => reply(StatusCode::FORBIDDEN, ""),
+        ResponseFlag::RateLimitServiceError => reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
     }
 }

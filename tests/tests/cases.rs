@@ -6,6 +6,7 @@ mod controlplane_envoy;
 mod cp_security;
 mod differential;
 mod ext_authz;
+mod global_ratelimit;
 mod hostile;
 mod http1;
 mod http_filters;

@@ -173,7 +173,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name": "what typed_per_filter_config keys refer to; unique in the list",
-        "typed_config": "router (last), cors, local_ratelimit, basic_auth, rbac, fault, ext_authz; another type is refused with its name unless is_optional",
+        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, rbac, fault, ext_authz; another type is refused with its name unless is_optional",
         "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
         "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
@@ -279,6 +279,13 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "filter_enabled": "default 100%", "deny_at_disable",
     ],
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute" => ["disabled", "check_settings"],
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => [
+        "domain", "stage", "request_type": "both (the default)", "timeout": "default 20ms",
+        "failure_mode_deny", "rate_limit_service", "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+        "disable_x_envoy_ratelimited_header", "rate_limited_status": "default 429",
+        "response_headers_to_add", "status_on_error": "default 500", "rate_limits",
+    ],
+    "envoy.config.ratelimit.v3.RateLimitServiceConfig" => ["grpc_service", "transport_api_version": "V3"],
     "envoy.extensions.filters.http.ext_authz.v3.CheckSettings" => ["context_extensions"],
     "envoy.config.core.v3.RuntimeFeatureFlag" => [
         "default_value", "runtime_key": "accepted; there is no runtime, the default value applies",

@@ -17,6 +17,7 @@ pub mod cors;
 pub mod ext_authz;
 pub mod fault;
 pub mod local_ratelimit;
+pub mod ratelimit;
 pub mod rbac;
 
 pub use basic_auth::BasicAuth;
@@ -24,6 +25,7 @@ pub use cors::CorsPolicy;
 pub use ext_authz::{ExtAuthz, ExtAuthzPerRoute};
 pub use fault::Fault;
 pub use local_ratelimit::LocalRateLimit;
+pub use ratelimit::GlobalRateLimit;
 pub use rbac::Rbac;
 
 /// The filters in front of the router, in order, and the router's own settings.
@@ -60,6 +62,7 @@ pub enum FilterConfig {
     Rbac(Box<Rbac>),
     Fault(Box<Fault>),
     ExtAuthz(Box<ExtAuthz>),
+    RateLimit(Box<GlobalRateLimit>),
 }
 
 /// A per-route, per-virtual-host or per-route-table override of one filter.
@@ -92,6 +95,7 @@ const FILTERS: &[(&str, &str)] = &[
     (type_urls::RBAC, "envoy.filters.http.rbac"),
     (type_urls::FAULT, "envoy.filters.http.fault"),
     (type_urls::EXT_AUTHZ, "envoy.filters.http.ext_authz"),
+    (type_urls::GLOBAL_RATE_LIMIT, "envoy.filters.http.ratelimit"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -221,6 +225,10 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
         )),
         type_urls::EXT_AUTHZ => FilterConfig::ExtAuthz(Box::new(
             ExtAuthz::try_from(&unpack_any(any, type_urls::EXT_AUTHZ, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
+        type_urls::GLOBAL_RATE_LIMIT => FilterConfig::RateLimit(Box::new(
+            GlobalRateLimit::try_from(&unpack_any(any, type_urls::GLOBAL_RATE_LIMIT, path)?)
                 .map_err(|e| e.within(path))?,
         )),
         _ => return Ok(None),

@@ -135,6 +135,9 @@ impl HttpFilterChain {
                     FilterConfig::ExtAuthz(c) => Box::new(filters::ext_authz::ExtAuthzFilter::new(
                         c, hcm_prefix, stats,
                     )),
+                    FilterConfig::RateLimit(c) => {
+                        Box::new(filters::ratelimit::RateLimitFilter::new(c, stats))
+                    }
                 };
                 Entry {
                     name: f.name.clone(),

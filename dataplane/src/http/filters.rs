@@ -3,9 +3,12 @@
 
 pub mod basic_auth;
 pub mod cors;
+pub mod descriptors;
 pub mod ext_authz;
 pub mod fault;
+pub mod grpc;
 pub mod local_ratelimit;
+pub mod ratelimit;
 pub mod rbac;
 
 use rand::Rng;

@@ -5,7 +5,7 @@
 //! the request through only with `failure_mode_allow`, else answers `status_on_error`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -15,6 +15,7 @@ use xds_types::http_filter::{ExtAuthz, ExtAuthzPerRoute};
 use xds_types::pb::envoy::config::core::v3 as core;
 use xds_types::pb::envoy::service::auth::v3 as auth;
 
+use super::grpc::Channels;
 use super::sample;
 use crate::http::ctx::RequestCtx;
 use crate::http::filter::{Decision, Edits, HttpFilter, PerRoute};
@@ -40,7 +41,7 @@ struct Counters {
 pub struct ExtAuthzFilter {
     config: Arc<ExtAuthz>,
     counters: Counters,
-    channels: Arc<Mutex<HashMap<String, tonic::transport::Channel>>>,
+    channels: Channels,
 }
 
 impl ExtAuthzFilter {
@@ -60,7 +61,7 @@ impl ExtAuthzFilter {
                 failure_mode_allowed: c("failure_mode_allowed"),
                 disabled: c("disabled"),
             },
-            channels: Arc::default(),
+            channels: Channels::default(),
         }
     }
 }
@@ -223,25 +224,9 @@ impl HttpFilter for ExtAuthzFilter {
             return Decision::Continue;
         }
         let check = check_request(ctx, request, extensions);
-        let channel = ctx
-            .snapshot
-            .clusters
-            .get(&self.config.cluster)
-            .filter(|c| c.config.tls.is_none())
-            .and_then(|c| c.pick_any())
-            .and_then(|host| {
-                let mut channels = self.channels.lock().expect("channels lock");
-                if let Some(c) = channels.get(&host.authority) {
-                    return Some(c.clone());
-                }
-                let endpoint =
-                    tonic::transport::Endpoint::from_shared(format!("http://{}", host.authority))
-                        .ok()?
-                        .connect_timeout(self.config.timeout);
-                let channel = endpoint.connect_lazy();
-                channels.insert(host.authority.clone(), channel.clone());
-                Some(channel)
-            });
+        let channel = self
+            .channels
+            .pick(ctx.snapshot, &self.config.cluster, self.config.timeout);
         let config = self.config.clone();
         let counters = self.counters.clone();
         Decision::Wait(Box::pin(async move {

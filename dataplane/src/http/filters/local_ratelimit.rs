@@ -10,9 +10,7 @@ use std::time::Instant;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
-use xds_types::http_filter::local_ratelimit::{LocalRateLimit, TokenBucket, VhRateLimits};
-use xds_types::rate_limit::{RateLimitAction, RateLimitPolicy};
-use xds_types::route::RouteAction;
+use xds_types::http_filter::local_ratelimit::{LocalRateLimit, TokenBucket};
 
 use super::sample;
 use crate::http::ctx::RequestCtx;
@@ -222,7 +220,13 @@ impl Limiter {
         let descriptors = if self.descriptors.is_empty() {
             Vec::new()
         } else {
-            descriptors(&self.config, ctx, request)
+            super::descriptors::descriptors(
+                &self.config.rate_limits,
+                self.config.stage,
+                self.config.vh_rate_limits,
+                ctx,
+                request,
+            )
         };
         let (allowed, bucket) = limiter.check(&descriptors);
         let mut headers = Vec::new();
@@ -252,93 +256,6 @@ impl Limiter {
         reply.mutations = Some(self.config.response_headers.clone());
         Decision::Respond(reply)
     }
-}
-
-/// The request's descriptors from the rate limit actions of its route (or the filter's
-/// own `rate_limits`) at the filter's stage.
-fn descriptors(
-    config: &LocalRateLimit,
-    ctx: &RequestCtx<'_>,
-    request: &Parts,
-) -> Vec<Vec<(String, String)>> {
-    let mut policies: Vec<&RateLimitPolicy> = Vec::new();
-    if !config.rate_limits.is_empty() {
-        policies.extend(config.rate_limits.iter());
-    } else if let Some(m) = ctx.route {
-        let route_limits: &[RateLimitPolicy] = match &m.route.action {
-            RouteAction::Forward(f) => &f.rate_limits,
-            _ => &[],
-        };
-        let include_vh =
-            matches!(&m.route.action, RouteAction::Forward(f) if f.include_vh_rate_limits);
-        policies.extend(route_limits.iter());
-        let vh = match (include_vh, config.vh_rate_limits) {
-            (true, _) | (false, VhRateLimits::Include) => true,
-            (false, VhRateLimits::Ignore) => false,
-            (false, VhRateLimits::Override) => route_limits.is_empty(),
-        };
-        if vh {
-            policies.extend(m.virtual_host.rate_limits.iter());
-        }
-    }
-    policies
-        .into_iter()
-        .filter(|p| p.stage == config.stage)
-        .filter_map(|p| descriptor(p, ctx, request))
-        .collect()
-}
-
-fn descriptor(
-    policy: &RateLimitPolicy,
-    ctx: &RequestCtx<'_>,
-    request: &Parts,
-) -> Option<Vec<(String, String)>> {
-    let mut entries = Vec::with_capacity(policy.actions.len());
-    for action in &policy.actions {
-        match action {
-            RateLimitAction::RemoteAddress => {
-                entries.push(("remote_address".into(), ctx.client_ip.to_string()));
-            }
-            RateLimitAction::DestinationCluster => {
-                entries.push((
-                    "destination_cluster".into(),
-                    ctx.route_cluster()?.to_string(),
-                ));
-            }
-            RateLimitAction::RequestHeader {
-                header,
-                key,
-                skip_if_absent,
-            } => match request.headers.get(header).and_then(|v| v.to_str().ok()) {
-                Some(v) => entries.push((key.clone(), v.to_string())),
-                None if *skip_if_absent => {}
-                None => return None,
-            },
-            RateLimitAction::GenericKey { key, value } => {
-                entries.push((key.clone(), value.clone()));
-            }
-            RateLimitAction::HeaderValueMatch {
-                key,
-                value,
-                expect_match,
-                headers,
-            } => {
-                let matched = headers.iter().all(|h| {
-                    h.matches(
-                        request
-                            .headers
-                            .get(h.name.as_str())
-                            .and_then(|v| v.to_str().ok()),
-                    )
-                });
-                if matched != *expect_match {
-                    return None;
-                }
-                entries.push((key.clone(), value.clone()));
-            }
-        }
-    }
-    (!entries.is_empty()).then_some(entries)
 }
 
 /// The listener-level filter.
