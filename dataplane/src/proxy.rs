@@ -299,7 +299,7 @@ fn prepare(
 /// comes out, and adds the response headers the filters asked for.
 async fn handle(
     ctx: &ConnContext,
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     listener: &HttpRuntime,
     request: Request<Incoming>,
     host: &str,

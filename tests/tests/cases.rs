@@ -10,6 +10,7 @@ mod global_ratelimit;
 mod hostile;
 mod http1;
 mod http_filters;
+mod jwt_authn;
 mod lifecycle;
 mod operator;
 mod path_normalization;

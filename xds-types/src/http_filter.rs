@@ -16,6 +16,7 @@ pub mod basic_auth;
 pub mod cors;
 pub mod ext_authz;
 pub mod fault;
+pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod ratelimit;
 pub mod rbac;
@@ -24,6 +25,7 @@ pub use basic_auth::BasicAuth;
 pub use cors::CorsPolicy;
 pub use ext_authz::{ExtAuthz, ExtAuthzPerRoute};
 pub use fault::Fault;
+pub use jwt_authn::{JwtAuthn, JwtPerRoute};
 pub use local_ratelimit::LocalRateLimit;
 pub use ratelimit::GlobalRateLimit;
 pub use rbac::Rbac;
@@ -63,6 +65,7 @@ pub enum FilterConfig {
     Fault(Box<Fault>),
     ExtAuthz(Box<ExtAuthz>),
     RateLimit(Box<GlobalRateLimit>),
+    JwtAuthn(Box<JwtAuthn>),
 }
 
 /// A per-route, per-virtual-host or per-route-table override of one filter.
@@ -78,6 +81,7 @@ pub enum PerFilterConfig {
     Rbac(Option<Box<Rbac>>),
     Fault(Box<Fault>),
     ExtAuthz(ExtAuthzPerRoute),
+    JwtAuthn(JwtPerRoute),
 }
 
 /// Overrides keyed by filter name.
@@ -96,6 +100,7 @@ const FILTERS: &[(&str, &str)] = &[
     (type_urls::FAULT, "envoy.filters.http.fault"),
     (type_urls::EXT_AUTHZ, "envoy.filters.http.ext_authz"),
     (type_urls::GLOBAL_RATE_LIMIT, "envoy.filters.http.ratelimit"),
+    (type_urls::JWT_AUTHN, "envoy.filters.http.jwt_authn"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -111,6 +116,7 @@ const PER_ROUTE_TYPES: &[&str] = &[
     type_urls::BASIC_AUTH_PER_ROUTE,
     type_urls::RBAC_PER_ROUTE,
     type_urls::EXT_AUTHZ_PER_ROUTE,
+    type_urls::JWT_PER_ROUTE,
 ];
 
 /// The error for a filter type Sluice does not implement, naming it as Envoy's docs do.
@@ -231,6 +237,10 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
             GlobalRateLimit::try_from(&unpack_any(any, type_urls::GLOBAL_RATE_LIMIT, path)?)
                 .map_err(|e| e.within(path))?,
         )),
+        type_urls::JWT_AUTHN => FilterConfig::JwtAuthn(Box::new(
+            JwtAuthn::try_from(&unpack_any(any, type_urls::JWT_AUTHN, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
         _ => return Ok(None),
     }))
 }
@@ -317,6 +327,10 @@ fn per_filter_config(name: &str, any: &Any, path: &str) -> Result<Option<PerFilt
             ExtAuthzPerRoute::try_from(&unpack_any(any, type_urls::EXT_AUTHZ_PER_ROUTE, path)?)
                 .map_err(|e| e.within(path))?,
         ),
+        type_urls::JWT_PER_ROUTE => PerFilterConfig::JwtAuthn(
+            JwtPerRoute::try_from(&unpack_any(any, type_urls::JWT_PER_ROUTE, path)?)
+                .map_err(|e| e.within(path))?,
+        ),
         other => return Err(unsupported_type(path, name, other)),
     }))
 }
@@ -373,6 +387,55 @@ impl Fraction {
 mod tests {
     use super::*;
     use crate::pb::envoy::r#type::v3::FractionalPercent;
+
+    fn hcm(filters: &str) -> crate::error::Result<crate::HttpConnectionManager> {
+        let yaml =
+            format!("stat_prefix: t\nroute_config: {{virtual_hosts: []}}\nhttp_filters: {filters}");
+        let proto: crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager =
+            crate::decode::from_yaml(
+                &yaml,
+                "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            )?;
+        crate::HttpConnectionManager::try_from(&proto)
+    }
+
+    const ROUTER: &str = "{name: r, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}";
+    const UNKNOWN: &str = "typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation}";
+
+    #[test]
+    fn unknown_filters_are_named_unless_optional() {
+        let err = hcm(&format!("[{{name: hm, {UNKNOWN}}}, {ROUTER}]")).unwrap_err();
+        assert_eq!(err.path, "http_filters[0]");
+        assert!(
+            err.message.contains("hm (HeaderMutation) is not supported"),
+            "{err}"
+        );
+        let ok = hcm(&format!(
+            "[{{name: hm, is_optional: true, {UNKNOWN}}}, {ROUTER}]"
+        ))
+        .unwrap();
+        assert!(ok.http_filters.filters.is_empty());
+        assert_eq!(ok.skipped_filters, ["hm"]);
+    }
+
+    #[test]
+    fn the_router_must_be_last_and_names_unique() {
+        let cors = "{name: c, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}";
+        assert!(hcm(&format!("[{ROUTER}, {cors}]")).is_err());
+        assert!(hcm(&format!("[{cors}]")).is_err());
+        assert!(hcm(&format!("[{cors}, {cors}, {ROUTER}]"))
+            .unwrap_err()
+            .message
+            .contains("twice"));
+        assert_eq!(
+            hcm(&format!("[{cors}, {ROUTER}]"))
+                .unwrap()
+                .http_filters
+                .filters
+                .len(),
+            1
+        );
+    }
 
     #[test]
     fn fractions_normalise_to_parts_per_million() {

@@ -59,3 +59,7 @@ pub const EXT_AUTHZ_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
 pub const GLOBAL_RATE_LIMIT: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
+pub const JWT_AUTHN: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
+pub const JWT_PER_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";

@@ -3,6 +3,7 @@
 //! filters add to the response.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
@@ -15,7 +16,7 @@ use crate::router::RouteMatch;
 /// One request's context for its filters.
 pub struct RequestCtx<'a> {
     /// The snapshot the request uses from start to end (clusters for filters that call out).
-    pub snapshot: &'a Snapshot,
+    pub snapshot: &'a Arc<Snapshot>,
     pub remote: SocketAddr,
     pub local: SocketAddr,
     pub tls: Option<&'a TlsInfo>,

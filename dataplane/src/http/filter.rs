@@ -68,6 +68,7 @@ pub enum PerRoute {
     Rbac(Option<Arc<filters::rbac::Engine>>),
     Fault(Box<xds_types::http_filter::Fault>),
     ExtAuthz(xds_types::http_filter::ExtAuthzPerRoute),
+    JwtAuthn(xds_types::http_filter::JwtPerRoute),
 }
 
 /// The overrides of one level (route, virtual host or route table), by filter name.
@@ -91,6 +92,7 @@ pub fn compile_overrides(configs: &PerFilterConfigs, hcm_prefix: &str, stats: &S
                 ),
                 PerFilterConfig::Fault(f) => PerRoute::Fault(f.clone()),
                 PerFilterConfig::ExtAuthz(e) => PerRoute::ExtAuthz(e.clone()),
+                PerFilterConfig::JwtAuthn(j) => PerRoute::JwtAuthn(j.clone()),
             };
             (name.clone(), compiled)
         })
@@ -138,6 +140,9 @@ impl HttpFilterChain {
                     FilterConfig::RateLimit(c) => {
                         Box::new(filters::ratelimit::RateLimitFilter::new(c, stats))
                     }
+                    FilterConfig::JwtAuthn(c) => Box::new(filters::jwt_authn::JwtAuthnFilter::new(
+                        c, hcm_prefix, stats,
+                    )),
                 };
                 Entry {
                     name: f.name.clone(),
