@@ -1010,7 +1010,15 @@ fn upstream_headers(
     strip_hop_by_hop(&mut headers, keep_upgrade);
     headers.remove(header::EXPECT);
     if hcm.use_remote_address && !hcm.skip_xff_append {
-        let ip = ctx.remote.ip().to_string();
+        // As Envoy: a loopback peer (a sidecar's own application) is recorded as this
+        // node's address, which is what the application behind expects to see.
+        let peer = ctx.remote.ip();
+        let ip = if peer.is_loopback() {
+            node_address()
+        } else {
+            peer
+        }
+        .to_string();
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(existing) => format!("{existing},{ip}"),
             None => ip,
@@ -1062,6 +1070,22 @@ fn upstream_headers(
         }
     }
     headers
+}
+
+/// This node's address as Envoy picks it: the first non-loopback IPv4 address of the
+/// host's interfaces (loopback when there is none), read once.
+fn node_address() -> std::net::IpAddr {
+    static NODE: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+    *NODE.get_or_init(|| {
+        if_addrs::get_if_addrs()
+            .ok()
+            .and_then(|list| {
+                list.into_iter()
+                    .map(|i| i.ip())
+                    .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+            })
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+    })
 }
 
 /// The upstream path when a rewrite applies; `None` when the path is unchanged.
