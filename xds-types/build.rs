@@ -30,12 +30,16 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.http.rbac.v3.RBAC",
     "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
     "envoy.extensions.filters.http.fault.v3.HTTPFault",
-    // Filters sluice does not implement yet, so a config naming them decodes and is refused
-    // by name (or skipped when optional) instead of failing on an unknown type.
     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
     "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+    // Filters sluice does not implement yet, common in real configs: they decode, so they
+    // are refused by name (or skipped when optional) instead of failing as unknown types.
+    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
+    "envoy.extensions.filters.http.compressor.v3.Compressor",
+    "envoy.extensions.filters.http.buffer.v3.Buffer",
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.extensions.transport_sockets.tls.v3.Secret",
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",

@@ -310,33 +310,27 @@ async fn handle(
         .routes
         .route(request.method(), host, path, request.headers());
     let (mut parts, body) = request.into_parts();
-    let mut filter_response_headers = Vec::new();
-    let local_reply = if listener.filters.is_empty() {
-        None
-    } else {
-        let mut filter_ctx = RequestCtx {
-            snapshot,
-            remote: ctx.remote,
-            local: ctx.local,
-            tls: ctx.tls.as_deref(),
-            client_ip: client_ip(
-                ctx.remote.ip(),
-                &parts.headers,
-                listener.config.use_remote_address,
-                listener.config.xff_num_trusted_hops,
-            ),
-            host,
-            scheme: if ctx.tls.is_some() { "https" } else { "http" },
-            route,
-            response_headers: Vec::new(),
-            conn_limiters: &ctx.limiters,
-        };
-        let reply = listener
-            .filters
-            .on_request(&mut filter_ctx, &mut parts)
-            .await;
-        filter_response_headers = filter_ctx.response_headers;
-        reply
+    // Built only when there are filters: a router-only chain skips all of this.
+    let mut filter_ctx = (!listener.filters.is_empty()).then(|| RequestCtx {
+        snapshot,
+        remote: ctx.remote,
+        local: ctx.local,
+        tls: ctx.tls.as_deref(),
+        client_ip: client_ip(
+            ctx.remote.ip(),
+            &parts.headers,
+            listener.config.use_remote_address,
+            listener.config.xff_num_trusted_hops,
+        ),
+        host,
+        scheme: if ctx.tls.is_some() { "https" } else { "http" },
+        route,
+        response_headers: Vec::new(),
+        conn_limiters: &ctx.limiters,
+    });
+    let (local_reply, ran) = match filter_ctx.as_mut() {
+        None => (None, 0),
+        Some(filter_ctx) => listener.filters.on_request(filter_ctx, &mut parts).await,
     };
     let request = Request::from_parts(parts, body);
     let (result, mutations) = match local_reply {
@@ -353,10 +347,15 @@ async fn handle(
     for m in mutations {
         apply_mutations(response.headers_mut(), m);
     }
-    for (name, value) in filter_response_headers {
+    let Some(mut filter_ctx) = filter_ctx else {
+        return response;
+    };
+    for (name, value) in std::mem::take(&mut filter_ctx.response_headers) {
         response.headers_mut().append(name, value);
     }
-    response
+    let (mut head, body) = response.into_parts();
+    listener.filters.on_response(&filter_ctx, &mut head, ran);
+    Response::from_parts(head, body)
 }
 
 /// The router: executes the route's action. Returns the response (or why there is none)
@@ -1125,25 +1124,30 @@ pub fn apply_mutations(headers: &mut HeaderMap, m: &HeaderMutations) {
         headers.remove(name);
     }
     for add in &m.add {
-        if add.value.is_empty() && !add.keep_empty_value {
-            continue;
+        apply_addition(headers, add);
+    }
+}
+
+/// Adds one header as its `append_action` says (an empty value only when kept).
+pub fn apply_addition(headers: &mut HeaderMap, add: &xds_types::route::HeaderAddition) {
+    if add.value.is_empty() && !add.keep_empty_value {
+        return;
+    }
+    match add.action {
+        AppendAction::AppendIfExistsOrAdd => {
+            headers.append(add.name.clone(), add.value.clone());
         }
-        match add.action {
-            AppendAction::AppendIfExistsOrAdd => {
-                headers.append(add.name.clone(), add.value.clone());
-            }
-            AppendAction::AddIfAbsent => {
-                if !headers.contains_key(&add.name) {
-                    headers.insert(add.name.clone(), add.value.clone());
-                }
-            }
-            AppendAction::OverwriteIfExistsOrAdd => {
+        AppendAction::AddIfAbsent => {
+            if !headers.contains_key(&add.name) {
                 headers.insert(add.name.clone(), add.value.clone());
             }
-            AppendAction::OverwriteIfExists => {
-                if headers.contains_key(&add.name) {
-                    headers.insert(add.name.clone(), add.value.clone());
-                }
+        }
+        AppendAction::OverwriteIfExistsOrAdd => {
+            headers.insert(add.name.clone(), add.value.clone());
+        }
+        AppendAction::OverwriteIfExists => {
+            if headers.contains_key(&add.name) {
+                headers.insert(add.name.clone(), add.value.clone());
             }
         }
     }

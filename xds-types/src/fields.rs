@@ -173,7 +173,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name": "what typed_per_filter_config keys refer to; unique in the list",
-        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz; another type is refused with its name unless is_optional",
+        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation; another type is refused with its name unless is_optional",
         "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
         "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
@@ -310,6 +310,13 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList" => ["requirements"],
     "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementAndList" => ["requirements"],
     "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig" => ["disabled", "requirement_name"],
+    "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation" => [
+        "mutations", "most_specific_header_mutations_wins",
+    ],
+    "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute" => ["mutations"],
+    "envoy.extensions.filters.http.header_mutation.v3.Mutations" => ["request_mutations", "response_mutations"],
+    "envoy.config.common.mutation_rules.v3.HeaderMutation" => ["remove", "append", "remove_on_match"],
+    "envoy.config.common.mutation_rules.v3.HeaderMutation.RemoveOnMatch" => ["key_matcher"],
     "envoy.config.ratelimit.v3.RateLimitServiceConfig" => ["grpc_service", "transport_api_version": "V3"],
     "envoy.extensions.filters.http.ext_authz.v3.CheckSettings" => ["context_extensions"],
     "envoy.config.core.v3.RuntimeFeatureFlag" => [

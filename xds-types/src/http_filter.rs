@@ -16,6 +16,7 @@ pub mod basic_auth;
 pub mod cors;
 pub mod ext_authz;
 pub mod fault;
+pub mod header_mutation;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod ratelimit;
@@ -25,6 +26,7 @@ pub use basic_auth::BasicAuth;
 pub use cors::CorsPolicy;
 pub use ext_authz::{ExtAuthz, ExtAuthzPerRoute};
 pub use fault::Fault;
+pub use header_mutation::HeaderMutationConfig;
 pub use jwt_authn::{JwtAuthn, JwtPerRoute};
 pub use local_ratelimit::LocalRateLimit;
 pub use ratelimit::GlobalRateLimit;
@@ -66,6 +68,7 @@ pub enum FilterConfig {
     ExtAuthz(Box<ExtAuthz>),
     RateLimit(Box<GlobalRateLimit>),
     JwtAuthn(Box<JwtAuthn>),
+    HeaderMutation(Box<HeaderMutationConfig>),
 }
 
 /// A per-route, per-virtual-host or per-route-table override of one filter.
@@ -82,6 +85,7 @@ pub enum PerFilterConfig {
     Fault(Box<Fault>),
     ExtAuthz(ExtAuthzPerRoute),
     JwtAuthn(JwtPerRoute),
+    HeaderMutation(Box<header_mutation::Mutations>),
 }
 
 /// Overrides keyed by filter name.
@@ -101,6 +105,10 @@ const FILTERS: &[(&str, &str)] = &[
     (type_urls::EXT_AUTHZ, "envoy.filters.http.ext_authz"),
     (type_urls::GLOBAL_RATE_LIMIT, "envoy.filters.http.ratelimit"),
     (type_urls::JWT_AUTHN, "envoy.filters.http.jwt_authn"),
+    (
+        type_urls::HEADER_MUTATION,
+        "envoy.filters.http.header_mutation",
+    ),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -117,6 +125,7 @@ const PER_ROUTE_TYPES: &[&str] = &[
     type_urls::RBAC_PER_ROUTE,
     type_urls::EXT_AUTHZ_PER_ROUTE,
     type_urls::JWT_PER_ROUTE,
+    type_urls::HEADER_MUTATION_PER_ROUTE,
 ];
 
 /// The error for a filter type Sluice does not implement, naming it as Envoy's docs do.
@@ -241,6 +250,10 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
             JwtAuthn::try_from(&unpack_any(any, type_urls::JWT_AUTHN, path)?)
                 .map_err(|e| e.within(path))?,
         )),
+        type_urls::HEADER_MUTATION => FilterConfig::HeaderMutation(Box::new(
+            HeaderMutationConfig::try_from(&unpack_any(any, type_urls::HEADER_MUTATION, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
         _ => return Ok(None),
     }))
 }
@@ -331,6 +344,13 @@ fn per_filter_config(name: &str, any: &Any, path: &str) -> Result<Option<PerFilt
             JwtPerRoute::try_from(&unpack_any(any, type_urls::JWT_PER_ROUTE, path)?)
                 .map_err(|e| e.within(path))?,
         ),
+        type_urls::HEADER_MUTATION_PER_ROUTE => {
+            let p: crate::pb::envoy::extensions::filters::http::header_mutation::v3::HeaderMutationPerRoute =
+                unpack_any(any, type_urls::HEADER_MUTATION_PER_ROUTE, path)?;
+            PerFilterConfig::HeaderMutation(Box::new(
+                header_mutation::Mutations::try_from(&p).map_err(|e| e.within(path))?,
+            ))
+        }
         other => return Err(unsupported_type(path, name, other)),
     }))
 }
@@ -400,14 +420,14 @@ mod tests {
     }
 
     const ROUTER: &str = "{name: r, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}";
-    const UNKNOWN: &str = "typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation}";
+    const UNKNOWN: &str = "typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb}";
 
     #[test]
     fn unknown_filters_are_named_unless_optional() {
         let err = hcm(&format!("[{{name: hm, {UNKNOWN}}}, {ROUTER}]")).unwrap_err();
         assert_eq!(err.path, "http_filters[0]");
         assert!(
-            err.message.contains("hm (HeaderMutation) is not supported"),
+            err.message.contains("hm (GrpcWeb) is not supported"),
             "{err}"
         );
         let ok = hcm(&format!(

@@ -1268,7 +1268,7 @@ pub fn mutations(
     Ok(HeaderMutations { add, remove })
 }
 
-fn header_addition(o: &core::HeaderValueOption) -> Result<HeaderAddition> {
+pub(crate) fn header_addition(o: &core::HeaderValueOption) -> Result<HeaderAddition> {
     use core::header_value_option::HeaderAppendAction as A;
     let header = o
         .header

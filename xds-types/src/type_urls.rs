@@ -63,3 +63,7 @@ pub const JWT_AUTHN: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 pub const JWT_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";
+pub const HEADER_MUTATION: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation";
+pub const HEADER_MUTATION_PER_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute";

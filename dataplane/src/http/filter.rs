@@ -56,6 +56,16 @@ pub trait HttpFilter: Send + Sync {
         per_route: Option<&PerRoute>,
         request: &mut Parts,
     ) -> Decision;
+
+    /// Runs on the response headers, whoever made the response (the router or a later
+    /// filter's local reply), for filters that saw the request, last filter first.
+    fn on_response(
+        &self,
+        _ctx: &RequestCtx<'_>,
+        _per_route: Option<&PerRoute>,
+        _response: &mut http::response::Parts,
+    ) {
+    }
 }
 
 /// A per-route override, compiled with the route table (state such as a route's own
@@ -69,6 +79,7 @@ pub enum PerRoute {
     Fault(Box<xds_types::http_filter::Fault>),
     ExtAuthz(xds_types::http_filter::ExtAuthzPerRoute),
     JwtAuthn(xds_types::http_filter::JwtPerRoute),
+    HeaderMutation(Box<xds_types::http_filter::header_mutation::Mutations>),
 }
 
 /// The overrides of one level (route, virtual host or route table), by filter name.
@@ -93,6 +104,7 @@ pub fn compile_overrides(configs: &PerFilterConfigs, hcm_prefix: &str, stats: &S
                 PerFilterConfig::Fault(f) => PerRoute::Fault(f.clone()),
                 PerFilterConfig::ExtAuthz(e) => PerRoute::ExtAuthz(e.clone()),
                 PerFilterConfig::JwtAuthn(j) => PerRoute::JwtAuthn(j.clone()),
+                PerFilterConfig::HeaderMutation(m) => PerRoute::HeaderMutation(m.clone()),
             };
             (name.clone(), compiled)
         })
@@ -143,6 +155,9 @@ impl HttpFilterChain {
                     FilterConfig::JwtAuthn(c) => Box::new(filters::jwt_authn::JwtAuthnFilter::new(
                         c, hcm_prefix, stats,
                     )),
+                    FilterConfig::HeaderMutation(c) => {
+                        Box::new(filters::header_mutation::HeaderMutationFilter::new(c))
+                    }
                 };
                 Entry {
                     name: f.name.clone(),
@@ -159,19 +174,26 @@ impl HttpFilterChain {
         self.entries.is_empty()
     }
 
+    /// The filter's override, or `Err` when it does not run for this request.
+    fn enabled<'a>(entry: &Entry, ctx: &RequestCtx<'a>) -> Result<Option<&'a PerRoute>, ()> {
+        match ctx.override_for(&entry.name) {
+            Some(PerRoute::Disabled) => Err(()),
+            None if entry.disabled => Err(()),
+            other => Ok(other),
+        }
+    }
+
     /// Runs the request phase of every enabled filter, in order; `Some` is a local reply.
+    /// Returns how many filters saw the request (the response phase runs on those).
     pub async fn on_request(
         &self,
         ctx: &mut RequestCtx<'_>,
         request: &mut Parts,
-    ) -> Option<LocalReply> {
-        for entry in &self.entries {
-            let per_route = ctx.override_for(&entry.name);
-            match per_route {
-                Some(PerRoute::Disabled) => continue,
-                None if entry.disabled => continue,
-                _ => {}
-            }
+    ) -> (Option<LocalReply>, usize) {
+        for (index, entry) in self.entries.iter().enumerate() {
+            let Ok(per_route) = Self::enabled(entry, ctx) else {
+                continue;
+            };
             let mut decision = entry.filter.on_request(ctx, per_route, request);
             loop {
                 match decision {
@@ -192,11 +214,25 @@ impl HttpFilterChain {
                         ctx.response_headers.extend(edits.response);
                         break;
                     }
-                    Decision::Respond(reply) => return Some(reply),
+                    Decision::Respond(reply) => return (Some(reply), index + 1),
                     Decision::Wait(later) => decision = later.await,
                 }
             }
         }
-        None
+        (None, self.entries.len())
+    }
+
+    /// Runs the response phase of the first `ran` filters, last first.
+    pub fn on_response(
+        &self,
+        ctx: &RequestCtx<'_>,
+        response: &mut http::response::Parts,
+        ran: usize,
+    ) {
+        for entry in self.entries[..ran.min(self.entries.len())].iter().rev() {
+            if let Ok(per_route) = Self::enabled(entry, ctx) {
+                entry.filter.on_response(ctx, per_route, response);
+            }
+        }
     }
 }

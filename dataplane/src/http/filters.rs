@@ -7,6 +7,7 @@ pub mod descriptors;
 pub mod ext_authz;
 pub mod fault;
 pub mod grpc;
+pub mod header_mutation;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod ratelimit;

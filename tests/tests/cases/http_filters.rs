@@ -34,8 +34,16 @@ const RESPONSE_HEADERS: &[&str] = &[
     "x-rl-by",
     "grpc-status",
     "grpc-message",
+    "x-resp-mut",
+    "x-resp-route",
 ];
-const UPSTREAM_HEADERS: &[&str] = &["x-username", "x-rl", "authorization"];
+const UPSTREAM_HEADERS: &[&str] = &[
+    "x-username",
+    "x-rl",
+    "authorization",
+    "x-added",
+    "x-strip-me",
+];
 
 fn typed(url: &str, mut body: Value) -> Value {
     body["@type"] = json!(url);
@@ -49,9 +57,16 @@ const RBAC_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+const HEADER_MUTATION: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation";
 
 fn http_filters() -> Value {
     json!([
+        { "name": "envoy.filters.http.header_mutation",
+          "typed_config": { "@type": HEADER_MUTATION, "mutations": {
+              "request_mutations": [ { "remove": "x-strip-me" },
+                  { "append": { "header": { "key": "x-added", "value": "listener" }, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD" } } ],
+              "response_mutations": [ { "append": { "header": { "key": "x-resp-mut", "value": "listener" } } } ] } } },
         { "name": "envoy.filters.http.cors",
           "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" } },
         { "name": "envoy.filters.http.local_ratelimit",
@@ -138,6 +153,12 @@ fn routes() -> Value {
                     "abort": { "grpc_status": 14, "percentage": { "numerator": 100 } } })) })),
                 route("/fault-none", json!({ "envoy.filters.http.fault": typed(FAULT, json!({
                     "abort": { "http_status": 500, "percentage": { "numerator": 0 } } })) })),
+                route("/mutate", json!({ "envoy.filters.http.header_mutation": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+                    "mutations": {
+                        "request_mutations": [ { "append": { "header": { "key": "x-added", "value": "route" }, "append_action": "APPEND_IF_EXISTS_OR_ADD" } } ],
+                        "response_mutations": [ { "remove_on_match": { "key_matcher": { "prefix": "x-resp-m" } } },
+                                                { "append": { "header": { "key": "x-resp-route", "value": "route" } } } ] } } })),
                 route("/fault-off", json!({ "envoy.filters.http.fault": typed(FILTER_CONFIG, json!({ "disabled": true })) })),
                 route("/", json!({}))
               ] }
@@ -421,6 +442,20 @@ fn corpus() -> Vec<Case> {
         ),
         ("fault never", "h", M::GET, "/fault-none", vec![]),
         ("fault disabled", "h", M::GET, "/fault-off", vec![]),
+        (
+            "header mutation",
+            "h",
+            M::GET,
+            "/cors/m",
+            vec![("x-strip-me", "1"), ("x-added", "client")],
+        ),
+        (
+            "header mutation per route",
+            "h",
+            M::GET,
+            "/mutate",
+            vec![("x-strip-me", "1")],
+        ),
     ]
 }
 
