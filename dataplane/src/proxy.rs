@@ -30,6 +30,7 @@ use crate::config::{ChainRuntime, HttpRuntime, Network, Snapshot, SnapshotStore}
 use crate::conn::ConnState;
 use crate::http::ctx::{client_ip, RequestCtx};
 use crate::http::filters::local_ratelimit::ConnLimiters;
+use crate::http::filters::sample;
 use crate::http::path::PathOutcome;
 use crate::listener::tls::TlsInfo;
 use crate::local_reply::{self, LocalReply, ProxyError, ResponseFlag};
@@ -614,10 +615,32 @@ async fn forward(
 
     let end_of_request = Arc::new(EndOfStream::default());
     let may_retry = plan.policy.is_some_and(|p| p.num_retries > 0);
-    let mut body = match prepare_body(incoming, may_retry, is_chunked_h1, &end_of_request).await {
+    // Retries and mirrors both need the body again: buffer it when it is small enough.
+    let buffer = may_retry || !action.mirrors.is_empty();
+    let mut body = match prepare_body(incoming, buffer, is_chunked_h1, &end_of_request).await {
         Ok(body) => body,
         Err(()) => return Err(ProxyError::Flag(ResponseFlag::DownstreamProtocolError)),
     };
+    if let (RequestBody::Replayable(bytes), Some(headers)) = (&body, &headers) {
+        for mirror in action.mirrors.iter().filter(|m| sample(m.fraction)) {
+            let Some(target) = snapshot.clusters.get(&mirror.cluster).cloned() else {
+                debug!(cluster = %mirror.cluster, "mirror cluster not found");
+                continue;
+            };
+            let shadow = Shadow {
+                method: parts.method.clone(),
+                headers: headers.clone(),
+                host: if mirror.shadow_suffix {
+                    shadow_host(host)
+                } else {
+                    host.to_string()
+                },
+                path: upstream_path.clone(),
+                body: bytes.clone(),
+            };
+            tokio::spawn(shadow.send(target));
+        }
+    }
     let max_tries = match (&body, plan.policy) {
         (RequestBody::Replayable(_), Some(p)) => 1 + p.num_retries,
         _ => 1,
@@ -828,6 +851,65 @@ async fn forward(
                 return Err(ProxyError::Flag(ResponseFlag::UpstreamRequestTimeout));
             }
         }
+    }
+}
+
+/// A copy of a request for a mirror cluster; its answer is read and dropped.
+struct Shadow {
+    method: Method,
+    headers: HeaderMap,
+    host: String,
+    path: http::uri::PathAndQuery,
+    body: Bytes,
+}
+
+impl Shadow {
+    async fn send(mut self, cluster: Arc<crate::upstream::ClusterState>) {
+        let Some(endpoint) = cluster.pick(&PickRequest::default()) else {
+            return;
+        };
+        if let Ok(v) = HeaderValue::from_str(&self.host) {
+            self.headers.insert(header::HOST, v);
+        }
+        let version = match cluster.config.protocol {
+            xds_types::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
+            _ => Version::HTTP_11,
+        };
+        let scheme = if cluster.config.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let Some(request) = build_request(
+            &self.method,
+            version,
+            &scheme,
+            &endpoint,
+            &self.path,
+            self.headers,
+            body::full(self.body),
+        ) else {
+            return;
+        };
+        cluster.stats.upstream_rq_total.inc();
+        let pool = endpoint.pool_for(&self.host);
+        let sent =
+            tokio::time::timeout(MIRROR_TIMEOUT, pool.send(request, &cluster.context(None))).await;
+        if let Ok(Ok(response)) = sent {
+            cluster.stats.upstream_rq_xx[class_index(response.status().as_u16())].inc();
+            let _ = tokio::time::timeout(MIRROR_TIMEOUT, response.into_body().collect()).await;
+        }
+    }
+}
+
+/// Longest a mirrored request may take (it never holds up the original).
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `host-shadow`, keeping a port at the end (Envoy's shadow host).
+fn shadow_host(host: &str) -> String {
+    match split_host_port(host) {
+        (name, Some(port)) => format!("{name}-shadow:{port}"),
+        (name, None) => format!("{name}-shadow"),
     }
 }
 

@@ -183,6 +183,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.config.route.v3.Decorator" => ["operation", "propagate"],
     "envoy.config.route.v3.RouteAction.UpgradeConfig" => ["upgrade_type", "enabled"],
+    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy" => [
+        "cluster", "runtime_fraction": "default 100%", "trace_sampled": "accepted; no effect until tracing",
+        "disable_shadow_host_suffix_append",
+    ],
     "envoy.extensions.filters.http.cors.v3.Cors" => [],
     "envoy.extensions.filters.http.cors.v3.CorsPolicy" => [
         "allow_origin_string_match", "allow_methods": "`*` echoes Access-Control-Request-Method",
@@ -389,6 +393,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "cors": "deprecated in Envoy; used when no per-filter CORS policy is set",
         "rate_limits": "read by the local rate limit filter", "include_vh_rate_limits",
         "upgrade_configs": "per-route upgrade switches over the connection manager's",
+        "request_mirror_policies": "fire and forget; the body is mirrored when it is at most 1 MiB with a known length (it is buffered)",
     ],
     "envoy.config.route.v3.RouteAction.HashPolicy" => [
         "header", "cookie", "connection_properties", "query_parameter", "terminal",

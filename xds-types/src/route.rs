@@ -169,6 +169,18 @@ pub struct ForwardAction {
     /// Per-route upgrade switches (lowercased type, enabled); they override the
     /// connection manager's `upgrade_configs` for this route.
     pub upgrades: Vec<(String, bool)>,
+    /// Shadow copies of the request, fire and forget (`request_mirror_policies`).
+    pub mirrors: Vec<Mirror>,
+}
+
+/// One `RequestMirrorPolicy`.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub cluster: String,
+    /// Share of requests mirrored (100 % when unset).
+    pub fraction: crate::http_filter::Fraction,
+    /// Append `-shadow` to the host (Envoy's default).
+    pub shadow_suffix: bool,
 }
 
 /// One input of a request's consistent hash (Envoy's `RouteAction.HashPolicy`).
@@ -297,12 +309,16 @@ impl RouteTable {
             .iter()
             .flat_map(|vh| vh.routes.iter())
             .flat_map(|r| match &r.action {
-                RouteAction::Forward(f) => match &f.target {
-                    ClusterTarget::Cluster(c) => vec![c.as_str()],
-                    ClusterTarget::Weighted { clusters, .. } => {
-                        clusters.iter().map(|(c, _)| c.as_str()).collect()
-                    }
-                },
+                RouteAction::Forward(f) => {
+                    let mut names: Vec<&str> = match &f.target {
+                        ClusterTarget::Cluster(c) => vec![c.as_str()],
+                        ClusterTarget::Weighted { clusters, .. } => {
+                            clusters.iter().map(|(c, _)| c.as_str()).collect()
+                        }
+                    };
+                    names.extend(f.mirrors.iter().map(|m| m.cluster.as_str()));
+                    names
+                }
                 _ => Vec::new(),
             })
     }
@@ -828,6 +844,31 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
                 .transpose()?,
             rate_limits: policies(&a.rate_limits, "rate_limits")?,
             include_vh_rate_limits: a.include_vh_rate_limits.as_ref().is_some_and(|v| v.value),
+            mirrors: a
+                .request_mirror_policies
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let path = format!("request_mirror_policies[{i}]");
+                    if m.cluster.is_empty() {
+                        return Err(ValidationError::required(format!("{path}.cluster")));
+                    }
+                    if !m.cluster_header.is_empty() || !m.request_headers_mutations.is_empty() {
+                        return Err(ValidationError::new(
+                            path,
+                            "only cluster, runtime_fraction, trace_sampled and disable_shadow_host_suffix_append are supported",
+                        ));
+                    }
+                    Ok(Mirror {
+                        cluster: m.cluster.clone(),
+                        fraction: crate::http_filter::Fraction::runtime(
+                            m.runtime_fraction.as_ref(),
+                            crate::http_filter::Fraction::ALWAYS,
+                        ),
+                        shadow_suffix: !m.disable_shadow_host_suffix_append,
+                    })
+                })
+                .collect::<Result<_>>()?,
             upgrades: a
                 .upgrade_configs
                 .iter()

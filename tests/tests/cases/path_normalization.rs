@@ -245,3 +245,87 @@ async fn router_headers_and_header_policies_match_envoy() {
     assert_eq!(from_sluice["expected_timeout"], "3000");
     assert_eq!(dropped, Some(1));
 }
+
+fn mirror_config(
+    admin: SocketAddr,
+    listener: SocketAddr,
+    a: &Upstream,
+    shadow: &Upstream,
+) -> String {
+    let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+        { "match": { "prefix": "/never" }, "route": { "cluster": "a",
+            "request_mirror_policies": [ { "cluster": "shadow", "runtime_fraction": { "default_value": { "numerator": 0 } } } ] } },
+        { "match": { "prefix": "/plain" }, "route": { "cluster": "a",
+            "request_mirror_policies": [ { "cluster": "shadow", "disable_shadow_host_suffix_append": true } ] } },
+        { "match": { "prefix": "/" }, "route": { "cluster": "a", "prefix_rewrite": "/up/",
+            "request_mirror_policies": [ { "cluster": "shadow" } ] } } ] } ] });
+    bootstrap(
+        admin,
+        vec![http_listener("mirror", listener, routes, json!({}))],
+        vec![
+            cluster("a", &[(a.addr, 1)], json!({})),
+            cluster("shadow", &[(shadow.addr, 1)], json!({})),
+        ],
+    )
+}
+
+/// What the shadow upstream saw: `(method, host, path, body bytes)`, sorted.
+async fn mirrored(listener: SocketAddr, shadow: &Upstream) -> Vec<(String, String, String, u64)> {
+    let client = sluice_tests::client::HttpClient::http1();
+    for (method, host, path, body) in [
+        (http::Method::GET, "h", "/one?q=1", ""),
+        (http::Method::POST, "svc.example:8080", "/two", "payload"),
+        (http::Method::GET, "h", "/never", ""),
+        (http::Method::GET, "h", "/plain", ""),
+    ] {
+        let reply = client
+            .send(listener, method, host, path, &[], body.as_bytes().to_vec())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    assert!(
+        sluice_tests::eventually(Duration::from_secs(5), || async {
+            shadow.seen().len() >= 3
+        })
+        .await,
+        "three requests mirrored"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut seen: Vec<_> = shadow
+        .seen()
+        .into_iter()
+        .map(|s| {
+            let host = s
+                .headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            (s.method, host, s.path, s.body_bytes)
+        })
+        .collect();
+    seen.sort();
+    shadow.clear();
+    seen
+}
+
+#[tokio::test]
+async fn request_mirrors_match_envoy() {
+    let (a, shadow) = (Upstream::start("a").await, Upstream::start("shadow").await);
+    let listener = free_addr();
+    let admin = free_addr();
+    let envoy = Envoy::start(&mirror_config(admin, listener, &a, &shadow), admin)
+        .await
+        .expect("start envoy (installed by tests/run.sh)");
+    let from_envoy = mirrored(listener, &shadow).await;
+    drop(envoy);
+    let admin = free_addr();
+    let sluice = Sluice::start(&mirror_config(admin, listener, &a, &shadow), admin)
+        .await
+        .expect("start sluice");
+    let from_sluice = mirrored(listener, &shadow).await;
+    drop(sluice);
+    assert_eq!(from_sluice, from_envoy);
+    assert_eq!(from_sluice.len(), 3);
+}
