@@ -1,6 +1,8 @@
 //! The one body type every request and response is carried in: a boxed stream of frames,
 //! so hyper's `Incoming` bodies stream through unbuffered in both directions.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -73,6 +75,51 @@ impl<G> http_body::Body for Guarded<G> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A body that fails once `deadline` passes (the connection manager's
+    /// `max_stream_duration`): hyper then resets the stream, as Envoy does.
+    pub struct Deadline {
+        #[pin]
+        inner: Body,
+        #[pin]
+        deadline: tokio::time::Sleep,
+    }
+}
+
+impl Deadline {
+    pub fn new(inner: Body, deadline: tokio::time::Instant) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::sleep_until(deadline),
+        }
+    }
+}
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let std::task::Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return std::task::Poll::Ready(frame);
+        }
+        std::task::ready!(this.deadline.poll(cx));
+        std::task::Poll::Ready(Some(Err("max stream duration reached".into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Fires once when a request body has been fully received (or failed): Envoy starts the
 /// route timeout at the end of the downstream request, not at its first byte.
 #[derive(Debug, Default)]
@@ -88,6 +135,11 @@ impl EndOfStream {
             // Wakes every `wait` whose `Notified` exists; later ones see `done` first.
             self.notify.notify_waiters();
         }
+    }
+
+    /// Whether the body is complete.
+    pub fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves once the body is complete.

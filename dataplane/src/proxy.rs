@@ -101,6 +101,8 @@ struct Outcome {
     cluster: Option<String>,
     upstream: Option<String>,
     attempts: u32,
+    /// Fires when the whole request has been received (it stops `request_timeout`).
+    end_of_request: Arc<EndOfStream>,
 }
 
 /// Decrements a gauge when dropped.
@@ -160,10 +162,14 @@ pub async fn serve(
         detailed: tracing::enabled!(target: "access", tracing::Level::INFO),
         ..Outcome::default()
     };
+    let hcm = &listener.config;
+    let stream_deadline = hcm
+        .max_stream_duration
+        .map(|d| tokio::time::Instant::now() + d);
     let mut response = if let Some(error) = refused {
         outcome.flag = error.flag();
         local_reply::render(error)
-    } else {
+    } else if hcm.request_timeout.is_none() && stream_deadline.is_none() {
         handle(
             &ctx,
             &snapshot,
@@ -174,6 +180,37 @@ pub async fn serve(
             &mut outcome,
         )
         .await
+    } else {
+        let received = outcome.end_of_request.clone();
+        let request_timer = async {
+            match hcm.request_timeout {
+                Some(limit) => tokio::select! {
+                    () = tokio::time::sleep(limit) => {}
+                    () = received.wait() => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let stream_timer = async {
+            match stream_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        // Before the response starts a timer answers, as Envoy: 408 while the request is
+        // still arriving, 504 for the stream's duration once it has arrived.
+        let timed_out = |status: StatusCode, text: &'static str| {
+            local_reply::render(ProxyError::Local(LocalReply::new(status, text)))
+        };
+        let received = outcome.end_of_request.clone();
+        tokio::select! {
+            response = handle(&ctx, &snapshot, listener, request, &host, &path, &mut outcome) => response,
+            () = request_timer => timed_out(StatusCode::REQUEST_TIMEOUT, "request timeout"),
+            () = stream_timer => timed_out(
+                if received.is_done() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT },
+                "downstream duration timeout",
+            ),
+        }
     };
     let set_server = match listener.config.server_header {
         ServerHeader::Overwrite => true,
@@ -205,7 +242,10 @@ pub async fn serve(
         duration_ms = started.elapsed().as_millis() as u64,
         downstream_remote_address = %ctx.remote,
     );
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
+    if let Some(at) = stream_deadline {
+        body = body::Deadline::new(body, at).boxed();
+    }
     let body = Guarded::new(body, (active, rq_active)).boxed();
     Ok(Response::from_parts(parts, body))
 }
@@ -613,7 +653,7 @@ async fn forward(
         http::uri::Scheme::HTTP
     };
 
-    let end_of_request = Arc::new(EndOfStream::default());
+    let end_of_request = outcome.end_of_request.clone();
     let may_retry = plan.policy.is_some_and(|p| p.num_retries > 0);
     // Retries and mirrors both need the body again: buffer it when it is small enough.
     let buffer = may_retry || !action.mirrors.is_empty();

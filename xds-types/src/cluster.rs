@@ -532,6 +532,20 @@ fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
         }
         if let Some(common) = options.common_http_protocol_options.as_ref() {
             let at = format!("{path}.common_http_protocol_options");
+            for (set, field) in [
+                (
+                    common.headers_with_underscores_action != 0,
+                    "headers_with_underscores_action",
+                ),
+                (common.max_stream_duration.is_some(), "max_stream_duration"),
+            ] {
+                if set {
+                    return Err(ValidationError::new(
+                        format!("{at}.{field}"),
+                        "applies to downstream connections only",
+                    ));
+                }
+            }
             out.idle_timeout = http_idle_timeout(common, &at, out.idle_timeout)?;
             out.max_requests_per_connection =
                 common.max_requests_per_connection.as_ref().map(|v| v.value);

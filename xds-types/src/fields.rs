@@ -159,6 +159,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "generate_request_id", "preserve_external_request_id",
         "drain_timeout", "server_name",
         "forward_client_cert_details": "SANITIZE (default), FORWARD_ONLY, APPEND_FORWARD, SANITIZE_SET, ALWAYS_FORWARD_ONLY",
+        "request_timeout": "408 when the whole request has not arrived in time (the timer stops when the request is sent upstream or the response starts)",
         "normalize_path": "RFC 3986 as Envoy: dot segments removed, percent-encoded unreserved characters decoded, backslashes made slashes; the upstream sees the result",
         "merge_slashes", "path_with_escaped_slashes_action": "%2F and %5C, any case; UNESCAPE_AND_REDIRECT answers 307 to the unescaped path",
         "server_header_transformation", "strip_matching_host_port", "strip_any_host_port",
@@ -334,6 +335,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.config.core.v3.HttpProtocolOptions" => [
         "headers_with_underscores_action": "downstream: ALLOW (default), REJECT_REQUEST (400), DROP_HEADER",
+        "max_stream_duration": "downstream: before the response starts 408 (request still arriving) or 504; after, the stream is reset",
         "idle_timeout": "downstream: close a connection with no active request after this long (default 1h); upstream: pool idle timeout",
         "max_headers_count",
         "max_requests_per_connection": "upstream: a connection is closed after this many requests",

@@ -55,6 +55,11 @@ pub struct HttpConnectionManager {
     pub server_header: ServerHeader,
     pub strip_port: StripPort,
     pub http2: Http2Settings,
+    /// Time allowed to receive the whole request (until it is sent upstream or the
+    /// response starts); `None`: no limit (Envoy's default).
+    pub request_timeout: Option<Duration>,
+    /// A stream's whole lifetime; `None`: no limit (Envoy's default).
+    pub max_stream_duration: Option<Duration>,
     /// Optional filters of types Sluice does not implement, skipped (logged once).
     pub skipped_filters: Vec<String>,
 }
@@ -385,6 +390,14 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             })
             .unwrap_or_default();
         Ok(Self {
+            request_timeout: optional_timeout(h.request_timeout.as_ref(), "request_timeout", None)?,
+            max_stream_duration: optional_timeout(
+                h.common_http_protocol_options
+                    .as_ref()
+                    .and_then(|o| o.max_stream_duration.as_ref()),
+                "common_http_protocol_options.max_stream_duration",
+                None,
+            )?,
             path: PathPolicy {
                 normalize: h.normalize_path.as_ref().is_some_and(|v| v.value),
                 merge_slashes: h.merge_slashes,

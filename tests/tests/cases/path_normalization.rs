@@ -329,3 +329,104 @@ async fn request_mirrors_match_envoy() {
     assert_eq!(from_sluice, from_envoy);
     assert_eq!(from_sluice.len(), 3);
 }
+
+fn timeout_config(
+    admin: SocketAddr,
+    request_limited: SocketAddr,
+    duration_limited: SocketAddr,
+    a: &Upstream,
+) -> String {
+    let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+        { "match": { "prefix": "/" }, "route": { "cluster": "a" } } ] } ] });
+    bootstrap(
+        admin,
+        vec![
+            http_listener(
+                "request_limited",
+                request_limited,
+                routes.clone(),
+                json!({ "request_timeout": "0.5s" }),
+            ),
+            http_listener(
+                "duration_limited",
+                duration_limited,
+                routes,
+                json!({ "common_http_protocol_options": { "max_stream_duration": "0.5s" } }),
+            ),
+        ],
+        vec![cluster("a", &[(a.addr, 1)], json!({}))],
+    )
+}
+
+/// `(status, body)` of a raw exchange.
+async fn raw(listener: SocketAddr, request: &str) -> (u16, String) {
+    let answer = raw_exchange(listener, request.as_bytes(), Duration::from_secs(3))
+        .await
+        .unwrap_or_default();
+    let status = sluice_tests::client::raw_status(&answer).unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    let body = if body.starts_with('{') {
+        "<upstream>".to_string()
+    } else {
+        body
+    };
+    (status, body)
+}
+
+async fn timeouts(request_limited: SocketAddr, duration_limited: SocketAddr) -> Vec<(u16, String)> {
+    vec![
+        // The body never completes: the request timeout answers.
+        raw(
+            request_limited,
+            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\nabc",
+        )
+        .await,
+        // Received in full: a slow upstream is not the request timeout's business.
+        raw(
+            request_limited,
+            "GET / HTTP/1.1\r\nhost: h\r\nx-test-delay-ms: 1000\r\nconnection: close\r\n\r\n",
+        )
+        .await,
+        // The stream as a whole may not outlive max_stream_duration.
+        raw(
+            duration_limited,
+            "GET / HTTP/1.1\r\nhost: h\r\nx-test-delay-ms: 1000\r\nconnection: close\r\n\r\n",
+        )
+        .await,
+        raw(
+            duration_limited,
+            "GET / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n",
+        )
+        .await,
+    ]
+}
+
+#[tokio::test]
+async fn request_and_stream_timeouts_match_envoy() {
+    let a = Upstream::start("a").await;
+    let (request_limited, duration_limited) = (free_addr(), free_addr());
+    let admin = free_addr();
+    let envoy = Envoy::start(
+        &timeout_config(admin, request_limited, duration_limited, &a),
+        admin,
+    )
+    .await
+    .expect("start envoy (installed by tests/run.sh)");
+    let from_envoy = timeouts(request_limited, duration_limited).await;
+    drop(envoy);
+    let admin = free_addr();
+    let sluice = Sluice::start(
+        &timeout_config(admin, request_limited, duration_limited, &a),
+        admin,
+    )
+    .await
+    .expect("start sluice");
+    let from_sluice = timeouts(request_limited, duration_limited).await;
+    drop(sluice);
+    assert_eq!(from_sluice, from_envoy);
+    assert_eq!(from_sluice[0].0, 408);
+    assert_eq!(from_sluice[1].0, 200);
+}
