@@ -248,6 +248,14 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
                 ))
             }
         };
+        if let Some(idle) = h.stream_idle_timeout.as_ref() {
+            if crate::util::duration(idle, "stream_idle_timeout")? != Duration::ZERO {
+                return Err(ValidationError::new(
+                    "stream_idle_timeout",
+                    "only 0s (no stream idle timeout) is supported yet",
+                ));
+            }
+        }
         if h.strip_matching_host_port && h.strip_port_mode.is_some() {
             return Err(ValidationError::new(
                 "strip_any_host_port",
@@ -440,5 +448,39 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
                 h.server_name.clone()
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hcm(extra: &str) -> Result<HttpConnectionManager> {
+        let yaml = format!(
+            "stat_prefix: t\nroute_config: {{virtual_hosts: []}}\nhttp_filters: [{{name: r, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]\n{extra}"
+        );
+        let proto: pb::HttpConnectionManager = crate::decode::from_yaml(
+            &yaml,
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        )?;
+        HttpConnectionManager::try_from(&proto)
+    }
+
+    #[test]
+    fn only_a_disabled_stream_idle_timeout_is_accepted() {
+        assert!(hcm("stream_idle_timeout: 0s").is_ok());
+        assert_eq!(
+            hcm("stream_idle_timeout: 300s").unwrap_err().path,
+            "stream_idle_timeout"
+        );
+    }
+
+    #[test]
+    fn one_port_stripping_mode_at_most() {
+        assert_eq!(
+            hcm("strip_any_host_port: true").unwrap().strip_port,
+            StripPort::Any
+        );
+        assert!(hcm("strip_any_host_port: true\nstrip_matching_host_port: true").is_err());
     }
 }
