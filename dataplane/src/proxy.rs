@@ -133,7 +133,7 @@ impl Drop for EndpointGuard {
 /// Serves one downstream request.
 pub async fn serve(
     ctx: Arc<ConnContext>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let active = ctx.conn.request_started();
     let started = Instant::now();
@@ -151,7 +151,6 @@ pub async fn serve(
     let stats = listener.stats.clone();
     stats.downstream_rq_total.inc();
     let rq_active = GaugeGuard::new(&stats.downstream_rq_active);
-    let mut request = request;
     let refused = prepare(&ctx, listener, &mut request);
     let method = request.method().clone();
     let version = request.version();
@@ -202,7 +201,6 @@ pub async fn serve(
         let timed_out = |status: StatusCode, text: &'static str| {
             local_reply::render(ProxyError::Local(LocalReply::new(status, text)))
         };
-        let received = outcome.end_of_request.clone();
         tokio::select! {
             response = handle(&ctx, &snapshot, listener, request, &host, &path, &mut outcome) => response,
             () = request_timer => timed_out(StatusCode::REQUEST_TIMEOUT, "request timeout"),

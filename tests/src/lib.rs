@@ -13,6 +13,25 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Asserts that Envoy's and sluice's replies to the same corpus agree, pair by pair,
+/// listing every pair that differs.
+pub fn assert_same_replies(envoy: &[serde_json::Value], sluice: &[serde_json::Value]) {
+    assert_eq!(envoy.len(), sluice.len(), "both answered the whole corpus");
+    let differences: Vec<String> = envoy
+        .iter()
+        .zip(sluice)
+        .filter(|(e, s)| e != s)
+        .map(|(e, s)| format!("envoy:  {e}\nsluice: {s}"))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ:\n{}",
+        differences.len(),
+        envoy.len(),
+        differences.join("\n")
+    );
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

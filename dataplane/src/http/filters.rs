@@ -24,3 +24,13 @@ pub(crate) fn sample(fraction: Fraction) -> bool {
         p => rand::rng().random_range(0..1_000_000) < p,
     }
 }
+
+/// A filter's counter scope under its connection manager: `name.` or, with the filter's
+/// own `stat_prefix`, `name.prefix.` (Envoy's layout).
+pub(crate) fn stat_scope(name: &str, stat_prefix: &str) -> String {
+    if stat_prefix.is_empty() {
+        format!("{name}.")
+    } else {
+        format!("{name}.{stat_prefix}.")
+    }
+}

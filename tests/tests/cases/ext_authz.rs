@@ -311,18 +311,7 @@ async fn ext_authz_matches_envoy_against_a_real_authorization_server() {
         .ok();
     drop(sluice);
 
-    let differences: Vec<String> = from_envoy
-        .iter()
-        .zip(&from_sluice)
-        .filter(|(e, s)| e != s)
-        .map(|(e, s)| {
-            format!(
-                "{}:\n  envoy:  {}\n  sluice: {}",
-                e["case"], e["reply"], s["reply"]
-            )
-        })
-        .collect();
-    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    sluice_tests::assert_same_replies(&from_envoy, &from_sluice);
     assert_eq!(
         from_sluice[0]["reply"]["body"]["upstream"]["x-auth-user"],
         "alice"

@@ -532,24 +532,7 @@ async fn filter_chain_matches_envoy() {
         .ok();
     drop(sluice);
 
-    let differences: Vec<String> = envoy_replies
-        .iter()
-        .zip(&sluice_replies)
-        .filter(|(e, s)| e != s)
-        .map(|(e, s)| {
-            format!(
-                "{}:\n  envoy:  {}\n  sluice: {}",
-                e["case"], e["reply"], s["reply"]
-            )
-        })
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "{} of {} differ:\n{}",
-        differences.len(),
-        envoy_replies.len(),
-        differences.join("\n")
-    );
+    sluice_tests::assert_same_replies(&envoy_replies, &sluice_replies);
     assert_eq!(sluice_denied, envoy_denied, "http.filters.rbac.denied");
     assert_eq!(limited, Some(2), "route_rl.http_local_rate_limit.enforced");
 }

@@ -360,14 +360,7 @@ async fn jwt_authn_matches_envoy() {
         results.push((replies, rotated_status, fetched));
     }
     let (envoy, sluice) = (&results[0], &results[1]);
-    let differences: Vec<String> = envoy
-        .0
-        .iter()
-        .zip(&sluice.0)
-        .filter(|(e, s)| e != s)
-        .map(|(e, s)| format!("envoy:  {e}\nsluice: {s}"))
-        .collect();
-    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    sluice_tests::assert_same_replies(&envoy.0, &sluice.0);
     assert_eq!(sluice.0[0]["body"]["sub"], "alice");
     assert_eq!(
         sluice.1, 200,

@@ -140,24 +140,7 @@ async fn path_policies_route_like_envoy() {
     let sluice_replies = run(&listeners).await;
     drop(sluice);
 
-    let differences: Vec<String> = envoy_replies
-        .iter()
-        .zip(&sluice_replies)
-        .filter(|(e, s)| e != s)
-        .map(|(e, s)| {
-            format!(
-                "{} {}:\n  envoy:  {}\n  sluice: {}",
-                e["policy"], e["path"], e["reply"], s["reply"]
-            )
-        })
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "{} of {} differ:\n{}",
-        differences.len(),
-        envoy_replies.len(),
-        differences.join("\n")
-    );
+    sluice_tests::assert_same_replies(&envoy_replies, &sluice_replies);
 }
 
 /// What the upstream and the client see of the router's headers and the connection

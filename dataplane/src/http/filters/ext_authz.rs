@@ -46,11 +46,7 @@ pub struct ExtAuthzFilter {
 
 impl ExtAuthzFilter {
     pub fn new(config: &ExtAuthz, hcm_prefix: &str, stats: &Stats) -> Self {
-        let prefix = if config.stat_prefix.is_empty() {
-            "ext_authz.".to_string()
-        } else {
-            format!("ext_authz.{}.", config.stat_prefix)
-        };
+        let prefix = super::stat_scope("ext_authz", &config.stat_prefix);
         let c = |n: &str| stats.filter_counter(hcm_prefix, &format!("{prefix}{n}"));
         Self {
             config: Arc::new(config.clone()),

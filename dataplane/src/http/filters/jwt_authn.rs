@@ -344,11 +344,7 @@ pub struct JwtAuthnFilter {
 
 impl JwtAuthnFilter {
     pub fn new(config: &JwtAuthn, hcm_prefix: &str, stats: &Stats) -> Self {
-        let prefix = if config.stat_prefix.is_empty() {
-            "jwt_authn.".to_string()
-        } else {
-            format!("jwt_authn.{}.", config.stat_prefix)
-        };
+        let prefix = super::stat_scope("jwt_authn", &config.stat_prefix);
         let c = |n: &str| stats.filter_counter(hcm_prefix, &format!("{prefix}{n}"));
         let providers = config
             .providers
