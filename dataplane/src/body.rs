@@ -120,6 +120,130 @@ impl http_body::Body for Deadline {
     }
 }
 
+/// A stream's idle clock (`stream_idle_timeout`): data on the request body touches it;
+/// [`IdleTimer::expired`] resolves once it has not been touched for the timeout.
+pub struct IdleTimer {
+    origin: tokio::time::Instant,
+    /// Nanoseconds after `origin` of the last activity.
+    last: std::sync::atomic::AtomicU64,
+    timeout: std::time::Duration,
+}
+
+impl IdleTimer {
+    pub fn new(timeout: std::time::Duration) -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+            timeout,
+        }
+    }
+
+    /// Records activity now.
+    pub fn touch(&self) {
+        let nanos = self.origin.elapsed().as_nanos() as u64;
+        self.last.store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves after `timeout` without activity.
+    pub async fn expired(&self) {
+        loop {
+            let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+            let at = self.origin + std::time::Duration::from_nanos(last) + self.timeout;
+            tokio::time::sleep_until(at).await;
+            if self.last.load(std::sync::atomic::Ordering::Relaxed) == last {
+                return;
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that touches an [`IdleTimer`] with every frame.
+    pub struct Touching {
+        #[pin]
+        inner: Body,
+        idle: std::sync::Arc<IdleTimer>,
+    }
+}
+
+impl Touching {
+    pub fn new(inner: Body, idle: std::sync::Arc<IdleTimer>) -> Self {
+        Self { inner, idle }
+    }
+}
+
+impl http_body::Body for Touching {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        this.idle.touch();
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that fails after `timeout` without a frame (the stream idle
+    /// timeout once the response has started): hyper then resets the stream.
+    pub struct IdleBody {
+        #[pin]
+        inner: Body,
+        #[pin]
+        idle: tokio::time::Sleep,
+        timeout: std::time::Duration,
+    }
+}
+
+impl IdleBody {
+    pub fn new(inner: Body, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            idle: tokio::time::sleep(timeout),
+            timeout,
+        }
+    }
+}
+
+impl http_body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let std::task::Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            let next = tokio::time::Instant::now() + *this.timeout;
+            this.idle.as_mut().reset(next);
+            return std::task::Poll::Ready(frame);
+        }
+        std::task::ready!(this.idle.poll(cx));
+        std::task::Poll::Ready(Some(Err("stream idle timeout".into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Fires once when a request body has been fully received (or failed): Envoy starts the
 /// route timeout at the end of the downstream request, not at its first byte.
 #[derive(Debug, Default)]

@@ -103,6 +103,8 @@ struct Outcome {
     attempts: u32,
     /// Fires when the whole request has been received (it stops `request_timeout`).
     end_of_request: Arc<EndOfStream>,
+    /// The stream's idle clock, touched by request body data.
+    idle: Option<Arc<body::IdleTimer>>,
 }
 
 /// Decrements a gauge when dropped.
@@ -157,18 +159,21 @@ pub async fn serve(
     let path = path_and_query(request.uri()).to_string();
     let host = request_host(&request).to_string();
 
+    let hcm = &listener.config;
     let mut outcome = Outcome {
         detailed: tracing::enabled!(target: "access", tracing::Level::INFO),
+        idle: hcm
+            .stream_idle_timeout
+            .map(|t| Arc::new(body::IdleTimer::new(t))),
         ..Outcome::default()
     };
-    let hcm = &listener.config;
     let stream_deadline = hcm
         .max_stream_duration
         .map(|d| tokio::time::Instant::now() + d);
     let mut response = if let Some(error) = refused {
         outcome.flag = error.flag();
         local_reply::render(error)
-    } else if hcm.request_timeout.is_none() && stream_deadline.is_none() {
+    } else if hcm.request_timeout.is_none() && stream_deadline.is_none() && outcome.idle.is_none() {
         handle(
             &ctx,
             &snapshot,
@@ -190,24 +195,39 @@ pub async fn serve(
                 None => std::future::pending().await,
             }
         };
+        // Before the response starts a timer answers, as Envoy: 408 while the request is
+        // still arriving, 504 once it has arrived (the wait is then the upstream's). The
+        // status is read when the timer fires, before the request's future is dropped.
+        let waiting = || {
+            if received.is_done() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::REQUEST_TIMEOUT
+            }
+        };
         let stream_timer = async {
             match stream_deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
+            waiting()
         };
-        // Before the response starts a timer answers, as Envoy: 408 while the request is
-        // still arriving, 504 for the stream's duration once it has arrived.
+        let idle = outcome.idle.clone();
+        let idle_timer = async {
+            match &idle {
+                Some(idle) => idle.expired().await,
+                None => std::future::pending().await,
+            }
+            waiting()
+        };
         let timed_out = |status: StatusCode, text: &'static str| {
             local_reply::render(ProxyError::Local(LocalReply::new(status, text)))
         };
         tokio::select! {
             response = handle(&ctx, &snapshot, listener, request, &host, &path, &mut outcome) => response,
             () = request_timer => timed_out(StatusCode::REQUEST_TIMEOUT, "request timeout"),
-            () = stream_timer => timed_out(
-                if received.is_done() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT },
-                "downstream duration timeout",
-            ),
+            status = idle_timer => timed_out(status, "stream timeout"),
+            status = stream_timer => timed_out(status, "downstream duration timeout"),
         }
     };
     let set_server = match listener.config.server_header {
@@ -243,6 +263,9 @@ pub async fn serve(
     let (parts, mut body) = response.into_parts();
     if let Some(at) = stream_deadline {
         body = body::Deadline::new(body, at).boxed();
+    }
+    if let Some(timeout) = hcm.stream_idle_timeout {
+        body = body::IdleBody::new(body, timeout).boxed();
     }
     let body = Guarded::new(body, (active, rq_active)).boxed();
     Ok(Response::from_parts(parts, body))
@@ -655,7 +678,15 @@ async fn forward(
     let may_retry = plan.policy.is_some_and(|p| p.num_retries > 0);
     // Retries and mirrors both need the body again: buffer it when it is small enough.
     let buffer = may_retry || !action.mirrors.is_empty();
-    let mut body = match prepare_body(incoming, buffer, is_chunked_h1, &end_of_request).await {
+    let mut body = match prepare_body(
+        incoming,
+        buffer,
+        is_chunked_h1,
+        &end_of_request,
+        outcome.idle.as_ref(),
+    )
+    .await
+    {
         Ok(body) => body,
         Err(()) => return Err(ProxyError::Flag(ResponseFlag::DownstreamProtocolError)),
     };
@@ -1014,6 +1045,7 @@ async fn prepare_body(
     may_retry: bool,
     is_chunked_h1: bool,
     end_of_request: &Arc<EndOfStream>,
+    idle: Option<&Arc<body::IdleTimer>>,
 ) -> Result<RequestBody, ()> {
     if incoming.is_end_stream() {
         end_of_request.fire();
@@ -1046,6 +1078,10 @@ async fn prepare_body(
         }
     } else {
         body::incoming(incoming)
+    };
+    let body = match idle {
+        Some(idle) => body::Touching::new(body, idle.clone()).boxed(),
+        None => body,
     };
     Ok(RequestBody::Streaming(Some(
         Guarded::new(body, guard).boxed(),

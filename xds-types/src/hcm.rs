@@ -12,6 +12,8 @@ use crate::util::{ads_config_source, optional_timeout};
 
 /// Envoy's default downstream idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default stream idle timeout.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Envoy's default drain timeout.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy's default `max_request_headers_kb`.
@@ -60,6 +62,8 @@ pub struct HttpConnectionManager {
     pub request_timeout: Option<Duration>,
     /// A stream's whole lifetime; `None`: no limit (Envoy's default).
     pub max_stream_duration: Option<Duration>,
+    /// A stream with no activity this long ends (Envoy's default 5 min); `None`: never.
+    pub stream_idle_timeout: Option<Duration>,
     /// Optional filters of types Sluice does not implement, skipped (logged once).
     pub skipped_filters: Vec<String>,
 }
@@ -248,14 +252,6 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
                 ))
             }
         };
-        if let Some(idle) = h.stream_idle_timeout.as_ref() {
-            if crate::util::duration(idle, "stream_idle_timeout")? != Duration::ZERO {
-                return Err(ValidationError::new(
-                    "stream_idle_timeout",
-                    "only 0s (no stream idle timeout) is supported yet",
-                ));
-            }
-        }
         if h.strip_matching_host_port && h.strip_port_mode.is_some() {
             return Err(ValidationError::new(
                 "strip_any_host_port",
@@ -398,6 +394,11 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             })
             .unwrap_or_default();
         Ok(Self {
+            stream_idle_timeout: optional_timeout(
+                h.stream_idle_timeout.as_ref(),
+                "stream_idle_timeout",
+                Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            )?,
             request_timeout: optional_timeout(h.request_timeout.as_ref(), "request_timeout", None)?,
             max_stream_duration: optional_timeout(
                 h.common_http_protocol_options
@@ -467,11 +468,14 @@ mod tests {
     }
 
     #[test]
-    fn only_a_disabled_stream_idle_timeout_is_accepted() {
-        assert!(hcm("stream_idle_timeout: 0s").is_ok());
+    fn the_stream_idle_timeout_defaults_to_five_minutes() {
         assert_eq!(
-            hcm("stream_idle_timeout: 300s").unwrap_err().path,
-            "stream_idle_timeout"
+            hcm("").unwrap().stream_idle_timeout,
+            Some(DEFAULT_STREAM_IDLE_TIMEOUT)
+        );
+        assert_eq!(
+            hcm("stream_idle_timeout: 0s").unwrap().stream_idle_timeout,
+            None
         );
     }
 

@@ -313,28 +313,31 @@ async fn request_mirrors_match_envoy() {
     assert_eq!(from_sluice.len(), 3);
 }
 
-fn timeout_config(
-    admin: SocketAddr,
-    request_limited: SocketAddr,
-    duration_limited: SocketAddr,
-    a: &Upstream,
-) -> String {
+fn timeout_config(admin: SocketAddr, listeners: [SocketAddr; 3], a: &Upstream) -> String {
+    let [request_limited, duration_limited, idle_limited] = listeners;
+    // No route timeout: only the connection manager's timers end these streams.
     let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
-        { "match": { "prefix": "/" }, "route": { "cluster": "a" } } ] } ] });
+        { "match": { "prefix": "/" }, "route": { "cluster": "a", "timeout": "0s" } } ] } ] });
+    let limited = |name: &str, addr: SocketAddr, extra: Value| {
+        http_listener(name, addr, routes.clone(), extra)
+    };
     bootstrap(
         admin,
         vec![
-            http_listener(
+            limited(
                 "request_limited",
                 request_limited,
-                routes.clone(),
                 json!({ "request_timeout": "0.5s" }),
             ),
-            http_listener(
+            limited(
                 "duration_limited",
                 duration_limited,
-                routes,
                 json!({ "common_http_protocol_options": { "max_stream_duration": "0.5s" } }),
+            ),
+            limited(
+                "idle_limited",
+                idle_limited,
+                json!({ "stream_idle_timeout": "0.5s" }),
             ),
         ],
         vec![cluster("a", &[(a.addr, 1)], json!({}))],
@@ -359,57 +362,45 @@ async fn raw(listener: SocketAddr, request: &str) -> (u16, String) {
     (status, body)
 }
 
-async fn timeouts(request_limited: SocketAddr, duration_limited: SocketAddr) -> Vec<(u16, String)> {
+async fn timeouts(listeners: [SocketAddr; 3]) -> Vec<(u16, String)> {
+    let [request_limited, duration_limited, idle_limited] = listeners;
+    const STALLED: &str = "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\nabc";
+    const SLOW: &str =
+        "GET / HTTP/1.1\r\nhost: h\r\nx-test-delay-ms: 1000\r\nconnection: close\r\n\r\n";
+    const QUICK: &str = "GET / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n";
     vec![
         // The body never completes: the request timeout answers.
-        raw(
-            request_limited,
-            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\nabc",
-        )
-        .await,
+        raw(request_limited, STALLED).await,
         // Received in full: a slow upstream is not the request timeout's business.
-        raw(
-            request_limited,
-            "GET / HTTP/1.1\r\nhost: h\r\nx-test-delay-ms: 1000\r\nconnection: close\r\n\r\n",
-        )
-        .await,
+        raw(request_limited, SLOW).await,
         // The stream as a whole may not outlive max_stream_duration.
-        raw(
-            duration_limited,
-            "GET / HTTP/1.1\r\nhost: h\r\nx-test-delay-ms: 1000\r\nconnection: close\r\n\r\n",
-        )
-        .await,
-        raw(
-            duration_limited,
-            "GET / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n",
-        )
-        .await,
+        raw(duration_limited, SLOW).await,
+        raw(duration_limited, QUICK).await,
+        // No activity on the stream for the idle timeout, before any response.
+        raw(idle_limited, STALLED).await,
+        raw(idle_limited, SLOW).await,
+        raw(idle_limited, QUICK).await,
     ]
 }
 
 #[tokio::test]
-async fn request_and_stream_timeouts_match_envoy() {
+async fn request_stream_and_idle_timeouts_match_envoy() {
     let a = Upstream::start("a").await;
-    let (request_limited, duration_limited) = (free_addr(), free_addr());
+    let listeners = [free_addr(), free_addr(), free_addr()];
     let admin = free_addr();
-    let envoy = Envoy::start(
-        &timeout_config(admin, request_limited, duration_limited, &a),
-        admin,
-    )
-    .await
-    .expect("start envoy (installed by tests/run.sh)");
-    let from_envoy = timeouts(request_limited, duration_limited).await;
+    let envoy = Envoy::start(&timeout_config(admin, listeners, &a), admin)
+        .await
+        .expect("start envoy (installed by tests/run.sh)");
+    let from_envoy = timeouts(listeners).await;
     drop(envoy);
     let admin = free_addr();
-    let sluice = Sluice::start(
-        &timeout_config(admin, request_limited, duration_limited, &a),
-        admin,
-    )
-    .await
-    .expect("start sluice");
-    let from_sluice = timeouts(request_limited, duration_limited).await;
+    let sluice = Sluice::start(&timeout_config(admin, listeners, &a), admin)
+        .await
+        .expect("start sluice");
+    let from_sluice = timeouts(listeners).await;
     drop(sluice);
     assert_eq!(from_sluice, from_envoy);
     assert_eq!(from_sluice[0].0, 408);
     assert_eq!(from_sluice[1].0, 200);
+    assert_eq!(from_sluice[4].0, 408);
 }
