@@ -1057,9 +1057,16 @@ async fn prepare_body(
             .exact()
             .is_some_and(|n| n <= RETRY_BUFFER_LIMIT)
     {
-        let bytes = incoming.collect().await.map_err(|_| ())?.to_bytes();
+        // Data arriving while the body is buffered is stream activity too.
+        let collected = match idle {
+            Some(idle) => body::Touching::new(body::incoming(incoming), idle.clone())
+                .collect()
+                .await
+                .map_err(|_| ())?,
+            None => incoming.collect().await.map_err(|_| ())?,
+        };
         end_of_request.fire();
-        return Ok(RequestBody::Replayable(bytes));
+        return Ok(RequestBody::Replayable(collected.to_bytes()));
     }
     let guard = FireOnDrop(end_of_request.clone());
     let body = if is_chunked_h1 {
