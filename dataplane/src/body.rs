@@ -75,51 +75,6 @@ impl<G> http_body::Body for Guarded<G> {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A body that fails once `deadline` passes (the connection manager's
-    /// `max_stream_duration`): hyper then resets the stream, as Envoy does.
-    pub struct Deadline {
-        #[pin]
-        inner: Body,
-        #[pin]
-        deadline: tokio::time::Sleep,
-    }
-}
-
-impl Deadline {
-    pub fn new(inner: Body, deadline: tokio::time::Instant) -> Self {
-        Self {
-            inner,
-            deadline: tokio::time::sleep_until(deadline),
-        }
-    }
-}
-
-impl http_body::Body for Deadline {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        if let std::task::Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return std::task::Poll::Ready(frame);
-        }
-        std::task::ready!(this.deadline.poll(cx));
-        std::task::Poll::Ready(Some(Err("max stream duration reached".into())))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// A stream's idle clock (`stream_idle_timeout`): data on the request body touches it;
 /// [`IdleTimer::expired`] resolves once it has not been touched for the timeout.
 pub struct IdleTimer {
@@ -196,28 +151,43 @@ impl http_body::Body for Touching {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that fails after `timeout` without a frame (the stream idle
-    /// timeout once the response has started): hyper then resets the stream.
-    pub struct IdleBody {
+    /// A response body that fails when its timer fires: at a fixed deadline
+    /// (`max_stream_duration`), or after a stretch without a frame (the stream idle
+    /// timeout once the response has started). hyper then resets the stream, as Envoy does.
+    pub struct Timed {
         #[pin]
         inner: Body,
         #[pin]
-        idle: tokio::time::Sleep,
-        timeout: std::time::Duration,
+        timer: tokio::time::Sleep,
+        // Set for an idle timer: each frame pushes the timer this far out.
+        idle: Option<std::time::Duration>,
+        reason: &'static str,
     }
 }
 
-impl IdleBody {
-    pub fn new(inner: Body, timeout: std::time::Duration) -> Self {
+impl Timed {
+    /// Fails at `at` whatever flows.
+    pub fn deadline(inner: Body, at: tokio::time::Instant) -> Self {
         Self {
             inner,
-            idle: tokio::time::sleep(timeout),
-            timeout,
+            timer: tokio::time::sleep_until(at),
+            idle: None,
+            reason: "max stream duration reached",
+        }
+    }
+
+    /// Fails after `timeout` without a frame.
+    pub fn idle(inner: Body, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            timer: tokio::time::sleep(timeout),
+            idle: Some(timeout),
+            reason: "stream idle timeout",
         }
     }
 }
 
-impl http_body::Body for IdleBody {
+impl http_body::Body for Timed {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -227,12 +197,15 @@ impl http_body::Body for IdleBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let std::task::Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            let next = tokio::time::Instant::now() + *this.timeout;
-            this.idle.as_mut().reset(next);
+            if let Some(timeout) = this.idle {
+                this.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + *timeout);
+            }
             return std::task::Poll::Ready(frame);
         }
-        std::task::ready!(this.idle.poll(cx));
-        std::task::Poll::Ready(Some(Err("stream idle timeout".into())))
+        std::task::ready!(this.timer.poll(cx));
+        std::task::Poll::Ready(Some(Err((*this.reason).into())))
     }
 
     fn is_end_stream(&self) -> bool {

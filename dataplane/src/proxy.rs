@@ -262,10 +262,10 @@ pub async fn serve(
     );
     let (parts, mut body) = response.into_parts();
     if let Some(at) = stream_deadline {
-        body = body::Deadline::new(body, at).boxed();
+        body = body::Timed::deadline(body, at).boxed();
     }
     if let Some(timeout) = hcm.stream_idle_timeout {
-        body = body::IdleBody::new(body, timeout).boxed();
+        body = body::Timed::idle(body, timeout).boxed();
     }
     let body = Guarded::new(body, (active, rq_active)).boxed();
     Ok(Response::from_parts(parts, body))

@@ -122,17 +122,10 @@ impl CompiledRoutes {
     ) -> Option<RouteMatch<'a>> {
         let vh = self.virtual_host_index(host)?;
         let virtual_host = &self.table.virtual_hosts[vh];
-        let query = path_and_query.split_once('?').map(|(_, q)| q);
-        let (index, route) = virtual_host.routes.iter().enumerate().find(|(_, r)| {
-            let m = &r.matcher;
-            m.matches_path(path_and_query)
-                && m.headers.iter().all(|h| {
-                    h.matches(
-                        header_value(headers, &h.name, method, host, path_and_query).as_deref(),
-                    )
-                })
-                && m.query_parameters.iter().all(|q| q.matches(query))
-        })?;
+        let (index, route) =
+            virtual_host.routes.iter().enumerate().find(|(_, r)| {
+                request_matches(&r.matcher, method, host, path_and_query, headers)
+            })?;
         Some(RouteMatch {
             virtual_host,
             route,
@@ -145,9 +138,37 @@ impl CompiledRoutes {
     }
 }
 
+/// Whether a request matches a route matcher (path, headers, query); JWT rules use the
+/// same matcher.
+pub(crate) fn request_matches(
+    m: &xds_types::route::RouteMatch,
+    method: &http::Method,
+    host: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> bool {
+    let query = path_and_query.split_once('?').map(|(_, q)| q);
+    m.matches_path(path_and_query)
+        && m.headers
+            .iter()
+            .all(|h| header_matches(h, headers, method, host, path_and_query))
+        && m.query_parameters.iter().all(|q| q.matches(query))
+}
+
+/// Whether one header matcher accepts the request (pseudo-headers included).
+pub(crate) fn header_matches(
+    h: &xds_types::route::HeaderMatcher,
+    headers: &HeaderMap,
+    method: &http::Method,
+    host: &str,
+    path_and_query: &str,
+) -> bool {
+    h.matches(header_value(headers, &h.name, method, host, path_and_query).as_deref())
+}
+
 /// A header's value for matching: values of a repeated header joined by `,`, and the
 /// pseudo-headers `:authority`, `:path` and `:method` answered from the request.
-pub(crate) fn header_value(
+fn header_value(
     headers: &HeaderMap,
     name: &str,
     method: &http::Method,

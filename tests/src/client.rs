@@ -32,6 +32,15 @@ impl Reply {
     }
 
     /// A response header as a string.
+    /// The response headers among `names` that are present, as a JSON object (what a
+    /// differential compares).
+    pub fn headers_named(&self, names: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+        names
+            .iter()
+            .filter_map(|h| self.header(h).map(|v| (h.to_string(), v.into())))
+            .collect()
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
@@ -144,4 +153,19 @@ pub fn stat_value(stats: &str, name: &str) -> Option<i64> {
             .parse()
             .ok()
     })
+}
+
+/// The request headers among `names` that the echo upstream reports in its JSON answer.
+pub fn echoed_headers(
+    echo: &serde_json::Value,
+    names: &[&str],
+) -> serde_json::Map<String, serde_json::Value> {
+    names
+        .iter()
+        .filter_map(|h| {
+            echo["headers"][*h]
+                .as_str()
+                .map(|v| (h.to_string(), v.into()))
+        })
+        .collect()
 }

@@ -395,15 +395,7 @@ impl TryFrom<&pb::VirtualHost> for VirtualHost {
             .transpose()?;
         Ok(Self {
             per_filter: per_filter_configs(&vh.typed_per_filter_config, "typed_per_filter_config")?,
-            cors: vh
-                .cors
-                .as_ref()
-                .map(|c| {
-                    CorsPolicy::try_from(c)
-                        .map(Box::new)
-                        .map_err(|e| e.within("cors"))
-                })
-                .transpose()?,
+            cors: cors_policy(vh.cors.as_ref())?,
             rate_limits: policies(&vh.rate_limits, "rate_limits")?,
             include_request_attempt_count: vh.include_request_attempt_count,
             include_attempt_count_in_response: vh.include_attempt_count_in_response,
@@ -425,6 +417,16 @@ impl TryFrom<&pb::VirtualHost> for VirtualHost {
             )?,
         })
     }
+}
+
+/// The deprecated `cors` field of a virtual host or route action.
+fn cors_policy(c: Option<&pb::CorsPolicy>) -> Result<Option<Box<CorsPolicy>>> {
+    c.map(|c| {
+        CorsPolicy::try_from(c)
+            .map(Box::new)
+            .map_err(|e| e.within("cors"))
+    })
+    .transpose()
 }
 
 fn validate_domain(domain: &str) -> Result<String> {
@@ -833,15 +835,7 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
                 .enumerate()
                 .map(|(i, h)| hash_policy(h).map_err(|e| e.within(format!("hash_policy[{i}]"))))
                 .collect::<Result<_>>()?,
-            cors: a
-                .cors
-                .as_ref()
-                .map(|c| {
-                    CorsPolicy::try_from(c)
-                        .map(Box::new)
-                        .map_err(|e| e.within("cors"))
-                })
-                .transpose()?,
+            cors: cors_policy(a.cors.as_ref())?,
             rate_limits: policies(&a.rate_limits, "rate_limits")?,
             include_vh_rate_limits: a.include_vh_rate_limits.as_ref().is_some_and(|v| v.value),
             mirrors: a

@@ -363,20 +363,10 @@ fn config(
 
 /// A reply reduced to what both proxies must agree on.
 fn normalize(reply: &Reply) -> Value {
-    let response_headers: serde_json::Map<String, Value> = RESPONSE_HEADERS
-        .iter()
-        .filter_map(|h| reply.header(h).map(|v| (h.to_string(), Value::from(v))))
-        .collect();
+    let response_headers = reply.headers_named(RESPONSE_HEADERS);
     let body = match serde_json::from_slice::<Value>(&reply.body) {
         Ok(json) if json.get("server").is_some() => {
-            let headers: serde_json::Map<String, Value> = UPSTREAM_HEADERS
-                .iter()
-                .filter_map(|h| {
-                    json["headers"][*h]
-                        .as_str()
-                        .map(|v| (h.to_string(), Value::from(v)))
-                })
-                .collect();
+            let headers = sluice_tests::client::echoed_headers(&json, UPSTREAM_HEADERS);
             // For a loopback peer both append the node's own address: compared as is.
             json!({
                 "server": json["server"], "method": json["method"], "path": json["path"],

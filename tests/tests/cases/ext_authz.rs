@@ -151,9 +151,7 @@ fn config(
     authorizer: SocketAddr,
     dead: SocketAddr,
 ) -> String {
-    let h2 = json!({ "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": { "http2_protocol_options": {} } } } });
+    let h2 = sluice_tests::config::http2_options();
     bootstrap(
         admin,
         vec![
@@ -197,20 +195,10 @@ const UPSTREAM_HEADERS: &[&str] = &[
 const RESPONSE_HEADERS: &[&str] = &["x-auth-checked", "x-deny-reason", "content-type"];
 
 fn normalize(reply: &Reply) -> Value {
-    let headers: serde_json::Map<String, Value> = RESPONSE_HEADERS
-        .iter()
-        .filter_map(|h| reply.header(h).map(|v| (h.to_string(), Value::from(v))))
-        .collect();
+    let headers = reply.headers_named(RESPONSE_HEADERS);
     let body = match serde_json::from_slice::<Value>(&reply.body) {
         Ok(json) if json.get("server").is_some() => {
-            let seen: serde_json::Map<String, Value> = UPSTREAM_HEADERS
-                .iter()
-                .filter_map(|h| {
-                    json["headers"][*h]
-                        .as_str()
-                        .map(|v| (h.to_string(), Value::from(v)))
-                })
-                .collect();
+            let seen = sluice_tests::client::echoed_headers(&json, UPSTREAM_HEADERS);
             json!({ "upstream": seen })
         }
         _ => Value::from(String::from_utf8_lossy(&reply.body).into_owned()),

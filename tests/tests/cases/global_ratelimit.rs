@@ -129,9 +129,7 @@ fn config(
     upstream: &Upstream,
     limiter: SocketAddr,
 ) -> String {
-    let h2 = json!({ "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": { "http2_protocol_options": {} } } } });
+    let h2 = sluice_tests::config::http2_options();
     bootstrap(
         admin,
         vec![
@@ -177,10 +175,7 @@ async fn run(open: SocketAddr, closed: SocketAddr) -> Vec<Value> {
         (closed, "/ok"),
     ] {
         let reply = client.get(listener, "h", path, &[]).await.unwrap();
-        let headers: serde_json::Map<String, Value> = RESPONSE_HEADERS
-            .iter()
-            .filter_map(|h| reply.header(h).map(|v| (h.to_string(), Value::from(v))))
-            .collect();
+        let headers = reply.headers_named(RESPONSE_HEADERS);
         let json = reply.json();
         let body = if json.get("server").is_some() {
             json!({ "upstream_saw_checked": json["headers"]["x-rl-checked"] })

@@ -473,20 +473,10 @@ fn config(admin: SocketAddr, listener: SocketAddr, upstream: &Upstream) -> Strin
 }
 
 fn normalize(reply: &Reply) -> Value {
-    let headers: serde_json::Map<String, Value> = RESPONSE_HEADERS
-        .iter()
-        .filter_map(|h| reply.header(h).map(|v| (h.to_string(), Value::from(v))))
-        .collect();
+    let headers = reply.headers_named(RESPONSE_HEADERS);
     let body = match serde_json::from_slice::<Value>(&reply.body) {
         Ok(json) if json.get("server").is_some() => {
-            let seen: serde_json::Map<String, Value> = UPSTREAM_HEADERS
-                .iter()
-                .filter_map(|h| {
-                    json["headers"][*h]
-                        .as_str()
-                        .map(|v| (h.to_string(), Value::from(v)))
-                })
-                .collect();
+            let seen = sluice_tests::client::echoed_headers(&json, UPSTREAM_HEADERS);
             json!({ "upstream": json["server"], "path": json["path"], "headers": seen })
         }
         _ => Value::from(String::from_utf8_lossy(&reply.body).into_owned()),
@@ -534,6 +524,11 @@ async fn filter_chain_matches_envoy() {
 
     sluice_tests::assert_same_replies(&envoy_replies, &sluice_replies);
     assert_eq!(sluice_denied, envoy_denied, "http.filters.rbac.denied");
+    // Both must have counted: two missing stats would compare equal too.
+    assert!(
+        sluice_denied.is_some_and(|n| n > 0),
+        "http.filters.rbac.denied"
+    );
     assert_eq!(limited, Some(2), "route_rl.http_local_rate_limit.enforced");
 }
 

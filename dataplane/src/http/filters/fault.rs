@@ -164,16 +164,7 @@ impl HttpFilter for FaultFilter {
         }
         let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
         if !config.headers.iter().all(|m| {
-            m.matches(
-                crate::router::header_value(
-                    &request.headers,
-                    &m.name,
-                    &request.method,
-                    ctx.host,
-                    path,
-                )
-                .as_deref(),
-            )
+            crate::router::header_matches(m, &request.headers, &request.method, ctx.host, path)
         }) {
             return Decision::Continue;
         }

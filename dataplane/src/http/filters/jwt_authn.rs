@@ -393,27 +393,18 @@ impl JwtAuthnFilter {
                 .ok_or(());
         }
         let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-        let query = path.split_once('?').map(|(_, q)| q);
         Ok(self
             .config
             .rules
             .iter()
             .find(|r| {
-                let m = &r.matcher;
-                m.matches_path(path)
-                    && m.headers.iter().all(|h| {
-                        h.matches(
-                            crate::router::header_value(
-                                &request.headers,
-                                &h.name,
-                                &request.method,
-                                ctx.host,
-                                path,
-                            )
-                            .as_deref(),
-                        )
-                    })
-                    && m.query_parameters.iter().all(|q| q.matches(query))
+                crate::router::request_matches(
+                    &r.matcher,
+                    &request.method,
+                    ctx.host,
+                    path,
+                    &request.headers,
+                )
             })
             .and_then(|r| r.requires.clone()))
     }

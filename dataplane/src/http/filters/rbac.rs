@@ -76,10 +76,7 @@ fn allows(rules: &Rules, ctx: &RequestCtx<'_>, request: &Parts) -> bool {
 
 fn header(m: &HeaderMatcher, ctx: &RequestCtx<'_>, request: &Parts) -> bool {
     let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-    m.matches(
-        crate::router::header_value(&request.headers, &m.name, &request.method, ctx.host, path)
-            .as_deref(),
-    )
+    crate::router::header_matches(m, &request.headers, &request.method, ctx.host, path)
 }
 
 fn permission(p: &Permission, ctx: &RequestCtx<'_>, request: &Parts) -> bool {
