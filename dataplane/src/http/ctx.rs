@@ -48,6 +48,17 @@ impl<'a> RequestCtx<'a> {
         self.route.into_iter().flat_map(|m| m.overrides)
     }
 
+    /// Every level's override that `pick` accepts, most specific first (the filters that
+    /// combine levels, such as CORS and header mutation).
+    pub fn overrides_of<T: 'a>(
+        &self,
+        pick: impl Fn(&'a PerRoute) -> Option<&'a T>,
+    ) -> impl Iterator<Item = &'a T> {
+        self.levels()
+            .flat_map(|level| level.iter())
+            .filter_map(move |(_, p)| pick(p))
+    }
+
     /// The cluster the route sends to, when it names one directly.
     pub fn route_cluster(&self) -> Option<&'a str> {
         use xds_types::route::{ClusterTarget, RouteAction};

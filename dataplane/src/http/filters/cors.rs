@@ -68,9 +68,7 @@ fn policies<'a>(ctx: &RequestCtx<'a>) -> Policies<'a> {
         return Policies(Vec::new());
     };
     let from_filters: Vec<&CorsPolicy> = ctx
-        .levels()
-        .flat_map(|level| level.iter())
-        .filter_map(|(_, p)| match p {
+        .overrides_of(|p| match p {
             PerRoute::Cors(c) => Some(&**c),
             _ => None,
         })

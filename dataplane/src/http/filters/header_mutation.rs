@@ -25,9 +25,7 @@ impl HeaderMutationFilter {
     /// The listener's edits, then the routes', in the configured order.
     fn each<'a>(&'a self, ctx: &RequestCtx<'a>) -> Vec<&'a Mutations> {
         let mut levels: Vec<&Mutations> = ctx
-            .levels()
-            .flat_map(|level| level.iter())
-            .filter_map(|(_, p)| match p {
+            .overrides_of(|p| match p {
                 PerRoute::HeaderMutation(m) => Some(&**m),
                 _ => None,
             })
