@@ -25,8 +25,10 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// Streams hyper's incoming body as a [`Body`].
-pub fn incoming(body: hyper::body::Incoming) -> Body {
+/// Streams a downstream or upstream body from hyper as a [`Body`].
+pub fn incoming(
+    body: impl http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+) -> Body {
     body.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 
@@ -258,5 +260,126 @@ pub struct FireOnDrop(pub std::sync::Arc<EndOfStream>);
 impl Drop for FireOnDrop {
     fn drop(&mut self) {
         self.0.fire();
+    }
+}
+
+/// The downstream request body as the router receives it: hyper's stream, after whatever
+/// part of it a filter read (the request-body phase: an authorization check that sends the
+/// body). What was read is replayed first, so the upstream sees the body unchanged.
+pub struct Downstream {
+    /// Data a filter read, not yet handed on.
+    head: Option<Bytes>,
+    /// Trailers a filter read (the stream had ended).
+    trailers: Option<http::HeaderMap>,
+    rest: Option<hyper::body::Incoming>,
+}
+
+impl Downstream {
+    pub fn new(incoming: hyper::body::Incoming) -> Self {
+        Self {
+            head: None,
+            trailers: None,
+            rest: Some(incoming),
+        }
+    }
+
+    /// What has been read so far.
+    pub fn buffered(&self) -> &[u8] {
+        self.head.as_deref().unwrap_or_default()
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_complete(&self) -> bool {
+        self.rest
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    /// Reads the body until it ends or `limit` bytes are held (each frame touching
+    /// `idle`); returns whether it ended.
+    pub async fn read_up_to(
+        &mut self,
+        limit: usize,
+        idle: Option<&IdleTimer>,
+    ) -> Result<bool, hyper::Error> {
+        let mut held = bytes::BytesMut::from(self.head.take().unwrap_or_default());
+        let result = loop {
+            if self.is_complete() {
+                break Ok(true);
+            }
+            if held.len() >= limit {
+                break Ok(false);
+            }
+            let Some(rest) = self.rest.as_mut() else {
+                break Ok(true);
+            };
+            match rest.frame().await {
+                None => {
+                    self.rest = None;
+                    break Ok(true);
+                }
+                Some(Err(e)) => break Err(e),
+                Some(Ok(frame)) => {
+                    if let Some(idle) = idle {
+                        idle.touch();
+                    }
+                    match frame.into_data() {
+                        Ok(data) => held.extend_from_slice(&data),
+                        Err(frame) => {
+                            self.trailers = frame.into_trailers().ok();
+                            self.rest = None;
+                        }
+                    }
+                }
+            }
+        };
+        if !held.is_empty() {
+            self.head = Some(held.freeze());
+        }
+        result
+    }
+}
+
+impl http_body::Body for Downstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        if let Some(head) = self.head.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        if let Some(rest) = self.rest.as_mut() {
+            match std::task::ready!(std::pin::Pin::new(rest).poll_frame(cx)) {
+                None => self.rest = None,
+                frame => return std::task::Poll::Ready(frame),
+            }
+        }
+        std::task::Poll::Ready(
+            self.trailers
+                .take()
+                .map(|t| Ok(http_body::Frame::trailers(t))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let held = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |r| r.size_hint());
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint.set_lower(hint.lower() + held);
+        hint
     }
 }

@@ -105,6 +105,8 @@ struct Outcome {
     end_of_request: Arc<EndOfStream>,
     /// The stream's idle clock, touched by request body data.
     idle: Option<Arc<body::IdleTimer>>,
+    /// The filters' log-phase hooks, run when the response ends.
+    at_end: Vec<crate::http::ctx::EndHook>,
 }
 
 /// Decrements a gauge when dropped.
@@ -267,7 +269,10 @@ pub async fn serve(
     if let Some(timeout) = hcm.stream_idle_timeout {
         body = body::Timed::idle(body, timeout).boxed();
     }
-    let body = Guarded::new(body, (active, rq_active)).boxed();
+    let at_end = (!outcome.at_end.is_empty()).then(|| {
+        crate::http::ctx::AtEnd::new(outcome.at_end, parts.status, outcome.flag, started)
+    });
+    let body = Guarded::new(body, (active, rq_active, at_end)).boxed();
     Ok(Response::from_parts(parts, body))
 }
 
@@ -389,10 +394,20 @@ async fn handle(
         route,
         response_headers: Vec::new(),
         conn_limiters: &ctx.limiters,
+        at_end: Vec::new(),
     });
+    let mut body = body::Downstream::new(body);
     let (local_reply, ran) = match filter_ctx.as_mut() {
         None => (None, 0),
-        Some(filter_ctx) => listener.filters.on_request(filter_ctx, &mut parts).await,
+        Some(filter_ctx) => {
+            let decided = listener
+                .filters
+                .on_request(filter_ctx, &mut parts, &mut body, outcome.idle.as_deref())
+                .await;
+            // Kept outside the request's future: a timeout that drops it still ends them.
+            outcome.at_end.append(&mut filter_ctx.at_end);
+            decided
+        }
     };
     let request = Request::from_parts(parts, body);
     let (result, mutations) = match local_reply {
@@ -415,9 +430,7 @@ async fn handle(
     for (name, value) in std::mem::take(&mut filter_ctx.response_headers) {
         response.headers_mut().append(name, value);
     }
-    let (mut head, body) = response.into_parts();
-    listener.filters.on_response(&filter_ctx, &mut head, ran);
-    Response::from_parts(head, body)
+    listener.filters.on_response(&filter_ctx, response, ran)
 }
 
 /// The router: executes the route's action. Returns the response (or why there is none)
@@ -429,7 +442,7 @@ async fn route_request<'s>(
     snapshot: &Snapshot,
     listener: &'s HttpRuntime,
     route: Option<RouteMatch<'s>>,
-    request: Request<Incoming>,
+    request: Request<body::Downstream>,
     host: &str,
     path: &str,
     outcome: &mut Outcome,
@@ -597,7 +610,7 @@ async fn forward(
     snapshot: &Snapshot,
     listener: &HttpRuntime,
     plan: ForwardPlan<'_>,
-    mut request: Request<Incoming>,
+    mut request: Request<body::Downstream>,
     host: &str,
     path: &str,
     outcome: &mut Outcome,
@@ -1041,7 +1054,7 @@ pub fn pick_weighted(clusters: &[(String, u32)], total: u32) -> &str {
 /// HTTP/1 body's first frame is read before anything goes upstream, so malformed chunking
 /// is answered with 400 and never reaches an upstream.
 async fn prepare_body(
-    incoming: Incoming,
+    incoming: body::Downstream,
     may_retry: bool,
     is_chunked_h1: bool,
     end_of_request: &Arc<EndOfStream>,

@@ -279,11 +279,31 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay" => [],
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => [
-        "grpc_service": "envoy_grpc to a cluster (HTTP/2 cleartext or TLS per the cluster)",
+        "grpc_service": "envoy_grpc to a cleartext HTTP/2 cluster",
+        "http_service": "a plain HTTP check through a cleartext cluster's pool: 200 allows, 5xx or no answer is an error, any other status denies",
         "transport_api_version": "V3", "failure_mode_allow", "failure_mode_allow_header_add",
         "status_on_error": "default 403", "stat_prefix",
         "filter_enabled": "default 100%", "deny_at_disable",
+        "with_request_body": "the body is read before the check (up to max_request_bytes) and replayed to the upstream unchanged",
     ],
+    "envoy.extensions.filters.http.ext_authz.v3.BufferSettings" => [
+        "max_request_bytes", "allow_partial_message": "else a longer body is answered 413",
+        "pack_as_bytes": "gRPC: raw_body instead of body",
+    ],
+    "envoy.extensions.filters.http.ext_authz.v3.HttpService" => [
+        "server_uri": "cluster and timeout; the URI's host is the check's :authority",
+        "path_prefix", "path_override", "authorization_request", "authorization_response",
+    ],
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest" => [
+        "allowed_headers": "besides Authorization, :method, :path and :authority, always sent",
+        "headers_to_add",
+    ],
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse" => [
+        "allowed_upstream_headers", "allowed_upstream_headers_to_append",
+        "allowed_client_headers": "unset: every header of a denial but Host",
+        "allowed_client_headers_on_success",
+    ],
+    "envoy.type.matcher.v3.ListStringMatcher" => ["patterns"],
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute" => ["disabled", "check_settings"],
     "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => [
         "domain", "stage", "request_type": "both (the default)", "timeout": "default 20ms",
@@ -324,7 +344,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.common.mutation_rules.v3.HeaderMutation" => ["remove", "append", "remove_on_match"],
     "envoy.config.common.mutation_rules.v3.HeaderMutation.RemoveOnMatch" => ["key_matcher"],
     "envoy.config.ratelimit.v3.RateLimitServiceConfig" => ["grpc_service", "transport_api_version": "V3"],
-    "envoy.extensions.filters.http.ext_authz.v3.CheckSettings" => ["context_extensions"],
+    "envoy.extensions.filters.http.ext_authz.v3.CheckSettings" => ["context_extensions", "disable_request_body_buffering"],
     "envoy.config.core.v3.RuntimeFeatureFlag" => [
         "default_value", "runtime_key": "accepted; there is no runtime, the default value applies",
     ],

@@ -33,6 +33,56 @@ pub struct RequestCtx<'a> {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Per-connection rate limiters.
     pub conn_limiters: &'a ConnLimiters,
+    /// What runs when the stream ends (the log phase): a filter's per-request state that
+    /// must live as long as the stream, such as an active fault's slot.
+    pub at_end: Vec<EndHook>,
+}
+
+/// A hook of the log phase, run once with how the stream ended.
+pub type EndHook = Box<dyn FnOnce(&StreamEnd) + Send + Sync>;
+
+/// How a stream ended, for the log phase.
+#[derive(Debug, Clone)]
+pub struct StreamEnd {
+    pub status: http::StatusCode,
+    pub flag: Option<crate::local_reply::ResponseFlag>,
+    /// From the request's arrival to the end of the response (or its abandonment).
+    pub duration: std::time::Duration,
+}
+
+/// Runs a stream's [`EndHook`]s when the response body ends or is dropped.
+pub struct AtEnd {
+    hooks: Vec<EndHook>,
+    end: StreamEnd,
+    started: std::time::Instant,
+}
+
+impl AtEnd {
+    pub fn new(
+        hooks: Vec<EndHook>,
+        status: http::StatusCode,
+        flag: Option<crate::local_reply::ResponseFlag>,
+        started: std::time::Instant,
+    ) -> Self {
+        Self {
+            hooks,
+            end: StreamEnd {
+                status,
+                flag,
+                duration: std::time::Duration::ZERO,
+            },
+            started,
+        }
+    }
+}
+
+impl Drop for AtEnd {
+    fn drop(&mut self) {
+        self.end.duration = self.started.elapsed();
+        for hook in self.hooks.drain(..) {
+            hook(&self.end);
+        }
+    }
 }
 
 impl<'a> RequestCtx<'a> {

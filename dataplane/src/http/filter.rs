@@ -2,25 +2,33 @@
 //! built once per filter chain (and carried across snapshots while the chain is
 //! unchanged, so token buckets and counters keep their state).
 //!
-//! A filter is a phase object: on the request headers it continues, answers locally
-//! (the router and the filters after it never see the request), or waits (a fault
-//! delay). What it wants added to the response — whoever produces it, the router or a
-//! later filter's local reply — it leaves in the [`RequestCtx`], as Envoy's encoder path
-//! runs through every filter that saw the request. Per-route overrides are looked up by
-//! filter name, most specific level first.
+//! A filter is a phase object:
+//! - request headers: continue, answer locally (the router and the filters after it never
+//!   see the request), wait (a fault delay, a call out), or ask for the request body;
+//! - request body: the part of the body it asked for, read before anything goes upstream
+//!   (what was read is replayed to the upstream unchanged); the same choices;
+//! - response headers and response body (a streaming wrapper), whoever produced the
+//!   response — the router or a later filter's local reply — for every filter that saw
+//!   the request, last first, as Envoy's encoder path runs;
+//! - the end of the stream: hooks a filter leaves in the [`RequestCtx`] run once the
+//!   response has been sent or the stream was abandoned (the log phase).
+//!
+//! What a filter wants added to every response it leaves in the [`RequestCtx`] too.
+//! Per-route overrides are looked up by filter name, most specific level first.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode};
 use tracing::warn;
 use xds_types::http_filter::{FilterConfig, HttpFilters, PerFilterConfig, PerFilterConfigs};
 
 use super::ctx::RequestCtx;
 use super::filters;
-use crate::local_reply::LocalReply;
+use crate::body::{Body, Downstream, IdleTimer};
+use crate::local_reply::{LocalReply, ResponseFlag};
 use crate::stats::Stats;
 
 /// What a filter decided about a request.
@@ -33,6 +41,16 @@ pub enum Decision {
     ContinueWith(Edits),
     /// Decide later (a delay, a call to another service).
     Wait(Pin<Box<dyn Future<Output = Decision> + Send>>),
+    /// Read the request body first, then decide in [`HttpFilter::on_request_body`].
+    ReadBody(BodyLimit),
+}
+
+/// How much of the request body a filter reads before it decides.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    pub max_bytes: usize,
+    /// A longer body is decided on its first `max_bytes`; otherwise it is answered 413.
+    pub allow_partial: bool,
 }
 
 /// Header changes a filter decided on without holding the request.
@@ -41,6 +59,8 @@ pub struct Edits {
     /// `(name, value, append)`: appended to a header the request has (and dropped when it
     /// has none, as Envoy's authorization filter does), or set over any existing value.
     pub request: Vec<(HeaderName, HeaderValue, bool)>,
+    /// Appended whether or not the request has the header.
+    pub add: Vec<(HeaderName, HeaderValue)>,
     pub remove: Vec<HeaderName>,
     /// Added to the response.
     pub response: Vec<(HeaderName, HeaderValue)>,
@@ -57,6 +77,20 @@ pub trait HttpFilter: Send + Sync {
         request: &mut Parts,
     ) -> Decision;
 
+    /// Runs after [`Decision::ReadBody`] with the body read so far (at least the limit's
+    /// bytes unless the body is shorter, perhaps more: data arrives in whole frames);
+    /// `complete` when that is the whole body.
+    fn on_request_body(
+        &self,
+        _ctx: &mut RequestCtx<'_>,
+        _per_route: Option<&PerRoute>,
+        _request: &mut Parts,
+        _body: &[u8],
+        _complete: bool,
+    ) -> Decision {
+        Decision::Continue
+    }
+
     /// Runs on the response headers, whoever made the response (the router or a later
     /// filter's local reply), for filters that saw the request, last filter first.
     fn on_response(
@@ -66,6 +100,23 @@ pub trait HttpFilter: Send + Sync {
         _response: &mut http::response::Parts,
     ) {
     }
+
+    /// Wraps the response body, after every filter's [`HttpFilter::on_response`], in the
+    /// same order: a transformation streams (it must not hold the whole body).
+    fn on_response_body(
+        &self,
+        _ctx: &RequestCtx<'_>,
+        _per_route: Option<&PerRoute>,
+        _response: &http::response::Parts,
+        body: Body,
+    ) -> Body {
+        body
+    }
+}
+
+/// The `Payload Too Large` answer to a body over a filter's limit, as Envoy's.
+fn too_large() -> LocalReply {
+    LocalReply::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
 }
 
 /// A per-route override, compiled with the route table (state such as a route's own
@@ -183,12 +234,15 @@ impl HttpFilterChain {
         }
     }
 
-    /// Runs the request phase of every enabled filter, in order; `Some` is a local reply.
-    /// Returns how many filters saw the request (the response phase runs on those).
+    /// Runs the request phases of every enabled filter, in order; `Some` is a local reply.
+    /// Body data a filter reads touches `idle`. Returns how many filters saw the request
+    /// (the response phases run on those).
     pub async fn on_request(
         &self,
         ctx: &mut RequestCtx<'_>,
         request: &mut Parts,
+        body: &mut Downstream,
+        idle: Option<&IdleTimer>,
     ) -> (Option<LocalReply>, usize) {
         for (index, entry) in self.entries.iter().enumerate() {
             let Ok(per_route) = Self::enabled(entry, ctx) else {
@@ -211,28 +265,54 @@ impl HttpFilterChain {
                                 request.headers.insert(name, value);
                             }
                         }
+                        for (name, value) in edits.add {
+                            request.headers.append(name, value);
+                        }
                         ctx.response_headers.extend(edits.response);
                         break;
                     }
                     Decision::Respond(reply) => return (Some(reply), index + 1),
                     Decision::Wait(later) => decision = later.await,
+                    Decision::ReadBody(limit) => {
+                        let Ok(ended) = body.read_up_to(limit.max_bytes, idle).await else {
+                            let mut reply = LocalReply::new(StatusCode::BAD_REQUEST, "");
+                            reply.flag = Some(ResponseFlag::DownstreamProtocolError);
+                            return (Some(reply), index + 1);
+                        };
+                        let held = body.buffered();
+                        if held.len() > limit.max_bytes && !limit.allow_partial {
+                            return (Some(too_large()), index + 1);
+                        }
+                        decision = entry
+                            .filter
+                            .on_request_body(ctx, per_route, request, held, ended);
+                    }
                 }
             }
         }
         (None, self.entries.len())
     }
 
-    /// Runs the response phase of the first `ran` filters, last first.
+    /// Runs the response phases of the first `ran` filters, last first: every filter's
+    /// header phase, then every filter's body wrapper.
     pub fn on_response(
         &self,
         ctx: &RequestCtx<'_>,
-        response: &mut http::response::Parts,
+        response: http::Response<Body>,
         ran: usize,
-    ) {
-        for entry in self.entries[..ran.min(self.entries.len())].iter().rev() {
+    ) -> http::Response<Body> {
+        let (mut head, mut body) = response.into_parts();
+        let ran = &self.entries[..ran.min(self.entries.len())];
+        for entry in ran.iter().rev() {
             if let Ok(per_route) = Self::enabled(entry, ctx) {
-                entry.filter.on_response(ctx, per_route, response);
+                entry.filter.on_response(ctx, per_route, &mut head);
             }
         }
+        for entry in ran.iter().rev() {
+            if let Ok(per_route) = Self::enabled(entry, ctx) {
+                body = entry.filter.on_response_body(ctx, per_route, &head, body);
+            }
+        }
+        http::Response::from_parts(head, body)
     }
 }

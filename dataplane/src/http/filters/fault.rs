@@ -128,7 +128,7 @@ fn abort(config: &Fault, headers: &HeaderMap) -> Option<LocalReply> {
     Some(reply)
 }
 
-/// Decrements the active-fault count when a delay ends.
+/// Decrements the active-fault count when the faulted stream ends.
 struct ActiveFault(Arc<Shared>);
 
 impl Drop for ActiveFault {
@@ -190,8 +190,9 @@ impl HttpFilter for FaultFilter {
             self.shared.faults_overflow.inc();
             return Decision::Continue;
         }
+        // As Envoy, a fault stays active until its stream ends, not only while it delays.
+        ctx.at_end.push(Box::new(move |_| drop(guard)));
         let Some(delay) = delay.filter(|d| !d.is_zero()) else {
-            drop(guard);
             return match abort(config, &request.headers) {
                 Some(reply) => {
                     self.shared.aborts_injected.inc();
@@ -205,7 +206,6 @@ impl HttpFilter for FaultFilter {
         let shared = self.shared.clone();
         Decision::Wait(Box::pin(async move {
             tokio::time::sleep(delay).await;
-            drop(guard);
             match abort_reply {
                 Some(reply) => {
                     shared.aborts_injected.inc();

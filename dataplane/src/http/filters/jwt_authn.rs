@@ -5,12 +5,11 @@
 //! `WWW-Authenticate: Bearer`, 403 for an audience that is not allowed.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use http::request::Parts;
-use http::{header, HeaderValue, Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use http::{header, HeaderValue, Method, StatusCode};
 use jsonwebtoken::jwk::JwkSet;
 use prometheus_client::metrics::counter::Counter;
 use tracing::{debug, warn};
@@ -139,11 +138,7 @@ impl ProviderRuntime {
                         return Ok(keys.clone());
                     }
                 }
-                let fetched =
-                    tokio::time::timeout(*timeout, fetch(snapshot, cluster, authority, path))
-                        .await
-                        .ok()
-                        .flatten();
+                let fetched = fetch(snapshot, cluster, authority, path, *timeout).await;
                 match fetched {
                     Some(keys) => {
                         let keys = Arc::new(keys);
@@ -161,49 +156,30 @@ impl ProviderRuntime {
     }
 }
 
-/// GETs a JWKS through a cluster's connection pool (boxed: the pool's future is large).
-fn fetch<'a>(
-    snapshot: &'a Snapshot,
-    cluster: &'a str,
-    authority: &'a str,
-    path: &'a str,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<JwkSet>> + Send + 'a>> {
-    Box::pin(async move {
-        let cluster = snapshot.clusters.get(cluster)?;
-        let host = cluster.pick_any()?;
-        let scheme = if cluster.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let uri = format!("{scheme}://{}{path}", host.uri_authority.as_ref()?);
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(uri)
-            .header(header::HOST, authority)
-            .body(crate::body::empty())
-            .ok()?;
-        let pool = host.pool_for(authority);
-        let response = pool
-            .send(request, &cluster.context(Some(authority)))
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            debug!(status = %response.status(), "JWKS fetch answered");
-            return None;
-        }
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.ok()?.into_data() {
-                bytes.extend_from_slice(&data);
-                if bytes.len() > MAX_JWKS_BYTES {
-                    return None;
-                }
-            }
-        }
-        serde_json::from_slice(&bytes).ok()
-    })
+/// GETs a JWKS through the cluster.
+async fn fetch(
+    snapshot: &Snapshot,
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+) -> Option<JwkSet> {
+    let call = super::call::Call {
+        cluster,
+        method: Method::GET,
+        path,
+        authority,
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::new(),
+        timeout,
+        max_response_bytes: MAX_JWKS_BYTES,
+    };
+    let (head, body) = super::call::send(snapshot, call).await?;
+    if !head.status.is_success() {
+        debug!(status = %head.status, "JWKS fetch answered");
+        return None;
+    }
+    serde_json::from_slice(&body).ok()
 }
 
 /// The decoded, verified token.

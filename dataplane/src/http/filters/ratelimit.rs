@@ -233,8 +233,8 @@ impl HttpFilter for RateLimitFilter {
                     .into_iter()
                     .map(|(n, v)| (n, v, false))
                     .collect(),
-                remove: Vec::new(),
                 response: response_headers,
+                ..Edits::default()
             })
         }))
     }
