@@ -383,3 +383,109 @@ impl http_body::Body for Downstream {
         hint
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A response body sent no faster than a rate (a fault's `response_rate_limit`), as
+    /// Envoy's stream rate limiter: a token bucket of one second's bytes, full at the
+    /// start and refilled continuously; when it is empty the body waits a fill interval.
+    pub struct Throttled {
+        #[pin]
+        inner: Body,
+        // Data taken from `inner`, not yet sent.
+        pending: Bytes,
+        // Trailers that wait for `pending` to drain.
+        trailers: Option<http::HeaderMap>,
+        // Bytes per second, and the bucket's capacity.
+        rate: f64,
+        tokens: f64,
+        filled_at: tokio::time::Instant,
+        #[pin]
+        wait: tokio::time::Sleep,
+        waiting: bool,
+        ended: bool,
+    }
+}
+
+/// How long an empty bucket waits before sending again (Envoy's fill interval).
+const THROTTLE_FILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Throttled {
+    pub fn new(inner: Body, kib_per_second: u64) -> Self {
+        let rate = kib_per_second as f64 * 1024.0;
+        Self {
+            inner,
+            pending: Bytes::new(),
+            trailers: None,
+            rate,
+            tokens: rate,
+            filled_at: tokio::time::Instant::now(),
+            wait: tokio::time::sleep(std::time::Duration::ZERO),
+            waiting: false,
+            ended: false,
+        }
+    }
+}
+
+impl http_body::Body for Throttled {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let mut this = self.project();
+        while this.pending.is_empty() && !*this.ended {
+            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                None => *this.ended = true,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => *this.pending = data,
+                    Err(frame) => {
+                        *this.trailers = frame.into_trailers().ok();
+                        *this.ended = true;
+                    }
+                },
+            }
+        }
+        if this.pending.is_empty() {
+            return Poll::Ready(
+                this.trailers
+                    .take()
+                    .map(|t| Ok(http_body::Frame::trailers(t))),
+            );
+        }
+        loop {
+            if *this.waiting {
+                std::task::ready!(this.wait.as_mut().poll(cx));
+                *this.waiting = false;
+            }
+            let now = tokio::time::Instant::now();
+            let refill = now.duration_since(*this.filled_at).as_secs_f64() * *this.rate;
+            *this.tokens = (*this.tokens + refill).min(*this.rate);
+            *this.filled_at = now;
+            let n = (*this.tokens as usize).min(this.pending.len());
+            if n > 0 {
+                *this.tokens -= n as f64;
+                return Poll::Ready(Some(Ok(http_body::Frame::data(this.pending.split_to(n)))));
+            }
+            this.wait.as_mut().reset(now + THROTTLE_FILL_INTERVAL);
+            *this.waiting = true;
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.pending.is_empty() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let mut hint = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint.set_lower(hint.lower() + pending);
+        hint
+    }
+}

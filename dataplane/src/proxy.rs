@@ -269,9 +269,8 @@ pub async fn serve(
     if let Some(timeout) = hcm.stream_idle_timeout {
         body = body::Timed::idle(body, timeout).boxed();
     }
-    let at_end = (!outcome.at_end.is_empty()).then(|| {
-        crate::http::ctx::AtEnd::new(outcome.at_end, parts.status, outcome.flag, started)
-    });
+    let at_end = (!outcome.at_end.is_empty())
+        .then(|| crate::http::ctx::AtEnd::new(outcome.at_end, parts.status, outcome.flag, started));
     let body = Guarded::new(body, (active, rq_active, at_end)).boxed();
     Ok(Response::from_parts(parts, body))
 }
@@ -395,6 +394,7 @@ async fn handle(
         response_headers: Vec::new(),
         conn_limiters: &ctx.limiters,
         at_end: Vec::new(),
+        state: http::Extensions::new(),
     });
     let mut body = body::Downstream::new(body);
     let (local_reply, ran) = match filter_ctx.as_mut() {

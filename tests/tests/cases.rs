@@ -6,6 +6,7 @@ mod controlplane_envoy;
 mod cp_security;
 mod differential;
 mod ext_authz;
+mod filter_phases;
 mod global_ratelimit;
 mod hostile;
 mod http1;

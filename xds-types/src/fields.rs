@@ -261,7 +261,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.type.v3.Int32Range" => ["start", "end"],
     "envoy.config.core.v3.CidrRange" => ["address_prefix", "prefix_len"],
     "envoy.extensions.filters.http.fault.v3.HTTPFault" => [
-        "delay", "abort", "upstream_cluster", "headers", "downstream_nodes", "max_active_faults",
+        "delay", "abort", "upstream_cluster", "headers", "downstream_nodes",
+        "max_active_faults": "a request holds a slot while delayed; with response_rate_limit configured, until its stream ends (as Envoy)",
+        "response_rate_limit": "the response body is sent a sixteenth of the rate at a time, sixteen times a second",
+        "response_rate_limit_percent_runtime": "accepted; there is no runtime",
         "delay_percent_runtime": "accepted; there is no runtime", "abort_percent_runtime": "accepted; there is no runtime",
         "delay_duration_runtime": "accepted; there is no runtime", "abort_http_status_runtime": "accepted; there is no runtime",
         "max_active_faults_runtime": "accepted; there is no runtime", "abort_grpc_status_runtime": "accepted; there is no runtime",
@@ -278,6 +281,12 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "percentage": "unset: 0%, as in Envoy; header-controlled: x-envoy-fault-delay-request-percentage may lower it",
     ],
     "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay" => [],
+    "envoy.extensions.filters.common.fault.v3.FaultRateLimit" => [
+        "fixed_limit", "header_limit": "x-envoy-fault-throughput-response (KiB/s)",
+        "percentage": "unset: 0%, as in Envoy; header-controlled: x-envoy-fault-throughput-response-percentage may lower it",
+    ],
+    "envoy.extensions.filters.common.fault.v3.FaultRateLimit.FixedLimit" => ["limit_kbps": "KiB per second"],
+    "envoy.extensions.filters.common.fault.v3.FaultRateLimit.HeaderLimit" => [],
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => [
         "grpc_service": "envoy_grpc to a cleartext HTTP/2 cluster",
         "http_service": "a plain HTTP check through a cleartext cluster's pool: 200 allows, 5xx or no answer is an error, any other status denies",

@@ -36,6 +36,9 @@ pub struct RequestCtx<'a> {
     /// What runs when the stream ends (the log phase): a filter's per-request state that
     /// must live as long as the stream, such as an active fault's slot.
     pub at_end: Vec<EndHook>,
+    /// What a filter decided on the request for its response phases, by type (a fault's
+    /// response rate limit).
+    pub state: http::Extensions,
 }
 
 /// A hook of the log phase, run once with how the stream ended.

@@ -205,6 +205,10 @@ impl HostPool {
                 }
             };
             connection.requests += 1;
+            // HTTP/1.1 requests go out in origin form (`GET /path`), as Envoy sends them;
+            // the full URI is kept in case the request comes back unsent.
+            let origin = origin_form(request.uri());
+            let uri = std::mem::replace(request.uri_mut(), origin);
             let sent = connection.sender.try_send_request(request);
             match drive(&mut connection.connection, sent).await {
                 Ok(response) => return Ok(self.respond(response, connection)),
@@ -212,8 +216,9 @@ impl HostPool {
                     // A pooled connection the upstream closed before the request went out
                     // (hyper hands the request back): try the next one. A fresh connection
                     // gets no second chance.
-                    Some(unsent) if reused => {
+                    Some(mut unsent) if reused => {
                         debug!(host = %self.authority, "pooled connection closed; retrying on another");
+                        *unsent.uri_mut() = uri;
                         request = unsent;
                     }
                     _ => return Err(UpstreamError::Reset(error.into_error())),
@@ -244,6 +249,8 @@ impl HostPool {
             let _counted = counted;
             let _ = connection.with_upgrades().await;
         });
+        let mut request = request;
+        *request.uri_mut() = origin_form(request.uri());
         sender
             .send_request(request)
             .await
@@ -574,6 +581,14 @@ impl http_body::Body for Driving {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The origin form of a request target: its path and query.
+fn origin_form(uri: &http::Uri) -> http::Uri {
+    uri.path_and_query().map_or_else(
+        || http::Uri::from_static("/"),
+        |p| http::Uri::from(p.clone()),
+    )
 }
 
 #[cfg(test)]

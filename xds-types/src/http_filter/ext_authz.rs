@@ -208,7 +208,7 @@ fn string_matchers(list: Option<&ListStringMatcher>, field: &str) -> Result<Vec<
         l.patterns
             .iter()
             .enumerate()
-            .map(|(i, m)| string_matcher(m).map_err(|e| e.within(&format!("{field}.patterns[{i}]"))))
+            .map(|(i, m)| string_matcher(m).map_err(|e| e.within(format!("{field}.patterns[{i}]"))))
             .collect()
     })
 }
@@ -251,7 +251,10 @@ fn http_service(h: &pb::HttpService) -> Result<(String, String, Duration, HttpSe
             ))
         }
     };
-    for (field, value) in [("path_prefix", &h.path_prefix), ("path_override", &h.path_override)] {
+    for (field, value) in [
+        ("path_prefix", &h.path_prefix),
+        ("path_override", &h.path_override),
+    ] {
         if http::HeaderValue::from_str(value).is_err() || value.contains(['\r', '\n']) {
             return Err(ValidationError::new(field, "not a valid path"));
         }
@@ -264,15 +267,15 @@ fn http_service(h: &pb::HttpService) -> Result<(String, String, Duration, HttpSe
         .map(|(i, header)| {
             let at = format!("authorization_request.headers_to_add[{i}]");
             let name = http::HeaderName::from_bytes(header.key.to_ascii_lowercase().as_bytes())
-                .map_err(|_| ValidationError::new(&format!("{at}.key"), "not a header name"))?;
+                .map_err(|_| ValidationError::new(format!("{at}.key"), "not a header name"))?;
             if header.value.contains('%') {
                 return Err(ValidationError::new(
-                    &format!("{at}.value"),
+                    format!("{at}.value"),
                     "command operators (%...%) are not supported",
                 ));
             }
             let value = http::HeaderValue::from_str(&header.value)
-                .map_err(|_| ValidationError::new(&format!("{at}.value"), "not a header value"))?;
+                .map_err(|_| ValidationError::new(format!("{at}.value"), "not a header value"))?;
             Ok((name, value))
         })
         .collect::<Result<_>>()?;

@@ -50,10 +50,26 @@ pub struct Abort {
 }
 
 /// The validated filter config.
+/// Where a response rate limit's rate (KiB/s) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateSource {
+    Fixed(u64),
+    /// `x-envoy-fault-throughput-response`.
+    Header,
+}
+
+/// `response_rate_limit`: the response body is sent no faster than the rate.
+#[derive(Debug, Clone)]
+pub struct ResponseRateLimit {
+    pub source: RateSource,
+    pub share: FaultShare,
+}
+
 #[derive(Debug, Clone)]
 pub struct Fault {
     pub delay: Option<Delay>,
     pub abort: Option<Abort>,
+    pub response_rate_limit: Option<ResponseRateLimit>,
     /// Faults apply only to requests routed to this cluster.
     pub upstream_cluster: Option<String>,
     /// Faults apply only to requests whose headers all match.
@@ -81,12 +97,32 @@ impl TryFrom<&pb::HttpFault> for Fault {
     type Error = ValidationError;
 
     fn try_from(c: &pb::HttpFault) -> Result<Self> {
-        if c.response_rate_limit.is_some() {
-            return Err(ValidationError::new(
-                "response_rate_limit",
-                "response rate limiting is not supported",
-            ));
-        }
+        let response_rate_limit = c
+            .response_rate_limit
+            .as_ref()
+            .map(|r| {
+                use common::fault_rate_limit::LimitType;
+                let source = match r.limit_type.as_ref() {
+                    Some(LimitType::FixedLimit(f)) if f.limit_kbps >= 1 => {
+                        RateSource::Fixed(f.limit_kbps)
+                    }
+                    Some(LimitType::FixedLimit(_)) => {
+                        return Err(ValidationError::new(
+                            "response_rate_limit.fixed_limit.limit_kbps",
+                            "must be at least 1",
+                        ))
+                    }
+                    Some(LimitType::HeaderLimit(_)) => RateSource::Header,
+                    None => {
+                        return Err(ValidationError::required("response_rate_limit.fixed_limit"))
+                    }
+                };
+                Ok(ResponseRateLimit {
+                    source,
+                    share: share(r.percentage.as_ref()),
+                })
+            })
+            .transpose()?;
         let delay = c
             .delay
             .as_ref()
@@ -134,6 +170,7 @@ impl TryFrom<&pb::HttpFault> for Fault {
         Ok(Self {
             delay,
             abort,
+            response_rate_limit,
             upstream_cluster: (!c.upstream_cluster.is_empty()).then(|| c.upstream_cluster.clone()),
             headers: c
                 .headers

@@ -27,12 +27,15 @@ pub struct Call<'a> {
     pub max_response_bytes: usize,
 }
 
-/// The answer's head and body; `None` when there is no answer in time (no cluster or
-/// host, a connection failure, a timeout, an answer over the bound).
+/// A service's answer: its head and its whole body.
+pub type Answer = (http::response::Parts, Bytes);
+
+/// The answer; `None` when there is no answer in time (no cluster or host, a connection
+/// failure, a timeout, an answer over the bound).
 pub fn send<'a>(
     snapshot: &'a Snapshot,
     call: Call<'a>,
-) -> Pin<Box<dyn Future<Output = Option<(http::response::Parts, Bytes)>> + Send + 'a>> {
+) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send + 'a>> {
     // Boxed: the pool's future is large.
     Box::pin(async move {
         let timeout = call.timeout;
@@ -43,10 +46,7 @@ pub fn send<'a>(
     })
 }
 
-async fn exchange(
-    snapshot: &Snapshot,
-    call: Call<'_>,
-) -> Option<(http::response::Parts, Bytes)> {
+async fn exchange(snapshot: &Snapshot, call: Call<'_>) -> Option<(http::response::Parts, Bytes)> {
     let cluster = snapshot.clusters.get(call.cluster)?;
     let host = cluster.pick_any()?;
     let scheme = if cluster.config.tls.is_some() {
@@ -61,9 +61,14 @@ async fn exchange(
         .body(crate::body::full(call.body))
         .ok()?;
     *request.headers_mut() = call.headers;
-    request
-        .headers_mut()
-        .insert(header::HOST, call.authority.parse().ok()?);
+    let headers = request.headers_mut();
+    headers.insert(header::HOST, call.authority.parse().ok()?);
+    // What Envoy's own calls carry: marked internal, with the deadline the caller keeps.
+    headers.insert("x-envoy-internal", http::HeaderValue::from_static("true"));
+    headers.insert(
+        "x-envoy-expected-rq-timeout-ms",
+        http::HeaderValue::from(call.timeout.as_millis() as u64),
+    );
     let pool = host.pool_for(call.authority);
     let response = pool
         .send(request, &cluster.context(Some(call.authority)))

@@ -1,6 +1,10 @@
 //! `envoy.filters.http.fault`: delays, then aborts, a share of the requests that match
-//! the fault's cluster, headers and downstream nodes; fixed or driven by the request's
-//! `x-envoy-fault-*` headers (which can only lower the configured share).
+//! the fault's cluster, headers and downstream nodes, and sends a share of the responses
+//! no faster than a rate; fixed or driven by the request's `x-envoy-fault-*` headers
+//! (which can only lower the configured share).
+//!
+//! As Envoy, a faulted request holds one of `max_active_faults` slots: while it is delayed,
+//! or — when the fault has a response rate limit — until its stream ends.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -9,10 +13,11 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use prometheus_client::metrics::counter::Counter;
-use xds_types::http_filter::fault::{AbortSource, DelaySource, FaultShare};
+use xds_types::http_filter::fault::{AbortSource, DelaySource, FaultShare, RateSource};
 use xds_types::http_filter::{Fault, Fraction};
 
 use super::sample;
+use crate::body::Body;
 use crate::http::ctx::RequestCtx;
 use crate::http::filter::{Decision, HttpFilter, PerRoute};
 use crate::local_reply::{LocalReply, ResponseFlag};
@@ -23,6 +28,8 @@ const DELAY_PERCENT_HEADER: &str = "x-envoy-fault-delay-request-percentage";
 const ABORT_HEADER: &str = "x-envoy-fault-abort-request";
 const ABORT_GRPC_HEADER: &str = "x-envoy-fault-abort-grpc-request";
 const ABORT_PERCENT_HEADER: &str = "x-envoy-fault-abort-request-percentage";
+const THROUGHPUT_HEADER: &str = "x-envoy-fault-throughput-response";
+const THROUGHPUT_PERCENT_HEADER: &str = "x-envoy-fault-throughput-response-percentage";
 const DOWNSTREAM_NODE_HEADER: &str = "x-envoy-downstream-service-node";
 const DEFAULT_ABORT_BODY: &str = "fault filter abort";
 
@@ -37,7 +44,12 @@ struct Shared {
     delays_injected: Counter,
     aborts_injected: Counter,
     faults_overflow: Counter,
+    response_rl_injected: Counter,
 }
+
+/// A request's response rate limit, in KiB per second, left for the response phase.
+#[derive(Clone, Copy)]
+struct Throttle(u64);
 
 impl FaultFilter {
     pub fn new(config: &Fault, hcm_prefix: &str, stats: &Stats) -> Self {
@@ -49,6 +61,7 @@ impl FaultFilter {
                 delays_injected: c("delays_injected"),
                 aborts_injected: c("aborts_injected"),
                 faults_overflow: c("faults_overflow"),
+                response_rl_injected: c("response_rl_injected"),
             }),
         }
     }
@@ -128,12 +141,50 @@ fn abort(config: &Fault, headers: &HeaderMap) -> Option<LocalReply> {
     Some(reply)
 }
 
-/// Decrements the active-fault count when the faulted stream ends.
+/// A slot of `max_active_faults`, released when dropped.
 struct ActiveFault(Arc<Shared>);
 
 impl Drop for ActiveFault {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FaultFilter {
+    /// Takes a slot for this request's faults unless it holds one; false when every slot
+    /// is taken (counted as an overflow).
+    fn activate(&self, config: &Fault, active: &mut Option<ActiveFault>) -> bool {
+        if active.is_some() {
+            return true;
+        }
+        let before = self.shared.active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveFault(self.shared.clone());
+        if config.max_active_faults.is_some_and(|max| before >= max) {
+            self.shared.faults_overflow.inc();
+            return false;
+        }
+        *active = Some(guard);
+        true
+    }
+}
+
+/// Keeps a fault's slot until the stream ends.
+fn hold_until_end(ctx: &mut RequestCtx<'_>, active: Option<ActiveFault>) {
+    if let Some(guard) = active {
+        ctx.at_end.push(Box::new(move |_| drop(guard)));
+    }
+}
+
+/// The response rate (KiB/s) for this request, when the rate limit applies to it.
+fn response_rate(config: &Fault, headers: &HeaderMap) -> Option<u64> {
+    let limit = config.response_rate_limit.as_ref()?;
+    let header = matches!(limit.source, RateSource::Header);
+    if !chosen(limit.share, header, headers, THROUGHPUT_PERCENT_HEADER) {
+        return None;
+    }
+    match limit.source {
+        RateSource::Fixed(kbps) => Some(kbps),
+        RateSource::Header => header_u64(headers, THROUGHPUT_HEADER).filter(|k| *k > 0),
     }
 }
 
@@ -168,6 +219,15 @@ impl HttpFilter for FaultFilter {
         }) {
             return Decision::Continue;
         }
+        let mut active = None;
+        if let Some(kbps) = response_rate(config, &request.headers) {
+            if self.activate(config, &mut active) {
+                self.shared.response_rl_injected.inc();
+                ctx.state.insert(Throttle(kbps));
+            }
+        }
+        // With a response rate limit configured, the slot is held to the stream's end.
+        let hold_to_end = config.response_rate_limit.is_some();
         let delay = config.delay.as_ref().and_then(|d| {
             let header = matches!(d.source, DelaySource::Header);
             if !chosen(d.share, header, &request.headers, DELAY_PERCENT_HEADER) {
@@ -180,39 +240,53 @@ impl HttpFilter for FaultFilter {
                 }
             }
         });
-        let will_abort = config.abort.is_some();
-        if delay.is_none() && !will_abort {
-            return Decision::Continue;
-        }
-        let active = self.shared.active.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveFault(self.shared.clone());
-        if config.max_active_faults.is_some_and(|max| active >= max) {
-            self.shared.faults_overflow.inc();
-            return Decision::Continue;
-        }
-        // As Envoy, a fault stays active until its stream ends, not only while it delays.
-        ctx.at_end.push(Box::new(move |_| drop(guard)));
-        let Some(delay) = delay.filter(|d| !d.is_zero()) else {
-            return match abort(config, &request.headers) {
-                Some(reply) => {
-                    self.shared.aborts_injected.inc();
-                    Decision::Respond(reply)
+        if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+            if self.activate(config, &mut active) {
+                self.shared.delays_injected.inc();
+                let mut guard = active.take();
+                if hold_to_end {
+                    hold_until_end(ctx, guard.take());
                 }
-                None => Decision::Continue,
-            };
-        };
-        self.shared.delays_injected.inc();
-        let abort_reply = abort(config, &request.headers);
-        let shared = self.shared.clone();
-        Decision::Wait(Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            match abort_reply {
-                Some(reply) => {
-                    shared.aborts_injected.inc();
-                    Decision::Respond(reply)
-                }
-                None => Decision::Continue,
+                let abort_reply = abort(config, &request.headers);
+                let shared = self.shared.clone();
+                return Decision::Wait(Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    match abort_reply {
+                        Some(reply) => {
+                            shared.aborts_injected.inc();
+                            Decision::Respond(reply)
+                        }
+                        None => {
+                            drop(guard);
+                            Decision::Continue
+                        }
+                    }
+                }));
             }
-        }))
+        }
+        if let Some(reply) = abort(config, &request.headers) {
+            if self.activate(config, &mut active) {
+                self.shared.aborts_injected.inc();
+                hold_until_end(ctx, active);
+                return Decision::Respond(reply);
+            }
+        }
+        hold_until_end(ctx, active);
+        Decision::Continue
+    }
+
+    fn on_response_body(
+        &self,
+        ctx: &RequestCtx<'_>,
+        _per_route: Option<&PerRoute>,
+        _response: &http::response::Parts,
+        body: Body,
+    ) -> Body {
+        match ctx.state.get::<Throttle>() {
+            Some(Throttle(kbps)) => {
+                http_body_util::BodyExt::boxed(crate::body::Throttled::new(body, *kbps))
+            }
+            None => body,
+        }
     }
 }

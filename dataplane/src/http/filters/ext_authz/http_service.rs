@@ -19,7 +19,8 @@ use crate::local_reply::LocalReply;
 
 /// The service's header naming request headers to remove upstream (comma-separated).
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
-/// Headers of the client's request the check always carries.
+/// Headers of the client's request the check always carries (and the partial-body mark,
+/// when a body was read).
 const ALWAYS_SENT: [&str; 4] = ["authorization", ":method", ":path", ":authority"];
 /// Headers of a denial a listed `allowed_client_headers` always includes.
 const ALWAYS_TO_CLIENT: [&str; 4] = [":status", "content-length", "www-authenticate", "location"];
@@ -47,7 +48,9 @@ pub(super) async fn check(
     let (mut method, mut path, mut authority) = (Method::GET, String::from("/"), String::new());
     for (name, value) in &http.headers {
         if name == "content-length"
-            || !(ALWAYS_SENT.contains(&name.as_str()) || any_matches(&service.allowed_headers, name))
+            || !(ALWAYS_SENT.contains(&name.as_str())
+                || name == super::PARTIAL_BODY
+                || any_matches(&service.allowed_headers, name))
         {
             continue;
         }
@@ -114,15 +117,7 @@ fn verdict(service: &HttpService, head: http::response::Parts, body: Bytes) -> O
             .collect()
     };
     if head.status == StatusCode::OK {
-        let mut edits = Edits::default();
-        edits.request = pick(&service.upstream_headers)
-            .into_iter()
-            .map(|(n, v)| (n, v, false))
-            .collect();
-        // Added even when the request lacks the header, unlike the gRPC service's
-        // `append`.
-        edits.add = pick(&service.upstream_headers_to_append);
-        edits.remove = headers
+        let remove = headers
             .get_all(HEADERS_TO_REMOVE)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -132,7 +127,17 @@ fn verdict(service: &HttpService, head: http::response::Parts, body: Bytes) -> O
             .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
             .filter(|n| n != header::HOST)
             .collect();
-        edits.response = pick(&service.client_headers_on_success);
+        let edits = Edits {
+            request: pick(&service.upstream_headers)
+                .into_iter()
+                .map(|(n, v)| (n, v, false))
+                .collect(),
+            // Added even when the request lacks the header, unlike the gRPC service's
+            // `append`.
+            add: pick(&service.upstream_headers_to_append),
+            remove,
+            response: pick(&service.client_headers_on_success),
+        };
         return Some(Verdict::Allow(edits));
     }
     let mut reply = LocalReply::new(head.status, "");
