@@ -158,6 +158,11 @@ pub async fn serve(
     let refused = prepare(&ctx, listener, &mut request);
     let method = request.method().clone();
     let version = request.version();
+    let request_keeps_alive = version == Version::HTTP_10
+        && request
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
     let path = path_and_query(request.uri()).to_string();
     let host = request_host(&request).to_string();
 
@@ -232,6 +237,16 @@ pub async fn serve(
             status = stream_timer => timed_out(status, "downstream duration timeout"),
         }
     };
+    // An HTTP/1.0 connection closes after the answer unless the client asked to keep it:
+    // say so, as Envoy does.
+    if version == Version::HTTP_10
+        && !request_keeps_alive
+        && !response.headers().contains_key(header::CONNECTION)
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let set_server = match listener.config.server_header {
         ServerHeader::Overwrite => true,
         ServerHeader::AppendIfAbsent => !response.headers().contains_key(header::SERVER),
@@ -276,8 +291,9 @@ pub async fn serve(
 }
 
 /// The connection manager's checks and rewrites before filters and routing. Refused
-/// (`Some`, the answer): both `Content-Length` and `Transfer-Encoding` (a smuggling
-/// attempt), HTTP/1.1 without `Host` (RFC 9112 §3.2), header names with underscores when
+/// (`Some`, the answer): HTTP/1.0 unless the listener accepts it (426, as Envoy), both
+/// `Content-Length` and `Transfer-Encoding` (a smuggling attempt), HTTP/1.x without
+/// `Host` (RFC 9112 §3.2; an HTTP/1.0 request may get the listener's default), header names with underscores when
 /// the listener refuses them, a path the normalisation refuses or redirects. Otherwise
 /// headers with underscores may be dropped, the port stripped from `Host` and the path
 /// normalised, and the upstream sees the result.
@@ -287,13 +303,38 @@ fn prepare(
     request: &mut Request<Incoming>,
 ) -> Option<ProxyError> {
     let bad = Some(ProxyError::Flag(ResponseFlag::DownstreamProtocolError));
+    let hcm = &listener.config;
+    if request.version() == Version::HTTP_10 {
+        if !hcm.http1.accept_http_10 {
+            let mut reply = LocalReply::new(StatusCode::UPGRADE_REQUIRED, "Upgrade Required");
+            reply
+                .headers
+                .push((header::CONNECTION, HeaderValue::from_static("close")));
+            reply.flag = Some(ResponseFlag::DownstreamProtocolError);
+            return Some(ProxyError::Local(reply));
+        }
+        if let Some(host) = &hcm.http1.default_host_for_http_10 {
+            if !request.headers().contains_key(header::HOST) {
+                request.headers_mut().insert(header::HOST, host.clone());
+            }
+        }
+    }
     let conflicting = ctx.conn.conflicting_framing.swap(false, Ordering::Relaxed);
+    // HTTP/1.1 needs a Host (RFC 9112 §3.2); so does an HTTP/1.0 request, as Envoy.
     let missing_host =
-        request.version() == Version::HTTP_11 && !request.headers().contains_key(header::HOST);
-    if conflicting || missing_host {
+        request.version() <= Version::HTTP_11 && !request.headers().contains_key(header::HOST);
+    if conflicting {
         return bad;
     }
-    let hcm = &listener.config;
+    if missing_host {
+        // Envoy's codec answers this one with an empty body, and closes.
+        let mut reply = LocalReply::new(StatusCode::BAD_REQUEST, "");
+        reply
+            .headers
+            .push((header::CONNECTION, HeaderValue::from_static("close")));
+        reply.flag = Some(ResponseFlag::DownstreamProtocolError);
+        return Some(ProxyError::Local(reply));
+    }
     if hcm.headers_with_underscores != UnderscoresAction::Allow {
         let named: Vec<HeaderName> = request
             .headers()

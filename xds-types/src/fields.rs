@@ -164,7 +164,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "normalize_path": "RFC 3986 as Envoy: dot segments removed, percent-encoded unreserved characters decoded, backslashes made slashes; the upstream sees the result",
         "merge_slashes", "path_with_escaped_slashes_action": "%2F and %5C, any case; UNESCAPE_AND_REDIRECT answers 307 to the unescaped path",
         "server_header_transformation", "strip_matching_host_port", "strip_any_host_port",
-        "http2_protocol_options",
+        "http2_protocol_options", "http_protocol_options",
         "set_current_client_cert_details",
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails" => [
@@ -686,10 +686,18 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "certificate_chain": "PEM, leaf first",
         "private_key": "PEM (RSA, ECDSA or Ed25519); redacted in every read from sluice-cp and in /config_dump",
     ],
-    "envoy.config.core.v3.Http1ProtocolOptions" => [],
+    "envoy.config.core.v3.Http1ProtocolOptions" => [
+        "accept_http_10": "downstream: default false, as Envoy: an HTTP/1.0 request is answered 426 Upgrade Required",
+        "default_host_for_http_10": "downstream: the Host of an HTTP/1.0 request without one",
+    ],
     "envoy.config.core.v3.Http2ProtocolOptions" => [
         "max_concurrent_streams": "downstream", "initial_stream_window_size": "downstream",
         "initial_connection_window_size": "downstream",
+        "max_outbound_frames": "accepted; tuning of Envoy's flood protection: the h2 codec bounds each stream's send buffer and the resets a peer may cause instead",
+        "max_outbound_control_frames": "accepted; tuning of Envoy's flood protection (see max_outbound_frames)",
+        "max_consecutive_inbound_frames_with_empty_payload": "accepted; tuning of Envoy's flood protection (see max_outbound_frames)",
+        "max_inbound_priority_frames_per_stream": "accepted; tuning of Envoy's flood protection (h2 ignores PRIORITY frames)",
+        "max_inbound_window_update_frames_per_data_frame_sent": "accepted; tuning of Envoy's flood protection (see max_outbound_frames)",
     ],
 };
 

@@ -57,6 +57,7 @@ pub struct HttpConnectionManager {
     pub server_header: ServerHeader,
     pub strip_port: StripPort,
     pub http2: Http2Settings,
+    pub http1: Http1Settings,
     /// Time allowed to receive the whole request (until it is sent upstream or the
     /// response starts); `None`: no limit (Envoy's default).
     pub request_timeout: Option<Duration>,
@@ -66,6 +67,16 @@ pub struct HttpConnectionManager {
     pub stream_idle_timeout: Option<Duration>,
     /// Optional filters of types Sluice does not implement, skipped (logged once).
     pub skipped_filters: Vec<String>,
+}
+
+/// `http_protocol_options` of the downstream HTTP/1 codec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Http1Settings {
+    /// HTTP/1.0 requests are served; otherwise they are answered 426, as Envoy does by
+    /// default.
+    pub accept_http_10: bool,
+    /// The `Host` of an HTTP/1.0 request that has none (`accept_http_10` only).
+    pub default_host_for_http_10: Option<http::HeaderValue>,
 }
 
 /// Path normalisation, in Envoy's order: escaped slashes, then RFC 3986 normalisation,
@@ -310,6 +321,31 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             })
             .transpose()?
             .unwrap_or_default();
+        let http1 = match h.http_protocol_options.as_ref() {
+            None => Http1Settings::default(),
+            Some(o) => {
+                let default_host = (!o.default_host_for_http_10.is_empty())
+                    .then(|| {
+                        if !o.accept_http_10 {
+                            return Err(ValidationError::new(
+                                "http_protocol_options.default_host_for_http_10",
+                                "needs accept_http_10",
+                            ));
+                        }
+                        http::HeaderValue::from_str(&o.default_host_for_http_10).map_err(|_| {
+                            ValidationError::new(
+                                "http_protocol_options.default_host_for_http_10",
+                                "not a valid host",
+                            )
+                        })
+                    })
+                    .transpose()?;
+                Http1Settings {
+                    accept_http_10: o.accept_http_10,
+                    default_host_for_http_10: default_host,
+                }
+            }
+        };
         let upgrades = h
             .upgrade_configs
             .iter()
@@ -416,6 +452,7 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             server_header,
             strip_port,
             http2,
+            http1,
             http_filters,
             skipped_filters,
             forward_client_cert,
