@@ -489,3 +489,36 @@ impl http_body::Body for Throttled {
         hint
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames of `body` with the (paused, virtual) time each arrived, from the start.
+    async fn timed_frames(body: Throttled) -> Vec<(usize, std::time::Duration)> {
+        let mut body = std::pin::pin!(body);
+        let start = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            out.push((data.len(), start.elapsed()));
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_body_sends_a_second_of_bytes_then_the_rate() {
+        // 1 KiB/s: the full bucket sends the first KiB at once, the rest follows at the rate.
+        let body = Throttled::new(full(vec![b'x'; 3 * 1024]), 1);
+        let frames = timed_frames(body).await;
+        let total: usize = frames.iter().map(|(n, _)| n).sum();
+        assert_eq!(total, 3 * 1024, "every byte arrives");
+        assert_eq!(frames[0], (1024, std::time::Duration::ZERO));
+        let last = frames.last().unwrap().1;
+        assert!(
+            last >= std::time::Duration::from_millis(1950)
+                && last <= std::time::Duration::from_millis(2100),
+            "the other 2 KiB take 2 s: {frames:?}"
+        );
+    }
+}
