@@ -490,6 +490,64 @@ impl http_body::Body for Throttled {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// One side of a spliced (upgraded) connection: bytes read from it touch the stream's
+    /// idle clock.
+    pub struct TouchingIo<T> {
+        #[pin]
+        inner: T,
+        idle: Option<std::sync::Arc<IdleTimer>>,
+    }
+}
+
+impl<T> TouchingIo<T> {
+    pub fn new(inner: T, idle: Option<std::sync::Arc<IdleTimer>>) -> Self {
+        Self { inner, idle }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for TouchingIo<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if let Some(idle) = this.idle {
+                idle.touch();
+            }
+        }
+        result
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for TouchingIo<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -901,7 +901,9 @@ async fn forward(
                         outcome.flag = Some(ResponseFlag::UpstreamRetryLimitExceeded);
                         cluster.stats.upstream_rq_retry_limit_exceeded.inc();
                     }
-                    let mut response = upstream_response(response, downstream_upgrade, in_flight);
+                    let idle = listener.config.stream_idle_timeout;
+                    let mut response =
+                        upstream_response(response, downstream_upgrade, in_flight, idle);
                     if let Some(cookie) = request_hash.set_cookie {
                         response.headers_mut().append(header::SET_COOKIE, cookie);
                     }
@@ -1171,11 +1173,13 @@ fn build_request(
 }
 
 /// Turns the upstream response into the downstream one; for a completed upgrade, splices
-/// the two upgraded connections together.
+/// the two upgraded connections together, until either closes or no bytes have crossed
+/// for `idle` (the stream idle timeout, as Envoy applies it to upgraded streams).
 fn upstream_response<G: Send + Sync + 'static>(
     response: Exchanged,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     in_flight: G,
+    idle: Option<Duration>,
 ) -> Response<Body> {
     let mut response = match response {
         Exchanged::Plain(response) => {
@@ -1194,10 +1198,22 @@ fn upstream_response<G: Send + Sync + 'static>(
             let _in_flight = in_flight;
             match tokio::try_join!(downstream_upgrade, upstream_upgrade) {
                 Ok((down, up)) => {
-                    let mut down = TokioIo::new(down);
-                    let mut up = TokioIo::new(up);
-                    if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                        debug!(%error, "upgraded connection ended");
+                    let timer = idle.map(|t| Arc::new(body::IdleTimer::new(t)));
+                    let mut down = body::TouchingIo::new(TokioIo::new(down), timer.clone());
+                    let mut up = body::TouchingIo::new(TokioIo::new(up), timer.clone());
+                    let expired = async {
+                        match &timer {
+                            Some(timer) => timer.expired().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        ended = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+                            if let Err(error) = ended {
+                                debug!(%error, "upgraded connection ended");
+                            }
+                        }
+                        () = expired => debug!("upgraded connection idle: closed"),
                     }
                 }
                 Err(error) => debug!(%error, "upgrade failed"),

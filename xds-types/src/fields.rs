@@ -159,7 +159,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "generate_request_id", "preserve_external_request_id",
         "drain_timeout", "server_name",
         "forward_client_cert_details": "SANITIZE (default), FORWARD_ONLY, APPEND_FORWARD, SANITIZE_SET, ALWAYS_FORWARD_ONLY",
-        "stream_idle_timeout": "default 5m; 0 disables. Activity: request body data, response headers and body data; 408 before the response starts, the stream reset after",
+        "stream_idle_timeout": "default 5m; 0 disables. Activity: request body data, response headers and body data; 408 before the response starts, the stream reset after; an upgraded (WebSocket) stream closes when no bytes cross for this long",
         "request_timeout": "408 when the whole request has not arrived in time (the timer stops when the request is sent upstream or the response starts)",
         "normalize_path": "RFC 3986 as Envoy: dot segments removed, percent-encoded unreserved characters decoded, backslashes made slashes; the upstream sees the result",
         "merge_slashes", "path_with_escaped_slashes_action": "%2F and %5C, any case; UNESCAPE_AND_REDIRECT answers 307 to the unescaped path",

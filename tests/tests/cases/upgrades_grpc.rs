@@ -154,3 +154,63 @@ async fn grpc_unary_and_server_streaming() {
     assert_eq!(second.status, ServingStatus::NotServing as i32);
     assert!(sluice.stat("cluster.grpc.upstream_rq_2xx").await.unwrap() >= 3);
 }
+
+/// What a WebSocket through `listener` sees: every echo while it keeps talking for longer
+/// than the idle timeout, then whether the proxy closes it after a silence.
+async fn idle_websocket(listener: SocketAddr) -> (usize, bool) {
+    let stream = TcpStream::connect(listener).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://echo.test/chat", stream)
+        .await
+        .unwrap();
+    let mut echoes = 0;
+    for i in 0..6 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        if let Ok(Some(Ok(Message::Text(_)))) =
+            tokio::time::timeout(Duration::from_secs(2), ws.next()).await
+        {
+            echoes += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Silent now: an idle timeout of 0.5 s closes it well within 5 s.
+    let closed = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => true,
+        Ok(Some(Ok(_))) | Err(_) => false,
+    };
+    (echoes, closed)
+}
+
+#[tokio::test]
+async fn an_idle_websocket_is_closed_after_the_stream_idle_timeout_as_envoy() {
+    let upstream = websocket_echo().await;
+    let listener = free_addr();
+    let config = |admin| {
+        bootstrap(
+            admin,
+            vec![http_listener(
+                "ws",
+                listener,
+                all_to("ws"),
+                json!({ "upgrade_configs": [ { "upgrade_type": "websocket" } ],
+                        "stream_idle_timeout": "0.5s" }),
+            )],
+            vec![cluster("ws", &[(upstream, 1)], json!({}))],
+        )
+    };
+    let admin = free_addr();
+    let envoy = sluice_tests::envoy::Envoy::start(&config(admin), admin)
+        .await
+        .expect("start envoy (installed by tests/run.sh)");
+    let from_envoy = idle_websocket(listener).await;
+    drop(envoy);
+    let admin = free_addr();
+    let sluice = Sluice::start(&config(admin), admin).await.unwrap();
+    let from_sluice = idle_websocket(listener).await;
+    drop(sluice);
+    assert_eq!(
+        from_envoy,
+        (6, true),
+        "talking for 1.2 s keeps it open; silence closes it"
+    );
+    assert_eq!(from_sluice, from_envoy);
+}
