@@ -263,6 +263,15 @@ impl Drop for FireOnDrop {
     }
 }
 
+/// `hint` with `n` more bytes held in front of it.
+fn plus(mut hint: http_body::SizeHint, n: u64) -> http_body::SizeHint {
+    if let Some(upper) = hint.upper() {
+        hint.set_upper(upper + n);
+    }
+    hint.set_lower(hint.lower() + n);
+    hint
+}
+
 /// The downstream request body as the router receives it: hyper's stream, after whatever
 /// part of it a filter read (the request-body phase: an authorization check that sends the
 /// body). What was read is replayed first, so the upstream sees the body unchanged.
@@ -372,15 +381,11 @@ impl http_body::Body for Downstream {
 
     fn size_hint(&self) -> http_body::SizeHint {
         let held = self.head.as_ref().map_or(0, |h| h.len() as u64);
-        let mut hint = self
+        let rest = self
             .rest
             .as_ref()
             .map_or_else(|| http_body::SizeHint::with_exact(0), |r| r.size_hint());
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + held);
-        }
-        hint.set_lower(hint.lower() + held);
-        hint
+        plus(rest, held)
     }
 }
 
@@ -480,13 +485,7 @@ impl http_body::Body for Throttled {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let mut hint = self.inner.size_hint();
-        let pending = self.pending.len() as u64;
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + pending);
-        }
-        hint.set_lower(hint.lower() + pending);
-        hint
+        plus(self.inner.size_hint(), self.pending.len() as u64)
     }
 }
 

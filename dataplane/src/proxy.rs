@@ -293,8 +293,8 @@ pub async fn serve(
 /// The connection manager's checks and rewrites before filters and routing. Refused
 /// (`Some`, the answer): HTTP/1.0 unless the listener accepts it (426, as Envoy), both
 /// `Content-Length` and `Transfer-Encoding` (a smuggling attempt), HTTP/1.x without
-/// `Host` (RFC 9112 §3.2; an HTTP/1.0 request may get the listener's default), header names with underscores when
-/// the listener refuses them, a path the normalisation refuses or redirects. Otherwise
+/// `Host` (RFC 9112 §3.2; an HTTP/1.0 request may get the listener's default), header
+/// names with underscores when the listener refuses them, a path the normalisation refuses or redirects. Otherwise
 /// headers with underscores may be dropped, the port stripped from `Host` and the path
 /// normalised, and the upstream sees the result.
 fn prepare(
@@ -306,12 +306,10 @@ fn prepare(
     let hcm = &listener.config;
     if request.version() == Version::HTTP_10 {
         if !hcm.http1.accept_http_10 {
-            let mut reply = LocalReply::new(StatusCode::UPGRADE_REQUIRED, "Upgrade Required");
-            reply
-                .headers
-                .push((header::CONNECTION, HeaderValue::from_static("close")));
-            reply.flag = Some(ResponseFlag::DownstreamProtocolError);
-            return Some(ProxyError::Local(reply));
+            return Some(codec_refusal(
+                StatusCode::UPGRADE_REQUIRED,
+                "Upgrade Required",
+            ));
         }
         if let Some(host) = &hcm.http1.default_host_for_http_10 {
             if !request.headers().contains_key(header::HOST) {
@@ -327,13 +325,8 @@ fn prepare(
         return bad;
     }
     if missing_host {
-        // Envoy's codec answers this one with an empty body, and closes.
-        let mut reply = LocalReply::new(StatusCode::BAD_REQUEST, "");
-        reply
-            .headers
-            .push((header::CONNECTION, HeaderValue::from_static("close")));
-        reply.flag = Some(ResponseFlag::DownstreamProtocolError);
-        return Some(ProxyError::Local(reply));
+        // Envoy's codec answers this one with an empty body.
+        return Some(codec_refusal(StatusCode::BAD_REQUEST, ""));
     }
     if hcm.headers_with_underscores != UnderscoresAction::Allow {
         let named: Vec<HeaderName> = request
@@ -402,6 +395,17 @@ fn prepare(
     }
 }
 
+/// What Envoy's HTTP/1 codec answers to a request it refuses: the answer, then the
+/// connection closes.
+fn codec_refusal(status: StatusCode, body: &'static str) -> ProxyError {
+    let mut reply = LocalReply::new(status, body);
+    reply
+        .headers
+        .push((header::CONNECTION, HeaderValue::from_static("close")));
+    reply.flag = Some(ResponseFlag::DownstreamProtocolError);
+    ProxyError::Local(reply)
+}
+
 /// Routes the request, runs the HTTP filters, then the router; renders whatever error
 /// comes out, and adds the response headers the filters asked for.
 async fn handle(
@@ -445,7 +449,8 @@ async fn handle(
                 .filters
                 .on_request(filter_ctx, &mut parts, &mut body, outcome.idle.as_deref())
                 .await;
-            // Kept outside the request's future: a timeout that drops it still ends them.
+            // Moved out of the request's future once the filters have decided: a timeout
+            // that drops the future later still runs them.
             outcome.at_end.append(&mut filter_ctx.at_end);
             decided
         }
