@@ -49,8 +49,9 @@ fn config(admin: SocketAddr, listeners: [SocketAddr; 2], upstream: &Upstream) ->
 
 const RESPONSE_BYTES: usize = 32 * 1024;
 
-/// A is delayed 0.3 s, then 0.6 s upstream (on `throttled`, its 32 KiB answer is sent at
-/// 16 KiB/s); B arrives at 0.45 s, while A's stream is open; C after A has ended.
+/// A is delayed 0.3 s, then 1.2 s upstream (on `throttled`, its 32 KiB answer is sent at
+/// 16 KiB/s); B arrives at 0.7 s, after A's delay, while A's stream is open; C after A
+/// has ended.
 /// Returns the statuses and body lengths, and how long A took.
 async fn run(listener: SocketAddr) -> (Vec<(u16, usize)>, Duration) {
     let client = HttpClient::http1();
@@ -65,7 +66,7 @@ async fn run(listener: SocketAddr) -> (Vec<(u16, usize)>, Duration) {
                     "h",
                     "/a",
                     &[
-                        ("x-test-delay-ms", "600"),
+                        ("x-test-delay-ms", "1200"),
                         ("x-test-response-bytes", &bytes),
                         ("x-envoy-fault-throughput-response", "16"),
                     ],
@@ -74,7 +75,7 @@ async fn run(listener: SocketAddr) -> (Vec<(u16, usize)>, Duration) {
             (reply, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let during = client.get(listener, "h", "/b", &[]).await.expect("B");
     let (first, took) = slow.await.expect("A's task");
     let first = first.expect("A");
@@ -131,12 +132,12 @@ async fn fault_slots_and_response_rate_limits_match_envoy() {
     // are delayed. With one, A holds it to the end of its stream: B overflows.
     assert_eq!(envoy_stats, vec![3, 0, 0, 2, 1, 1]);
     assert_eq!(sluice_stats, envoy_stats);
-    // 0.9 s before the answer starts; a bucket of one second's bytes (16 KiB) goes at
+    // 1.5 s before the answer starts; a bucket of one second's bytes (16 KiB) goes at
     // once, the other 16 KiB take a second more.
     for (name, runs) in [("envoy", &envoy_runs), ("sluice", &sluice_runs)] {
         let took = runs[1].1;
         assert!(
-            took >= Duration::from_millis(1800),
+            took >= Duration::from_millis(2400),
             "{name}: throttled A took {took:?}"
         );
     }

@@ -163,7 +163,7 @@ async fn idle_websocket(listener: SocketAddr) -> (usize, bool) {
         .await
         .unwrap();
     let mut echoes = 0;
-    for i in 0..6 {
+    for i in 0..8 {
         ws.send(Message::text(format!("m{i}"))).await.unwrap();
         if let Ok(Some(Ok(Message::Text(_)))) =
             tokio::time::timeout(Duration::from_secs(2), ws.next()).await
@@ -172,7 +172,7 @@ async fn idle_websocket(listener: SocketAddr) -> (usize, bool) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Silent now: an idle timeout of 0.5 s closes it well within 5 s.
+    // Silent now: an idle timeout of 1 s closes it well within 5 s.
     let closed = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => true,
         Ok(Some(Ok(_))) | Err(_) => false,
@@ -192,7 +192,7 @@ async fn an_idle_websocket_is_closed_after_the_stream_idle_timeout_as_envoy() {
                 listener,
                 all_to("ws"),
                 json!({ "upgrade_configs": [ { "upgrade_type": "websocket" } ],
-                        "stream_idle_timeout": "0.5s" }),
+                        "stream_idle_timeout": "1s" }),
             )],
             vec![cluster("ws", &[(upstream, 1)], json!({}))],
         )
@@ -209,8 +209,8 @@ async fn an_idle_websocket_is_closed_after_the_stream_idle_timeout_as_envoy() {
     drop(sluice);
     assert_eq!(
         from_envoy,
-        (6, true),
-        "talking for 1.2 s keeps it open; silence closes it"
+        (8, true),
+        "talking for 1.6 s keeps it open; silence closes it"
     );
     assert_eq!(from_sluice, from_envoy);
 }
