@@ -32,12 +32,27 @@ pub fn assert_same_replies(envoy: &[serde_json::Value], sluice: &[serde_json::Va
     );
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, chosen below the kernel's ephemeral
+/// range: a port the kernel hands out (`bind` to port 0) can be taken as the local port of
+/// any outgoing connection before the test's server binds it, and tests run in parallel.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral_low.max(10_100));
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(low..high);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("bind an ephemeral port")
+        .expect("bind a port")
 }
 
 /// A loopback address with a free port.
