@@ -333,7 +333,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "remote_jwks": "fetched through the cluster on first use, kept for cache_duration",
     ],
     "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks" => ["http_uri", "cache_duration": "default 5m"],
-    "envoy.config.core.v3.HttpUri" => ["uri", "cluster", "timeout": "default 1s"],
+    "envoy.config.core.v3.HttpUri" => ["uri", "cluster", "timeout": "jwt_authn: default 1s; ext_authz: required, the check's deadline"],
     "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader" => ["name", "value_prefix"],
     "envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader" => ["header_name", "claim_name"],
     "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule" => ["match", "requires", "requirement_name"],
