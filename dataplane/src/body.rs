@@ -313,15 +313,16 @@ impl Downstream {
     ) -> Result<bool, hyper::Error> {
         let mut held = bytes::BytesMut::from(self.head.take().unwrap_or_default());
         let result = loop {
-            if self.is_complete() {
+            let Some(rest) = self
+                .rest
+                .as_mut()
+                .filter(|r| !http_body::Body::is_end_stream(*r))
+            else {
                 break Ok(true);
-            }
+            };
             if held.len() >= limit {
                 break Ok(false);
             }
-            let Some(rest) = self.rest.as_mut() else {
-                break Ok(true);
-            };
             match rest.frame().await {
                 None => {
                     self.rest = None;
@@ -374,9 +375,7 @@ impl http_body::Body for Downstream {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.head.is_none()
-            && self.trailers.is_none()
-            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.head.is_none() && self.trailers.is_none() && self.is_complete()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

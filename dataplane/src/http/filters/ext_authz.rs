@@ -278,7 +278,7 @@ impl ExtAuthzFilter {
                     let config = config.clone();
                     Box::pin(async move {
                         let service = config.http.as_deref()?;
-                        http_service::check(&snapshot, &config, service, &check).await
+                        http_service::check(&snapshot, &config, service, check).await
                     })
                 }
                 None => {

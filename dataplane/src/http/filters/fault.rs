@@ -243,23 +243,24 @@ impl HttpFilter for FaultFilter {
         if let Some(delay) = delay.filter(|d| !d.is_zero()) {
             if self.activate(config, &mut active) {
                 self.shared.delays_injected.inc();
-                let mut guard = active.take();
-                if hold_to_end {
-                    hold_until_end(ctx, guard.take());
-                }
+                // Held to the stream's end, or only through the delay.
+                let during_delay = if hold_to_end {
+                    hold_until_end(ctx, active.take());
+                    None
+                } else {
+                    active.take()
+                };
                 let abort_reply = abort(config, &request.headers);
                 let shared = self.shared.clone();
                 return Decision::Wait(Box::pin(async move {
                     tokio::time::sleep(delay).await;
+                    drop(during_delay);
                     match abort_reply {
                         Some(reply) => {
                             shared.aborts_injected.inc();
                             Decision::Respond(reply)
                         }
-                        None => {
-                            drop(guard);
-                            Decision::Continue
-                        }
+                        None => Decision::Continue,
                     }
                 }));
             }

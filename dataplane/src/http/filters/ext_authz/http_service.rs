@@ -36,13 +36,13 @@ pub(super) async fn check(
     snapshot: &Snapshot,
     config: &ExtAuthz,
     service: &HttpService,
-    check: &auth::CheckRequest,
+    check: auth::CheckRequest,
 ) -> Option<Verdict> {
-    let http = check.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+    let http = check.attributes?.request?.http?;
     let body = if http.raw_body.is_empty() {
-        Bytes::from(http.body.clone())
+        Bytes::from(http.body)
     } else {
-        Bytes::from(http.raw_body.clone())
+        Bytes::from(http.raw_body)
     };
     let mut headers = HeaderMap::new();
     let (mut method, mut path, mut authority) = (Method::GET, String::from("/"), String::new());
