@@ -17,7 +17,7 @@ pids+=($!)
 export SLUICE_SERVER=http://127.0.0.1:18001 SLUICE_TOKEN_FILE="$PWD/sluice-data/admin-token"
 "$bin/demo-upstream" 127.0.0.1:18080 &
 pids+=($!)
-"$bin/sluice" -c deploy/demo/sluice-ads.yaml --log-level info,access=info &
+"$bin/sluice" -c deploy/demo/sluice-ads.yaml --log-level info &
 pids+=($!)
 
 for _ in $(seq 100); do

@@ -49,6 +49,12 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+    // Loggers sluice does not implement, refused by name.
+    "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+    "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
     // Every typed load-balancing policy, so a list that names one Sluice does not
     // implement before one it does still decodes (Envoy uses the first it knows).
     "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 use xds_types::type_urls;
 
+use crate::access_log::{AccessLogs, Entry, RequestView};
 use crate::body::{self, Body};
 use crate::config::SnapshotStore;
 use crate::listener::ListenerManager;
@@ -33,12 +34,14 @@ pub struct AdminState {
     pub shutdown: Arc<Notify>,
     pub started: Instant,
     pub concurrency: usize,
+    /// `admin.access_log`: one line per admin request.
+    pub access_logs: Option<Arc<AccessLogs>>,
 }
 
 /// Serves the admin API on `socket` until the process exits.
 pub async fn serve(socket: TcpListener, state: Arc<AdminState>) {
     loop {
-        let (stream, _) = match socket.accept().await {
+        let (stream, peer) = match socket.accept().await {
             Ok(a) => a,
             Err(error) => {
                 warn!(%error, "admin accept failed");
@@ -48,7 +51,11 @@ pub async fn serve(socket: TcpListener, state: Arc<AdminState>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |r| handle(state.clone(), r));
+            let local = stream.local_addr().unwrap_or(peer);
+            let connection_id = crate::access_log::next_connection_id();
+            let service = hyper::service::service_fn(move |r| {
+                logged(state.clone(), r, peer, local, connection_id)
+            });
             if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -57,6 +64,61 @@ pub async fn serve(socket: TcpListener, state: Arc<AdminState>) {
             }
         });
     }
+}
+
+/// Answers one admin request, then writes the admin access logs (when the answer is
+/// ready: admin answers are small and never streamed).
+async fn logged(
+    state: Arc<AdminState>,
+    request: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    connection_id: u64,
+) -> Result<Response<Body>, Infallible> {
+    let Some(logs) = state.access_logs.clone() else {
+        return handle(state, request).await;
+    };
+    let start = std::time::SystemTime::now();
+    let started = Instant::now();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let authority = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let captured = logs.capture_request(&RequestView {
+        method: request.method(),
+        path: &path,
+        authority: &authority,
+        scheme: "http",
+        headers: request.headers(),
+        original_path: None,
+    });
+    let protocol = match request.version() {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let response = handle(state, request).await?;
+    let bytes_sent = http_body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or_default();
+    logs.write(&Entry {
+        request: &captured,
+        response: &logs.capture_response(response.headers()),
+        status: response.status().as_u16(),
+        duration: started.elapsed(),
+        response_duration: Some(started.elapsed()),
+        bytes_sent,
+        protocol: Some(protocol),
+        ..Entry::connection(peer, peer, local, connection_id, start)
+    });
+    Ok(response)
 }
 
 async fn handle(

@@ -77,6 +77,47 @@ impl<G> http_body::Body for Guarded<G> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A response body that counts the bytes it passes (`%BYTES_SENT%`).
+    pub struct Counted {
+        #[pin]
+        inner: Body,
+        sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+}
+
+impl Counted {
+    pub fn new(inner: Body, sent: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self { inner, sent }
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(Some(data))) = result.as_ref().map(|f| f.as_ref().map(|f| f.data_ref())) {
+            this.sent
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        std::task::Poll::Ready(result)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A stream's idle clock (`stream_idle_timeout`): data on the request body touches it;
 /// [`IdleTimer::expired`] resolves once it has not been touched for the timeout.
 pub struct IdleTimer {
@@ -281,6 +322,8 @@ pub struct Downstream {
     /// Trailers a filter read (the stream had ended).
     trailers: Option<http::HeaderMap>,
     rest: Option<hyper::body::Incoming>,
+    /// Bytes received from the client, for the access logs.
+    received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Downstream {
@@ -289,6 +332,18 @@ impl Downstream {
             head: None,
             trailers: None,
             rest: Some(incoming),
+            received: None,
+        }
+    }
+
+    /// Counts the bytes that arrive from now on into `counter`.
+    pub fn count_into(&mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        self.received = Some(counter);
+    }
+
+    fn count(&self, bytes: usize) {
+        if let Some(received) = &self.received {
+            received.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -334,7 +389,10 @@ impl Downstream {
                         idle.touch();
                     }
                     match frame.into_data() {
-                        Ok(data) => held.extend_from_slice(&data),
+                        Ok(data) => {
+                            self.count(data.len());
+                            held.extend_from_slice(&data);
+                        }
                         Err(frame) => {
                             self.trailers = frame.into_trailers().ok();
                             self.rest = None;
@@ -364,7 +422,12 @@ impl http_body::Body for Downstream {
         if let Some(rest) = self.rest.as_mut() {
             match std::task::ready!(std::pin::Pin::new(rest).poll_frame(cx)) {
                 None => self.rest = None,
-                frame => return std::task::Poll::Ready(frame),
+                frame => {
+                    if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                        self.count(data.len());
+                    }
+                    return std::task::Poll::Ready(frame);
+                }
             }
         }
         std::task::Poll::Ready(

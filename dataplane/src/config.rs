@@ -24,6 +24,7 @@ use xds_types::tcp_proxy::TcpProxy;
 use xds_types::tls::{CertificateSource, DataSource, SdsRef, SecretSource};
 use xds_types::{type_urls, Bootstrap, Cluster, HttpConnectionManager, Listener, RouteTable};
 
+use crate::access_log::AccessLogs;
 use crate::http::filter::HttpFilterChain;
 use crate::listener::tls::ServerTls;
 use crate::router::CompiledRoutes;
@@ -49,6 +50,8 @@ pub struct ListenerRuntime {
     pub chains: Vec<Arc<ChainRuntime>>,
     pub default_chain: Option<Arc<ChainRuntime>>,
     pub stats: ListenerStats,
+    /// The listener's own access logs: one line per connection.
+    pub access_logs: Option<Arc<AccessLogs>>,
 }
 
 impl std::fmt::Debug for ListenerRuntime {
@@ -127,12 +130,14 @@ pub struct HttpRuntime {
     /// The HTTP filters in front of the router; carried over while the chain is unchanged.
     pub filters: Arc<HttpFilterChain>,
     pub stats: HttpStats,
+    pub access_logs: Option<Arc<AccessLogs>>,
 }
 
 /// A TCP proxy with its counters.
 pub struct TcpRuntime {
     pub config: TcpProxy,
     pub stats: TcpStats,
+    pub access_logs: Option<Arc<AccessLogs>>,
 }
 
 /// Resources received over xDS, by name.
@@ -467,6 +472,7 @@ fn listener_runtime(
         chains,
         default_chain,
         stats: stats.listener(&l.address.to_string()),
+        access_logs: AccessLogs::new(&l.access_log, stats),
     })
 }
 
@@ -512,11 +518,13 @@ fn chain_runtime(
                 routes,
                 filters,
                 stats: stats.http(&h.stat_prefix),
+                access_logs: AccessLogs::new(&h.access_log, stats),
             }))
         }
         NetworkFilter::Tcp(t) => Network::Tcp(TcpRuntime {
             config: t.clone(),
             stats: stats.tcp(&t.stat_prefix),
+            access_logs: AccessLogs::new(&t.access_log, stats),
         }),
     };
     let tls = match &c.tls {

@@ -14,10 +14,12 @@
 //! - [`upstream`]: clusters at run time — hosts and their state, load balancing, the
 //!   connection pool, health checks, outlier detection, circuit breakers, DNS, TLS.
 //! - [`local_reply`]: responses the proxy makes itself, and Envoy's response flags.
+//! - [`access_log`]: Envoy's access log formats, filters and non-blocking sinks.
 //! - [`admin`], [`stats`]: the admin endpoints and the counters behind them.
 //! - [`xds`]: the ADS client (state of the world and delta) for `dynamic_resources`.
 //! - [`body`], [`conn`]: body and connection plumbing shared by the above.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod config;

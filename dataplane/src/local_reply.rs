@@ -82,6 +82,27 @@ impl ResponseFlag {
             Self::RateLimitServiceError => "RLSE",
         }
     }
+
+    /// Envoy's long name (`%RESPONSE_FLAGS_LONG%`).
+    pub fn long_name(self) -> &'static str {
+        match self {
+            Self::NoHealthyUpstream => "NoHealthyUpstream",
+            Self::UpstreamConnectionFailure => "UpstreamConnectionFailure",
+            Self::UpstreamRequestTimeout => "UpstreamRequestTimeout",
+            Self::NoRouteFound => "NoRouteFound",
+            Self::NoClusterFound => "NoClusterFound",
+            Self::UpstreamRetryLimitExceeded => "UpstreamRetryLimitExceeded",
+            Self::UpstreamConnectionTermination => "UpstreamConnectionTermination",
+            Self::DownstreamProtocolError => "DownstreamProtocolError",
+            Self::UpgradeFailed => "UpgradeFailed",
+            Self::UpstreamOverflow => "UpstreamOverflow",
+            Self::RateLimited => "RateLimited",
+            Self::RbacAccessDenied => "RbacAccessDenied",
+            Self::FaultInjected => "FaultInjected",
+            Self::UnauthorizedExternalService => "UnauthorizedExternalService",
+            Self::RateLimitServiceError => "RateLimitServiceError",
+        }
+    }
 }
 
 /// A locally generated response; bodies are Envoy's default texts so clients and tests

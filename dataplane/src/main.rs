@@ -18,9 +18,13 @@ struct Cli {
     /// Worker threads (default: the number of CPUs).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Log filter, e.g. `info` or `info,access=info` for access logs.
+    /// Log filter, e.g. `info` or `info,sluice::upstream=debug`.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
+    /// `json`: one JSON object per log line, for log pipelines; anything else (an Envoy
+    /// format string) is read as the default text format.
+    #[arg(long = "log-format", default_value = "text")]
+    log_format: String,
     /// Seconds to wait for open connections when draining on shutdown.
     #[arg(long = "drain-time-s", default_value_t = 5)]
     drain_time_s: u64,
@@ -31,15 +35,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.log_level.contains("access") {
-        cli.log_level.clone()
+    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
     } else {
-        format!("{},access=off", cli.log_level)
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+        logs.init();
+    }
 
     let text = match std::fs::read_to_string(&cli.config_path) {
         Ok(t) => t,

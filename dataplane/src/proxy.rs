@@ -4,9 +4,9 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -18,13 +18,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
-use tracing::{debug, info};
+use tracing::debug;
 use xds_types::hcm::{ServerHeader, StripPort, UnderscoresAction};
 use xds_types::route::{
     AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderMutations, Redirect,
     RedirectPath, RetryPolicy, RouteAction,
 };
 
+use crate::access_log::{AccessLogs, Entry, RequestView};
 use crate::body::{self, Body, EndOfStream, FireOnDrop, Guarded};
 use crate::config::{ChainRuntime, HttpRuntime, Network, Snapshot, SnapshotStore};
 use crate::conn::ConnState;
@@ -62,6 +63,10 @@ pub struct ConnContext {
     pub store: SnapshotStore,
     /// The downstream address (the PROXY protocol's source when there is one).
     pub remote: SocketAddr,
+    /// The TCP peer.
+    pub direct_remote: SocketAddr,
+    /// `%CONNECTION_ID%`.
+    pub connection_id: u64,
     pub local: SocketAddr,
     /// Set on TLS connections.
     pub tls: Option<Arc<TlsInfo>>,
@@ -92,8 +97,8 @@ impl FlagCounters {
     }
 }
 
-/// What happened to a request, for stats and the access log. The strings are filled only
-/// when the access log is on (`detailed`), to keep allocations off the request path.
+/// What happened to a request, for stats and the access logs. The strings are filled only
+/// when there are access logs (`detailed`), to keep allocations off the request path.
 #[derive(Default)]
 struct Outcome {
     detailed: bool,
@@ -107,6 +112,12 @@ struct Outcome {
     idle: Option<Arc<body::IdleTimer>>,
     /// The filters' log-phase hooks, run when the response ends.
     at_end: Vec<crate::http::ctx::EndHook>,
+    /// The request headers the access logs read (as the upstream got them, once sent).
+    logged_request: Vec<Option<HeaderValue>>,
+    /// Request body bytes received, counted when there are access logs.
+    received: Option<Arc<AtomicU64>>,
+    /// The matched route's name (with access logs only).
+    route: Option<String>,
 }
 
 /// Decrements a gauge when dropped.
@@ -167,8 +178,21 @@ pub async fn serve(
     let host = request_host(&request).to_string();
 
     let hcm = &listener.config;
+    let logs = listener.access_logs.as_ref();
+    let start = logs.map(|_| SystemTime::now());
     let mut outcome = Outcome {
-        detailed: tracing::enabled!(target: "access", tracing::Level::INFO),
+        detailed: logs.is_some(),
+        logged_request: logs.map_or_else(Vec::new, |logs| {
+            logs.capture_request(&RequestView {
+                method: &method,
+                path: &path,
+                authority: &host,
+                scheme: scheme(&ctx),
+                headers: request.headers(),
+                original_path: None,
+            })
+        }),
+        received: logs.map(|_| Arc::new(AtomicU64::new(0))),
         idle: hcm
             .stream_idle_timeout
             .map(|t| Arc::new(body::IdleTimer::new(t))),
@@ -263,26 +287,34 @@ pub async fn serve(
     if let Some(flag) = outcome.flag {
         ctx.flags.inc(flag);
     }
-    info!(
-        target: "access",
-        method = %method,
-        path = %path,
-        protocol = ?version,
-        authority = %host,
-        status,
-        response_flags = outcome.flag.map_or("-", ResponseFlag::short_name),
-        upstream_cluster = outcome.cluster.as_deref().unwrap_or("-"),
-        upstream_host = outcome.upstream.as_deref().unwrap_or("-"),
-        attempts = outcome.attempts,
-        duration_ms = started.elapsed().as_millis() as u64,
-        downstream_remote_address = %ctx.remote,
-    );
     let (parts, mut body) = response.into_parts();
     if let Some(at) = stream_deadline {
         body = body::Timed::deadline(body, at).boxed();
     }
     if let Some(timeout) = hcm.stream_idle_timeout {
         body = body::Timed::idle(body, timeout).boxed();
+    }
+    if let (Some(logs), Some(start)) = (logs, start) {
+        let sent = Arc::new(AtomicU64::new(0));
+        body = body::Counted::new(body, sent.clone()).boxed();
+        let record = HttpRecord {
+            logs: logs.clone(),
+            start,
+            request: std::mem::take(&mut outcome.logged_request),
+            response: logs.capture_response(&parts.headers),
+            response_duration: started.elapsed(),
+            received: outcome.received.take().unwrap_or_default(),
+            sent,
+            protocol: protocol_name(version),
+            cluster: outcome.cluster.take(),
+            upstream: outcome.upstream.take(),
+            attempts: outcome.attempts,
+            route: outcome.route.take(),
+        };
+        let ctx = ctx.clone();
+        outcome
+            .at_end
+            .push(Box::new(move |end| record.write(&ctx, end)));
     }
     let at_end = (!outcome.at_end.is_empty())
         .then(|| crate::http::ctx::AtEnd::new(outcome.at_end, parts.status, outcome.flag, started));
@@ -369,6 +401,19 @@ fn prepare(
             request.headers_mut().insert(header::HOST, host);
         }
     }
+    // As Envoy's connection manager: before filters, so they, the access logs and the
+    // upstream all see the same id.
+    let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
+    if hcm.generate_request_id && (regenerate || !request.headers().contains_key(&X_REQUEST_ID)) {
+        // A v4 UUID from the thread-local RNG: no getrandom syscall per request.
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut text);
+        request.headers_mut().insert(
+            X_REQUEST_ID.clone(),
+            HeaderValue::from_str(text).expect("uuid is ascii"),
+        );
+    }
     match crate::http::path::apply(&hcm.path, path_and_query(request.uri())) {
         PathOutcome::Forward(Cow::Borrowed(_)) => None,
         PathOutcome::Forward(Cow::Owned(normalized)) => {
@@ -442,6 +487,12 @@ async fn handle(
         state: http::Extensions::new(),
     });
     let mut body = body::Downstream::new(body);
+    if let Some(received) = &outcome.received {
+        body.count_into(received.clone());
+        outcome.route = route
+            .map(|m| m.route.name.clone())
+            .filter(|n| !n.is_empty());
+    }
     let (local_reply, ran) = match filter_ctx.as_mut() {
         None => (None, 0),
         Some(filter_ctx) => {
@@ -713,7 +764,8 @@ async fn forward(
         host,
         upgrade.is_some(),
     ));
-    let upstream_path = match rewrite_path(action, plan.rewrite_prefix, path) {
+    let rewritten = rewrite_path(action, plan.rewrite_prefix, path);
+    let upstream_path = match &rewritten {
         // Unchanged: reuse the request's parsed path (a cheap `Bytes` clone).
         None => parts.uri.path_and_query().cloned(),
         Some(rewritten) => rewritten.parse().ok(),
@@ -721,6 +773,21 @@ async fn forward(
     let Some(upstream_path) = upstream_path else {
         return Err(ProxyError::Flag(ResponseFlag::DownstreamProtocolError));
     };
+    if let (Some(logs), Some(headers)) = (&listener.access_logs, &headers) {
+        // The logs see the request as the upstream gets it, as Envoy's do.
+        let authority = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(host);
+        outcome.logged_request = logs.capture_request(&RequestView {
+            method: &parts.method,
+            path: upstream_path.as_str(),
+            authority,
+            scheme: scheme(ctx),
+            headers,
+            original_path: rewritten.is_some().then_some(path),
+        });
+    }
     let version = match cluster.config.protocol {
         // With ALPN the pool speaks HTTP/2 on connections that negotiated it.
         xds_types::cluster::UpstreamProtocol::Http1
@@ -1274,17 +1341,6 @@ fn upstream_headers(
         hcm.client_cert_details,
         ctx.tls.as_deref(),
     );
-    let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
-    if hcm.generate_request_id && (regenerate || !headers.contains_key(&X_REQUEST_ID)) {
-        // A v4 UUID from the thread-local RNG: no getrandom syscall per request.
-        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = id.hyphenated().encode_lower(&mut text);
-        headers.insert(
-            X_REQUEST_ID.clone(),
-            HeaderValue::from_str(text).expect("uuid is ascii"),
-        );
-    }
     let host_value = plan.action.host_rewrite.as_deref().unwrap_or(host);
     if let Ok(v) = HeaderValue::from_str(host_value) {
         headers.insert(header::HOST, v);
@@ -1442,6 +1498,70 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The downstream scheme.
+fn scheme(ctx: &ConnContext) -> &'static str {
+    if ctx.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// `%PROTOCOL%`.
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// What a stream's access log line needs once the stream ends.
+struct HttpRecord {
+    logs: Arc<AccessLogs>,
+    start: SystemTime,
+    request: Vec<Option<HeaderValue>>,
+    response: Vec<Option<HeaderValue>>,
+    response_duration: Duration,
+    received: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    protocol: &'static str,
+    cluster: Option<String>,
+    upstream: Option<String>,
+    attempts: u32,
+    route: Option<String>,
+}
+
+impl HttpRecord {
+    fn write(self, ctx: &ConnContext, end: &crate::http::ctx::StreamEnd) {
+        self.logs.write(&Entry {
+            request: &self.request,
+            response: &self.response,
+            status: end.status.as_u16(),
+            flag: end.flag,
+            duration: end.duration,
+            response_duration: Some(self.response_duration),
+            bytes_received: self.received.load(Ordering::Relaxed),
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            protocol: Some(self.protocol),
+            upstream_host: self.upstream.as_deref(),
+            upstream_cluster: self.cluster.as_deref(),
+            attempts: (self.attempts > 0).then_some(self.attempts),
+            server_name: ctx.tls.as_ref().and_then(|t| t.sni.as_deref()),
+            route_name: self.route.as_deref(),
+            ..Entry::connection(
+                ctx.remote,
+                ctx.direct_remote,
+                ctx.local,
+                ctx.connection_id,
+                self.start,
+            )
+        });
     }
 }
 

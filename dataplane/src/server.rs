@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use xds_types::pb::envoy::config::core::v3::Node;
 use xds_types::Bootstrap;
 
+use crate::access_log::AccessLogs;
 use crate::admin::{self, AdminState};
 use crate::config::SnapshotStore;
 use crate::listener::{bind, ListenerError, ListenerManager};
@@ -52,6 +53,7 @@ pub enum ServerError {
 pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerError> {
     let stats = Stats::new();
     let admin_address = bootstrap.admin;
+    let admin_access_log = bootstrap.admin_access_log.clone();
     let ads = bootstrap.ads.clone();
     let node = Node {
         id: bootstrap.node_id.clone(),
@@ -84,6 +86,7 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         shutdown: shutdown.clone(),
         started: Instant::now(),
         concurrency: options.concurrency,
+        access_logs: AccessLogs::new(&admin_access_log, store.stats()),
     });
     if let Some(address) = admin_address {
         let socket = bind(address).map_err(|source| ServerError::AdminBind { address, source })?;

@@ -622,6 +622,16 @@ impl Stats {
         )
     }
 
+    /// An access log sink's line counter: `access_log.<event>`.
+    pub fn access_log_counter(&self, event: &str, help: &str) -> Counter {
+        self.counter(
+            "sluice_access_log_lines",
+            help,
+            vec![("event".to_string(), event.to_string())],
+            format!("access_log.{event}"),
+        )
+    }
+
     /// A counter per response flag (`UF`, `UT`, …), for operators to alert on.
     pub fn response_flag(&self, flag: &str) -> Counter {
         self.counter(

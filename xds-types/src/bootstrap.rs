@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::access_log::AccessLog;
 use crate::cluster::{socket_address, Cluster};
 use crate::decode;
 use crate::error::{Result, ValidationError};
@@ -23,6 +24,8 @@ pub struct Bootstrap {
     pub node_id: String,
     pub node_cluster: String,
     pub admin: Option<SocketAddr>,
+    /// The admin server's access logs (`admin.access_log`, or `access_log_path`).
+    pub admin_access_log: Vec<AccessLog>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// `static_resources.secrets`, which `SdsSecretConfig`s without `sds_config` name.
@@ -70,6 +73,16 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
                     )
                 })?;
                 Some(SocketAddr::new(ip, port))
+            }
+        };
+        let admin_access_log = match raw.admin.as_ref() {
+            None => Vec::new(),
+            Some(a) => {
+                let mut logs = AccessLog::list(&a.access_log, "admin.access_log")?;
+                if !a.access_log_path.is_empty() {
+                    logs.push(AccessLog::file(&a.access_log_path));
+                }
+                logs
             }
         };
         let statics = raw.static_resources.clone().unwrap_or_default();
@@ -218,6 +231,7 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             node_id: node.id,
             node_cluster: node.cluster,
             admin,
+            admin_access_log,
             listeners,
             clusters,
             secrets,

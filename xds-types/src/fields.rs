@@ -54,7 +54,55 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "listeners", "clusters",
         "secrets": "named by SdsSecretConfigs without sds_config",
     ],
-    "envoy.config.bootstrap.v3.Admin" => ["address"],
+    "envoy.config.bootstrap.v3.Admin" => [
+        "address",
+        "access_log": "one line per admin request",
+        "access_log_path": "deprecated; a file log in Envoy's default format",
+    ],
+    "envoy.config.accesslog.v3.AccessLog" => [
+        "name": "accepted; informational",
+        "filter",
+        "typed_config": "envoy.access_loggers.file, envoy.access_loggers.stdout, envoy.access_loggers.stderr; lines are queued (8192 per sink) and written off the request path; when the queue is full a line is dropped and counted (access_log.dropped), never waited for",
+    ],
+    "envoy.config.accesslog.v3.AccessLogFilter" => [
+        "status_code_filter", "duration_filter",
+        "not_health_check_filter": "every stream passes: sluice marks no request as a health check",
+        "traceable_filter": "streams whose trace is sampled",
+        "runtime_filter", "and_filter", "or_filter", "header_filter", "response_flag_filter",
+    ],
+    "envoy.config.accesslog.v3.StatusCodeFilter" => ["comparison"],
+    "envoy.config.accesslog.v3.DurationFilter" => ["comparison": "milliseconds from the request's start to the end of the response"],
+    "envoy.config.accesslog.v3.ComparisonFilter" => ["op", "value"],
+    "envoy.config.core.v3.RuntimeUInt32" => ["default_value", "runtime_key": "accepted; sluice has no runtime, the default applies"],
+    "envoy.config.accesslog.v3.NotHealthCheckFilter" => [],
+    "envoy.config.accesslog.v3.TraceableFilter" => [],
+    "envoy.config.accesslog.v3.RuntimeFilter" => [
+        "runtime_key": "accepted; sluice has no runtime, percent_sampled applies",
+        "percent_sampled": "default 0%",
+        "use_independent_randomness": "accepted; every stream is sampled independently",
+    ],
+    "envoy.config.accesslog.v3.AndFilter" => ["filters"],
+    "envoy.config.accesslog.v3.OrFilter" => ["filters"],
+    "envoy.config.accesslog.v3.HeaderFilter" => ["header": "on the request headers"],
+    "envoy.config.accesslog.v3.ResponseFlagFilter" => ["flags": "short names (UF, UH, …); none: any flag"],
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog" => [
+        "path": "opened for appending (created if missing); /dev/stdout and /dev/stderr work",
+        "log_format",
+        "format": "deprecated; a text format",
+        "json_format": "deprecated; a JSON format",
+        "typed_json_format": "deprecated; a JSON format",
+    ],
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => ["log_format"],
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => ["log_format"],
+    "envoy.config.core.v3.SubstitutionFormatString" => [
+        "text_format": "deprecated; as text_format_source",
+        "text_format_source": "inline_string or inline_bytes; the command operators sluice renders are listed in docs/access-log.md, another is refused by name",
+        "json_format": "string values with command operators (one operator alone keeps its type: numbers stay numbers, absent is null), numbers, booleans and nested objects; keys sorted",
+        "omit_empty_values": "JSON: absent values are left out",
+        "content_type": "accepted; no effect on access logs",
+        "json_format_options": "accepted; keys are always sorted",
+    ],
+    "envoy.config.core.v3.JsonFormatOptions" => ["sort_properties": "accepted; keys are always sorted"],
     "envoy.config.core.v3.Node" => [
         "id", "cluster",
         "metadata": "accepted; reported by /server_info, no other effect",
@@ -92,6 +140,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "connection_balance_config": "accepted; tuning (the kernel balances SO_REUSEPORT sockets)",
         "ignore_global_conn_limit": "accepted; sluice has no global connection limit",
         "bypass_overload_manager": "accepted; sluice has no overload manager",
+        "access_log": "one line per connection, when it closes (for HTTP connections too: connection fields only)",
     ],
     "envoy.config.core.v3.Metadata" => ["filter_metadata"],
     "envoy.config.listener.v3.Listener.ConnectionBalanceConfig" => ["exact_balance"],
@@ -140,6 +189,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "idle_timeout": "default 1h; 0 disables",
         "max_connect_attempts": "each attempt to an endpoint the cluster's load balancer picks",
         "max_downstream_connection_duration",
+        "access_log": "one line per connection, when it closes",
     ],
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => ["clusters"],
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => ["name", "weight"],
@@ -166,6 +216,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "server_header_transformation", "strip_matching_host_port", "strip_any_host_port",
         "http2_protocol_options", "http_protocol_options",
         "set_current_client_cert_details",
+        "access_log": "one line per stream, when its response ends or it is reset",
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails" => [
         "subject", "cert", "chain", "dns", "uri",
@@ -744,6 +795,9 @@ fn walk(message: &DynamicMessage, path: &str) -> Result<()> {
             }
         }
     }
+    if name == "envoy.config.accesslog.v3.AccessLog" {
+        access_logger_known(message, path)?;
+    }
     let supported = supported_fields(name).unwrap_or(&[]);
     for (field, value) in message.fields() {
         let field_path = join(path, field.name());
@@ -780,6 +834,34 @@ fn filter_type_known(
     Err(ValidationError::new(
         path,
         format!("{filter_name} ({short}) is not supported ({message})"),
+    ))
+}
+
+/// An access log's `typed_config` must be a logger Sluice implements: another is named,
+/// never refused field by field.
+fn access_logger_known(message: &DynamicMessage, path: &str) -> Result<()> {
+    let Some(any) = message
+        .has_field_by_name("typed_config")
+        .then(|| message.get_field_by_name("typed_config"))
+        .flatten()
+        .and_then(|v| v.as_message().cloned())
+    else {
+        return Ok(());
+    };
+    let (type_url, _) = unpack(&any);
+    use crate::type_urls::{FILE_ACCESS_LOG, STDERR_ACCESS_LOG, STDOUT_ACCESS_LOG};
+    if [FILE_ACCESS_LOG, STDOUT_ACCESS_LOG, STDERR_ACCESS_LOG].contains(&type_url.as_str()) {
+        return Ok(());
+    }
+    let logger = message
+        .get_field_by_name("name")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let full = crate::type_urls::message_name(&type_url);
+    let short = full.rsplit('.').next().unwrap_or(full);
+    Err(ValidationError::new(
+        join(path, "typed_config"),
+        format!("{logger} ({short}) is not supported by sluice ({full})"),
     ))
 }
 

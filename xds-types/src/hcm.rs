@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::access_log::AccessLog;
 use crate::cluster::http_idle_timeout;
 use crate::error::{Result, ValidationError};
 use crate::http_filter::HttpFilters;
@@ -67,6 +68,8 @@ pub struct HttpConnectionManager {
     pub stream_idle_timeout: Option<Duration>,
     /// Optional filters of types Sluice does not implement, skipped (logged once).
     pub skipped_filters: Vec<String>,
+    /// One line per stream, when it ends.
+    pub access_log: Vec<AccessLog>,
 }
 
 /// `http_protocol_options` of the downstream HTTP/1 codec.
@@ -430,6 +433,7 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             })
             .unwrap_or_default();
         Ok(Self {
+            access_log: AccessLog::list(&h.access_log, "access_log")?,
             stream_idle_timeout: optional_timeout(
                 h.stream_idle_timeout.as_ref(),
                 "stream_idle_timeout",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use prost::Message;
 
+use crate::access_log::AccessLog;
 use crate::cluster::socket_address;
 use crate::error::{Result, ValidationError};
 use crate::filter_chain::{check_unique, FilterChainMatch};
@@ -44,6 +45,8 @@ pub struct Listener {
     /// Takes connections no chain matches; without it they are closed.
     pub default_filter_chain: Option<FilterChain>,
     pub socket: SocketSettings,
+    /// One line per connection, when it closes.
+    pub access_log: Vec<AccessLog>,
 }
 
 /// What one filter chain does with the connections it takes.
@@ -319,6 +322,7 @@ impl TryFrom<&pb::Listener> for Listener {
             }
         }
         Ok(Self {
+            access_log: AccessLog::list(&l.access_log, "access_log")?,
             name: l.name.clone(),
             address: SocketAddr::new(ip, port),
             listener_filters,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::access_log::AccessLog;
 use crate::error::{Result, ValidationError};
 use crate::pb::envoy::extensions::filters::network::tcp_proxy::v3 as pb;
 use crate::route::ClusterTarget;
@@ -22,6 +23,8 @@ pub struct TcpProxy {
     pub max_connect_attempts: u32,
     /// Close the connection this long after it was accepted; `None`: never.
     pub max_downstream_connection_duration: Option<Duration>,
+    /// One line per connection, when it closes.
+    pub access_log: Vec<AccessLog>,
 }
 
 impl TcpProxy {
@@ -83,6 +86,7 @@ impl TryFrom<&pb::TcpProxy> for TcpProxy {
             ));
         }
         Ok(Self {
+            access_log: AccessLog::list(&t.access_log, "access_log")?,
             stat_prefix: t.stat_prefix.clone(),
             target,
             idle_timeout: optional_timeout(

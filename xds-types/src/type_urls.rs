@@ -32,6 +32,13 @@ pub const HTTP_PROTOCOL_OPTIONS: &str =
 pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+pub const FILE_ACCESS_LOG: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+pub const STDOUT_ACCESS_LOG: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+pub const STDERR_ACCESS_LOG: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
 /// The message name part of a type URL (`type.googleapis.com/a.b.C` → `a.b.C`).
 pub fn message_name(type_url: &str) -> &str {
     type_url.rsplit('/').next().unwrap_or(type_url)

@@ -17,6 +17,7 @@ use super::{ChainDrains, Drain};
 use crate::config::{ChainRuntime, ChainTls, ListenerRuntime, Network, SnapshotStore};
 use crate::conn::ConnState;
 use crate::proxy::{ConnContext, FlagCounters};
+use crate::tcp::{TcpOutcome, TcpPeer};
 
 /// What an accept loop runs with.
 pub(super) struct Acceptor {
@@ -60,6 +61,15 @@ pub(super) async fn accept_loop(mut acceptor: Acceptor) {
     }
 }
 
+/// What a connection's listener access log needs from its handling.
+#[derive(Default)]
+struct Ended {
+    /// The downstream address after the PROXY protocol.
+    remote: Option<SocketAddr>,
+    server_name: Option<String>,
+    tcp: Option<TcpOutcome>,
+}
+
 /// A connection on its way to a network filter.
 struct Connection {
     listener: Arc<ListenerRuntime>,
@@ -71,7 +81,37 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, mut stream: TcpStream, peer: SocketAddr) {
+    /// Serves the connection, then writes the listener's access logs.
+    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+        let start = std::time::SystemTime::now();
+        let started = std::time::Instant::now();
+        let local = stream.local_addr().ok();
+        let connection_id = crate::access_log::next_connection_id();
+        let listener = self.listener.clone();
+        let ended = self.handle(stream, peer, connection_id).await;
+        if let (Some(logs), Some(local)) = (&listener.access_logs, local) {
+            let tcp = ended.tcp.unwrap_or_default();
+            logs.write(&crate::access_log::Entry {
+                duration: started.elapsed(),
+                bytes_received: tcp.received,
+                bytes_sent: tcp.sent,
+                flag: tcp.flag,
+                upstream_host: tcp.upstream.as_deref(),
+                upstream_cluster: tcp.cluster.as_deref(),
+                server_name: ended.server_name.as_deref(),
+                ..crate::access_log::Entry::connection(
+                    ended.remote.unwrap_or(peer),
+                    peer,
+                    local,
+                    connection_id,
+                    start,
+                )
+            });
+        }
+    }
+
+    async fn handle(self, mut stream: TcpStream, peer: SocketAddr, connection_id: u64) -> Ended {
+        let mut ended = Ended::default();
         let config = &self.listener.config;
         let _ = stream.set_nodelay(true);
         if let Some(k) = config.socket.keepalive {
@@ -79,7 +119,7 @@ impl Connection {
         }
         let local = match stream.local_addr() {
             Ok(a) => a,
-            Err(_) => return,
+            Err(_) => return ended,
         };
         let inspected = inspect(
             &mut stream,
@@ -94,13 +134,15 @@ impl Connection {
             Ok(pair) => pair,
             Err(InspectError::Timeout) => {
                 self.listener.stats.downstream_pre_cx_timeout.inc();
-                return;
+                return ended;
             }
             Err(error) => {
                 debug!(listener = %self.name, %peer, %error, "connection closed by a listener filter");
-                return;
+                return ended;
             }
         };
+        ended.remote = Some(facts.source);
+        ended.server_name = facts.server_name.clone();
         let matches: Vec<_> = config.filter_chains.iter().map(|c| &c.matcher).collect();
         let selected = select(
             &matches,
@@ -122,7 +164,7 @@ impl Connection {
                     debug!(listener = %self.name, %peer, sni = ?facts.server_name, "no filter chain matches; closing");
                     // Reset, as Envoy does (it closes with the inspected bytes unread).
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                    return;
+                    return ended;
                 }
             },
         };
@@ -137,7 +179,7 @@ impl Connection {
                     if let Some(d) = delay {
                         tokio::time::sleep(*d).await;
                     }
-                    return;
+                    return ended;
                 }
             },
         };
@@ -148,8 +190,18 @@ impl Connection {
         let stream = Prefixed::new(buffered, stream);
         match &chain.tls {
             ChainTls::Plaintext => {
-                self.dispatch(stream, &chain, facts.source, local, None, drain)
-                    .await
+                ended.tcp = self
+                    .dispatch(
+                        stream,
+                        &chain,
+                        facts.source,
+                        local,
+                        None,
+                        drain,
+                        connection_id,
+                        peer,
+                    )
+                    .await;
             }
             ChainTls::Unavailable(reason) => {
                 self.listener.stats.ssl_connection_error.inc();
@@ -171,15 +223,18 @@ impl Connection {
                     Ok(tls) => {
                         self.listener.stats.ssl_handshake.inc();
                         let info = TlsInfo::of(tls.get_ref().1, server);
-                        self.dispatch(
-                            tls,
-                            &chain,
-                            facts.source,
-                            local,
-                            Some(Arc::new(info)),
-                            drain,
-                        )
-                        .await;
+                        ended.tcp = self
+                            .dispatch(
+                                tls,
+                                &chain,
+                                facts.source,
+                                local,
+                                Some(Arc::new(info)),
+                                drain,
+                                connection_id,
+                                peer,
+                            )
+                            .await;
                     }
                     Err(error) => {
                         self.listener.stats.ssl_connection_error.inc();
@@ -188,9 +243,12 @@ impl Connection {
                 }
             }
         }
+        ended
     }
 
-    /// Runs the chain's network filter on the (decrypted) stream.
+    /// Runs the chain's network filter on the (decrypted) stream; a TCP proxy says what
+    /// it moved.
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch<S>(
         &self,
         stream: S,
@@ -199,7 +257,10 @@ impl Connection {
         local: SocketAddr,
         tls: Option<Arc<TlsInfo>>,
         drain: Drain,
-    ) where
+        connection_id: u64,
+        direct_remote: SocketAddr,
+    ) -> Option<TcpOutcome>
+    where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         match &chain.network {
@@ -209,6 +270,8 @@ impl Connection {
                     chain: chain.clone(),
                     store: self.store.clone(),
                     remote,
+                    direct_remote,
+                    connection_id,
                     local,
                     tls,
                     conn: Arc::new(ConnState::default()),
@@ -216,8 +279,18 @@ impl Connection {
                     limiters: Default::default(),
                 });
                 crate::http::serve_connection(stream, http, ctx, drain).await;
+                None
             }
-            Network::Tcp(tcp) => crate::tcp::proxy(stream, tcp, &self.store, drain).await,
+            Network::Tcp(tcp) => {
+                let peer = TcpPeer {
+                    remote,
+                    direct_remote,
+                    local,
+                    server_name: tls.and_then(|t| t.sni.clone()),
+                    connection_id,
+                };
+                Some(crate::tcp::proxy(stream, tcp, &self.store, drain, &peer).await)
+            }
         }
     }
 }
