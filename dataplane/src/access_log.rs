@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
@@ -24,8 +25,14 @@ use xds_types::access_log::{
 use crate::local_reply::ResponseFlag;
 use crate::stats::Stats;
 
-/// Lines a sink holds before it drops new ones.
-const QUEUE_LINES: usize = 8192;
+/// Lines a sink holds before it drops new ones (`--access-log-queue-lines`).
+static QUEUE_LINES: AtomicUsize = AtomicUsize::new(8192);
+
+/// Sets how many lines each sink queues before it drops new ones; read when a sink opens.
+/// The bound is what keeps a slow disk or a stalled pipe from holding memory or requests.
+pub fn set_queue_lines(lines: usize) {
+    QUEUE_LINES.store(lines.max(1), Ordering::Relaxed);
+}
 
 /// The access logs of one listener, connection manager, TCP proxy or admin server,
 /// compiled: the header names their formats and filters read, resolved once.
@@ -90,7 +97,8 @@ pub struct Entry<'a> {
     pub response: &'a [Option<HeaderValue>],
     /// 0 when there was no HTTP response (TCP, a reset before the headers).
     pub status: u16,
-    pub flag: Option<ResponseFlag>,
+    /// Envoy's response flags, in its order (a TCP proxy can set two).
+    pub flags: &'a [ResponseFlag],
     pub duration: Duration,
     /// Until the response headers were ready.
     pub response_duration: Option<Duration>,
@@ -126,7 +134,7 @@ impl<'a> Entry<'a> {
             request: &[],
             response: &[],
             status: 0,
-            flag: None,
+            flags: &[],
             duration: Duration::ZERO,
             response_duration: None,
             bytes_received: 0,
@@ -239,10 +247,14 @@ impl AccessLogs {
                     .and_then(|i| entry.request.get(i).cloned().flatten());
                 matcher.matches(value.as_ref().and_then(|v| v.to_str().ok()))
             }
-            LogFilter::ResponseFlags(flags) => match entry.flag {
-                None => false,
-                Some(flag) => flags.is_empty() || flags.iter().any(|f| f == flag.short_name()),
-            },
+            LogFilter::ResponseFlags(names) => {
+                !entry.flags.is_empty()
+                    && (names.is_empty()
+                        || entry
+                            .flags
+                            .iter()
+                            .any(|flag| names.iter().any(|n| n == flag.short_name())))
+            }
         }
     }
 }
@@ -460,6 +472,21 @@ fn header(values: &[Option<HeaderValue>], main: usize, alt: Option<usize>) -> Va
     }
 }
 
+/// Envoy's rendering of a flag set: the names joined by commas, `-` for none.
+fn flag_names<'a>(flags: &[ResponseFlag], name: fn(ResponseFlag) -> &'static str) -> Value<'a> {
+    match flags {
+        [] => Value::Text("-".into()),
+        [one] => Value::Text(name(*one).into()),
+        many => Value::Text(
+            many.iter()
+                .map(|f| name(*f))
+                .collect::<Vec<_>>()
+                .join(",")
+                .into(),
+        ),
+    }
+}
+
 fn value<'a>(source: &'a Source, entry: &'a Entry<'a>) -> Value<'a> {
     let text = |s: Option<&'a str>| s.map_or(Value::Absent, |s| Value::Text(s.into()));
     let owned = |s: String| Value::Text(s.into());
@@ -473,8 +500,8 @@ fn value<'a>(source: &'a Source, entry: &'a Entry<'a>) -> Value<'a> {
         Source::Field(field) => match field {
             Field::ResponseCode => Value::Number(u64::from(entry.status)),
             Field::ResponseCodeDetails => text(entry.details),
-            Field::ResponseFlags => text(Some(entry.flag.map_or("-", ResponseFlag::short_name))),
-            Field::ResponseFlagsLong => text(Some(entry.flag.map_or("-", ResponseFlag::long_name))),
+            Field::ResponseFlags => flag_names(entry.flags, ResponseFlag::short_name),
+            Field::ResponseFlagsLong => flag_names(entry.flags, ResponseFlag::long_name),
             Field::Duration => millis(Some(entry.duration)),
             Field::ResponseDuration => millis(entry.response_duration),
             Field::BytesReceived => Value::Number(entry.bytes_received),
@@ -585,7 +612,7 @@ impl SinkWriter {
         if let Some(writer) = open.get(sink).and_then(Weak::upgrade) {
             return writer;
         }
-        let (queue, lines) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let (queue, lines) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES.load(Ordering::Relaxed));
         let written = stats.access_log_counter("written", "Access log lines written");
         let failed =
             stats.access_log_counter("write_failed", "Access log lines a write failed for");
@@ -638,18 +665,23 @@ fn write_lines(sink: &Sink, lines: &mpsc::Receiver<Vec<u8>>, written: &Counter, 
             }
         },
     };
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
+    // Each batch (what queued while the last one was written) goes out in one write, and
+    // its lines count as written or failed together.
+    let mut batch = Vec::with_capacity(64 * 1024);
     while let Ok(first) = lines.recv() {
-        let mut pending = vec![first];
-        pending.extend(lines.try_iter());
-        for line in pending {
-            match out.write_all(&line) {
-                Ok(()) => written.inc(),
-                Err(_) => failed.inc(),
-            };
+        batch.clear();
+        batch.extend_from_slice(&first);
+        let mut count = 1;
+        for line in lines.try_iter() {
+            batch.extend_from_slice(&line);
+            count += 1;
+            if batch.len() >= 1 << 20 {
+                break;
+            }
         }
-        if out.flush().is_err() {
-            failed.inc();
-        }
+        match out.write_all(&batch).and_then(|()| out.flush()) {
+            Ok(()) => written.inc_by(count),
+            Err(_) => failed.inc_by(count),
+        };
     }
 }

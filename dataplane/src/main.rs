@@ -28,6 +28,10 @@ struct Cli {
     /// Seconds to wait for open connections when draining on shutdown.
     #[arg(long = "drain-time-s", default_value_t = 5)]
     drain_time_s: u64,
+    /// Access log lines each sink (file, stdout, stderr) queues before it drops new ones
+    /// and counts them in `access_log.dropped`: a slow disk never stalls traffic.
+    #[arg(long = "access-log-queue-lines", default_value_t = 8192)]
+    access_log_queue_lines: usize,
     /// Validate the bootstrap and exit (Envoy's `--mode validate`).
     #[arg(long = "mode", default_value = "serve", value_parser = ["serve", "validate"])]
     mode: String,
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
     } else {
         logs.init();
     }
+
+    sluice::access_log::set_queue_lines(cli.access_log_queue_lines);
 
     let text = match std::fs::read_to_string(&cli.config_path) {
         Ok(t) => t,

@@ -401,6 +401,36 @@ fn prepare(
             request.headers_mut().insert(header::HOST, host);
         }
     }
+    // As Envoy's connection manager, before routing: the routes, the filters, the access
+    // logs and the upstream all see the forwarding headers.
+    if hcm.use_remote_address && !hcm.skip_xff_append {
+        // As Envoy: a loopback peer (a sidecar's own application) is recorded as this
+        // node's address, which is what the application behind expects to see.
+        let peer = ctx.remote.ip();
+        let ip = if peer.is_loopback() {
+            node_address()
+        } else {
+            peer
+        }
+        .to_string();
+        let value = match request
+            .headers()
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(existing) => format!("{existing},{ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            request.headers_mut().insert(X_FORWARDED_FOR.clone(), v);
+        }
+    }
+    if hcm.use_remote_address || !request.headers().contains_key(&X_FORWARDED_PROTO) {
+        let scheme = if ctx.tls.is_some() { "https" } else { "http" };
+        request
+            .headers_mut()
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    }
     // As Envoy's connection manager: before filters, so they, the access logs and the
     // upstream all see the same id.
     let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
@@ -563,7 +593,26 @@ async fn route_request<'s>(
     ];
     let response = match &route.action {
         RouteAction::Direct(direct) => Ok(direct_response(direct)),
-        RouteAction::Redirect(redirect) => Ok(redirect_response(redirect, route, host, path)),
+        RouteAction::Redirect(redirect) => {
+            if let (Some(logs), Some(RedirectPath::Prefix(prefix))) =
+                (&listener.access_logs, &redirect.path)
+            {
+                // As Envoy's router, which rewrites the request's path before it answers
+                // a prefix redirect: the logs see the rewritten path.
+                let matched = route.matcher.rewritable_prefix().unwrap_or("").len();
+                let rewritten = format!("{prefix}{}", path.get(matched..).unwrap_or(""));
+                let suppress = listener.config.http_filters.router.suppress_envoy_headers;
+                outcome.logged_request = logs.capture_request(&RequestView {
+                    method: request.method(),
+                    path: &rewritten,
+                    authority: host,
+                    scheme: scheme(ctx),
+                    headers: request.headers(),
+                    original_path: (!suppress).then_some(path),
+                });
+            }
+            Ok(redirect_response(redirect, route, host, path))
+        }
         RouteAction::Forward(action) => {
             let request_mutations = [
                 &route.request_headers,
@@ -1313,28 +1362,6 @@ fn upstream_headers(
     let hcm = &listener.config;
     strip_hop_by_hop(&mut headers, keep_upgrade);
     headers.remove(header::EXPECT);
-    if hcm.use_remote_address && !hcm.skip_xff_append {
-        // As Envoy: a loopback peer (a sidecar's own application) is recorded as this
-        // node's address, which is what the application behind expects to see.
-        let peer = ctx.remote.ip();
-        let ip = if peer.is_loopback() {
-            node_address()
-        } else {
-            peer
-        }
-        .to_string();
-        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(existing) => format!("{existing},{ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
-    }
-    if hcm.use_remote_address || !headers.contains_key(&X_FORWARDED_PROTO) {
-        let scheme = if ctx.tls.is_some() { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    }
     crate::xfcc::apply(
         &mut headers,
         hcm.forward_client_cert,
@@ -1543,7 +1570,7 @@ impl HttpRecord {
             request: &self.request,
             response: &self.response,
             status: end.status.as_u16(),
-            flag: end.flag,
+            flags: end.flag.as_slice(),
             duration: end.duration,
             response_duration: Some(self.response_duration),
             bytes_received: self.received.load(Ordering::Relaxed),

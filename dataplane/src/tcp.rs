@@ -31,7 +31,8 @@ pub struct TcpOutcome {
     pub sent: u64,
     pub cluster: Option<String>,
     pub upstream: Option<String>,
-    pub flag: Option<ResponseFlag>,
+    /// Envoy's response flags, in its order.
+    pub flags: Vec<ResponseFlag>,
 }
 
 /// The connection a TCP proxy serves, as its access log describes it.
@@ -65,7 +66,7 @@ where
             duration: started.elapsed(),
             bytes_received: outcome.received,
             bytes_sent: outcome.sent,
-            flag: outcome.flag,
+            flags: &outcome.flags,
             upstream_host: outcome.upstream.as_deref(),
             upstream_cluster: outcome.cluster.as_deref(),
             server_name: peer.server_name.as_deref(),
@@ -101,7 +102,7 @@ async fn run<S>(
     };
     outcome.cluster = Some(name.to_string());
     let Some(cluster) = snapshot.clusters.get(name).cloned() else {
-        outcome.flag = Some(ResponseFlag::NoClusterFound);
+        outcome.flags.push(ResponseFlag::NoClusterFound);
         stats.downstream_cx_no_route.inc();
         debug!(cluster = %name, "tcp proxy: no such cluster");
         return;
@@ -111,7 +112,7 @@ async fn run<S>(
     for attempt in 1..=tcp.config.max_connect_attempts {
         let Some(endpoint) = cluster.pick_any() else {
             cluster.stats.upstream_cx_none_healthy.inc();
-            outcome.flag = Some(ResponseFlag::NoHealthyUpstream);
+            outcome.flags.push(ResponseFlag::NoHealthyUpstream);
             return;
         };
         outcome.upstream = Some(endpoint.authority.clone());
@@ -133,7 +134,11 @@ async fn run<S>(
         }
     }
     let Some(upstream) = upstream else {
-        outcome.flag = Some(ResponseFlag::UpstreamConnectionFailure);
+        // As Envoy: every attempt failed, and the attempts are spent.
+        outcome.flags.extend([
+            ResponseFlag::UpstreamConnectionFailure,
+            ResponseFlag::UpstreamRetryLimitExceeded,
+        ]);
         return;
     };
     let activity = Arc::new(AtomicU64::new(0));

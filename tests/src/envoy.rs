@@ -64,6 +64,9 @@ impl Envoy {
                 "--disable-hot-restart",
                 "-l",
                 "warning",
+                // Access log files flush within 0.1 s rather than Envoy's default 10 s.
+                "--file-flush-interval-msec",
+                "100",
             ])
             .args(["--base-id", &base_id.to_string()])
             .stdin(Stdio::null())

@@ -1,6 +1,7 @@
 //! The end-to-end suites, one module each, all in the one `e2e` binary so the harness and
 //! the dependency tree link once.
 
+mod access_log;
 mod concurrent_changes;
 mod controlplane_envoy;
 mod cp_security;

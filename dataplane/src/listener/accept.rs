@@ -95,7 +95,7 @@ impl Connection {
                 duration: started.elapsed(),
                 bytes_received: tcp.received,
                 bytes_sent: tcp.sent,
-                flag: tcp.flag,
+                flags: &tcp.flags,
                 upstream_host: tcp.upstream.as_deref(),
                 upstream_cluster: tcp.cluster.as_deref(),
                 server_name: ended.server_name.as_deref(),

@@ -110,7 +110,7 @@ type Case = (
     &'static str,
 );
 
-fn corpus() -> Vec<Case> {
+pub(crate) fn corpus() -> Vec<Case> {
     use Method as M;
     vec![
         ("vh exact", "exact.test", M::GET, "/", vec![], ""),
@@ -346,14 +346,21 @@ fn config(
     upstream: &Upstream,
     dead: SocketAddr,
 ) -> String {
+    config_with(admin, listener, upstream, dead, json!({}))
+}
+
+/// The corpus's bootstrap, with `hcm_extra` merged into the connection manager.
+pub(crate) fn config_with(
+    admin: SocketAddr,
+    listener: SocketAddr,
+    upstream: &Upstream,
+    dead: SocketAddr,
+    mut hcm_extra: Value,
+) -> String {
+    merge(&mut hcm_extra, json!({ "use_remote_address": true }));
     bootstrap(
         admin,
-        vec![http_listener(
-            "diff",
-            listener,
-            routes(),
-            json!({ "use_remote_address": true }),
-        )],
+        vec![http_listener("diff", listener, routes(), hcm_extra)],
         vec![
             cluster("a", &[(upstream.addr, 1)], json!({})),
             cluster("dead", &[(dead, 1)], json!({})),
@@ -379,7 +386,7 @@ fn normalize(reply: &Reply) -> Value {
     json!({ "status": reply.status.as_u16(), "headers": response_headers, "body": body })
 }
 
-async fn run_corpus(listener: SocketAddr, key_prefix: &str) -> Vec<Value> {
+pub(crate) async fn run_corpus(listener: SocketAddr, key_prefix: &str) -> Vec<Value> {
     let client = HttpClient::http1();
     let mut out = Vec::new();
     for (i, (label, host, method, path, headers, body)) in corpus().into_iter().enumerate() {
