@@ -52,6 +52,10 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+    "envoy.config.trace.v3.OpenTelemetryConfig",
+    // Tracers sluice does not implement, refused by name.
+    "envoy.config.trace.v3.ZipkinConfig",
+    "envoy.config.trace.v3.DatadogConfig",
     // Loggers sluice does not implement, refused by name.
     "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
     "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",

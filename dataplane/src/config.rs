@@ -131,6 +131,8 @@ pub struct HttpRuntime {
     pub filters: Arc<HttpFilterChain>,
     pub stats: HttpStats,
     pub access_logs: Option<Arc<AccessLogs>>,
+    /// Spans for the streams, when the connection manager traces.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 /// A TCP proxy with its counters.
@@ -372,7 +374,7 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
     let listeners = listener_configs
         .filter_map(|l| {
             let live = previous.and_then(|p| p.listeners.get(&l.name));
-            match listener_runtime(l, live, dynamic, &secrets, stats) {
+            match listener_runtime(l, live, dynamic, &secrets, &bootstrap.node_id, stats) {
                 Ok(runtime) => Some((l.name.clone(), Arc::new(runtime))),
                 Err(Warming) => live.map(|r| (l.name.clone(), r.clone())),
             }
@@ -455,11 +457,12 @@ fn listener_runtime(
     live: Option<&Arc<ListenerRuntime>>,
     dynamic: &DynamicResources,
     secrets: &Secrets<'_>,
+    node_id: &str,
     stats: &Stats,
 ) -> Result<ListenerRuntime, Warming> {
     let chain = |c: &FilterChain| -> Result<Arc<ChainRuntime>, Warming> {
         let previous = live.and_then(|r| r.chain(c.identity));
-        chain_runtime(l, c, previous, dynamic, secrets, stats).map(Arc::new)
+        chain_runtime(l, c, previous, dynamic, secrets, node_id, stats).map(Arc::new)
     };
     let chains = l
         .filter_chains
@@ -482,6 +485,7 @@ fn chain_runtime(
     previous: Option<&Arc<ChainRuntime>>,
     dynamic: &DynamicResources,
     secrets: &Secrets<'_>,
+    node_id: &str,
     stats: &Stats,
 ) -> Result<ChainRuntime, Warming> {
     let network = match &c.network {
@@ -519,6 +523,10 @@ fn chain_runtime(
                 filters,
                 stats: stats.http(&h.stat_prefix),
                 access_logs: AccessLogs::new(&h.access_log, stats),
+                tracer: h
+                    .tracing
+                    .as_ref()
+                    .map(|t| crate::trace::Tracer::new(t, node_id, stats)),
             }))
         }
         NetworkFilter::Tcp(t) => Network::Tcp(TcpRuntime {

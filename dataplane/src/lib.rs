@@ -34,6 +34,7 @@ pub mod server;
 pub mod stats;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod xds;
 pub mod xfcc;

@@ -32,6 +32,10 @@ struct Cli {
     /// and counts them in `access_log.dropped`: a slow disk never stalls traffic.
     #[arg(long = "access-log-queue-lines", default_value_t = 8192)]
     access_log_queue_lines: usize,
+    /// How long a span waits for a batch of 5 before it is exported anyway (Envoy's
+    /// `tracing.opentelemetry.flush_interval_ms`).
+    #[arg(long = "trace-flush-interval-ms", default_value_t = 5000)]
+    trace_flush_interval_ms: u64,
     /// Validate the bootstrap and exit (Envoy's `--mode validate`).
     #[arg(long = "mode", default_value = "serve", value_parser = ["serve", "validate"])]
     mode: String,
@@ -50,6 +54,9 @@ fn main() -> ExitCode {
     }
 
     sluice::access_log::set_queue_lines(cli.access_log_queue_lines);
+    sluice::trace::export::set_flush_interval(std::time::Duration::from_millis(
+        cli.trace_flush_interval_ms,
+    ));
 
     let text = match std::fs::read_to_string(&cli.config_path) {
         Ok(t) => t,

@@ -118,6 +118,10 @@ struct Outcome {
     received: Option<Arc<AtomicU64>>,
     /// The matched route's name (with access logs only).
     route: Option<String>,
+    /// The stream's span, when the connection manager traces and the request is traced.
+    trace: Option<crate::trace::ActiveSpan>,
+    /// When the router began the upstream request (for the upstream span).
+    upstream_start: Option<SystemTime>,
 }
 
 /// Decrements a gauge when dropped.
@@ -180,8 +184,9 @@ pub async fn serve(
     let hcm = &listener.config;
     let logs = listener.access_logs.as_ref();
     let start = logs.map(|_| SystemTime::now());
+    let tracer = listener.tracer.as_ref();
     let mut outcome = Outcome {
-        detailed: logs.is_some(),
+        detailed: logs.is_some() || tracer.is_some(),
         logged_request: logs.map_or_else(Vec::new, |logs| {
             logs.capture_request(&RequestView {
                 method: &method,
@@ -192,7 +197,7 @@ pub async fn serve(
                 original_path: None,
             })
         }),
-        received: logs.map(|_| Arc::new(AtomicU64::new(0))),
+        received: (logs.is_some() || tracer.is_some()).then(|| Arc::new(AtomicU64::new(0))),
         idle: hcm
             .stream_idle_timeout
             .map(|t| Arc::new(body::IdleTimer::new(t))),
@@ -294,9 +299,30 @@ pub async fn serve(
     if let Some(timeout) = hcm.stream_idle_timeout {
         body = body::Timed::idle(body, timeout).boxed();
     }
-    if let (Some(logs), Some(start)) = (logs, start) {
-        let sent = Arc::new(AtomicU64::new(0));
+    let trace_id = outcome.trace.as_ref().map(|s| s.context.trace_id_hex());
+    let traced = outcome.trace.as_ref().is_some_and(|s| s.context.sampled);
+    let sent = (logs.is_some() || traced).then(|| Arc::new(AtomicU64::new(0)));
+    if let Some(sent) = &sent {
         body = body::Counted::new(body, sent.clone()).boxed();
+    }
+    if let (Some(tracer), Some(span), true) = (tracer, outcome.trace.take(), traced) {
+        let record = TraceRecord {
+            tracer: tracer.clone(),
+            span,
+            received: outcome.received.clone().unwrap_or_default(),
+            sent: sent.clone().unwrap_or_default(),
+            protocol: protocol_name(version),
+            cluster: outcome.cluster.clone(),
+            upstream: outcome.upstream.clone(),
+            upstream_start: outcome.upstream_start,
+        };
+        let ctx = ctx.clone();
+        outcome
+            .at_end
+            .push(Box::new(move |end| record.finish(&ctx, end)));
+    }
+    if let (Some(logs), Some(start)) = (logs, start) {
+        let sent = sent.unwrap_or_default();
         let record = HttpRecord {
             logs: logs.clone(),
             start,
@@ -310,6 +336,8 @@ pub async fn serve(
             upstream: outcome.upstream.take(),
             attempts: outcome.attempts,
             route: outcome.route.take(),
+            trace_id,
+            traced,
         };
         let ctx = ctx.clone();
         outcome
@@ -496,6 +524,19 @@ async fn handle(
         .routes
         .route(request.method(), host, path, request.headers());
     let (mut parts, body) = request.into_parts();
+    if let Some(tracer) = &listener.tracer {
+        // As Envoy: the decision follows route selection, so a route's sampling applies.
+        outcome.trace = tracer.start(
+            &parts.headers,
+            route.map(|m| m.route),
+            crate::trace::RequestLine {
+                method: parts.method.as_str(),
+                scheme: scheme(ctx),
+                host,
+                path,
+            },
+        );
+    }
     // Built only when there are filters: a router-only chain skips all of this.
     let mut filter_ctx = (!listener.filters.is_empty()).then(|| RequestCtx {
         snapshot,
@@ -813,6 +854,10 @@ async fn forward(
         host,
         upgrade.is_some(),
     ));
+    if let (Some(span), Some(headers)) = (&outcome.trace, headers.as_mut()) {
+        span.inject(headers);
+        outcome.upstream_start = Some(SystemTime::now());
+    }
     let rewritten = rewrite_path(action, plan.rewrite_prefix, path);
     let upstream_path = match &rewritten {
         // Unchanged: reuse the request's parsed path (a cheap `Bytes` clone).
@@ -1562,6 +1607,37 @@ struct HttpRecord {
     upstream: Option<String>,
     attempts: u32,
     route: Option<String>,
+    trace_id: Option<String>,
+    traced: bool,
+}
+
+/// What a stream's span needs once the stream ends.
+struct TraceRecord {
+    tracer: Arc<crate::trace::Tracer>,
+    span: crate::trace::ActiveSpan,
+    received: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    protocol: &'static str,
+    cluster: Option<String>,
+    upstream: Option<String>,
+    upstream_start: Option<SystemTime>,
+}
+
+impl TraceRecord {
+    fn finish(self, ctx: &ConnContext, end: &crate::http::ctx::StreamEnd) {
+        let end = crate::trace::SpanEnd {
+            status: end.status.as_u16(),
+            flags: end.flag.map_or("-", ResponseFlag::short_name),
+            protocol: self.protocol,
+            peer: ctx.remote.ip(),
+            request_size: self.received.load(Ordering::Relaxed),
+            response_size: self.sent.load(Ordering::Relaxed),
+            cluster: self.cluster.as_deref(),
+            upstream_host: self.upstream.as_deref(),
+            upstream_start: self.upstream_start,
+        };
+        self.tracer.finish(self.span, &end, &ctx.store);
+    }
 }
 
 impl HttpRecord {
@@ -1581,6 +1657,8 @@ impl HttpRecord {
             attempts: (self.attempts > 0).then_some(self.attempts),
             server_name: ctx.tls.as_ref().and_then(|t| t.sni.as_deref()),
             route_name: self.route.as_deref(),
+            trace_id: self.trace_id.as_deref(),
+            traced: self.traced,
             ..Entry::connection(
                 ctx.remote,
                 ctx.direct_remote,

@@ -632,6 +632,16 @@ impl Stats {
         )
     }
 
+    /// The OpenTelemetry tracer's span counters (`tracing.opentelemetry.spans_sent`, …).
+    pub fn tracing_counter(&self, event: &str, help: &str) -> Counter {
+        self.counter(
+            "sluice_tracing_opentelemetry_spans",
+            help,
+            vec![("event".to_string(), event.to_string())],
+            format!("tracing.opentelemetry.spans_{event}"),
+        )
+    }
+
     /// A counter per response flag (`UF`, `UT`, …), for operators to alert on.
     pub fn response_flag(&self, flag: &str) -> Counter {
         self.counter(

@@ -23,6 +23,7 @@ mod secrets;
 mod streaming;
 mod tcp_proxy;
 mod tls;
+mod tracing;
 mod upgrades_grpc;
 mod upstream_limits;
 mod xds_atomicity;

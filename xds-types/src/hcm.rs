@@ -70,6 +70,8 @@ pub struct HttpConnectionManager {
     pub skipped_filters: Vec<String>,
     /// One line per stream, when it ends.
     pub access_log: Vec<AccessLog>,
+    /// Spans for the streams, exported over OTLP; `None`: not traced.
+    pub tracing: Option<crate::tracing::Tracing>,
 }
 
 /// `http_protocol_options` of the downstream HTTP/1 codec.
@@ -434,6 +436,11 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             .unwrap_or_default();
         Ok(Self {
             access_log: AccessLog::list(&h.access_log, "access_log")?,
+            tracing: h
+                .tracing
+                .as_ref()
+                .map(|t| crate::tracing::Tracing::try_from(t).map_err(|e| e.within("tracing")))
+                .transpose()?,
             stream_idle_timeout: optional_timeout(
                 h.stream_idle_timeout.as_ref(),
                 "stream_idle_timeout",

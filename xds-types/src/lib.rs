@@ -39,6 +39,7 @@ pub mod route;
 pub mod secret;
 pub mod tcp_proxy;
 pub mod tls;
+pub mod tracing;
 pub mod type_urls;
 mod util;
 

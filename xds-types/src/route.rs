@@ -69,6 +69,10 @@ pub struct Route {
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub per_filter: PerFilterConfigs,
+    /// The decorator's operation: the span's name instead of Envoy's default.
+    pub decorator: Option<String>,
+    /// Sampling overrides and tags for this route's spans.
+    pub tracing: Option<crate::tracing::RouteTracing>,
 }
 
 /// Conditions on path, headers and query parameters; all must hold.
@@ -495,8 +499,21 @@ impl TryFrom<&pb::Route> for Route {
                 ));
             }
         }
+        let decorator = match r.decorator.as_ref() {
+            None => None,
+            Some(d) if d.operation.is_empty() => {
+                return Err(ValidationError::required("decorator.operation"))
+            }
+            Some(d) => Some(d.operation.clone()),
+        };
         Ok(Self {
             per_filter: per_filter_configs(&r.typed_per_filter_config, "typed_per_filter_config")?,
+            decorator,
+            tracing: r
+                .tracing
+                .as_ref()
+                .map(|t| crate::tracing::RouteTracing::try_from(t).map_err(|e| e.within("tracing")))
+                .transpose()?,
             name: r.name.clone(),
             matcher,
             action,

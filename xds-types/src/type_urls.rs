@@ -32,6 +32,9 @@ pub const HTTP_PROTOCOL_OPTIONS: &str =
 pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+pub const OPEN_TELEMETRY_CONFIG: &str =
+    "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
+
 pub const FILE_ACCESS_LOG: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 pub const STDOUT_ACCESS_LOG: &str =

@@ -1,0 +1,166 @@
+//! Spans leave the request path through a bounded queue. One task per provider batches
+//! them and exports each batch over OTLP/gRPC to a host of the provider's cluster. A
+//! collector that is down or slow costs requests nothing: a span that finds the queue
+//! full, or whose batch fails to export, is dropped and counted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+use tracing::debug;
+use xds_types::tracing::OpenTelemetry;
+
+use crate::config::SnapshotStore;
+use crate::http::filters::grpc::Channels;
+use crate::stats::Stats;
+
+/// Envoy's `tracing.opentelemetry.flush_interval_ms` default; `--trace-flush-interval-ms`.
+static FLUSH_INTERVAL_MS: AtomicU64 = AtomicU64::new(5000);
+/// Envoy's `tracing.opentelemetry.min_flush_spans` default: a batch this big goes at once.
+const MIN_FLUSH_SPANS: usize = 5;
+/// Spans waiting for export, per provider; past this they are dropped.
+const QUEUE_SPANS: usize = 8192;
+/// The most spans in one export call.
+const MAX_BATCH: usize = 512;
+
+/// Sets how long a span waits for a batch to fill before it is exported anyway.
+pub fn set_flush_interval(interval: Duration) {
+    FLUSH_INTERVAL_MS.store(interval.as_millis().max(1) as u64, Ordering::Relaxed);
+}
+
+fn flush_interval() -> Duration {
+    Duration::from_millis(FLUSH_INTERVAL_MS.load(Ordering::Relaxed))
+}
+
+/// One provider's queue and counters.
+pub struct Exporter {
+    provider: OpenTelemetry,
+    /// Started by the first span, on the runtime that serves requests.
+    queue: OnceLock<mpsc::Sender<Span>>,
+    sent: Counter,
+    dropped: Counter,
+}
+
+/// Exporters by provider: connection managers with the same provider share one.
+fn registry() -> &'static Mutex<HashMap<OpenTelemetry, Weak<Exporter>>> {
+    static EXPORTERS: OnceLock<Mutex<HashMap<OpenTelemetry, Weak<Exporter>>>> = OnceLock::new();
+    EXPORTERS.get_or_init(Default::default)
+}
+
+impl Exporter {
+    /// The exporter for `provider`, shared while any tracer uses it.
+    pub fn shared(provider: &OpenTelemetry, stats: &Stats) -> Arc<Self> {
+        let mut open = registry().lock().expect("trace exporters");
+        if let Some(exporter) = open.get(provider).and_then(Weak::upgrade) {
+            return exporter;
+        }
+        let exporter = Arc::new(Self {
+            provider: provider.clone(),
+            queue: OnceLock::new(),
+            sent: stats.tracing_counter("sent", "Spans exported to the collector"),
+            dropped: stats.tracing_counter(
+                "dropped",
+                "Spans dropped: the export queue was full or the export failed",
+            ),
+        });
+        open.retain(|_, e| e.strong_count() > 0);
+        open.insert(provider.clone(), Arc::downgrade(&exporter));
+        exporter
+    }
+
+    /// Queues `span`; never waits. The first span starts the export task, which picks
+    /// hosts of the provider's cluster from `store`.
+    pub fn submit(&self, span: Span, store: &SnapshotStore) {
+        let queue = self.queue.get_or_init(|| {
+            let (queue, spans) = mpsc::channel(QUEUE_SPANS);
+            tokio::spawn(run(
+                spans,
+                self.provider.clone(),
+                store.clone(),
+                self.sent.clone(),
+                self.dropped.clone(),
+            ));
+            queue
+        });
+        if queue.try_send(span).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// Batches and exports until every tracer of the provider is gone.
+async fn run(
+    mut spans: mpsc::Receiver<Span>,
+    provider: OpenTelemetry,
+    store: SnapshotStore,
+    sent: Counter,
+    dropped: Counter,
+) {
+    let channels = Channels::default();
+    let resource = Resource {
+        attributes: vec![super::string("service.name", provider.service_name.clone())],
+        ..Resource::default()
+    };
+    while let Some(first) = spans.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + flush_interval();
+        while batch.len() < MIN_FLUSH_SPANS {
+            match tokio::time::timeout_at(deadline, spans.recv()).await {
+                Ok(Some(span)) => batch.push(span),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match spans.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
+            }
+        }
+        let count = batch.len() as u64;
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    spans: batch,
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }],
+        };
+        match export(&channels, &store, &provider, request).await {
+            Ok(()) => {
+                sent.inc_by(count);
+            }
+            Err(error) => {
+                debug!(cluster = %provider.cluster, %error, spans = count, "span export failed");
+                dropped.inc_by(count);
+            }
+        }
+    }
+}
+
+async fn export(
+    channels: &Channels,
+    store: &SnapshotStore,
+    provider: &OpenTelemetry,
+    request: ExportTraceServiceRequest,
+) -> Result<(), String> {
+    let channel = channels
+        .pick(&store.load(), &provider.cluster, provider.timeout)
+        .ok_or_else(|| format!("no host in cluster {}", provider.cluster))?;
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(provider.timeout);
+    let mut client = TraceServiceClient::new(channel);
+    match tokio::time::timeout(provider.timeout, client.export(request)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status.to_string()),
+        Err(_) => Err("timed out".to_string()),
+    }
+}

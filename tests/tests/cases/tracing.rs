@@ -1,0 +1,433 @@
+//! Tracing as Envoy does it, checked against a real OTLP/gRPC receiver: W3C trace context
+//! extracted from the request and propagated upstream with the proxy's span id, sampling,
+//! Envoy's span names, kinds and attribute keys (compared with real Envoy's spans for the
+//! same config), two hops forming one trace, and a collector that is down costing nothing
+//! but counted drops.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_tests::client::HttpClient;
+use sluice_tests::config::{bootstrap, cluster, http2_options, http_listener};
+use sluice_tests::envoy::Envoy;
+use sluice_tests::eventually;
+use sluice_tests::free_addr;
+use sluice_tests::otlp::{OtlpReceiver, Received};
+use sluice_tests::process::Sluice;
+use sluice_tests::upstream::Upstream;
+
+const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const PARENT: &str = "b7ad6b7169203331";
+
+/// The connection manager's `tracing` to the `otel` cluster, plus `extra` fields.
+fn tracing(extra: Value) -> Value {
+    let mut t = json!({
+        "provider": { "name": "envoy.tracers.opentelemetry", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "service_name": "edge",
+            "grpc_service": { "envoy_grpc": { "cluster_name": "otel" }, "timeout": "1s" } } },
+        "custom_tags": [
+            { "tag": "team", "literal": { "value": "payments" } },
+            { "tag": "user", "request_header": { "name": "x-user", "default_value": "nobody" } },
+        ],
+    });
+    sluice_tests::config::merge(&mut t, extra);
+    t
+}
+
+/// A listener on `listener` tracing to `collector`, routing `/` to `upstream`.
+fn traced_config(
+    admin: SocketAddr,
+    listener: SocketAddr,
+    upstream: SocketAddr,
+    collector: SocketAddr,
+    tracing_extra: Value,
+) -> String {
+    let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+        { "match": { "prefix": "/decorated" }, "route": { "cluster": "app" },
+          "decorator": { "operation": "checkout" } },
+        { "match": { "prefix": "/" }, "route": { "cluster": "app" } } ] } ] });
+    let hcm = json!({ "tracing": tracing(tracing_extra) });
+    let mut config: Value = serde_json::from_str(&bootstrap(
+        admin,
+        vec![http_listener("edge", listener, routes, hcm)],
+        vec![
+            cluster("app", &[(upstream, 1)], json!({})),
+            cluster("otel", &[(collector, 1)], http2_options()),
+        ],
+    ))
+    .unwrap();
+    for_envoy(&mut config);
+    config.to_string()
+}
+
+/// Envoy flushes spans every 5 s by default; both flush every 0.2 s here (sluice by flag).
+const FLUSH: &[&str] = &["--trace-flush-interval-ms", "200"];
+
+/// Adds Envoy's runtime key for the flush interval (sluice's bootstrap has no runtime, so
+/// the key is stripped again for it by [`for_sluice`]).
+fn for_envoy(config: &mut Value) {
+    config["layered_runtime"] = json!({ "layers": [ { "name": "static", "static_layer": {
+        "tracing.opentelemetry.flush_interval_ms": 200 } } ] });
+}
+
+fn for_sluice(config: &str) -> String {
+    let mut config: Value = serde_json::from_str(config).unwrap();
+    config.as_object_mut().unwrap().remove("layered_runtime");
+    config.to_string()
+}
+
+/// Either proxy, running `config`.
+async fn start_proxy(envoy: bool, config: &str, admin: SocketAddr) -> Box<dyn std::any::Any> {
+    if envoy {
+        Box::new(Envoy::start(config, admin).await.expect("start envoy"))
+    } else {
+        Box::new(
+            Sluice::start_with_args(&for_sluice(config), admin, FLUSH)
+                .await
+                .expect("start sluice"),
+        )
+    }
+}
+
+fn traceparent(trace: &str, span: &str, flags: &str) -> String {
+    format!("00-{trace}-{span}-{flags}")
+}
+
+/// The parts of a span two implementations must agree on.
+fn shape(s: &Received) -> Value {
+    json!({
+        "name": s.span.name, "kind": s.span.kind, "flags": s.span.flags,
+        "service": s.service_name, "keys": s.attribute_keys(),
+        "error": s.span.status.as_ref().map(|st| st.code),
+        "has_parent": !s.span.parent_span_id.is_empty(),
+    })
+}
+
+/// One run of the propagation cases; returns the spans and what the upstream saw, by path.
+async fn propagation_run(
+    envoy: bool,
+) -> (Vec<Received>, Vec<(String, Option<String>, Option<String>)>) {
+    let upstream = Upstream::start("app").await;
+    let receiver = OtlpReceiver::start().await;
+    let (admin, listener) = (free_addr(), free_addr());
+    let config = traced_config(admin, listener, upstream.addr, receiver.addr, json!({}));
+    let proxy = start_proxy(envoy, &config, admin).await;
+    let client = HttpClient::http1();
+    let unsampled = traceparent(TRACE, PARENT, "00");
+    let sampled = traceparent(TRACE, PARENT, "01");
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        // Nothing is exported for these two.
+        ("/unsampled", vec![("traceparent", unsampled.as_str())]),
+        ("/malformed", vec![("traceparent", "00-not-a-trace-01")]),
+        (
+            "/decorated/sampled?q=1",
+            vec![
+                ("traceparent", sampled.as_str()),
+                ("tracestate", "vendor=opaque"),
+            ],
+        ),
+        ("/root", vec![("x-user", "ann")]),
+        ("/failing", vec![("x-test-status", "503")]),
+    ];
+    for (path, headers) in &cases {
+        client.get(listener, "h", path, headers).await.unwrap();
+    }
+    let mut spans = receiver.wait_for(3, Duration::from_secs(10)).await;
+    // Long enough for stray spans of the first two requests to arrive too.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    spans.extend(receiver.spans().into_iter().skip(spans.len()));
+    drop(proxy);
+    let seen = upstream
+        .seen()
+        .into_iter()
+        .map(|s| {
+            let header = |n: &str| s.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+            (s.path, header("traceparent"), header("tracestate"))
+        })
+        .collect();
+    spans.sort_by_key(|s| s.attribute("http.url"));
+    (spans, seen)
+}
+
+fn seen_at<'a>(
+    seen: &'a [(String, Option<String>, Option<String>)],
+    path: &str,
+) -> &'a (String, Option<String>, Option<String>) {
+    seen.iter()
+        .find(|(p, ..)| p == path)
+        .unwrap_or_else(|| panic!("upstream never saw {path}"))
+}
+
+fn span_for<'a>(spans: &'a [Received], path: &str) -> &'a Received {
+    spans
+        .iter()
+        .find(|s| s.attribute("http.url") == Some(format!("http://h{path}")))
+        .unwrap_or_else(|| panic!("no span for {path}"))
+}
+
+/// The checks the issue names, for one proxy's run.
+fn assert_propagation(
+    who: &str,
+    spans: &[Received],
+    seen: &[(String, Option<String>, Option<String>)],
+) {
+    assert_eq!(
+        spans.len(),
+        3,
+        "{who}: spans {:#?}",
+        spans.iter().map(shape).collect::<Vec<_>>()
+    );
+    // A sampled context: the same trace, the incoming parent, tracestate forwarded, and the
+    // upstream sees the proxy's span.
+    let sampled = span_for(spans, "/decorated/sampled?q=1");
+    assert_eq!(sampled.trace_id(), TRACE, "{who}");
+    assert_eq!(sampled.parent_span_id(), PARENT, "{who}");
+    assert_eq!(sampled.span.trace_state, "vendor=opaque", "{who}");
+    assert_eq!(
+        sampled.span.name, "checkout",
+        "{who}: the decorator names the span"
+    );
+    assert_eq!(sampled.service_name.as_deref(), Some("edge"), "{who}");
+    let (_, tp, ts) = seen_at(seen, "/decorated/sampled?q=1");
+    assert_eq!(
+        tp.as_deref(),
+        Some(traceparent(TRACE, &sampled.span_id(), "01").as_str()),
+        "{who}"
+    );
+    assert_eq!(ts.as_deref(), Some("vendor=opaque"), "{who}");
+    // No header: a new root trace, propagated.
+    let root = span_for(spans, "/root");
+    assert!(
+        root.parent_span_id().is_empty(),
+        "{who}: a root has no parent"
+    );
+    assert_ne!(root.trace_id(), TRACE, "{who}");
+    assert_eq!(root.span.name, "ingress", "{who}");
+    assert_eq!(
+        root.attribute("user").as_deref(),
+        Some("ann"),
+        "{who}: header tag"
+    );
+    assert_eq!(
+        root.attribute("team").as_deref(),
+        Some("payments"),
+        "{who}: literal tag"
+    );
+    assert_eq!(
+        root.attribute("http.method").as_deref(),
+        Some("GET"),
+        "{who}"
+    );
+    assert_eq!(
+        root.attribute("http.status_code").as_deref(),
+        Some("200"),
+        "{who}"
+    );
+    assert_eq!(
+        root.attribute("upstream_cluster").as_deref(),
+        Some("app"),
+        "{who}"
+    );
+    assert_eq!(
+        root.attribute("node_id").as_deref(),
+        Some("test-node"),
+        "{who}"
+    );
+    let (_, tp, _) = seen_at(seen, "/root");
+    assert_eq!(
+        tp.as_deref(),
+        Some(traceparent(&root.trace_id(), &root.span_id(), "01").as_str()),
+        "{who}"
+    );
+    // A failing upstream marks the span as an error.
+    let failing = span_for(spans, "/failing");
+    assert_eq!(failing.attribute("error").as_deref(), Some("true"), "{who}");
+    assert_eq!(
+        failing.attribute("http.status_code").as_deref(),
+        Some("503"),
+        "{who}"
+    );
+    // Flags 00: not exported, but propagated unsampled with the proxy's own span id.
+    let (_, tp, _) = seen_at(seen, "/unsampled");
+    let tp = tp.as_deref().unwrap();
+    assert!(
+        tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-00"),
+        "{who}: {tp}"
+    );
+    assert!(
+        !tp.contains(PARENT),
+        "{who}: the parent is replaced by the proxy's span: {tp}"
+    );
+    // Malformed: forwarded untouched, nothing started.
+    let (_, tp, ts) = seen_at(seen, "/malformed");
+    assert_eq!(tp.as_deref(), Some("00-not-a-trace-01"), "{who}");
+    assert_eq!(ts, &None, "{who}");
+}
+
+#[tokio::test]
+async fn trace_context_is_extracted_and_propagated_with_envoys_span_shapes() {
+    let (envoy_spans, envoy_seen) = propagation_run(true).await;
+    assert_propagation("envoy", &envoy_spans, &envoy_seen);
+    let (sluice_spans, sluice_seen) = propagation_run(false).await;
+    assert_propagation("sluice", &sluice_spans, &sluice_seen);
+    let shapes = |spans: &[Received]| spans.iter().map(shape).collect::<Vec<_>>();
+    assert_eq!(
+        shapes(&envoy_spans),
+        shapes(&sluice_spans),
+        "span names, kinds and attribute keys"
+    );
+}
+
+#[tokio::test]
+async fn a_trace_across_envoy_and_sluice_is_one_trace_and_upstream_spans_are_children() {
+    let upstream = Upstream::start("app").await;
+    let receiver = OtlpReceiver::start().await;
+    let (sluice_admin, sluice_listener) = (free_addr(), free_addr());
+    let sluice_config = traced_config(
+        sluice_admin,
+        sluice_listener,
+        upstream.addr,
+        receiver.addr,
+        json!({ "spawn_upstream_span": true }),
+    );
+    let _sluice = start_proxy(false, &sluice_config, sluice_admin).await;
+    // Envoy in front, forwarding to sluice's listener.
+    let (envoy_admin, envoy_listener) = (free_addr(), free_addr());
+    let envoy_config = traced_config(
+        envoy_admin,
+        envoy_listener,
+        sluice_listener,
+        receiver.addr,
+        json!({}),
+    );
+    let _envoy = start_proxy(true, &envoy_config, envoy_admin).await;
+    let reply = HttpClient::http1()
+        .get(envoy_listener, "h", "/two-hops", &[])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let spans = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        spans.len(),
+        3,
+        "{:#?}",
+        spans.iter().map(shape).collect::<Vec<_>>()
+    );
+    let trace = spans[0].trace_id();
+    assert!(spans.iter().all(|s| s.trace_id() == trace), "one trace");
+    let root = spans
+        .iter()
+        .find(|s| s.parent_span_id().is_empty())
+        .expect("Envoy's root span");
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == 2 && s.parent_span_id() == root.span_id())
+        .expect("sluice's SERVER span, child of Envoy's");
+    let client = spans
+        .iter()
+        .find(|s| s.span.kind == 3)
+        .expect("sluice's CLIENT span");
+    assert_eq!(client.parent_span_id(), server.span_id());
+    assert_eq!(client.span.name, "router app egress");
+    // The upstream saw sluice's CLIENT span as its parent.
+    let seen = upstream.seen();
+    let tp = seen[0]
+        .headers
+        .get("traceparent")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(tp, traceparent(&trace, &client.span_id(), "01"));
+}
+
+#[tokio::test]
+async fn sampling_fractions_and_the_sampled_flag_decide_what_is_exported() {
+    let upstream = Upstream::start("app").await;
+    let receiver = OtlpReceiver::start().await;
+    let (admin, listener) = (free_addr(), free_addr());
+    let config = traced_config(
+        admin,
+        listener,
+        upstream.addr,
+        receiver.addr,
+        json!({ "random_sampling": { "value": 0 }, "client_sampling": { "value": 100 } }),
+    );
+    let _sluice = start_proxy(false, &config, admin).await;
+    let client = HttpClient::http1();
+    let sampled = traceparent(TRACE, PARENT, "01");
+    for (path, headers) in [
+        ("/random", vec![]),
+        ("/forced", vec![("x-client-trace-id", "client-1")]),
+        ("/parent", vec![("traceparent", sampled.as_str())]),
+    ] {
+        client.get(listener, "h", path, &headers).await.unwrap();
+    }
+    let spans = receiver.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut urls: Vec<String> = receiver
+        .spans()
+        .iter()
+        .filter_map(|s| s.attribute("http.url"))
+        .collect();
+    urls.sort();
+    assert_eq!(urls, ["http://h/forced", "http://h/parent"], "{spans:?}");
+    let all = receiver.spans();
+    let forced = span_for(&all, "/forced");
+    assert_eq!(
+        forced.attribute("guid:x-client-trace-id").as_deref(),
+        Some("client-1")
+    );
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_drops_and_counts_spans_and_never_slows_requests() {
+    let upstream = Upstream::start("app").await;
+    let collector = free_addr();
+    let (admin, listener) = (free_addr(), free_addr());
+    let config = traced_config(admin, listener, upstream.addr, collector, json!({}));
+    let sluice = Sluice::start_with_args(&for_sluice(&config), admin, FLUSH)
+        .await
+        .unwrap();
+    let client = HttpClient::http1();
+    for i in 0..50 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get(listener, "h", &format!("/r{i}"), &[]),
+        )
+        .await
+        .expect("a request waited on the collector")
+        .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sluice
+                .stat("tracing.opentelemetry.spans_dropped")
+                .await
+                .unwrap_or(0)
+                >= 1
+        })
+        .await,
+        "dropped spans are counted"
+    );
+    // The collector comes up: the next spans reach it.
+    let receiver = OtlpReceiver::start_at(collector).await;
+    client.get(listener, "h", "/after", &[]).await.unwrap();
+    let spans = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert!(spans
+        .iter()
+        .any(|s| s.attribute("http.url").as_deref() == Some("http://h/after")));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sluice
+                .stat("tracing.opentelemetry.spans_sent")
+                .await
+                .unwrap_or(0)
+                >= 1
+        })
+        .await,
+        "sent spans are counted"
+    );
+}
