@@ -4,12 +4,14 @@
 //! can also watch it change.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
 
 use xds_types::pb::envoy::config::core::v3::Node;
+
+use crate::metrics::{GroupLabel, Metrics, TypeGroup};
 
 /// One node's xDS status.
 #[derive(Debug, Clone)]
@@ -57,6 +59,8 @@ pub struct Fleet {
     nodes: Mutex<BTreeMap<String, NodeStatus>>,
     /// Bumped on every change, so watchers wake (several changes may wake them once).
     changes: watch::Sender<u64>,
+    /// Pushes, ACKs, NACKs, connected nodes and convergence, counted as the view changes.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for Fleet {
@@ -64,6 +68,7 @@ impl Default for Fleet {
         Self {
             nodes: Mutex::default(),
             changes: watch::channel(0).0,
+            metrics: Arc::default(),
         }
     }
 }
@@ -83,6 +88,7 @@ impl Fleet {
         });
         if entry.streams == 0 {
             entry.connected_since = SystemTime::now();
+            self.count_connected(&group, 1);
         }
         entry.node = node.clone();
         entry.group = group;
@@ -105,6 +111,9 @@ impl Fleet {
     /// disconnected.
     pub fn disconnected(&self, node_id: &str) {
         if let Some(n) = self.nodes.lock().expect("fleet lock").get_mut(node_id) {
+            if n.streams == 1 {
+                self.count_connected(&n.group, -1);
+            }
             n.streams = n.streams.saturating_sub(1);
         }
         self.changed();
@@ -120,10 +129,42 @@ impl Fleet {
         let before = status.clone();
         update(status);
         let changed = *status != before;
-        drop(nodes);
         if changed {
+            let group = node.group.clone();
+            let labels = TypeGroup {
+                r#type: xds_types::type_urls::message_name(type_url).to_string(),
+                group: group.clone(),
+            };
+            if status.sent_version != before.sent_version {
+                self.metrics.pushes.get_or_create(&labels).inc();
+                self.metrics.pushed(&group);
+            }
+            if status.acked_version.is_some() && status.acked_version != before.acked_version {
+                self.metrics.acks.get_or_create(&labels).inc();
+            }
+            if status.last_nack.is_some() && status.last_nack != before.last_nack {
+                self.metrics.nacks.get_or_create(&labels).inc();
+            }
+            let in_step = nodes
+                .values()
+                .filter(|n| n.group == group && n.connected())
+                .flat_map(|n| n.types.values())
+                .all(|t| t.sent_version.is_none() || t.acked_version == t.sent_version);
+            drop(nodes);
+            if in_step {
+                self.metrics.in_step(&group);
+            }
             self.changed();
         }
+    }
+
+    fn count_connected(&self, group: &str, by: i64) {
+        self.metrics
+            .connected_nodes
+            .get_or_create(&GroupLabel {
+                group: group.to_string(),
+            })
+            .inc_by(by);
     }
 
     /// A copy of every node's status.

@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod csds;
 pub mod fleet;
+pub mod metrics;
 pub mod registry;
 pub mod resources;
 pub mod store;

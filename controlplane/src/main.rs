@@ -36,6 +36,9 @@ use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_s
     about = "Sluice control plane (xDS server and operator API)"
 )]
 struct Cli {
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); none when unset.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Address of the xDS gRPC server (ADS and CSDS).
     #[arg(long, default_value = "127.0.0.1:18000")]
     xds_listen: SocketAddr,
@@ -160,6 +163,11 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let fleet = Arc::new(Fleet::default());
+    registry.report_to(fleet.metrics.clone());
+    if let Some(addr) = cli.metrics_listen {
+        sluice_cp::metrics::serve(addr, fleet.metrics.clone()).await?;
+        info!(metrics = %addr, "serving Prometheus metrics");
+    }
     let api = server()?
         .add_service(AdminServer::new(AdminApi::new(
             registry.clone(),

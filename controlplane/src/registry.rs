@@ -155,14 +155,22 @@ pub struct Registry {
     /// Held only briefly and never across an `.await`: the store's compare-and-swap, not
     /// this lock, orders the changes.
     groups: Mutex<BTreeMap<String, Group>>,
+    /// Told of every new head revision, to time how long the fleet takes to converge.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl Registry {
+    /// Reports each group's new head revisions to `metrics` from now on.
+    pub fn report_to(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
     /// Loads every stored revision; each group serves its latest.
     pub async fn open(store: Box<dyn Store>) -> Result<Self, RegistryError> {
         let registry = Self {
             groups: Mutex::new(BTreeMap::new()),
             store,
+            metrics: std::sync::OnceLock::new(),
         };
         for revision in registry.store.load_all().await? {
             registry.record_stored(revision)?;
@@ -432,9 +440,13 @@ impl Registry {
             return;
         }
         let newest = position == entry.revisions.len();
+        let revision_group = revision.group.clone();
         entry.revisions.insert(position, revision);
         if newest {
             entry.current.send_replace(set);
+            if let Some(metrics) = self.metrics.get() {
+                metrics.changed(&revision_group);
+            }
         }
     }
 

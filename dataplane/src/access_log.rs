@@ -665,8 +665,12 @@ fn write_lines(sink: &Sink, lines: &mpsc::Receiver<Vec<u8>>, written: &Counter, 
             }
         },
     };
-    // Each batch (what queued while the last one was written) goes out in one write, and
-    // its lines count as written or failed together.
+    // Each batch goes out in one write, and its lines count as written or failed
+    // together. After a small batch the writer rests for GATHER instead of waiting on the
+    // queue: a request queueing a line then wakes nobody, and the lines of the next
+    // GATHER go out in one write (a full queue is drained at once).
+    const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+    let small = QUEUE_LINES.load(Ordering::Relaxed) / 4;
     let mut batch = Vec::with_capacity(64 * 1024);
     while let Ok(first) = lines.recv() {
         batch.clear();
@@ -683,5 +687,8 @@ fn write_lines(sink: &Sink, lines: &mpsc::Receiver<Vec<u8>>, written: &Counter, 
             Ok(()) => written.inc_by(count),
             Err(_) => failed.inc_by(count),
         };
+        if (count as usize) < small {
+            std::thread::sleep(GATHER);
+        }
     }
 }

@@ -299,7 +299,9 @@ pub async fn serve(
     if let Some(timeout) = hcm.stream_idle_timeout {
         body = body::Timed::idle(body, timeout).boxed();
     }
-    let trace_id = outcome.trace.as_ref().map(|s| s.context.trace_id_hex());
+    let trace_id = logs
+        .and(outcome.trace.as_ref())
+        .map(|s| s.context.trace_id_hex());
     let traced = outcome.trace.as_ref().is_some_and(|s| s.context.sampled);
     let sent = (logs.is_some() || traced).then(|| Arc::new(AtomicU64::new(0)));
     if let Some(sent) = &sent {

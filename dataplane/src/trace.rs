@@ -77,13 +77,12 @@ impl SpanContext {
 
     /// The `traceparent` value for this context.
     pub fn header(&self) -> HeaderValue {
-        let text = format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            if self.sampled { "01" } else { "00" }
-        );
-        HeaderValue::from_str(&text).expect("hex is a valid header value")
+        let mut text = [b'-'; 55];
+        text[..2].copy_from_slice(b"00");
+        hex_into(&self.trace_id, &mut text[3..35]);
+        hex_into(&self.span_id, &mut text[36..52]);
+        text[53..].copy_from_slice(if self.sampled { b"01" } else { b"00" });
+        HeaderValue::from_bytes(&text).expect("hex is a valid header value")
     }
 
     /// The trace id as 32 lowercase hex digits (`%TRACE_ID%`).
@@ -101,8 +100,18 @@ fn hex_decode(text: &str, out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 fn random_id<const N: usize>() -> [u8; N] {
@@ -157,11 +166,7 @@ impl Tracer {
             context,
             parent: parent.map(|p| p.span_id),
             upstream_span_id,
-            trace_state: headers
-                .get(&TRACESTATE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string(),
+            trace_state: headers.get(&TRACESTATE).cloned(),
             start: SystemTime::now(),
             name: String::new(),
             request_attributes: Vec::new(),
@@ -262,6 +267,7 @@ impl Tracer {
             return;
         }
         let end_time = SystemTime::now();
+        let trace_state = span.trace_state_text();
         let mut attributes = span.request_attributes;
         attributes.extend([
             string("http.protocol", end.protocol.to_string()),
@@ -275,7 +281,7 @@ impl Tracer {
             attributes.push(string("upstream_cluster", cluster.to_string()));
             attributes.push(string("upstream_cluster.name", cluster.to_string()));
         }
-        let failed = end.status >= 500 || end.status == 0;
+        let failed = end.status >= 500;
         if failed {
             attributes.push(attribute("error", any_value::Value::BoolValue(true)));
         }
@@ -292,7 +298,7 @@ impl Tracer {
         let server = Span {
             trace_id: span.context.trace_id.to_vec(),
             span_id: span.context.span_id.to_vec(),
-            trace_state: span.trace_state.clone(),
+            trace_state,
             parent_span_id: span.parent.map(|p| p.to_vec()).unwrap_or_default(),
             flags: sampled_flag | FLAG_HAS_IS_REMOTE | remote,
             name: span.name,
@@ -319,7 +325,7 @@ impl Tracer {
                 Span {
                     trace_id: span.context.trace_id.to_vec(),
                     span_id: upstream_id.to_vec(),
-                    trace_state: span.trace_state,
+                    trace_state: server.trace_state.clone(),
                     parent_span_id: span.context.span_id.to_vec(),
                     flags: sampled_flag | FLAG_HAS_IS_REMOTE,
                     name: format!("router {cluster} egress"),
@@ -368,7 +374,8 @@ pub struct ActiveSpan {
     parent: Option<[u8; 8]>,
     /// The CLIENT span's id, with `spawn_upstream_span`.
     upstream_span_id: Option<[u8; 8]>,
-    trace_state: String,
+    /// As it came (a cheap clone of the request's value).
+    trace_state: Option<HeaderValue>,
     start: SystemTime,
     name: String,
     request_attributes: Vec<KeyValue>,
@@ -384,9 +391,19 @@ impl ActiveSpan {
             ..self.context
         };
         headers.insert(TRACEPARENT.clone(), context.header());
-        if let Ok(state) = HeaderValue::from_str(&self.trace_state) {
-            headers.insert(TRACESTATE.clone(), state);
-        }
+        let state = self
+            .trace_state
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from_static(""));
+        headers.insert(TRACESTATE.clone(), state);
+    }
+
+    fn trace_state_text(&self) -> String {
+        self.trace_state
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
     }
 }
 

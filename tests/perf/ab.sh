@@ -6,7 +6,10 @@
 #   H2UP=1 for an HTTP/2 upstream, REPS (default 6), FILTERS=1 to put CORS, a local rate
 #   limit (enabled, never reached) and RBAC (allow) in front of the NEW build's router
 #   (the OLD build keeps the router-only chain), SUPPRESS=1 to set the NEW router's
-#   suppress_envoy_headers (no x-envoy-* headers: the chain's own cost).
+#   suppress_envoy_headers (no x-envoy-* headers: the chain's own cost), TRACING=P to trace
+#   P % of the NEW build's requests (OpenTelemetry, spawn_upstream_span) to a collector
+#   that is down (spans are built, exported, refused and dropped), ACCESS_LOG=1 to give
+#   the NEW build Envoy's default access log to a file; RATE (default 10000) for MODE=fixed.
 # Each run: sluice pinned to CPU 0 with one worker, upstream and load on CPU 1, 5 s of load
 # on loopback, CPU from /proc/PID/stat; every process is stopped by its PID.
 set -euo pipefail
@@ -15,7 +18,9 @@ NEW=$1; OLD=$2
 TARGET="${CARGO_TARGET_DIR:-target}/release"
 PORT=19100; ADMIN=19101; UP=18081
 CONFIG=$(mktemp); NEW_CONFIG=$(mktemp)
-H2UP="${H2UP:-0}" FILTERS="${FILTERS:-0}" SUPPRESS="${SUPPRESS:-0}" python3 - "$CONFIG" "$NEW_CONFIG" <<PY
+LOG=$(mktemp)
+H2UP="${H2UP:-0}" FILTERS="${FILTERS:-0}" SUPPRESS="${SUPPRESS:-0}" TRACING="${TRACING:-}" \
+ACCESS_LOG="${ACCESS_LOG:-0}" LOG="$LOG" python3 - "$CONFIG" "$NEW_CONFIG" <<PY
 import json, os, sys
 sys.path.insert(0, "tests/perf")
 import bench
@@ -28,11 +33,16 @@ if os.environ["SUPPRESS"] == "1":
 if os.environ["FILTERS"] == "1":
     hcm["http_filters"][:0] = bench.POLICY_FILTERS
     hcm["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = bench.POLICY_CORS
+if os.environ["TRACING"]:
+    hcm["tracing"] = bench.otel_tracing(float(os.environ["TRACING"]))
+    config["static_resources"]["clusters"].append(bench.DOWN_COLLECTOR)
+if os.environ["ACCESS_LOG"] == "1":
+    hcm["access_log"] = [bench.file_access_log(os.environ["LOG"])]
 open(sys.argv[2], "w").write(json.dumps(config))
 PY
 taskset -c 1 "$TARGET/perf-upstream" --listen "127.0.0.1:$UP" --threads 1 & UPSTREAM=$!
 PROXY=
-trap 'kill $UPSTREAM $PROXY 2>/dev/null; rm -f "$CONFIG" "$NEW_CONFIG"' EXIT
+trap 'kill $UPSTREAM $PROXY 2>/dev/null; rm -f "$CONFIG" "$NEW_CONFIG" "$LOG"' EXIT
 # sluice binds with SO_REUSEPORT: a proxy left on the port would share the load unseen.
 if ss -ltn "sport = :$PORT" | grep -q LISTEN; then echo "port $PORT is in use" >&2; exit 1; fi
 sleep 0.5
@@ -44,8 +54,8 @@ for _ in $(seq 1 "${REPS:-6}"); do
     sleep 0.7
     before=$(cpu $PROXY)
     case "${MODE:-fixed}" in
-      fixed) n=$(taskset -c 1 "$TARGET/loadgen" --addr "127.0.0.1:$PORT" --rate 10000 --connections 50 --duration-s 5 \
-                 | grep -o '"requests":[0-9]*' | grep -o '[0-9]*$') ;;
+      fixed) n=$(taskset -c 1 "$TARGET/loadgen" --addr "127.0.0.1:$PORT" --rate "${RATE:-10000}" --connections 50 --duration-s 5 \
+                 | tee /dev/stderr | grep -o '"requests":[0-9]*' | grep -o '[0-9]*$') ;;
       wrk)   n=$(taskset -c 1 wrk -t1 -c50 -d5s "http://127.0.0.1:$PORT/" | grep -o '[0-9]* requests in' | grep -o '^[0-9]*') ;;
       h2load) n=$(taskset -c 1 h2load -c10 -m10 -n400000 -t1 --duration=5 --warm-up-time=1 "http://127.0.0.1:$PORT/" \
                  | grep -o 'requests: [0-9]* total' | grep -o '[0-9]*') ;;

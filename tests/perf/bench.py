@@ -90,6 +90,38 @@ POLICY_CORS = {"envoy.filters.http.cors": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
     "allow_origin_string_match": [{"exact": "https://app.example"}], "allow_methods": "GET"}}
 
+# A collector nobody listens on: tracing benchmarks measure what spans cost a request
+# when the export fails (Envoy's and sluice's both drop them).
+DOWN_COLLECTOR = {
+    "name": "otel", "type": "STATIC", "connect_timeout": "0.25s",
+    "typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+    "load_assignment": {"cluster_name": "otel", "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 19199}}}}]}]},
+}
+
+
+def otel_tracing(percent):
+    """The connection manager's tracing: `percent` % sampled, an upstream span each."""
+    return {
+        "random_sampling": {"value": percent},
+        "spawn_upstream_span": True,
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "service_name": "bench",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}, "timeout": "0.25s"}}},
+    }
+
+
+def file_access_log(path):
+    """Envoy's default access log format, to `path`."""
+    return {"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path}}
+
+
 def envoy_style_bootstrap(listen, admin, tls_listen=None):
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
            "stat_prefix": "bench", "codec_type": "AUTO",

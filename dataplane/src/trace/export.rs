@@ -1,7 +1,8 @@
 //! Spans leave the request path through a bounded queue. One task per provider batches
 //! them and exports each batch over OTLP/gRPC to a host of the provider's cluster. A
 //! collector that is down or slow costs requests nothing: a span that finds the queue
-//! full, or whose batch fails to export, is dropped and counted.
+//! full, or whose batch fails to export, is dropped and counted, and after a failure the
+//! collector is left alone for a backoff (0.5 s, doubling to 10 s) before the next try.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,11 @@ const MIN_FLUSH_SPANS: usize = 5;
 const QUEUE_SPANS: usize = 8192;
 /// The most spans in one export call.
 const MAX_BATCH: usize = 512;
+/// How long the exporter lets spans gather before it looks at the queue.
+const GATHER: Duration = Duration::from_millis(20);
+/// The pause after a failed export, doubling while the collector keeps failing.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Sets how long a span waits for a batch to fill before it is exported anyway.
 pub fn set_flush_interval(interval: Duration) {
@@ -108,9 +114,19 @@ async fn run(
         attributes: vec![super::string("service.name", provider.service_name.clone())],
         ..Resource::default()
     };
+    let mut backoff = BACKOFF_MIN;
     while let Some(first) = spans.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + flush_interval();
+        // Resting instead of waiting on the queue: a span queued meanwhile wakes nobody,
+        // and under load each export carries what GATHER brought.
+        tokio::time::sleep(GATHER.min(flush_interval())).await;
+        while batch.len() < MAX_BATCH {
+            match spans.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
+            }
+        }
         while batch.len() < MIN_FLUSH_SPANS {
             match tokio::time::timeout_at(deadline, spans.recv()).await {
                 Ok(Some(span)) => batch.push(span),
@@ -137,10 +153,20 @@ async fn run(
         match export(&channels, &store, &provider, request).await {
             Ok(()) => {
                 sent.inc_by(count);
+                backoff = BACKOFF_MIN;
             }
             Err(error) => {
                 debug!(cluster = %provider.cluster, %error, spans = count, "span export failed");
                 dropped.inc_by(count);
+                // A collector that is down is not asked again for a while; what queues
+                // meanwhile is dropped without an attempt.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let mut skipped = 0;
+                while spans.try_recv().is_ok() {
+                    skipped += 1;
+                }
+                dropped.inc_by(skipped);
             }
         }
     }

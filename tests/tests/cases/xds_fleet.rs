@@ -1,7 +1,8 @@
 //! Invalid config reaching the fleet (validation bypassed by the control plane's test
 //! hook): every node NACKs it naming the field, the control plane's CSDS shows each
 //! node's error, traffic keeps flowing on the previous version, and a good push afterwards
-//! is ACKed everywhere.
+//! is ACKed everywhere. The control plane's `/metrics` counts all of it and times the
+//! convergence.
 
 use std::time::Duration;
 
@@ -27,11 +28,12 @@ async fn cluster_status(xds: std::net::SocketAddr) -> Vec<(String, i32, String)>
 async fn every_node_nacks_invalid_config_and_keeps_serving() {
     let first = Upstream::start("first").await;
     let second = Upstream::start("second").await;
-    let (xds, listener) = (free_addr(), free_addr());
+    let (xds, listener, metrics) = (free_addr(), free_addr(), free_addr());
+    let metrics_arg = metrics.to_string();
     let cp = ControlPlane::start_with_args(
         &xds_resources(listener, first.addr, "v1"),
         xds,
-        &["--unsafe-skip-validation"],
+        &["--unsafe-skip-validation", "--metrics-listen", &metrics_arg],
     )
     .await
     .unwrap();
@@ -117,4 +119,70 @@ async fn every_node_nacks_invalid_config_and_keeps_serving() {
         let r = client.get(listener, "h", "/", &[]).await.unwrap();
         assert_eq!(r.json()["server"], "second");
     }
+
+    // The control plane's metrics, read by a Prometheus text parser.
+    let scrape = || async {
+        let reply = client.get(metrics, "cp", "/metrics", &[]).await.unwrap();
+        assert_eq!(reply.status, 200);
+        let text = String::from_utf8(reply.body.to_vec()).unwrap();
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+    };
+    let value = |scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Histogram(ref buckets) => {
+                    buckets.last().map_or(0.0, |b| b.count)
+                }
+                _ => 0.0,
+            })
+            .sum::<f64>()
+    };
+    let cluster = [
+        ("type", "envoy.config.cluster.v3.Cluster"),
+        ("group", "default"),
+    ];
+    let s = scrape().await;
+    assert_eq!(
+        value(&s, "sluice_cp_connected_nodes", &[("group", "default")]),
+        2.0
+    );
+    // Each node: v1, the rejected version and v2 pushed; v1 and v2 ACKed; one NACK.
+    assert!(
+        value(&s, "sluice_cp_xds_pushes_total", &cluster) >= 6.0,
+        "{:?}",
+        s.samples
+    );
+    assert!(value(&s, "sluice_cp_xds_acks_total", &cluster) >= 4.0);
+    assert_eq!(value(&s, "sluice_cp_xds_nacks_total", &cluster), 2.0);
+    let converged = value(
+        &s,
+        "sluice_cp_convergence_seconds_count",
+        &[("group", "default")],
+    );
+    assert!(
+        converged >= 1.0,
+        "the fixed config converged: {:?}",
+        s.samples
+    );
+    // Another change: the histogram moves.
+    cp.update(&xds_resources(listener, first.addr, "v3"))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            value(
+                &scrape().await,
+                "sluice_cp_convergence_seconds_count",
+                &[("group", "default")],
+            ) > converged
+        })
+        .await,
+        "a new change converges and is observed"
+    );
 }

@@ -1,0 +1,181 @@
+//! The control plane's Prometheus metrics: what it pushed, what nodes ACKed and NACKed
+//! (per type and group), how many nodes are connected, and how long a change took to
+//! converge — from the registry recording it to the last connected node of its group
+//! ACKing every type. Fed by the fleet view; served as text by `--metrics-listen`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// A type and a group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeGroup {
+    /// The message name of the type URL (`envoy.config.cluster.v3.Cluster`).
+    pub r#type: String,
+    pub group: String,
+}
+
+/// A group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: String,
+}
+
+/// Every metric, and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    pub pushes: Family<TypeGroup, Counter>,
+    pub acks: Family<TypeGroup, Counter>,
+    pub nacks: Family<TypeGroup, Counter>,
+    pub connected_nodes: Family<GroupLabel, Gauge>,
+    pub convergence: Family<GroupLabel, Histogram>,
+    /// Per group: when the oldest change not yet converged was recorded, and whether
+    /// anything was pushed since (before the first push every node is trivially in step).
+    pending: Mutex<HashMap<String, (Instant, bool)>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice_cp");
+        let pushes = Family::<TypeGroup, Counter>::default();
+        let acks = Family::<TypeGroup, Counter>::default();
+        let nacks = Family::<TypeGroup, Counter>::default();
+        let connected_nodes = Family::<GroupLabel, Gauge>::default();
+        let convergence = Family::<GroupLabel, Histogram>::new_with_constructor(|| {
+            // 1 ms to ~65 s.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 17,
+            ))
+        });
+        registry.register(
+            "xds_pushes",
+            "Responses with a new version sent to nodes",
+            pushes.clone(),
+        );
+        registry.register("xds_acks", "New versions nodes ACKed", acks.clone());
+        registry.register("xds_nacks", "Versions nodes rejected", nacks.clone());
+        registry.register(
+            "connected_nodes",
+            "Nodes with an open xDS stream",
+            connected_nodes.clone(),
+        );
+        registry.register(
+            "convergence_seconds",
+            "From a change being recorded to the last connected node of its group ACKing it",
+            convergence.clone(),
+        );
+        Self {
+            registry,
+            pushes,
+            acks,
+            nacks,
+            connected_nodes,
+            convergence,
+            pending: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// A change to `group` was recorded: its convergence clock starts (unless an older
+    /// change is still converging, which this one then joins).
+    pub fn changed(&self, group: &str) {
+        self.lock()
+            .entry(group.to_string())
+            .or_insert((Instant::now(), false));
+    }
+
+    /// Something was pushed to a node of `group`.
+    pub fn pushed(&self, group: &str) {
+        if let Some((_, pushed)) = self.lock().get_mut(group) {
+            *pushed = true;
+        }
+    }
+
+    /// Every connected node of `group` has ACKed what it was sent: a pending change that
+    /// was pushed has converged.
+    pub fn in_step(&self, group: &str) {
+        let mut pending = self.lock();
+        if let Some((since, true)) = pending.get(group).copied() {
+            pending.remove(group);
+            drop(pending);
+            self.convergence
+                .get_or_create(&GroupLabel {
+                    group: group.to_string(),
+                })
+                .observe(since.elapsed().as_secs_f64());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, bool)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "metrics: accept failed");
+                    continue;
+                }
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request: Request<_>| {
+                    let body = metrics.render();
+                    async move {
+                        let mut response = Response::new(Full::new(Bytes::from(body)));
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                if let Err(error) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(%error, "metrics: connection ended");
+                }
+            });
+        }
+    });
+    Ok(())
+}
