@@ -73,6 +73,9 @@ struct Cli {
     /// Log filter.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
+    /// `json`: one JSON object per log line, for log pipelines; `text` otherwise.
+    #[arg(long = "log-format", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Test hook: serve `--resources` without validating them, so tests can exercise NACKs.
     #[arg(long, hide = true)]
     unsafe_skip_validation: bool,
@@ -112,10 +115,14 @@ async fn apply_file(registry: &Registry, path: &PathBuf, validate: bool) -> anyh
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level)?)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let Some(dir) = cli.store.strip_prefix("file:") else {
         bail!(
             "--store: unsupported store {:?} (expected file:DIR)",

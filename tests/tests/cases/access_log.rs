@@ -3,6 +3,7 @@
 //! the same lines once times, durations, ids and per-run addresses are normalised; TCP
 //! proxy, listener and admin logs likewise; a full disk or a stalled pipe drops lines and
 //! counts them while requests keep flowing; an unknown command operator is refused by name.
+//! Both binaries write their own logs as JSON lines with `--log-format json`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -430,4 +431,74 @@ fn an_unknown_command_operator_is_refused_by_name() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("NOT_AN_OPERATOR"), "{stderr}");
     assert!(stderr.contains("access_log"), "names the field: {stderr}");
+}
+
+/// The first line `binary` writes to stderr with `args`, as JSON; the process is stopped.
+fn first_json_log_line(binary_name: &str, args: &[&str]) -> Value {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(binary(binary_name))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a log line within 20 s");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{binary_name}: not JSON ({e}): {line}"))
+}
+
+#[test]
+fn both_binaries_log_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, listener) = (free_addr(), free_addr());
+    let config = bootstrap(
+        admin,
+        vec![http_listener("edge", listener, to_cluster("a"), json!({}))],
+        vec![cluster("a", &[(listener, 1)], json!({}))],
+    );
+    let path = dir.path().join("bootstrap.json");
+    std::fs::write(&path, config).unwrap();
+    let line = first_json_log_line(
+        "sluice",
+        &["--log-format", "json", "-c", path.to_str().unwrap()],
+    );
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert!(line["fields"]["message"].is_string(), "{line}");
+    assert!(
+        line["target"].as_str().unwrap().starts_with("sluice"),
+        "{line}"
+    );
+
+    let (xds, api) = (free_addr().to_string(), free_addr().to_string());
+    let store = format!("file:{}", dir.path().join("store").display());
+    let line = first_json_log_line(
+        "sluice-cp",
+        &[
+            "--log-format",
+            "json",
+            "--xds-listen",
+            &xds,
+            "--api-listen",
+            &api,
+            "--store",
+            &store,
+        ],
+    );
+    assert!(
+        line["level"].is_string() && line["fields"]["message"].is_string(),
+        "{line}"
+    );
+    assert!(
+        line["target"].as_str().unwrap().starts_with("sluice_cp"),
+        "{line}"
+    );
 }
