@@ -137,7 +137,7 @@ impl Fleet {
             };
             if status.sent_version != before.sent_version {
                 self.metrics.pushes.get_or_create(&labels).inc();
-                self.metrics.pushed(&group);
+                self.metrics.pushed(&group, node_id);
             }
             if status.acked_version.is_some() && status.acked_version != before.acked_version {
                 self.metrics.acks.get_or_create(&labels).inc();
@@ -145,14 +145,26 @@ impl Fleet {
             if status.last_nack.is_some() && status.last_nack != before.last_nack {
                 self.metrics.nacks.get_or_create(&labels).inc();
             }
-            let in_step = nodes
+            let node_in_step = node
+                .types
+                .values()
+                .all(|t| t.sent_version.is_none() || t.acked_version == t.sent_version);
+            let members: Vec<&NodeStatus> = nodes
                 .values()
                 .filter(|n| n.group == group && n.connected())
+                .collect();
+            let in_step = members
+                .iter()
                 .flat_map(|n| n.types.values())
                 .all(|t| t.sent_version.is_none() || t.acked_version == t.sent_version);
+            let connected: Vec<String> = members.iter().map(|n| n.node.id.clone()).collect();
             drop(nodes);
+            if node_in_step {
+                self.metrics.node_in_step(&group, node_id);
+            }
             if in_step {
-                self.metrics.in_step(&group);
+                let connected: Vec<&str> = connected.iter().map(String::as_str).collect();
+                self.metrics.in_step(&group, &connected);
             }
             self.changed();
         }

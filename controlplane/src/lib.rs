@@ -22,4 +22,5 @@ pub mod metrics;
 pub mod registry;
 pub mod resources;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

@@ -36,6 +36,10 @@ use xds_types::pb::envoy::service::status::v3::client_status_discovery_service_s
     about = "Sluice control plane (xDS server and operator API)"
 )]
 struct Cli {
+    /// OTLP/gRPC collector (`http://host:4317`) for spans of API calls and of each change
+    /// reaching the nodes; no spans when unset.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// Address of the Prometheus metrics endpoint (`GET /metrics`); none when unset.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -171,11 +175,21 @@ async fn main() -> anyhow::Result<()> {
     };
     let fleet = Arc::new(Fleet::default());
     registry.report_to(fleet.metrics.clone());
+    let telemetry = match &cli.otlp_endpoint {
+        Some(endpoint) => {
+            let telemetry = sluice_cp::telemetry::Telemetry::start(endpoint)
+                .map_err(|e| anyhow::anyhow!("--otlp-endpoint {endpoint}: {e}"))?;
+            fleet.metrics.trace_to(telemetry.clone());
+            Some(telemetry)
+        }
+        None => None,
+    };
     if let Some(addr) = cli.metrics_listen {
         sluice_cp::metrics::serve(addr, fleet.metrics.clone()).await?;
         info!(metrics = %addr, "serving Prometheus metrics");
     }
     let api = server()?
+        .layer(sluice_cp::telemetry::ApiSpans(telemetry))
         .add_service(AdminServer::new(AdminApi::new(
             registry.clone(),
             fleet.clone(),

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -22,6 +22,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
+
+use crate::telemetry::{string, SpanIds, Telemetry};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 /// A type and a group.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,10 +48,31 @@ pub struct Metrics {
     pub nacks: Family<TypeGroup, Counter>,
     pub connected_nodes: Family<GroupLabel, Gauge>,
     pub convergence: Family<GroupLabel, Histogram>,
-    /// Per group: when the oldest change not yet converged was recorded, and whether
-    /// anything was pushed since (before the first push every node is trivially in step).
-    pending: Mutex<HashMap<String, (Instant, bool)>>,
+    /// Per group: the oldest change not yet converged.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Where the changes' span trees go, with `--otlp-endpoint`.
+    telemetry: OnceLock<Arc<Telemetry>>,
 }
+
+/// A change on its way to a group's nodes.
+struct Pending {
+    since: Instant,
+    started: SystemTime,
+    /// Whether anything was pushed since (before the first push every node is trivially
+    /// in step).
+    pushed: bool,
+    revision: u64,
+    source: String,
+    span: SpanIds,
+    /// Per node pushed since the change: its span (from that push) and whether the node
+    /// has ACKed it.
+    nodes: HashMap<String, (SpanIds, SystemTime, bool)>,
+}
+
+/// How long a change waits for a push to a node before it counts the node as not
+/// concerned (a node subscribed to nothing the change touched is never pushed): ADS
+/// pushes within the debounce window (10 ms by default).
+const UNCONCERNED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,42 +118,106 @@ impl Default for Metrics {
             connected_nodes,
             convergence,
             pending: Mutex::default(),
+            telemetry: OnceLock::new(),
         }
     }
 }
 
 impl Metrics {
-    /// A change to `group` was recorded: its convergence clock starts (unless an older
-    /// change is still converging, which this one then joins).
-    pub fn changed(&self, group: &str) {
+    /// Exports each change's span tree to `telemetry` from now on.
+    pub fn trace_to(&self, telemetry: Arc<Telemetry>) {
+        let _ = self.telemetry.set(telemetry);
+    }
+
+    /// Revision `revision` of `group` was recorded: its convergence clock starts (unless
+    /// an older change is still converging, which this one then joins).
+    pub fn changed(&self, group: &str, revision: u64, source: &str) {
         self.lock()
             .entry(group.to_string())
-            .or_insert((Instant::now(), false));
+            .or_insert_with(|| Pending {
+                since: Instant::now(),
+                started: SystemTime::now(),
+                pushed: false,
+                revision,
+                source: source.to_string(),
+                span: SpanIds::for_change(),
+                nodes: HashMap::new(),
+            });
     }
 
-    /// Something was pushed to a node of `group`.
-    pub fn pushed(&self, group: &str) {
-        if let Some((_, pushed)) = self.lock().get_mut(group) {
-            *pushed = true;
+    /// Something was pushed to `node` of `group`.
+    pub fn pushed(&self, group: &str, node: &str) {
+        if let Some(pending) = self.lock().get_mut(group) {
+            pending.pushed = true;
+            let span = pending.span;
+            pending
+                .nodes
+                .entry(node.to_string())
+                .or_insert_with(|| (span.child(), SystemTime::now(), false));
         }
     }
 
-    /// Every connected node of `group` has ACKed what it was sent: a pending change that
-    /// was pushed has converged.
-    pub fn in_step(&self, group: &str) {
+    /// `node` of `group` has ACKed everything it was sent: its span of a pending change
+    /// ends.
+    pub fn node_in_step(&self, group: &str, node: &str) {
+        let ended = self
+            .lock()
+            .get_mut(group)
+            .and_then(|p| p.nodes.get_mut(node))
+            .filter(|(_, _, acked)| !acked)
+            .map(|(span, started, acked)| {
+                *acked = true;
+                (*span, *started)
+            });
+        if let (Some((span, started)), Some(telemetry)) = (ended, self.telemetry.get()) {
+            let attributes = vec![string("node.id", node), string("group", group)];
+            telemetry.record(span.span(
+                format!("push to {node}"),
+                SpanKind::Client,
+                started,
+                attributes,
+            ));
+        }
+    }
+
+    /// Every node of `group` in `connected` has ACKed what it was sent: a pending change
+    /// has converged once each of them was pushed it (or was not, for long enough to
+    /// count as not concerned).
+    pub fn in_step(&self, group: &str, connected: &[&str]) {
         let mut pending = self.lock();
-        if let Some((since, true)) = pending.get(group).copied() {
-            pending.remove(group);
-            drop(pending);
-            self.convergence
-                .get_or_create(&GroupLabel {
-                    group: group.to_string(),
-                })
-                .observe(since.elapsed().as_secs_f64());
+        let converged = pending.get(group).is_some_and(|p| {
+            p.pushed
+                && (connected.iter().all(|n| p.nodes.contains_key(*n))
+                    || p.since.elapsed() >= UNCONCERNED_AFTER)
+        });
+        if !converged {
+            return;
+        }
+        let Some(done) = pending.remove(group) else {
+            return;
+        };
+        drop(pending);
+        self.convergence
+            .get_or_create(&GroupLabel {
+                group: group.to_string(),
+            })
+            .observe(done.since.elapsed().as_secs_f64());
+        if let Some(telemetry) = self.telemetry.get() {
+            let attributes = vec![
+                string("group", group),
+                string("revision", &done.revision.to_string()),
+                string("source", &done.source),
+            ];
+            telemetry.record(done.span.span(
+                format!("converge {group}"),
+                SpanKind::Internal,
+                done.started,
+                attributes,
+            ));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, bool)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -186,3 +186,105 @@ async fn every_node_nacks_invalid_config_and_keeps_serving() {
         "a new change converges and is observed"
     );
 }
+
+#[tokio::test]
+async fn an_apply_is_one_trace_from_the_api_call_to_every_nodes_ack() {
+    let first = Upstream::start("first").await;
+    let receiver = sluice_tests::otlp::OtlpReceiver::start().await;
+    let (xds, listener) = (free_addr(), free_addr());
+    let endpoint = format!("http://{}", receiver.addr);
+    let cp = ControlPlane::start_with_args(
+        &xds_resources(listener, first.addr, "v1"),
+        xds,
+        &["--otlp-endpoint", &endpoint],
+    )
+    .await
+    .unwrap();
+    let (admin_a, admin_b) = (free_addr(), free_addr());
+    let _a = Sluice::start(&ads_bootstrap(admin_a, xds, "GRPC", "node-a"), admin_a)
+        .await
+        .unwrap();
+    let _b = Sluice::start(
+        &ads_bootstrap(admin_b, xds, "DELTA_GRPC", "node-b"),
+        admin_b,
+    )
+    .await
+    .unwrap();
+    let synced = ConfigStatus::Synced as i32;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let s = cluster_status(xds).await;
+            s.len() == 2 && s.iter().all(|(_, status, _)| *status == synced)
+        })
+        .await
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v2.yaml");
+    std::fs::write(&file, xds_resources(listener, first.addr, "v2")).unwrap();
+    let (ok, _, err) = cp.sluicectl(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+
+    // The API call, the change it made, and one push per node, all in one trace.
+    let find = |name: &str| {
+        let name = name.to_string();
+        let receiver = &receiver;
+        async move {
+            let mut found = None;
+            for _ in 0..100 {
+                found = receiver.spans().into_iter().find(|s| s.span.name == name);
+                if found.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            found.unwrap_or_else(|| panic!("no span {name}: {:?}", receiver.spans()))
+        }
+    };
+    let call = find("sluice.admin.v1.Admin/Apply").await;
+    assert_eq!(call.span.kind, 2, "a SERVER span");
+    assert_eq!(call.service_name.as_deref(), Some("sluice-cp"));
+    assert_eq!(call.attribute("rpc.grpc.status_code").as_deref(), Some("0"));
+    let trace = call.trace_id();
+    let in_trace = || {
+        receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id() == trace)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { in_trace().len() >= 4 }).await,
+        "the call, the change and two pushes: {:?}\n{}",
+        in_trace()
+            .iter()
+            .map(|s| s.span.name.clone())
+            .collect::<Vec<_>>(),
+        cp.sluicectl(&["nodes"]).1
+    );
+    let spans = in_trace();
+    let change = spans
+        .iter()
+        .find(|s| s.span.name == "converge default")
+        .expect("the change's span");
+    assert_eq!(
+        change.parent_span_id(),
+        call.span_id(),
+        "the change is the call's child"
+    );
+    assert_eq!(change.attribute("source").as_deref(), Some("apply"));
+    let mut pushes: Vec<String> = spans
+        .iter()
+        .filter(|s| s.parent_span_id() == change.span_id())
+        .map(|s| s.span.name.clone())
+        .collect();
+    pushes.sort();
+    assert_eq!(pushes, ["push to node-a", "push to node-b"]);
+    // Every push ended (its node ACKed) before the change converged.
+    for push in spans
+        .iter()
+        .filter(|s| s.parent_span_id() == change.span_id())
+    {
+        assert!(push.span.end_time_unix_nano <= change.span.end_time_unix_nano);
+        assert!(push.span.start_time_unix_nano >= change.span.start_time_unix_nano);
+    }
+}
