@@ -365,6 +365,7 @@ impl Registry {
             match self.store.compare_and_append(revision, draft).await {
                 Ok(stored) => {
                     let number = stored.number;
+                    tracing::info!(group, revision = number, source, author = %request.author, "change recorded");
                     self.record(stored, Arc::new(next));
                     return Ok(Change {
                         revision: number,

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 /// Spans waiting for export; past this they are dropped.
 const QUEUE_SPANS: usize = 4096;
@@ -209,7 +209,12 @@ where
             parent: None,
         };
         let start = SystemTime::now();
-        let call = self.inner.call(request);
+        // The call's own log lines carry its trace id.
+        let trace_hex: String = ids.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+        let call = self
+            .inner
+            .call(request)
+            .instrument(tracing::info_span!("api_call", trace_id = %trace_hex));
         Box::pin(async move {
             let result = CALL.scope((ids.trace_id, ids.span_id), call).await;
             let status = match &result {

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
-use tracing::debug;
+use tracing::{debug, Instrument};
 use xds_types::hcm::{ServerHeader, StripPort, UnderscoresAction};
 use xds_types::route::{
     AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderMutations, Redirect,
@@ -206,6 +206,33 @@ pub async fn serve(
     let stream_deadline = hcm
         .max_stream_duration
         .map(|d| tokio::time::Instant::now() + d);
+    // Routed here when traced: the decision follows route selection, as in Envoy, and a
+    // traced stream's own log lines carry its trace id.
+    let route = match (&refused, tracer) {
+        (None, Some(tracer)) => {
+            let route = listener
+                .routes
+                .route(request.method(), &host, &path, request.headers());
+            outcome.trace = tracer.start(
+                request.headers(),
+                route.map(|m| m.route),
+                crate::trace::RequestLine {
+                    method: request.method().as_str(),
+                    scheme: scheme(&ctx),
+                    host: &host,
+                    path: &path,
+                },
+            );
+            Some(route)
+        }
+        _ => None,
+    };
+    let log_span = match &outcome.trace {
+        Some(span) if span.context.sampled => {
+            tracing::info_span!("stream", trace_id = %span.context.trace_id_hex())
+        }
+        _ => tracing::Span::none(),
+    };
     let mut response = if let Some(error) = refused {
         outcome.flag = error.flag();
         local_reply::render(error)
@@ -215,10 +242,12 @@ pub async fn serve(
             &snapshot,
             listener,
             request,
+            route,
             &host,
             &path,
             &mut outcome,
         )
+        .instrument(log_span)
         .await
     } else {
         let received = outcome.end_of_request.clone();
@@ -260,7 +289,7 @@ pub async fn serve(
             local_reply::render(ProxyError::Local(LocalReply::new(status, text)))
         };
         tokio::select! {
-            response = handle(&ctx, &snapshot, listener, request, &host, &path, &mut outcome) => response,
+            response = handle(&ctx, &snapshot, listener, request, route, &host, &path, &mut outcome).instrument(log_span) => response,
             () = request_timer => timed_out(StatusCode::REQUEST_TIMEOUT, "request timeout"),
             status = idle_timer => timed_out(status, "stream timeout"),
             status = stream_timer => timed_out(status, "downstream duration timeout"),
@@ -513,32 +542,23 @@ fn codec_refusal(status: StatusCode, body: &'static str) -> ProxyError {
 
 /// Routes the request, runs the HTTP filters, then the router; renders whatever error
 /// comes out, and adds the response headers the filters asked for.
-async fn handle(
+#[allow(clippy::too_many_arguments)]
+async fn handle<'s>(
     ctx: &ConnContext,
     snapshot: &Arc<Snapshot>,
-    listener: &HttpRuntime,
+    listener: &'s HttpRuntime,
     request: Request<Incoming>,
+    routed: Option<Option<RouteMatch<'s>>>,
     host: &str,
     path: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
-    let route = listener
-        .routes
-        .route(request.method(), host, path, request.headers());
+    let route = routed.unwrap_or_else(|| {
+        listener
+            .routes
+            .route(request.method(), host, path, request.headers())
+    });
     let (mut parts, body) = request.into_parts();
-    if let Some(tracer) = &listener.tracer {
-        // As Envoy: the decision follows route selection, so a route's sampling applies.
-        outcome.trace = tracer.start(
-            &parts.headers,
-            route.map(|m| m.route),
-            crate::trace::RequestLine {
-                method: parts.method.as_str(),
-                scheme: scheme(ctx),
-                host,
-                path,
-            },
-        );
-    }
     // Built only when there are filters: a router-only chain skips all of this.
     let mut filter_ctx = (!listener.filters.is_empty()).then(|| RequestCtx {
         snapshot,

@@ -444,3 +444,63 @@ async fn a_collector_that_is_down_drops_and_counts_spans_and_never_slows_request
         "sent spans are counted"
     );
 }
+
+#[tokio::test]
+async fn a_traced_streams_own_log_lines_carry_its_trace_id() {
+    let receiver = OtlpReceiver::start().await;
+    let (admin, listener, dead) = (free_addr(), free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("bootstrap.json");
+    std::fs::write(
+        &config_path,
+        for_sluice(&traced_config(
+            admin,
+            listener,
+            dead,
+            receiver.addr,
+            json!({}),
+        )),
+    )
+    .unwrap();
+    let log_path = dir.path().join("sluice.log");
+    let mut child = std::process::Command::new(sluice_tests::process::binary("sluice"))
+        .arg("-c")
+        .arg(&config_path)
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info,sluice::proxy=debug",
+        ])
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = HttpClient::http1();
+    let ready = eventually(Duration::from_secs(10), || async {
+        client
+            .get(admin, "admin", "/ready", &[])
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    // The upstream is down: the router logs the failed attempt inside the stream's span.
+    let tp = traceparent(TRACE, PARENT, "01");
+    let reply = client
+        .get(listener, "h", "/down", &[("traceparent", tp.as_str())])
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "sluice became ready");
+    assert_eq!(reply.unwrap().status, 503);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let failed: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "upstream request failed")
+        .collect();
+    assert!(!failed.is_empty(), "{log}");
+    assert!(
+        failed.iter().all(|l| l["span"]["trace_id"] == TRACE),
+        "{failed:?}"
+    );
+}

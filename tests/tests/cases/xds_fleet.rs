@@ -288,3 +288,64 @@ async fn an_apply_is_one_trace_from_the_api_call_to_every_nodes_ack() {
         assert!(push.span.start_time_unix_nano >= change.span.start_time_unix_nano);
     }
 }
+
+#[tokio::test]
+async fn an_api_calls_log_lines_carry_its_trace_id() {
+    let receiver = sluice_tests::otlp::OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (xds, api) = (free_addr(), free_addr());
+    let log_path = dir.path().join("cp.log");
+    let store = dir.path().join("store");
+    let mut cp = std::process::Command::new(sluice_tests::process::binary("sluice-cp"))
+        .args(["--log-format", "json", "--otlp-endpoint"])
+        .arg(format!("http://{}", receiver.addr))
+        .args([
+            "--xds-listen",
+            &xds.to_string(),
+            "--api-listen",
+            &api.to_string(),
+        ])
+        .arg("--store")
+        .arg(format!("file:{}", store.display()))
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let token = store.join("admin-token");
+    let listening = eventually(Duration::from_secs(10), || async {
+        token.exists() && tokio::net::TcpStream::connect(api).await.is_ok()
+    })
+    .await;
+    let file = dir.path().join("resources.yaml");
+    std::fs::write(&file, xds_resources(free_addr(), free_addr(), "v1")).unwrap();
+    let applied = std::process::Command::new(sluice_tests::process::binary("sluicectl"))
+        .args(["--server", &format!("http://{api}"), "apply", "-f"])
+        .arg(&file)
+        .env("SLUICE_TOKEN_FILE", &token)
+        .output()
+        .unwrap();
+    let call = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let _ = cp.kill();
+    let _ = cp.wait();
+    assert!(listening, "sluice-cp listens");
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let call = call
+        .iter()
+        .find(|s| s.span.name == "sluice.admin.v1.Admin/Apply")
+        .expect("the Apply call's span");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let recorded: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "change recorded")
+        .unwrap_or_else(|| panic!("no change recorded line: {log}"));
+    assert_eq!(
+        recorded["span"]["trace_id"],
+        call.trace_id().as_str(),
+        "{recorded}"
+    );
+    assert_eq!(recorded["fields"]["source"], "apply");
+}
