@@ -15,6 +15,8 @@ PROXY_CPU, LOAD_CPU = "0", "1"   # the proxy gets core 0; upstream and load gene
 UPSTREAM_PORT = 18081
 HZ = os.sysconf("SC_CLK_TCK")
 UPSTREAM_H2 = False  # set per scenario: the proxies speak h2 to the upstream
+ACCESS_LOG = None    # set per scenario: a file each proxy writes one line per request to
+TRACING = None       # set per scenario: percent of requests sluice and Envoy trace
 
 def free_port():
     with socket.socket() as s:
@@ -130,6 +132,12 @@ def envoy_style_bootstrap(listen, admin, tls_listen=None):
            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
     addr = lambda p: {"socket_address": {"address": "127.0.0.1", "port_value": p}}
+    clusters = [upstream_cluster(addr)]
+    if ACCESS_LOG:
+        hcm["access_log"] = [file_access_log(ACCESS_LOG)]
+    if TRACING is not None:
+        hcm["tracing"] = otel_tracing(TRACING)
+        clusters.append(DOWN_COLLECTOR)
     listeners = [{"name": "bench", "address": addr(listen),
                   "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}]
     if tls_listen:
@@ -146,7 +154,7 @@ def envoy_style_bootstrap(listen, admin, tls_listen=None):
     return {"admin": {"address": addr(admin)},
             "static_resources": {
                 "listeners": listeners,
-                "clusters": [upstream_cluster(addr)]}}
+                "clusters": clusters}}
 
 def upstream_cluster(addr):
     cluster = {"name": "upstream", "type": "STATIC", "connect_timeout": "1s",
@@ -216,7 +224,7 @@ class Nginx(Proxy):
 worker_processes 1; daemon off; pid {d}/nginx.pid; error_log stderr error; worker_rlimit_nofile 20000;
 events {{ worker_connections 15000; }}
 http {{
-  access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
+  {f'access_log {ACCESS_LOG};' if ACCESS_LOG else 'access_log off;'} keepalive_requests 100000000; keepalive_timeout 300s;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 1024; keepalive_requests 100000000; }}
   server {{
@@ -354,6 +362,19 @@ SCENARIOS = [
      lambda p, d: wrk(p.tls_port, "/", 50, d, ("-H", "Connection: close"), scheme="https")),
 ]
 
+# Observability on (issue 11): each proxy's default access log format to a file; tracing
+# (OpenTelemetry, an upstream span each) to a collector that is down, for the proxies
+# that trace natively.
+SCENARIOS += [
+    ("fixed_10k_access_log", "fixed_10k with an access log to a file (each proxy's default format)",
+     lambda p, d: fixed_rate(p.port, d)),
+    ("fixed_10k_traced_100", "fixed_10k with OpenTelemetry tracing, 100 % sampled, collector down (sluice and Envoy)",
+     lambda p, d: fixed_rate(p.port, d)),
+    ("fixed_10k_traced_1", "fixed_10k with OpenTelemetry tracing, 1 % sampled, collector down (sluice and Envoy)",
+     lambda p, d: fixed_rate(p.port, d)),
+]
+TRACED_SCENARIOS = {"fixed_10k_traced_100": 100.0, "fixed_10k_traced_1": 1.0}
+
 TLS_SCENARIOS = {"tls_h1_c50", "tls_h2_100_streams", "tls_handshakes"}
 H2_UPSTREAM_SCENARIOS = {"up_h2_c50", "up_h2_fixed_10k"}
 
@@ -413,11 +434,16 @@ def main():
         for name, desc, fn in SCENARIOS:
             if wanted and name not in wanted: continue
             results[name] = {"description": desc, "runs": {}}
-            global UPSTREAM_H2
+            global UPSTREAM_H2, ACCESS_LOG, TRACING
             UPSTREAM_H2 = name in H2_UPSTREAM_SCENARIOS
+            ACCESS_LOG = str(workdir / "access.log") if name == "fixed_10k_access_log" else None
+            TRACING = TRACED_SCENARIOS.get(name)
             proxies = {p: cls for p, cls in PROXIES.items()
                        if not (name in TLS_SCENARIOS and p == "upstream-direct")
-                       and not (UPSTREAM_H2 and p in ("nginx", "upstream-direct"))}
+                       and not (UPSTREAM_H2 and p in ("nginx", "upstream-direct"))
+                       # HAProxy logs through syslog only; nginx and HAProxy do not trace.
+                       and not (ACCESS_LOG and p in ("haproxy", "upstream-direct"))
+                       and not (TRACING is not None and p not in ("sluice", "sluice-before", "envoy"))}
             # Repetitions interleave the proxies, so the machine's drift over minutes
             # spreads over all of them instead of favouring whichever ran first.
             for rep in range(args.reps):
