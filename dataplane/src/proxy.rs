@@ -227,27 +227,28 @@ pub async fn serve(
         }
         _ => None,
     };
-    let log_span = match &outcome.trace {
-        Some(span) if span.context.sampled => {
-            tracing::info_span!("stream", trace_id = %span.context.trace_id_hex())
-        }
-        _ => tracing::Span::none(),
-    };
+    let log_span = outcome
+        .trace
+        .as_ref()
+        .filter(|span| span.context.sampled)
+        .map(|span| tracing::info_span!("stream", trace_id = %span.context.trace_id_hex()));
     let mut response = if let Some(error) = refused {
         outcome.flag = error.flag();
         local_reply::render(error)
     } else if hcm.request_timeout.is_none() && stream_deadline.is_none() && outcome.idle.is_none() {
-        handle(
-            &ctx,
-            &snapshot,
-            listener,
-            request,
-            route,
-            &host,
-            &path,
-            &mut outcome,
+        in_span(
+            handle(
+                &ctx,
+                &snapshot,
+                listener,
+                request,
+                route,
+                &host,
+                &path,
+                &mut outcome,
+            ),
+            log_span,
         )
-        .instrument(log_span)
         .await
     } else {
         let received = outcome.end_of_request.clone();
@@ -289,7 +290,7 @@ pub async fn serve(
             local_reply::render(ProxyError::Local(LocalReply::new(status, text)))
         };
         tokio::select! {
-            response = handle(&ctx, &snapshot, listener, request, route, &host, &path, &mut outcome).instrument(log_span) => response,
+            response = in_span(handle(&ctx, &snapshot, listener, request, route, &host, &path, &mut outcome), log_span) => response,
             () = request_timer => timed_out(StatusCode::REQUEST_TIMEOUT, "request timeout"),
             status = idle_timer => timed_out(status, "stream timeout"),
             status = stream_timer => timed_out(status, "downstream duration timeout"),
@@ -379,6 +380,18 @@ pub async fn serve(
         .then(|| crate::http::ctx::AtEnd::new(outcome.at_end, parts.status, outcome.flag, started));
     let body = Guarded::new(body, (active, rq_active, at_end)).boxed();
     Ok(Response::from_parts(parts, body))
+}
+
+/// `future` inside `span` when there is one: a stream that is not traced pays for no
+/// wrapper.
+fn in_span<F: std::future::Future>(
+    future: F,
+    span: Option<tracing::Span>,
+) -> futures_util::future::Either<tracing::instrument::Instrumented<F>, F> {
+    match span {
+        Some(span) => futures_util::future::Either::Left(future.instrument(span)),
+        None => futures_util::future::Either::Right(future),
+    }
 }
 
 /// The connection manager's checks and rewrites before filters and routing. Refused
