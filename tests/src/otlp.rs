@@ -73,15 +73,12 @@ pub fn hex(bytes: &[u8]) -> String {
 struct Collector {
     spans: Arc<Mutex<Vec<Received>>>,
     requests: Arc<Mutex<u64>>,
+    /// OTLP/HTTP: each export's path and headers.
+    http_heads: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
 }
 
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let request = request.into_inner();
+impl Collector {
+    fn keep(&self, request: ExportTraceServiceRequest) {
         *self.requests.lock().unwrap() += 1;
         let mut spans = self.spans.lock().unwrap();
         for resource_spans in request.resource_spans {
@@ -98,6 +95,16 @@ impl TraceService for Collector {
                 }
             }
         }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -139,6 +146,66 @@ impl OtlpReceiver {
             collector,
             task,
         }
+    }
+
+    /// Serves OTLP/HTTP (protobuf bodies on any path) on a free loopback port.
+    pub async fn start_http() -> Self {
+        use http_body_util::BodyExt;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let collector = Collector::default();
+        let serving = collector.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let collector = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let collector = collector.clone();
+                            async move {
+                                let (head, body) = request.into_parts();
+                                let bytes = body.collect().await?.to_bytes();
+                                let status =
+                                    match <ExportTraceServiceRequest as prost::Message>::decode(
+                                        bytes,
+                                    ) {
+                                        Ok(export) => {
+                                            collector.keep(export);
+                                            http::StatusCode::OK
+                                        }
+                                        Err(_) => http::StatusCode::BAD_REQUEST,
+                                    };
+                                collector
+                                    .http_heads
+                                    .lock()
+                                    .unwrap()
+                                    .push((head.uri.path().to_string(), head.headers));
+                                let mut response = http::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::new(),
+                                ));
+                                *response.status_mut() = status;
+                                Ok::<_, hyper::Error>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            collector,
+            task,
+        }
+    }
+
+    /// OTLP/HTTP exports received so far: path and headers of each.
+    pub fn http_heads(&self) -> Vec<(String, http::HeaderMap)> {
+        self.collector.http_heads.lock().unwrap().clone()
     }
 
     /// Every span received so far.

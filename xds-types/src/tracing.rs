@@ -30,14 +30,29 @@ pub struct Tracing {
     pub provider: OpenTelemetry,
 }
 
-/// `envoy.tracers.opentelemetry`: spans exported over OTLP/gRPC to a cluster.
+/// `envoy.tracers.opentelemetry`: spans exported over OTLP to a cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OpenTelemetry {
     pub cluster: String,
-    /// The export call's deadline (the gRPC service's `timeout`; default 5 s).
+    /// The export call's deadline (the gRPC service's `timeout`, default 5 s; the HTTP
+    /// URI's, required).
     pub timeout: Duration,
     /// The resource's `service.name` (Envoy's default `unknown_service:envoy`).
     pub service_name: String,
+    pub transport: OtlpTransport,
+}
+
+/// How the spans travel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OtlpTransport {
+    /// `grpc_service`: the collector's TraceService.
+    Grpc,
+    /// `http_service`: protobuf POSTed to `path` with `Host: authority` and `headers`.
+    Http {
+        path: String,
+        authority: String,
+        headers: Vec<(String, String)>,
+    },
 }
 
 /// A tag every span of the connection manager (or route) gets.
@@ -169,10 +184,13 @@ impl TryFrom<&pb::envoy::config::trace::v3::tracing::Http> for OpenTelemetry {
         }
         let config: pb::envoy::config::trace::v3::OpenTelemetryConfig =
             crate::util::unpack_any(any, type_urls::OPEN_TELEMETRY_CONFIG, "typed_config")?;
-        if config.http_service.is_some() {
-            return Err(ValidationError::unsupported(
-                "typed_config.http_service: OTLP/HTTP export (use grpc_service)",
-            ));
+        let service_name = if config.service_name.is_empty() {
+            "unknown_service:envoy".to_string()
+        } else {
+            config.service_name.clone()
+        };
+        if let Some(http) = config.http_service.as_ref() {
+            return http_transport(http, service_name);
         }
         let grpc = config
             .grpc_service
@@ -195,13 +213,67 @@ impl TryFrom<&pb::envoy::config::trace::v3::tracing::Http> for OpenTelemetry {
         Ok(Self {
             cluster: envoy_grpc.cluster_name.clone(),
             timeout,
-            service_name: if config.service_name.is_empty() {
-                "unknown_service:envoy".to_string()
-            } else {
-                config.service_name.clone()
-            },
+            service_name,
+            transport: OtlpTransport::Grpc,
         })
     }
+}
+
+/// `http_service`: the collector's `http_uri` (its cluster, path and host) and the
+/// headers every export carries.
+fn http_transport(
+    http: &pb::envoy::config::core::v3::HttpService,
+    service_name: String,
+) -> Result<OpenTelemetry> {
+    use pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
+    let field = "typed_config.http_service.http_uri";
+    let uri = http
+        .http_uri
+        .as_ref()
+        .ok_or_else(|| ValidationError::required(field))?;
+    let parsed: http::Uri = uri
+        .uri
+        .parse()
+        .map_err(|_| ValidationError::new(format!("{field}.uri"), "not a URI"))?;
+    let cluster = match uri.http_upstream_type.as_ref() {
+        Some(HttpUpstreamType::Cluster(c)) if !c.is_empty() => c.clone(),
+        _ => return Err(ValidationError::required(format!("{field}.cluster"))),
+    };
+    let authority = parsed
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| ValidationError::new(format!("{field}.uri"), "needs a host"))?;
+    // Required, as in Envoy.
+    let timeout = match uri.timeout.as_ref() {
+        None => return Err(ValidationError::required(format!("{field}.timeout"))),
+        Some(d) => crate::util::duration(d, &format!("{field}.timeout"))?,
+    };
+    let headers = http
+        .request_headers_to_add
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let header = h.header.as_ref().ok_or_else(|| {
+                ValidationError::required(format!(
+                    "typed_config.http_service.request_headers_to_add[{i}].header"
+                ))
+            })?;
+            Ok((header.key.to_ascii_lowercase(), header.value.clone()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(OpenTelemetry {
+        cluster,
+        timeout,
+        service_name,
+        transport: OtlpTransport::Http {
+            path: parsed
+                .path_and_query()
+                .map_or("/v1/traces", |p| p.as_str())
+                .to_string(),
+            authority,
+            headers,
+        },
+    })
 }
 
 impl TryFrom<&pb::envoy::config::route::v3::Tracing> for RouteTracing {

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tracing::debug;
-use xds_types::tracing::OpenTelemetry;
+use xds_types::tracing::{OpenTelemetry, OtlpTransport};
 
 use crate::config::SnapshotStore;
 use crate::http::filters::grpc::Channels;
@@ -178,6 +178,14 @@ async fn export(
     provider: &OpenTelemetry,
     request: ExportTraceServiceRequest,
 ) -> Result<(), String> {
+    if let OtlpTransport::Http {
+        path,
+        authority,
+        headers,
+    } = &provider.transport
+    {
+        return export_http(store, provider, path, authority, headers, request).await;
+    }
     let channel = channels
         .pick(&store.load(), &provider.cluster, provider.timeout)
         .ok_or_else(|| format!("no host in cluster {}", provider.cluster))?;
@@ -188,5 +196,46 @@ async fn export(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(status)) => Err(status.to_string()),
         Err(_) => Err("timed out".to_string()),
+    }
+}
+
+/// OTLP/HTTP: the batch as protobuf, POSTed through the cluster's connection pool.
+async fn export_http(
+    store: &SnapshotStore,
+    provider: &OpenTelemetry,
+    path: &str,
+    authority: &str,
+    headers: &[(String, String)],
+    request: ExportTraceServiceRequest,
+) -> Result<(), String> {
+    use prost::Message;
+    let mut header_map = http::HeaderMap::new();
+    header_map.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-protobuf"),
+    );
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            header_map.append(name, value);
+        }
+    }
+    let snapshot = store.load();
+    let call = crate::http::filters::call::Call {
+        cluster: &provider.cluster,
+        method: http::Method::POST,
+        path,
+        authority,
+        headers: header_map,
+        body: request.encode_to_vec().into(),
+        timeout: provider.timeout,
+        max_response_bytes: 64 * 1024,
+    };
+    match crate::http::filters::call::send(&snapshot, call).await {
+        Some((head, _)) if head.status.is_success() => Ok(()),
+        Some((head, _)) => Err(format!("collector answered {}", head.status)),
+        None => Err("no answer from the collector".to_string()),
     }
 }

@@ -504,3 +504,65 @@ async fn a_traced_streams_own_log_lines_carry_its_trace_id() {
         "{failed:?}"
     );
 }
+
+#[tokio::test]
+async fn spans_go_over_otlp_http_as_envoy_sends_them() {
+    let mut heads = Vec::new();
+    for envoy in [true, false] {
+        let upstream = Upstream::start("app").await;
+        let receiver = OtlpReceiver::start_http().await;
+        let (admin, listener) = (free_addr(), free_addr());
+        let mut config: Value = serde_json::from_str(&traced_config(
+            admin,
+            listener,
+            upstream.addr,
+            receiver.addr,
+            json!({}),
+        ))
+        .unwrap();
+        let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        hcm["tracing"]["provider"]["typed_config"] = json!({
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "service_name": "edge",
+            "http_service": {
+                "http_uri": { "uri": format!("http://collector.test:{}/v1/traces", receiver.addr.port()),
+                              "cluster": "otel", "timeout": "1s" },
+                "request_headers_to_add": [ { "header": { "key": "x-tenant", "value": "edge" } } ] } });
+        // Plain HTTP/1.1 to the collector.
+        config["static_resources"]["clusters"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("typed_extension_protocol_options");
+        let proxy = start_proxy(envoy, &config.to_string(), admin).await;
+        let tp = traceparent(TRACE, PARENT, "01");
+        HttpClient::http1()
+            .get(listener, "h", "/over-http", &[("traceparent", tp.as_str())])
+            .await
+            .unwrap();
+        let spans = receiver.wait_for(1, Duration::from_secs(10)).await;
+        drop(proxy);
+        let who = if envoy { "envoy" } else { "sluice" };
+        assert_eq!(spans.len(), 1, "{who}");
+        assert_eq!(spans[0].trace_id(), TRACE, "{who}");
+        assert_eq!(spans[0].parent_span_id(), PARENT, "{who}");
+        assert_eq!(spans[0].service_name.as_deref(), Some("edge"), "{who}");
+        let (path, headers) = receiver.http_heads().remove(0);
+        let header = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        heads.push((
+            path,
+            header("content-type"),
+            header("x-tenant"),
+            header("host").map(|h| h.replace(&receiver.addr.port().to_string(), "PORT")),
+            shape(&spans[0]),
+        ));
+    }
+    assert_eq!(heads[0].0, "/v1/traces");
+    assert_eq!(heads[0].1.as_deref(), Some("application/x-protobuf"));
+    assert_eq!(
+        heads[0].3.as_deref(),
+        Some("collector.test:PORT"),
+        "the URI's host"
+    );
+    assert_eq!(heads[0], heads[1], "Envoy's export and sluice's");
+}
