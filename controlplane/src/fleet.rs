@@ -46,6 +46,13 @@ pub struct TypeStatus {
     pub last_nack: Option<Nack>,
 }
 
+impl TypeStatus {
+    /// Whether the node ACKed what it was last sent (or was sent nothing).
+    pub fn in_step(&self) -> bool {
+        self.sent_version.is_none() || self.acked_version == self.sent_version
+    }
+}
+
 /// A rejected version and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nack {
@@ -145,27 +152,26 @@ impl Fleet {
             if status.last_nack.is_some() && status.last_nack != before.last_nack {
                 self.metrics.nacks.get_or_create(&labels).inc();
             }
-            let node_in_step = node
-                .types
-                .values()
-                .all(|t| t.sent_version.is_none() || t.acked_version == t.sent_version);
-            let members: Vec<&NodeStatus> = nodes
-                .values()
-                .filter(|n| n.group == group && n.connected())
-                .collect();
-            let in_step = members
-                .iter()
-                .flat_map(|n| n.types.values())
-                .all(|t| t.sent_version.is_none() || t.acked_version == t.sent_version);
-            let connected: Vec<String> = members.iter().map(|n| n.node.id.clone()).collect();
+            // Only while a change converges is the group's state worth a look.
+            if self.metrics.converging(&group) {
+                if node.types.values().all(TypeStatus::in_step) {
+                    self.metrics.node_in_step(&group, node_id);
+                }
+                let members: Vec<&str> = nodes
+                    .values()
+                    .filter(|n| n.group == group && n.connected())
+                    .map(|n| n.node.id.as_str())
+                    .collect();
+                let in_step = nodes
+                    .values()
+                    .filter(|n| n.group == group && n.connected())
+                    .flat_map(|n| n.types.values())
+                    .all(TypeStatus::in_step);
+                if in_step {
+                    self.metrics.in_step(&group, &members);
+                }
+            }
             drop(nodes);
-            if node_in_step {
-                self.metrics.node_in_step(&group, node_id);
-            }
-            if in_step {
-                let connected: Vec<&str> = connected.iter().map(String::as_str).collect();
-                self.metrics.in_step(&group, &connected);
-            }
             self.changed();
         }
     }

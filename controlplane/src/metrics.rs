@@ -145,6 +145,11 @@ impl Metrics {
             });
     }
 
+    /// Whether a change to `group` has not converged yet.
+    pub fn converging(&self, group: &str) -> bool {
+        self.lock().contains_key(group)
+    }
+
     /// Something was pushed to `node` of `group`.
     pub fn pushed(&self, group: &str, node: &str) {
         if let Some(pending) = self.lock().get_mut(group) {

@@ -441,17 +441,14 @@ impl Registry {
             return;
         }
         let newest = position == entry.revisions.len();
-        let (revision_group, revision_number, revision_source) = (
-            revision.group.clone(),
-            revision.number,
-            revision.source.clone(),
-        );
-        entry.revisions.insert(position, revision);
         if newest {
             // Before the streams see it: a push must find its change already recorded.
             if let Some(metrics) = self.metrics.get() {
-                metrics.changed(&revision_group, revision_number, &revision_source);
+                metrics.changed(&revision.group, revision.number, &revision.source);
             }
+        }
+        entry.revisions.insert(position, revision);
+        if newest {
             entry.current.send_replace(set);
         }
     }

@@ -186,7 +186,7 @@ pub async fn serve(
     let start = logs.map(|_| SystemTime::now());
     let tracer = listener.tracer.as_ref();
     let mut outcome = Outcome {
-        detailed: logs.is_some() || tracer.is_some(),
+        detailed: logs.is_some(),
         logged_request: logs.map_or_else(Vec::new, |logs| {
             logs.capture_request(&RequestView {
                 method: &method,
@@ -197,7 +197,7 @@ pub async fn serve(
                 original_path: None,
             })
         }),
-        received: (logs.is_some() || tracer.is_some()).then(|| Arc::new(AtomicU64::new(0))),
+        received: logs.map(|_| Arc::new(AtomicU64::new(0))),
         idle: hcm
             .stream_idle_timeout
             .map(|t| Arc::new(body::IdleTimer::new(t))),
@@ -206,31 +206,39 @@ pub async fn serve(
     let stream_deadline = hcm
         .max_stream_duration
         .map(|d| tokio::time::Instant::now() + d);
-    // Routed here when traced: the decision follows route selection, as in Envoy, and a
-    // traced stream's own log lines carry its trace id.
-    let route = match (&refused, tracer) {
-        (None, Some(tracer)) => {
-            let route = listener
-                .routes
-                .route(request.method(), &host, &path, request.headers());
-            outcome.trace = tracer.start(
-                request.headers(),
-                route.map(|m| m.route),
-                crate::trace::RequestLine {
-                    method: request.method().as_str(),
-                    scheme: scheme(&ctx),
-                    host: &host,
-                    path: &path,
-                },
-            );
-            Some(route)
-        }
-        _ => None,
+    let route = if refused.is_none() {
+        listener
+            .routes
+            .route(request.method(), &host, &path, request.headers())
+    } else {
+        None
     };
+    // The decision follows route selection, as in Envoy (a route may override sampling).
+    if let (None, Some(tracer)) = (&refused, tracer) {
+        outcome.trace = tracer.start(
+            request.headers(),
+            route.map(|m| m.route),
+            crate::trace::RequestLine {
+                method: request.method().as_str(),
+                scheme: scheme(&ctx),
+                host: &host,
+                path: &path,
+            },
+        );
+    }
+    let sampled = outcome.trace.as_ref().is_some_and(|s| s.context.sampled);
+    if sampled {
+        // A sampled span records the cluster, the upstream host and the bytes received.
+        outcome.detailed = true;
+        outcome
+            .received
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)));
+    }
+    // A traced stream's own log lines carry its trace id.
     let log_span = outcome
         .trace
         .as_ref()
-        .filter(|span| span.context.sampled)
+        .filter(|_| sampled)
         .map(|span| tracing::info_span!("stream", trace_id = %span.context.trace_id_hex()));
     let mut response = if let Some(error) = refused {
         outcome.flag = error.flag();
@@ -332,12 +340,11 @@ pub async fn serve(
     let trace_id = logs
         .and(outcome.trace.as_ref())
         .map(|s| s.context.trace_id_hex());
-    let traced = outcome.trace.as_ref().is_some_and(|s| s.context.sampled);
-    let sent = (logs.is_some() || traced).then(|| Arc::new(AtomicU64::new(0)));
+    let sent = (logs.is_some() || sampled).then(|| Arc::new(AtomicU64::new(0)));
     if let Some(sent) = &sent {
         body = body::Counted::new(body, sent.clone()).boxed();
     }
-    if let (Some(tracer), Some(span), true) = (tracer, outcome.trace.take(), traced) {
+    if let (Some(tracer), Some(span), true) = (tracer, outcome.trace.take(), sampled) {
         let record = TraceRecord {
             tracer: tracer.clone(),
             span,
@@ -369,7 +376,7 @@ pub async fn serve(
             attempts: outcome.attempts,
             route: outcome.route.take(),
             trace_id,
-            traced,
+            traced: sampled,
         };
         let ctx = ctx.clone();
         outcome
@@ -498,10 +505,10 @@ fn prepare(
         }
     }
     if hcm.use_remote_address || !request.headers().contains_key(&X_FORWARDED_PROTO) {
-        let scheme = if ctx.tls.is_some() { "https" } else { "http" };
-        request
-            .headers_mut()
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+        request.headers_mut().insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(scheme(ctx)),
+        );
     }
     // As Envoy's connection manager: before filters, so they, the access logs and the
     // upstream all see the same id.
@@ -561,16 +568,11 @@ async fn handle<'s>(
     snapshot: &Arc<Snapshot>,
     listener: &'s HttpRuntime,
     request: Request<Incoming>,
-    routed: Option<Option<RouteMatch<'s>>>,
+    route: Option<RouteMatch<'s>>,
     host: &str,
     path: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
-    let route = routed.unwrap_or_else(|| {
-        listener
-            .routes
-            .route(request.method(), host, path, request.headers())
-    });
     let (mut parts, body) = request.into_parts();
     // Built only when there are filters: a router-only chain skips all of this.
     let mut filter_ctx = (!listener.filters.is_empty()).then(|| RequestCtx {
@@ -675,8 +677,7 @@ async fn route_request<'s>(
             {
                 // As Envoy's router, which rewrites the request's path before it answers
                 // a prefix redirect: the logs see the rewritten path.
-                let matched = route.matcher.rewritable_prefix().unwrap_or("").len();
-                let rewritten = format!("{prefix}{}", path.get(matched..).unwrap_or(""));
+                let rewritten = replace_matched_prefix(route, prefix, path);
                 let suppress = listener.config.http_filters.router.suppress_envoy_headers;
                 outcome.logged_request = logs.capture_request(&RequestView {
                     method: request.method(),
@@ -747,6 +748,12 @@ fn direct_response(direct: &DirectResponse) -> Response<Body> {
     response
 }
 
+/// `path` with the part the route's prefix matched replaced by `prefix`.
+fn replace_matched_prefix(route: &xds_types::route::Route, prefix: &str, path: &str) -> String {
+    let matched = route.matcher.rewritable_prefix().unwrap_or("").len();
+    format!("{prefix}{}", path.get(matched..).unwrap_or(""))
+}
+
 fn redirect_response(
     redirect: &Redirect,
     route: &xds_types::route::Route,
@@ -769,10 +776,7 @@ fn redirect_response(
     let mut new_path = match &redirect.path {
         None => path.to_string(),
         Some(RedirectPath::Replace(p)) => p.clone(),
-        Some(RedirectPath::Prefix(p)) => {
-            let matched = route.matcher.rewritable_prefix().unwrap_or("").len();
-            format!("{p}{}", path.get(matched..).unwrap_or(""))
-        }
+        Some(RedirectPath::Prefix(p)) => replace_matched_prefix(route, p, path),
     };
     if !redirect.strip_query && !new_path.contains('?') {
         if let Some(q) = query {
@@ -891,7 +895,9 @@ async fn forward(
     ));
     if let (Some(span), Some(headers)) = (&outcome.trace, headers.as_mut()) {
         span.inject(headers);
-        outcome.upstream_start = Some(SystemTime::now());
+        if span.context.sampled {
+            outcome.upstream_start = Some(SystemTime::now());
+        }
     }
     let rewritten = rewrite_path(action, plan.rewrite_prefix, path);
     let upstream_path = match &rewritten {

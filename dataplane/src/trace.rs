@@ -272,8 +272,8 @@ impl Tracer {
         attributes.extend([
             string("http.protocol", end.protocol.to_string()),
             string("peer.address", end.peer.to_string()),
-            int("request_size", end.request_size),
-            int("response_size", end.response_size),
+            string("request_size", end.request_size.to_string()),
+            string("response_size", end.response_size.to_string()),
             string("http.status_code", end.status.to_string()),
             string("response_flags", end.flags.to_string()),
         ]);
@@ -443,10 +443,6 @@ pub(crate) fn attribute(key: &str, value: any_value::Value) -> KeyValue {
 /// A string attribute: Envoy's span tags are all strings.
 pub(crate) fn string(key: &str, value: String) -> KeyValue {
     attribute(key, any_value::Value::StringValue(value))
-}
-
-fn int(key: &str, value: u64) -> KeyValue {
-    string(key, value.to_string())
 }
 
 #[cfg(test)]

@@ -24,25 +24,14 @@ async fn cluster_status(xds: std::net::SocketAddr) -> Vec<(String, i32, String)>
         .collect()
 }
 
-#[tokio::test]
-async fn every_node_nacks_invalid_config_and_keeps_serving() {
-    let first = Upstream::start("first").await;
-    let second = Upstream::start("second").await;
-    let (xds, listener, metrics) = (free_addr(), free_addr(), free_addr());
-    let metrics_arg = metrics.to_string();
-    let cp = ControlPlane::start_with_args(
-        &xds_resources(listener, first.addr, "v1"),
-        xds,
-        &["--unsafe-skip-validation", "--metrics-listen", &metrics_arg],
-    )
-    .await
-    .unwrap();
+/// Two nodes of `xds`'s fleet, one state of the world (`node-a`) and one delta (`node-b`),
+/// sharing the listener port (SO_REUSEPORT); returned once both ACKed the clusters.
+async fn two_synced_nodes(xds: std::net::SocketAddr) -> (Sluice, Sluice) {
     let (admin_a, admin_b) = (free_addr(), free_addr());
-    // Two nodes share the listener port (SO_REUSEPORT): one state of the world, one delta.
-    let _a = Sluice::start(&ads_bootstrap(admin_a, xds, "GRPC", "node-a"), admin_a)
+    let a = Sluice::start(&ads_bootstrap(admin_a, xds, "GRPC", "node-a"), admin_a)
         .await
         .unwrap();
-    let _b = Sluice::start(
+    let b = Sluice::start(
         &ads_bootstrap(admin_b, xds, "DELTA_GRPC", "node-b"),
         admin_b,
     )
@@ -58,6 +47,24 @@ async fn every_node_nacks_invalid_config_and_keeps_serving() {
         "both nodes ACK the first config: {:?}",
         cluster_status(xds).await
     );
+    (a, b)
+}
+
+#[tokio::test]
+async fn every_node_nacks_invalid_config_and_keeps_serving() {
+    let first = Upstream::start("first").await;
+    let second = Upstream::start("second").await;
+    let (xds, listener, metrics) = (free_addr(), free_addr(), free_addr());
+    let metrics_arg = metrics.to_string();
+    let cp = ControlPlane::start_with_args(
+        &xds_resources(listener, first.addr, "v1"),
+        xds,
+        &["--unsafe-skip-validation", "--metrics-listen", &metrics_arg],
+    )
+    .await
+    .unwrap();
+    let _nodes = two_synced_nodes(xds).await;
+    let synced = ConfigStatus::Synced as i32;
 
     // An unsupported load-balancing policy: every node rejects the cluster.
     let invalid = xds_resources(listener, second.addr, "v1").replace(
@@ -200,24 +207,7 @@ async fn an_apply_is_one_trace_from_the_api_call_to_every_nodes_ack() {
     )
     .await
     .unwrap();
-    let (admin_a, admin_b) = (free_addr(), free_addr());
-    let _a = Sluice::start(&ads_bootstrap(admin_a, xds, "GRPC", "node-a"), admin_a)
-        .await
-        .unwrap();
-    let _b = Sluice::start(
-        &ads_bootstrap(admin_b, xds, "DELTA_GRPC", "node-b"),
-        admin_b,
-    )
-    .await
-    .unwrap();
-    let synced = ConfigStatus::Synced as i32;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let s = cluster_status(xds).await;
-            s.len() == 2 && s.iter().all(|(_, status, _)| *status == synced)
-        })
-        .await
-    );
+    let _nodes = two_synced_nodes(xds).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("v2.yaml");
     std::fs::write(&file, xds_resources(listener, first.addr, "v2")).unwrap();
