@@ -56,8 +56,8 @@ const ROOTS: &[&str] = &[
     // Tracers sluice does not implement, refused by name.
     "envoy.config.trace.v3.ZipkinConfig",
     "envoy.config.trace.v3.DatadogConfig",
-    // Loggers sluice does not implement, refused by name.
     "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+    // Loggers sluice does not implement, refused by name.
     "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
     // Every typed load-balancing policy, so a list that names one Sluice does not
     // implement before one it does still decodes (Envoy uses the first it knows).

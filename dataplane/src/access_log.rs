@@ -3,7 +3,10 @@
 //!
 //! A line is rendered on the task that ends the stream and handed to its sink's queue; one
 //! writer thread per sink (file path, stdout, stderr) writes it, so a slow disk or a full
-//! pipe never blocks traffic. A full queue drops the line and counts it.
+//! pipe never blocks traffic. A full queue drops the line and counts it. The OpenTelemetry
+//! logger ([`otlp`]) renders a log record instead, and its queue feeds an OTLP exporter.
+
+mod otlp;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,9 +24,12 @@ use tracing::warn;
 use xds_types::access_log::{
     AccessLog, Field, HeaderLookup, JsonField, LogFilter, LogFormat, Operator, Segment, Sink,
 };
+use xds_types::Bootstrap;
 
+use crate::config::SnapshotStore;
 use crate::local_reply::ResponseFlag;
 use crate::stats::Stats;
+use crate::trace::SpanContext;
 
 /// Lines a sink holds before it drops new ones (`--access-log-queue-lines`).
 static QUEUE_LINES: AtomicUsize = AtomicUsize::new(8192);
@@ -47,7 +53,13 @@ pub struct AccessLogs {
 struct CompiledLog {
     filter: Option<LogFilter>,
     format: CompiledFormat,
-    sink: Arc<SinkWriter>,
+    sink: Output,
+}
+
+/// Where a rendered entry goes.
+enum Output {
+    Lines(Arc<SinkWriter>),
+    Otlp(Arc<otlp::OtlpLogger>),
 }
 
 enum CompiledFormat {
@@ -56,6 +68,7 @@ enum CompiledFormat {
         fields: Vec<(String, JsonPiece)>,
         omit_empty: bool,
     },
+    Otlp(otlp::CompiledRecord),
 }
 
 enum JsonPiece {
@@ -114,7 +127,8 @@ pub struct Entry<'a> {
     pub local: SocketAddr,
     pub server_name: Option<&'a str>,
     pub route_name: Option<&'a str>,
-    pub trace_id: Option<&'a str>,
+    /// The stream's span, when tracing gave it one (sampled or not).
+    pub trace: Option<SpanContext>,
     pub traced: bool,
     pub connection_id: u64,
     pub details: Option<&'a str>,
@@ -148,7 +162,7 @@ impl<'a> Entry<'a> {
             local,
             server_name: None,
             route_name: None,
-            trace_id: None,
+            trace: None,
             traced: false,
             connection_id,
             details: None,
@@ -163,8 +177,9 @@ pub fn next_connection_id() -> u64 {
 }
 
 impl AccessLogs {
-    /// Compiles `logs`, opening (or sharing) their sinks.
-    pub fn new(logs: &[AccessLog], stats: &Stats) -> Option<Arc<Self>> {
+    /// Compiles `logs`, opening (or sharing) their sinks; `node` names the OpenTelemetry
+    /// loggers' resource.
+    pub fn new(logs: &[AccessLog], node: &Bootstrap, stats: &Stats) -> Option<Arc<Self>> {
         if logs.is_empty() {
             return None;
         }
@@ -176,10 +191,16 @@ impl AccessLogs {
                 if let Some(filter) = &log.filter {
                     collect_filter_headers(filter, &mut request_names);
                 }
+                let sink = match &log.sink {
+                    Sink::OpenTelemetry(sink) => {
+                        Output::Otlp(otlp::OtlpLogger::shared(sink, node, stats))
+                    }
+                    lines => Output::Lines(SinkWriter::shared(lines, stats)),
+                };
                 CompiledLog {
                     filter: log.filter.clone(),
                     format: compile_format(&log.format, &mut request_names, &mut response_names),
-                    sink: SinkWriter::shared(&log.sink, stats),
+                    sink,
                 }
             })
             .collect();
@@ -203,14 +224,24 @@ impl AccessLogs {
             .collect()
     }
 
-    /// Renders and queues one line per log whose filter passes.
-    pub fn write(&self, entry: &Entry<'_>) {
+    /// Renders and queues one line (or record) per log whose filter passes; `store`
+    /// gives the OpenTelemetry loggers their collector's hosts.
+    pub fn write(&self, entry: &Entry<'_>, store: &SnapshotStore) {
         for log in &self.logs {
             if let Some(filter) = &log.filter {
                 if !self.passes(filter, entry) {
                     continue;
                 }
             }
+            let sink = match &log.sink {
+                Output::Lines(sink) => sink,
+                Output::Otlp(logger) => {
+                    if let CompiledFormat::Otlp(record) = &log.format {
+                        logger.submit(record.render(entry), store);
+                    }
+                    continue;
+                }
+            };
             let line = match &log.format {
                 CompiledFormat::Text(pieces) => {
                     let mut line = String::new();
@@ -223,8 +254,10 @@ impl AccessLogs {
                     line.push(b'\n');
                     line
                 }
+                // Only the OpenTelemetry logger has this format, and it was served above.
+                CompiledFormat::Otlp(_) => continue,
             };
-            log.sink.send(line);
+            sink.send(line);
         }
     }
 
@@ -344,6 +377,9 @@ fn compile_format(
             fields: compile_json(fields, request, response),
             omit_empty: *omit_empty,
         },
+        LogFormat::Otlp(format) => {
+            CompiledFormat::Otlp(otlp::CompiledRecord::new(format, request, response))
+        }
     }
 }
 
@@ -526,7 +562,9 @@ fn value<'a>(source: &'a Source, entry: &'a Entry<'a>) -> Value<'a> {
             Field::RequestedServerName => text(entry.server_name),
             Field::RouteName => text(entry.route_name),
             Field::Hostname => text(Some(hostname())),
-            Field::TraceId => text(entry.trace_id),
+            Field::TraceId => entry
+                .trace
+                .map_or(Value::Absent, |t| owned(t.trace_id_hex())),
             Field::ConnectionId => Value::Number(entry.connection_id),
         },
     }
@@ -648,6 +686,8 @@ impl SinkWriter {
 /// every log using the sink is gone.
 fn write_lines(sink: &Sink, lines: &mpsc::Receiver<Vec<u8>>, written: &Counter, failed: &Counter) {
     let mut out: Box<dyn Write> = match sink {
+        // Served by an OTLP exporter, never by a writer thread.
+        Sink::OpenTelemetry(_) => return,
         Sink::Stdout => Box::new(std::io::stdout()),
         Sink::Stderr => Box::new(std::io::stderr()),
         Sink::File(path) => match std::fs::OpenOptions::new()

@@ -104,20 +104,24 @@ async fn logged(
         http::Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     };
+    let store = state.store.clone();
     let response = handle(state, request).await?;
     let bytes_sent = http_body::Body::size_hint(response.body())
         .exact()
         .unwrap_or_default();
-    logs.write(&Entry {
-        request: &captured,
-        response: &logs.capture_response(response.headers()),
-        status: response.status().as_u16(),
-        duration: started.elapsed(),
-        response_duration: Some(started.elapsed()),
-        bytes_sent,
-        protocol: Some(protocol),
-        ..Entry::connection(peer, peer, local, connection_id, start)
-    });
+    logs.write(
+        &Entry {
+            request: &captured,
+            response: &logs.capture_response(response.headers()),
+            status: response.status().as_u16(),
+            duration: started.elapsed(),
+            response_duration: Some(started.elapsed()),
+            bytes_sent,
+            protocol: Some(protocol),
+            ..Entry::connection(peer, peer, local, connection_id, start)
+        },
+        &store,
+    );
     Ok(response)
 }
 

@@ -374,7 +374,7 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
     let listeners = listener_configs
         .filter_map(|l| {
             let live = previous.and_then(|p| p.listeners.get(&l.name));
-            match listener_runtime(l, live, dynamic, &secrets, &bootstrap.node_id, stats) {
+            match listener_runtime(l, live, dynamic, &secrets, bootstrap, stats) {
                 Ok(runtime) => Some((l.name.clone(), Arc::new(runtime))),
                 Err(Warming) => live.map(|r| (l.name.clone(), r.clone())),
             }
@@ -457,12 +457,12 @@ fn listener_runtime(
     live: Option<&Arc<ListenerRuntime>>,
     dynamic: &DynamicResources,
     secrets: &Secrets<'_>,
-    node_id: &str,
+    node: &Bootstrap,
     stats: &Stats,
 ) -> Result<ListenerRuntime, Warming> {
     let chain = |c: &FilterChain| -> Result<Arc<ChainRuntime>, Warming> {
         let previous = live.and_then(|r| r.chain(c.identity));
-        chain_runtime(l, c, previous, dynamic, secrets, node_id, stats).map(Arc::new)
+        chain_runtime(l, c, previous, dynamic, secrets, node, stats).map(Arc::new)
     };
     let chains = l
         .filter_chains
@@ -475,7 +475,7 @@ fn listener_runtime(
         chains,
         default_chain,
         stats: stats.listener(&l.address.to_string()),
-        access_logs: AccessLogs::new(&l.access_log, stats),
+        access_logs: AccessLogs::new(&l.access_log, node, stats),
     })
 }
 
@@ -485,7 +485,7 @@ fn chain_runtime(
     previous: Option<&Arc<ChainRuntime>>,
     dynamic: &DynamicResources,
     secrets: &Secrets<'_>,
-    node_id: &str,
+    node: &Bootstrap,
     stats: &Stats,
 ) -> Result<ChainRuntime, Warming> {
     let network = match &c.network {
@@ -522,17 +522,17 @@ fn chain_runtime(
                 routes,
                 filters,
                 stats: stats.http(&h.stat_prefix),
-                access_logs: AccessLogs::new(&h.access_log, stats),
+                access_logs: AccessLogs::new(&h.access_log, node, stats),
                 tracer: h
                     .tracing
                     .as_ref()
-                    .map(|t| crate::trace::Tracer::new(t, node_id, stats)),
+                    .map(|t| crate::trace::Tracer::new(t, &node.node_id, stats)),
             }))
         }
         NetworkFilter::Tcp(t) => Network::Tcp(TcpRuntime {
             config: t.clone(),
             stats: stats.tcp(&t.stat_prefix),
-            access_logs: AccessLogs::new(&t.access_log, stats),
+            access_logs: AccessLogs::new(&t.access_log, node, stats),
         }),
     };
     let tls = match &c.tls {

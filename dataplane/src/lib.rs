@@ -28,6 +28,7 @@ pub mod hash_policy;
 pub mod http;
 pub mod listener;
 pub mod local_reply;
+pub mod otlp;
 pub mod proxy;
 pub mod router;
 pub mod server;

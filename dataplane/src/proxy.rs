@@ -337,9 +337,7 @@ pub async fn serve(
     if let Some(timeout) = hcm.stream_idle_timeout {
         body = body::Timed::idle(body, timeout).boxed();
     }
-    let trace_id = logs
-        .and(outcome.trace.as_ref())
-        .map(|s| s.context.trace_id_hex());
+    let trace = logs.and(outcome.trace.as_ref()).map(|s| s.context);
     let sent = (logs.is_some() || sampled).then(|| Arc::new(AtomicU64::new(0)));
     if let Some(sent) = &sent {
         body = body::Counted::new(body, sent.clone()).boxed();
@@ -375,7 +373,7 @@ pub async fn serve(
             upstream: outcome.upstream.take(),
             attempts: outcome.attempts,
             route: outcome.route.take(),
-            trace_id,
+            trace,
             traced: sampled,
         };
         let ctx = ctx.clone();
@@ -1648,7 +1646,7 @@ struct HttpRecord {
     upstream: Option<String>,
     attempts: u32,
     route: Option<String>,
-    trace_id: Option<String>,
+    trace: Option<crate::trace::SpanContext>,
     traced: bool,
 }
 
@@ -1683,31 +1681,34 @@ impl TraceRecord {
 
 impl HttpRecord {
     fn write(self, ctx: &ConnContext, end: &crate::http::ctx::StreamEnd) {
-        self.logs.write(&Entry {
-            request: &self.request,
-            response: &self.response,
-            status: end.status.as_u16(),
-            flags: end.flag.as_slice(),
-            duration: end.duration,
-            response_duration: Some(self.response_duration),
-            bytes_received: self.received.load(Ordering::Relaxed),
-            bytes_sent: self.sent.load(Ordering::Relaxed),
-            protocol: Some(self.protocol),
-            upstream_host: self.upstream.as_deref(),
-            upstream_cluster: self.cluster.as_deref(),
-            attempts: (self.attempts > 0).then_some(self.attempts),
-            server_name: ctx.tls.as_ref().and_then(|t| t.sni.as_deref()),
-            route_name: self.route.as_deref(),
-            trace_id: self.trace_id.as_deref(),
-            traced: self.traced,
-            ..Entry::connection(
-                ctx.remote,
-                ctx.direct_remote,
-                ctx.local,
-                ctx.connection_id,
-                self.start,
-            )
-        });
+        self.logs.write(
+            &Entry {
+                request: &self.request,
+                response: &self.response,
+                status: end.status.as_u16(),
+                flags: end.flag.as_slice(),
+                duration: end.duration,
+                response_duration: Some(self.response_duration),
+                bytes_received: self.received.load(Ordering::Relaxed),
+                bytes_sent: self.sent.load(Ordering::Relaxed),
+                protocol: Some(self.protocol),
+                upstream_host: self.upstream.as_deref(),
+                upstream_cluster: self.cluster.as_deref(),
+                attempts: (self.attempts > 0).then_some(self.attempts),
+                server_name: ctx.tls.as_ref().and_then(|t| t.sni.as_deref()),
+                route_name: self.route.as_deref(),
+                trace: self.trace,
+                traced: self.traced,
+                ..Entry::connection(
+                    ctx.remote,
+                    ctx.direct_remote,
+                    ctx.local,
+                    ctx.connection_id,
+                    self.start,
+                )
+            },
+            &ctx.store,
+        );
     }
 }
 

@@ -86,7 +86,7 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         shutdown: shutdown.clone(),
         started: Instant::now(),
         concurrency: options.concurrency,
-        access_logs: AccessLogs::new(&admin_access_log, store.stats()),
+        access_logs: AccessLogs::new(&admin_access_log, &store.load().bootstrap, store.stats()),
     });
     if let Some(address) = admin_address {
         let socket = bind(address).map_err(|source| ServerError::AdminBind { address, source })?;

@@ -622,6 +622,20 @@ impl Stats {
         )
     }
 
+    /// An OpenTelemetry access logger's record counter, named as Envoy's:
+    /// `access_logs.open_telemetry_access_log.<stat_prefix><event>`.
+    pub fn otlp_log_counter(&self, stat_prefix: &str, event: &str, help: &str) -> Counter {
+        self.counter(
+            "sluice_access_log_open_telemetry_records",
+            help,
+            vec![
+                ("stat_prefix".to_string(), stat_prefix.to_string()),
+                ("event".to_string(), event.to_string()),
+            ],
+            format!("access_logs.open_telemetry_access_log.{stat_prefix}{event}"),
+        )
+    }
+
     /// An access log sink's line counter: `access_log.<event>`.
     pub fn access_log_counter(&self, event: &str, help: &str) -> Counter {
         self.counter(

@@ -61,23 +61,26 @@ where
     let mut outcome = TcpOutcome::default();
     run(downstream, tcp, store, drain, &mut outcome).await;
     if let Some(logs) = &tcp.access_logs {
-        logs.write(&Entry {
-            start,
-            duration: started.elapsed(),
-            bytes_received: outcome.received,
-            bytes_sent: outcome.sent,
-            flags: &outcome.flags,
-            upstream_host: outcome.upstream.as_deref(),
-            upstream_cluster: outcome.cluster.as_deref(),
-            server_name: peer.server_name.as_deref(),
-            ..Entry::connection(
-                peer.remote,
-                peer.direct_remote,
-                peer.local,
-                peer.connection_id,
+        logs.write(
+            &Entry {
                 start,
-            )
-        });
+                duration: started.elapsed(),
+                bytes_received: outcome.received,
+                bytes_sent: outcome.sent,
+                flags: &outcome.flags,
+                upstream_host: outcome.upstream.as_deref(),
+                upstream_cluster: outcome.cluster.as_deref(),
+                server_name: peer.server_name.as_deref(),
+                ..Entry::connection(
+                    peer.remote,
+                    peer.direct_remote,
+                    peer.local,
+                    peer.connection_id,
+                    start,
+                )
+            },
+            store,
+        );
     }
     outcome
 }

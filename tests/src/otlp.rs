@@ -1,11 +1,18 @@
-//! A real OTLP/gRPC trace receiver: the collector's `TraceService` from the
-//! `opentelemetry-proto` definitions, served with tonic on loopback. It keeps every span
-//! it receives with its resource's `service.name`, so tests read what a proxy exported.
+//! A real OTLP receiver: the collector's `TraceService` and `LogsService` from the
+//! `opentelemetry-proto` definitions, served with tonic on loopback (or as OTLP/HTTP). It
+//! keeps every span with its resource's `service.name`, and every log record with its
+//! resource's attributes, so tests read what a proxy exported.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -14,6 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -52,6 +60,13 @@ impl Received {
     }
 }
 
+/// One received log record and the attributes of the resource it came with.
+#[derive(Debug, Clone)]
+pub struct ReceivedLog {
+    pub resource: Vec<KeyValue>,
+    pub record: LogRecord,
+}
+
 /// `key`'s value in `attributes`, as text.
 pub fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     let value = attributes.iter().find(|a| a.key == key)?.value.as_ref()?;
@@ -72,6 +87,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<Received>>>,
+    logs: Arc<Mutex<Vec<ReceivedLog>>>,
     requests: Arc<Mutex<u64>>,
     /// OTLP/HTTP: each export's path and headers.
     http_heads: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
@@ -95,6 +111,52 @@ impl Collector {
                 }
             }
         }
+    }
+}
+
+impl Collector {
+    fn keep_logs(&self, request: ExportLogsServiceRequest) {
+        *self.requests.lock().unwrap() += 1;
+        let mut logs = self.logs.lock().unwrap();
+        for resource_logs in request.resource_logs {
+            let resource = resource_logs
+                .resource
+                .map(|r| r.attributes)
+                .unwrap_or_default();
+            for scope in resource_logs.scope_logs {
+                for record in scope.log_records {
+                    logs.push(ReceivedLog {
+                        resource: resource.clone(),
+                        record,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Keeps an OTLP/HTTP body: logs on `/v1/logs`, spans on any other path.
+    fn keep_http(&self, path: &str, body: bytes::Bytes) -> bool {
+        use prost::Message;
+        if path.ends_with("/logs") {
+            ExportLogsServiceRequest::decode(body)
+                .map(|r| self.keep_logs(r))
+                .is_ok()
+        } else {
+            ExportTraceServiceRequest::decode(body)
+                .map(|r| self.keep(r))
+                .is_ok()
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.keep_logs(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 
@@ -135,9 +197,11 @@ impl OtlpReceiver {
         let addr = listener.local_addr().unwrap();
         let collector = Collector::default();
         let service = TraceServiceServer::new(collector.clone());
+        let logs = LogsServiceServer::new(collector.clone());
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(logs)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         });
@@ -167,16 +231,11 @@ impl OtlpReceiver {
                             async move {
                                 let (head, body) = request.into_parts();
                                 let bytes = body.collect().await?.to_bytes();
-                                let status =
-                                    match <ExportTraceServiceRequest as prost::Message>::decode(
-                                        bytes,
-                                    ) {
-                                        Ok(export) => {
-                                            collector.keep(export);
-                                            http::StatusCode::OK
-                                        }
-                                        Err(_) => http::StatusCode::BAD_REQUEST,
-                                    };
+                                let status = if collector.keep_http(head.uri.path(), bytes) {
+                                    http::StatusCode::OK
+                                } else {
+                                    http::StatusCode::BAD_REQUEST
+                                };
                                 collector
                                     .http_heads
                                     .lock()
@@ -211,6 +270,23 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
         self.collector.spans.lock().unwrap().clone()
+    }
+
+    /// Every log record received so far.
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.collector.logs.lock().unwrap().clone()
+    }
+
+    /// Waits (up to `limit`) until at least `count` log records arrived, and returns them.
+    pub async fn wait_for_logs(&self, count: usize, limit: Duration) -> Vec<ReceivedLog> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let logs = self.logs();
+            if logs.len() >= count || tokio::time::Instant::now() >= deadline {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Export calls received so far.

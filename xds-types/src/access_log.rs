@@ -1,10 +1,15 @@
 //! Validated access logs (`envoy.config.accesslog.v3.AccessLog`), as listeners, HTTP
 //! connection managers, TCP proxies and the admin server carry them: where the lines go
-//! (`envoy.access_loggers.file`, `stdout`, `stderr`), which requests are logged (`filter`),
+//! (`envoy.access_loggers.file`, `stdout`, `stderr`, `open_telemetry`), which requests are
+//! logged (`filter`),
 //! and the line itself — Envoy's substitution format, text or JSON, parsed here once so that
 //! the control plane refuses an unknown command operator before any data plane would.
 
+mod open_telemetry;
+
 use std::path::PathBuf;
+
+pub use open_telemetry::{OtlpLogSink, OtlpRecordFormat, OtlpValue};
 
 use crate::error::{Result, ValidationError};
 use crate::http_filter::Fraction;
@@ -34,6 +39,8 @@ pub enum Sink {
     File(PathBuf),
     Stdout,
     Stderr,
+    /// `envoy.access_loggers.open_telemetry`: OTLP log records to a collector.
+    OpenTelemetry(Box<OtlpLogSink>),
 }
 
 /// How one line is rendered.
@@ -47,6 +54,8 @@ pub enum LogFormat {
         /// Values that render empty are left out.
         omit_empty: bool,
     },
+    /// An OTLP log record (the OpenTelemetry logger's only format).
+    Otlp(OtlpRecordFormat),
 }
 
 /// A value of a JSON format.
@@ -301,6 +310,16 @@ impl TryFrom<&pb::AccessLog> for AccessLog {
                     )
                     .transpose()?;
                 (Sink::Stderr, format)
+            }
+            type_urls::OPEN_TELEMETRY_ACCESS_LOG => {
+                let config = crate::util::unpack_any(
+                    any,
+                    type_urls::OPEN_TELEMETRY_ACCESS_LOG,
+                    "typed_config",
+                )?;
+                let (sink, format) =
+                    open_telemetry::logger(&config).map_err(|e| e.within("typed_config"))?;
+                (sink, Some(format))
             }
             other => {
                 let message = type_urls::message_name(other);

@@ -23,6 +23,8 @@ pub use crate::util::DEFAULT_INITIAL_FETCH_TIMEOUT;
 pub struct Bootstrap {
     pub node_id: String,
     pub node_cluster: String,
+    /// `node.locality.zone`.
+    pub node_zone: String,
     pub admin: Option<SocketAddr>,
     /// The admin server's access logs (`admin.access_log`, or `access_log_path`).
     pub admin_access_log: Vec<AccessLog>,
@@ -228,6 +230,7 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             }
         }
         Ok(Self {
+            node_zone: node.locality.map(|l| l.zone).unwrap_or_default(),
             node_id: node.id,
             node_cluster: node.cluster,
             admin,

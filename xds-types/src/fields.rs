@@ -62,7 +62,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.accesslog.v3.AccessLog" => [
         "name": "accepted; informational",
         "filter",
-        "typed_config": "envoy.access_loggers.file, envoy.access_loggers.stdout, envoy.access_loggers.stderr; lines are queued (8192 per sink) and written off the request path; when the queue is full a line is dropped and counted (access_log.dropped), never waited for",
+        "typed_config": "envoy.access_loggers.file, envoy.access_loggers.stdout, envoy.access_loggers.stderr, envoy.access_loggers.open_telemetry; lines are queued (8192 per sink) and written off the request path; when the queue is full a line is dropped and counted (access_log.dropped), never waited for",
     ],
     "envoy.config.accesslog.v3.AccessLogFilter" => [
         "status_code_filter", "duration_filter",
@@ -94,6 +94,32 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => ["log_format"],
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => ["log_format"],
+    "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig" => [
+        "grpc_service": "envoy_grpc to a cluster (the collector's OTLP/gRPC LogsService)",
+        "http_service": "OTLP/HTTP: protobuf POSTed to http_uri through its cluster",
+        "common_config": "deprecated in Envoy; its log_name, grpc_service and buffer settings are used when the top-level ones are unset",
+        "log_name": "the log_name resource attribute",
+        "disable_builtin_labels": "leaves out log_name, zone_name, cluster_name and node_name",
+        "resource_attributes": "copied into the resource as written, over built-in labels of the same key",
+        "body": "string values are formatted with the command operators (absent values: -); arrays and key-value lists keep their shape; other kinds are refused, as in Envoy",
+        "attributes": "formatted as body",
+        "custom_tags": "literal, environment (read when the config loads) and request header; appended to the attributes",
+        "stat_prefix": "counters access_logs.open_telemetry_access_log.<stat_prefix>logs_written and logs_dropped",
+        "buffer_flush_interval": "a batch waits at most this long (default 1s)",
+        "buffer_size_bytes": "a batch goes once its records pass this size (default 16384); records queue off the request path (8192 per logger) and are dropped and counted when the queue is full or the collector fails",
+    ],
+    "envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig" => [
+        "log_name", "grpc_service", "transport_api_version": "V3",
+        "buffer_flush_interval", "buffer_size_bytes",
+    ],
+    "opentelemetry.proto.common.v1.KeyValueList" => ["values"],
+    "opentelemetry.proto.common.v1.KeyValue" => ["key", "value"],
+    "opentelemetry.proto.common.v1.ArrayValue" => ["values"],
+    "opentelemetry.proto.common.v1.AnyValue" => [
+        "string_value", "array_value", "kvlist_value",
+        "bool_value": "resource_attributes only", "int_value": "resource_attributes only",
+        "double_value": "resource_attributes only", "bytes_value": "resource_attributes only",
+    ],
     "envoy.config.core.v3.SubstitutionFormatString" => [
         "text_format": "deprecated; as text_format_source",
         "text_format_source": "inline_string or inline_bytes; the command operators sluice renders are listed in docs/access-log.md, another is refused by name",
@@ -106,7 +132,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.core.v3.Node" => [
         "id", "cluster",
         "metadata": "accepted; reported by /server_info, no other effect",
-        "locality": "accepted; no effect yet",
+        "locality": "zone: the OpenTelemetry access logger's zone_name; region and sub_zone accepted with no effect",
         "user_agent_name": "accepted; no effect",
     ],
     "envoy.config.core.v3.Locality" => ["region", "zone", "sub_zone"],
@@ -877,8 +903,17 @@ fn access_logger_known(message: &DynamicMessage, path: &str) -> Result<()> {
         return Ok(());
     };
     let (type_url, _) = unpack(&any);
-    use crate::type_urls::{FILE_ACCESS_LOG, STDERR_ACCESS_LOG, STDOUT_ACCESS_LOG};
-    if [FILE_ACCESS_LOG, STDOUT_ACCESS_LOG, STDERR_ACCESS_LOG].contains(&type_url.as_str()) {
+    use crate::type_urls::{
+        FILE_ACCESS_LOG, OPEN_TELEMETRY_ACCESS_LOG, STDERR_ACCESS_LOG, STDOUT_ACCESS_LOG,
+    };
+    if [
+        FILE_ACCESS_LOG,
+        STDOUT_ACCESS_LOG,
+        STDERR_ACCESS_LOG,
+        OPEN_TELEMETRY_ACCESS_LOG,
+    ]
+    .contains(&type_url.as_str())
+    {
         return Ok(());
     }
     let logger = message

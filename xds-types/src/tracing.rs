@@ -1,6 +1,7 @@
 //! The connection manager's `tracing` and a route's `tracing` and `decorator`, validated:
 //! which requests are traced, what their spans carry, and where the spans go. The only
-//! provider is OpenTelemetry over OTLP/gRPC to a cluster, as Envoy configures it.
+//! provider is OpenTelemetry, over OTLP/gRPC or OTLP/HTTP to a cluster, as Envoy configures
+//! it; [`Collector`] is shared with the OpenTelemetry access logger.
 
 use std::time::Duration;
 
@@ -33,19 +34,25 @@ pub struct Tracing {
 /// `envoy.tracers.opentelemetry`: spans exported over OTLP to a cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OpenTelemetry {
+    pub collector: Collector,
+    /// The resource's `service.name` (Envoy's default `unknown_service:envoy`).
+    pub service_name: String,
+}
+
+/// Where OTLP exports go, for the tracer and the OpenTelemetry access logger alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Collector {
     pub cluster: String,
     /// The export call's deadline (the gRPC service's `timeout`, default 5 s; the HTTP
     /// URI's, required).
     pub timeout: Duration,
-    /// The resource's `service.name` (Envoy's default `unknown_service:envoy`).
-    pub service_name: String,
     pub transport: OtlpTransport,
 }
 
-/// How the spans travel.
+/// How the exports travel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OtlpTransport {
-    /// `grpc_service`: the collector's TraceService.
+    /// `grpc_service`: the collector's trace or logs service.
     Grpc,
     /// `http_service`: protobuf POSTed to `path` with `Host: authority` and `headers`.
     Http {
@@ -171,7 +178,6 @@ impl TryFrom<&pb::envoy::config::trace::v3::tracing::Http> for OpenTelemetry {
     type Error = ValidationError;
 
     fn try_from(http: &pb::envoy::config::trace::v3::tracing::Http) -> Result<Self> {
-        use pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
         use pb::envoy::config::trace::v3::tracing::http::ConfigType;
         let Some(ConfigType::TypedConfig(any)) = http.config_type.as_ref() else {
             return Err(ValidationError::required("typed_config"));
@@ -189,91 +195,99 @@ impl TryFrom<&pb::envoy::config::trace::v3::tracing::Http> for OpenTelemetry {
         } else {
             config.service_name.clone()
         };
-        if let Some(http) = config.http_service.as_ref() {
-            return http_transport(http, service_name);
-        }
-        let grpc = config
-            .grpc_service
-            .as_ref()
-            .ok_or_else(|| ValidationError::required("typed_config.grpc_service"))?;
-        let Some(TargetSpecifier::EnvoyGrpc(envoy_grpc)) = grpc.target_specifier.as_ref() else {
-            return Err(ValidationError::unsupported(
-                "typed_config.grpc_service: only envoy_grpc",
-            ));
-        };
-        if envoy_grpc.cluster_name.is_empty() {
-            return Err(ValidationError::required(
-                "typed_config.grpc_service.envoy_grpc.cluster_name",
-            ));
-        }
-        let timeout = match grpc.timeout.as_ref() {
-            None => Duration::from_secs(5),
-            Some(d) => crate::util::duration(d, "typed_config.grpc_service.timeout")?,
+        let collector = match (config.http_service.as_ref(), config.grpc_service.as_ref()) {
+            (Some(http), _) => Collector::http(http, "typed_config.http_service", "/v1/traces")?,
+            (None, Some(grpc)) => Collector::grpc(grpc, "typed_config.grpc_service")?,
+            (None, None) => return Err(ValidationError::required("typed_config.grpc_service")),
         };
         Ok(Self {
-            cluster: envoy_grpc.cluster_name.clone(),
-            timeout,
+            collector,
             service_name,
-            transport: OtlpTransport::Grpc,
         })
     }
 }
 
-/// `http_service`: the collector's `http_uri` (its cluster, path and host) and the
-/// headers every export carries.
-fn http_transport(
-    http: &pb::envoy::config::core::v3::HttpService,
-    service_name: String,
-) -> Result<OpenTelemetry> {
-    use pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
-    let field = "typed_config.http_service.http_uri";
-    let uri = http
-        .http_uri
-        .as_ref()
-        .ok_or_else(|| ValidationError::required(field))?;
-    let parsed: http::Uri = uri
-        .uri
-        .parse()
-        .map_err(|_| ValidationError::new(format!("{field}.uri"), "not a URI"))?;
-    let cluster = match uri.http_upstream_type.as_ref() {
-        Some(HttpUpstreamType::Cluster(c)) if !c.is_empty() => c.clone(),
-        _ => return Err(ValidationError::required(format!("{field}.cluster"))),
-    };
-    let authority = parsed
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .ok_or_else(|| ValidationError::new(format!("{field}.uri"), "needs a host"))?;
-    // Required, as in Envoy.
-    let timeout = match uri.timeout.as_ref() {
-        None => return Err(ValidationError::required(format!("{field}.timeout"))),
-        Some(d) => crate::util::duration(d, &format!("{field}.timeout"))?,
-    };
-    let headers = http
-        .request_headers_to_add
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let header = h.header.as_ref().ok_or_else(|| {
-                ValidationError::required(format!(
-                    "typed_config.http_service.request_headers_to_add[{i}].header"
-                ))
-            })?;
-            Ok((header.key.to_ascii_lowercase(), header.value.clone()))
+impl Collector {
+    /// `grpc_service` with `envoy_grpc`: OTLP/gRPC to a cluster.
+    pub fn grpc(grpc: &pb::envoy::config::core::v3::GrpcService, field: &str) -> Result<Self> {
+        use pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+        let Some(TargetSpecifier::EnvoyGrpc(envoy_grpc)) = grpc.target_specifier.as_ref() else {
+            return Err(ValidationError::unsupported(format!(
+                "{field}: only envoy_grpc"
+            )));
+        };
+        if envoy_grpc.cluster_name.is_empty() {
+            return Err(ValidationError::required(format!(
+                "{field}.envoy_grpc.cluster_name"
+            )));
+        }
+        let timeout = match grpc.timeout.as_ref() {
+            None => Duration::from_secs(5),
+            Some(d) => crate::util::duration(d, &format!("{field}.timeout"))?,
+        };
+        Ok(Self {
+            cluster: envoy_grpc.cluster_name.clone(),
+            timeout,
+            transport: OtlpTransport::Grpc,
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(OpenTelemetry {
-        cluster,
-        timeout,
-        service_name,
-        transport: OtlpTransport::Http {
-            path: parsed
-                .path_and_query()
-                .map_or("/v1/traces", |p| p.as_str())
-                .to_string(),
-            authority,
-            headers,
-        },
-    })
+    }
+
+    /// `http_service`: the collector's `http_uri` (its cluster, path and host) and the
+    /// headers every export carries; `default_path` when the URI has none.
+    pub fn http(
+        http: &pb::envoy::config::core::v3::HttpService,
+        field: &str,
+        default_path: &str,
+    ) -> Result<Self> {
+        use pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
+        let uri_field = format!("{field}.http_uri");
+        let uri = http
+            .http_uri
+            .as_ref()
+            .ok_or_else(|| ValidationError::required(&uri_field))?;
+        let parsed: http::Uri = uri
+            .uri
+            .parse()
+            .map_err(|_| ValidationError::new(format!("{uri_field}.uri"), "not a URI"))?;
+        let cluster = match uri.http_upstream_type.as_ref() {
+            Some(HttpUpstreamType::Cluster(c)) if !c.is_empty() => c.clone(),
+            _ => return Err(ValidationError::required(format!("{uri_field}.cluster"))),
+        };
+        let authority = parsed
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or_else(|| ValidationError::new(format!("{uri_field}.uri"), "needs a host"))?;
+        // Required, as in Envoy.
+        let timeout = match uri.timeout.as_ref() {
+            None => return Err(ValidationError::required(format!("{uri_field}.timeout"))),
+            Some(d) => crate::util::duration(d, &format!("{uri_field}.timeout"))?,
+        };
+        let headers = http
+            .request_headers_to_add
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let header = h.header.as_ref().ok_or_else(|| {
+                    ValidationError::required(format!("{field}.request_headers_to_add[{i}].header"))
+                })?;
+                Ok((header.key.to_ascii_lowercase(), header.value.clone()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // As Envoy: the URI's own path, even `/`.
+        let path = parsed
+            .path_and_query()
+            .map_or(default_path, |p| p.as_str())
+            .to_string();
+        Ok(Self {
+            cluster,
+            timeout,
+            transport: OtlpTransport::Http {
+                path,
+                authority,
+                headers,
+            },
+        })
+    }
 }
 
 impl TryFrom<&pb::envoy::config::route::v3::Tracing> for RouteTracing {

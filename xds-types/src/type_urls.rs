@@ -35,6 +35,9 @@ pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
 pub const OPEN_TELEMETRY_CONFIG: &str =
     "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
 
+pub const OPEN_TELEMETRY_ACCESS_LOG: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig";
+
 pub const FILE_ACCESS_LOG: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 pub const STDOUT_ACCESS_LOG: &str =

@@ -88,25 +88,29 @@ impl Connection {
         let local = stream.local_addr().ok();
         let connection_id = crate::access_log::next_connection_id();
         let listener = self.listener.clone();
+        let store = self.store.clone();
         let ended = self.handle(stream, peer, connection_id).await;
         if let (Some(logs), Some(local)) = (&listener.access_logs, local) {
             let tcp = ended.tcp.unwrap_or_default();
-            logs.write(&crate::access_log::Entry {
-                duration: started.elapsed(),
-                bytes_received: tcp.received,
-                bytes_sent: tcp.sent,
-                flags: &tcp.flags,
-                upstream_host: tcp.upstream.as_deref(),
-                upstream_cluster: tcp.cluster.as_deref(),
-                server_name: ended.server_name.as_deref(),
-                ..crate::access_log::Entry::connection(
-                    ended.remote.unwrap_or(peer),
-                    peer,
-                    local,
-                    connection_id,
-                    start,
-                )
-            });
+            logs.write(
+                &crate::access_log::Entry {
+                    duration: started.elapsed(),
+                    bytes_received: tcp.received,
+                    bytes_sent: tcp.sent,
+                    flags: &tcp.flags,
+                    upstream_host: tcp.upstream.as_deref(),
+                    upstream_cluster: tcp.cluster.as_deref(),
+                    server_name: ended.server_name.as_deref(),
+                    ..crate::access_log::Entry::connection(
+                        ended.remote.unwrap_or(peer),
+                        peer,
+                        local,
+                        connection_id,
+                        start,
+                    )
+                },
+                &store,
+            );
         }
     }
 

@@ -566,3 +566,267 @@ async fn spans_go_over_otlp_http_as_envoy_sends_them() {
     );
     assert_eq!(heads[0], heads[1], "Envoy's export and sluice's");
 }
+
+/// The OpenTelemetry access logger on the traced listener, to the `otel` cluster.
+fn otlp_access_log() -> Value {
+    let text = |s: &str| json!({ "string_value": s });
+    json!([{ "name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "grpc_service": { "envoy_grpc": { "cluster_name": "otel" }, "timeout": "1s" },
+        "log_name": "edge-log",
+        "stat_prefix": "edge.",
+        "buffer_flush_interval": "0.2s",
+        "resource_attributes": { "values": [
+            { "key": "region", "value": text("local") },
+            { "key": "cluster_name", "value": text("overridden") } ] },
+        "body": text("%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE%"),
+        "attributes": { "values": [
+            { "key": "status", "value": text("%RESPONSE_CODE%") },
+            { "key": "flags", "value": text("%RESPONSE_FLAGS%") },
+            { "key": "absent", "value": text("%REQ(X-NOT-THERE)%") },
+            { "key": "short_path", "value": text("%REQ(:PATH):4%") },
+            { "key": "trace", "value": text("%TRACE_ID%") },
+            { "key": "hops", "value": { "array_value": { "values": [
+                text("%UPSTREAM_CLUSTER%"), text("fixed") ] } } },
+            { "key": "peer", "value": { "kvlist_value": { "values": [
+                { "key": "ip", "value": text("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%") } ] } } } ] },
+        "custom_tags": [
+            { "tag": "team", "literal": { "value": "payments" } },
+            { "tag": "user", "request_header": { "name": "x-user" } } ] } }])
+}
+
+/// One proxy's records for the four requests, keyed by path, and its written counter.
+async fn otlp_logged_run(envoy: bool) -> (Vec<(String, Value)>, i64) {
+    let upstream = Upstream::start("app").await;
+    let receiver = OtlpReceiver::start().await;
+    let (admin, listener) = (free_addr(), free_addr());
+    let mut config: Value = serde_json::from_str(&traced_config(
+        admin,
+        listener,
+        upstream.addr,
+        receiver.addr,
+        json!({}),
+    ))
+    .unwrap();
+    config["node"]["locality"] = json!({ "zone": "zone-a" });
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    hcm["access_log"] = otlp_access_log();
+    let config = config.to_string();
+    let (envoy_proxy, sluice_proxy) = if envoy {
+        (
+            Some(Envoy::start(&config, admin).await.expect("start envoy")),
+            None,
+        )
+    } else {
+        let sluice = Sluice::start_with_args(&for_sluice(&config), admin, FLUSH)
+            .await
+            .expect("start sluice");
+        (None, Some(sluice))
+    };
+    let client = HttpClient::http1();
+    let sampled = traceparent(TRACE, PARENT, "01");
+    let unsampled = traceparent(TRACE, PARENT, "00");
+    let cases: [(&str, Vec<(&str, &str)>); 4] = [
+        ("/sampled", vec![("traceparent", sampled.as_str())]),
+        ("/unsampled", vec![("traceparent", unsampled.as_str())]),
+        ("/root", vec![("x-user", "ann")]),
+        ("/failing", vec![("x-test-status", "503")]),
+    ];
+    for (path, headers) in &cases {
+        client.get(listener, "h", path, headers).await.unwrap();
+    }
+    let logs = receiver.wait_for_logs(4, Duration::from_secs(10)).await;
+    let written = match (&envoy_proxy, &sluice_proxy) {
+        (Some(e), _) => e
+            .stat("access_logs.open_telemetry_access_log.edge.logs_written")
+            .await
+            .unwrap_or(0),
+        (_, Some(s)) => s
+            .stat("access_logs.open_telemetry_access_log.edge.logs_written")
+            .await
+            .unwrap(),
+        _ => unreachable!(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut records: Vec<(String, Value)> = logs
+        .iter()
+        .map(|log| {
+            let r = &log.record;
+            assert!(
+                now.abs_diff(r.time_unix_nano) < 30_000_000_000,
+                "the request's start time: {}",
+                r.time_unix_nano
+            );
+            let mut resource: Vec<String> = log
+                .resource
+                .iter()
+                .map(|kv| format!("{}={:?}", kv.key, kv.value))
+                .collect();
+            resource.sort();
+            let trace = sluice_tests::otlp::hex(&r.trace_id);
+            // Sorted: Envoy's custom tags pass through a map, in no set order.
+            let mut attributes: Vec<Value> = r
+                .attributes
+                .iter()
+                .map(|kv| {
+                    let mut value = format!("{:?}", kv.value);
+                    // A new root's id is random; equal to the record's own trace id.
+                    if !trace.is_empty() && trace != TRACE {
+                        value = value.replace(&trace, "<root trace>");
+                    }
+                    json!([kv.key, value])
+                })
+                .collect();
+            attributes.sort_by_key(|kv| kv[0].as_str().unwrap_or_default().to_string());
+            let body = format!("{:?}", r.body);
+            let path = cases
+                .iter()
+                .map(|(p, _)| *p)
+                .find(|p| body.contains(&format!(" {p} ")))
+                .unwrap_or("?")
+                .to_string();
+            let record = json!({
+                "body": body,
+                "attributes": attributes,
+                "trace_id": if trace == TRACE || trace.is_empty() { trace.clone() } else { "<root trace>".into() },
+                "has_span_id": r.span_id.len() == 8,
+                "resource": resource,
+            });
+            (path, record)
+        })
+        .collect();
+    records.sort_by(|a, b| a.0.cmp(&b.0));
+    (records, written)
+}
+
+#[tokio::test]
+async fn open_telemetry_access_log_records_match_envoys() {
+    let (envoy_records, envoy_written) = otlp_logged_run(true).await;
+    let (sluice_records, sluice_written) = otlp_logged_run(false).await;
+    assert_eq!(envoy_records.len(), 4, "envoy: {envoy_records:#?}");
+    assert_eq!(envoy_written, 4, "Envoy's logs_written");
+    assert_eq!(sluice_written, 4, "sluice's logs_written");
+    for ((envoy_path, envoy), (sluice_path, sluice)) in envoy_records.iter().zip(&sluice_records) {
+        assert_eq!(envoy_path, sluice_path);
+        assert_eq!(envoy, sluice, "the record for {envoy_path}");
+    }
+    assert_eq!(envoy_records.len(), sluice_records.len());
+    // What the comparison rests on, spelled out for sluice's records.
+    let record = |path: &str| &sluice_records.iter().find(|(p, _)| p == path).unwrap().1;
+    assert_eq!(record("/sampled")["trace_id"], TRACE);
+    assert_eq!(record("/root")["trace_id"], "<root trace>");
+    let resource = record("/root")["resource"].to_string();
+    for expected in [
+        "log_name",
+        "edge-log",
+        "zone-a",
+        "overridden",
+        "test-node",
+        "region",
+    ] {
+        assert!(resource.contains(expected), "{expected} in {resource}");
+    }
+    let attributes = record("/root")["attributes"].to_string();
+    assert!(
+        attributes.contains("payments") && attributes.contains("ann"),
+        "{attributes}"
+    );
+}
+
+#[tokio::test]
+async fn open_telemetry_access_logs_go_over_http_and_a_dead_collector_only_costs_records() {
+    let upstream = Upstream::start("app").await;
+    let receiver = OtlpReceiver::start_http().await;
+    let dead = free_addr();
+    let (admin, listener) = (free_addr(), free_addr());
+    let mut config: Value = serde_json::from_str(&bootstrap(
+        admin,
+        vec![http_listener(
+            "edge",
+            listener,
+            json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"],
+                "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": "app" } } ] } ] }),
+            json!({}),
+        )],
+        vec![
+            cluster("app", &[(upstream.addr, 1)], json!({})),
+            cluster("collector", &[(receiver.addr, 1)], json!({})),
+            cluster("dead", &[(dead, 1)], http2_options()),
+        ],
+    ))
+    .unwrap();
+    let logger = |transport: Value, prefix: &str| {
+        let mut typed = json!({
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+            "log_name": prefix, "stat_prefix": format!("{prefix}."),
+            "buffer_flush_interval": "0.1s",
+            "body": { "string_value": "%REQ(:PATH)% %RESPONSE_CODE%" } });
+        sluice_tests::config::merge(&mut typed, transport);
+        json!({ "name": "envoy.access_loggers.open_telemetry", "typed_config": typed })
+    };
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["access_log"] = json!([
+        logger(
+            json!({ "http_service": { "http_uri": {
+            "uri": format!("http://collector.test:{}/v1/logs", receiver.addr.port()),
+            "cluster": "collector", "timeout": "1s" } } }),
+            "live"
+        ),
+        logger(
+            json!({ "grpc_service": { "envoy_grpc": { "cluster_name": "dead" },
+            "timeout": "0.2s" } }),
+            "dead"
+        ),
+    ]);
+    let sluice = Sluice::start(&config.to_string(), admin)
+        .await
+        .expect("start sluice");
+    const REQUESTS: usize = 40;
+    let client = HttpClient::http1();
+    for i in 0..REQUESTS {
+        let reply = client
+            .get(listener, "h", &format!("/r{i}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "request {i} with a dead collector");
+    }
+    let logs = receiver
+        .wait_for_logs(REQUESTS, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        logs.len(),
+        REQUESTS,
+        "every record reached the live collector"
+    );
+    let (path, headers) = receiver.http_heads().remove(0);
+    assert_eq!(path, "/v1/logs");
+    assert_eq!(
+        headers.get("content-type").map(|v| v.to_str().unwrap()),
+        Some("application/x-protobuf")
+    );
+    let body = format!("{:?}", logs[0].record.body);
+    assert!(body.contains("/r0 200"), "{body}");
+    let dropped_all = eventually(Duration::from_secs(15), || async {
+        sluice
+            .stat("access_logs.open_telemetry_access_log.dead.logs_dropped")
+            .await
+            .unwrap()
+            == REQUESTS as i64
+    })
+    .await;
+    assert!(
+        dropped_all,
+        "the dead collector's records are dropped and counted"
+    );
+    assert_eq!(
+        sluice
+            .stat("access_logs.open_telemetry_access_log.live.logs_dropped")
+            .await
+            .unwrap(),
+        0
+    );
+}
