@@ -57,6 +57,9 @@ const ROOTS: &[&str] = &[
     "envoy.config.trace.v3.ZipkinConfig",
     "envoy.config.trace.v3.DatadogConfig",
     "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+    "envoy.extensions.tracers.opentelemetry.resource_detectors.v3.EnvironmentResourceDetectorConfig",
+    "envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig",
+    "envoy.extensions.tracers.opentelemetry.resource_detectors.v3.DynatraceResourceDetectorConfig",
     // Loggers sluice does not implement, refused by name.
     "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
     // Every typed load-balancing policy, so a list that names one Sluice does not

@@ -12,11 +12,12 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio::sync::mpsc;
-use tracing::debug;
-use xds_types::tracing::{Collector, OtlpTransport};
+use tracing::{debug, warn};
+use xds_types::tracing::{Collector, OtlpTransport, ResourceDetector};
 
 use crate::config::SnapshotStore;
 use crate::http::filters::grpc::Channels;
@@ -61,6 +62,63 @@ impl Payload {
             Payload::Logs(r) => r.encode_to_vec(),
         }
     }
+}
+
+/// A string attribute.
+pub fn string_attribute(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+/// Adds `attribute` to a resource's attributes, replacing one with the same key in place
+/// (the OpenTelemetry resource merge).
+pub fn put_attribute(attributes: &mut Vec<KeyValue>, attribute: KeyValue) {
+    match attributes.iter_mut().find(|a| a.key == attribute.key) {
+        Some(existing) => *existing = attribute,
+        None => attributes.push(attribute),
+    }
+}
+
+/// Merges what `detectors` find into `attributes`, in order.
+pub fn detect_resource(attributes: &mut Vec<KeyValue>, detectors: &[ResourceDetector]) {
+    for detector in detectors {
+        match detector {
+            ResourceDetector::Environment => {
+                let text = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+                for (key, value) in environment_attributes(&text) {
+                    put_attribute(attributes, string_attribute(key, value));
+                }
+            }
+            ResourceDetector::Static(pairs) => {
+                for (key, value) in pairs {
+                    put_attribute(attributes, string_attribute(key, value.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` read as Envoy's environment detector reads it: pairs split
+/// on `,` and `=`, empty pieces skipped, anything but a key and a value skipped.
+fn environment_attributes(text: &str) -> Vec<(&str, &str)> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let parts: Vec<&str> = pair.split('=').filter(|p| !p.is_empty()).collect();
+            match parts.as_slice() {
+                [key, value] => Some((*key, *value)),
+                _ => {
+                    warn!(%pair, "OTEL_RESOURCE_ATTRIBUTES: not key=value, skipped");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Gathers `queue` into batches, turns each into a payload with `wrap` and exports it
@@ -218,5 +276,33 @@ async fn post(
         Some((head, _)) if head.status.is_success() => Ok(()),
         Some((head, _)) => Err(format!("collector answered {}", head.status)),
         None => Err("no answer from the collector".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_attributes_are_read_as_envoy_reads_them() {
+        assert_eq!(
+            environment_attributes("a=1,,b=2,broken,c=x=y,d==4"),
+            vec![("a", "1"), ("b", "2"), ("d", "4")]
+        );
+        let mut attributes = vec![string_attribute("a", "0"), string_attribute("z", "9")];
+        detect_resource(
+            &mut attributes,
+            &[ResourceDetector::Static(vec![(
+                "a".into(),
+                "static".into(),
+            )])],
+        );
+        let keys: Vec<(&str, String)> = attributes
+            .iter()
+            .map(|a| (a.key.as_str(), format!("{:?}", a.value)))
+            .collect();
+        assert_eq!(keys.len(), 2, "a replaced in place: {keys:?}");
+        assert_eq!(keys[0].0, "a");
+        assert!(keys[0].1.contains("static"), "{keys:?}");
     }
 }

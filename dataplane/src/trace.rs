@@ -17,6 +17,8 @@ use xds_types::http_filter::Fraction;
 use xds_types::route::Route;
 use xds_types::tracing::{CustomTag, TagValue, Tracing};
 
+// Envoy's span tags are all strings.
+use crate::otlp::string_attribute as string;
 use crate::stats::Stats;
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -438,11 +440,6 @@ pub(crate) fn attribute(key: &str, value: any_value::Value) -> KeyValue {
         value: Some(AnyValue { value: Some(value) }),
         ..KeyValue::default()
     }
-}
-
-/// A string attribute: Envoy's span tags are all strings.
-pub(crate) fn string(key: &str, value: String) -> KeyValue {
-    attribute(key, any_value::Value::StringValue(value))
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 #[derive(Debug, Clone)]
 pub struct Received {
     pub service_name: Option<String>,
+    /// The resource's attribute keys, sorted.
+    pub resource_keys: Vec<String>,
     pub span: Span,
 }
 
@@ -102,10 +104,17 @@ impl Collector {
                 .resource
                 .as_ref()
                 .and_then(|r| attribute(&r.attributes, "service.name"));
+            let mut resource_keys: Vec<String> = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter().map(|a| a.key.clone()))
+                .collect();
+            resource_keys.sort();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
                     spans.push(Received {
                         service_name: service_name.clone(),
+                        resource_keys: resource_keys.clone(),
                         span,
                     });
                 }

@@ -37,6 +37,55 @@ pub struct OpenTelemetry {
     pub collector: Collector,
     /// The resource's `service.name` (Envoy's default `unknown_service:envoy`).
     pub service_name: String,
+    /// Merged into the resource in order, a later key replacing an earlier one.
+    pub resource_detectors: Vec<ResourceDetector>,
+}
+
+/// Where more resource attributes come from (`resource_detectors`), read when the data
+/// plane compiles the config, as Envoy reads them when it creates the tracer or logger.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ResourceDetector {
+    /// `envoy.tracers.opentelemetry.resource_detectors.environment`:
+    /// `OTEL_RESOURCE_ATTRIBUTES` as `key=value,key=value`.
+    Environment,
+    /// `envoy.tracers.opentelemetry.resource_detectors.static_config`, sorted by key.
+    Static(Vec<(String, String)>),
+}
+
+/// `resource_detectors`, checked: the environment and static detectors; others are
+/// refused by name.
+pub fn resource_detectors(
+    detectors: &[pb::envoy::config::core::v3::TypedExtensionConfig],
+    field: &str,
+) -> Result<Vec<ResourceDetector>> {
+    use pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3 as detectors_pb;
+    detectors
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let field = format!("{field}[{i}].typed_config");
+            let any = d
+                .typed_config
+                .as_ref()
+                .ok_or_else(|| ValidationError::required(&field))?;
+            match any.type_url.as_str() {
+                type_urls::ENVIRONMENT_RESOURCE_DETECTOR => Ok(ResourceDetector::Environment),
+                type_urls::STATIC_RESOURCE_DETECTOR => {
+                    let config: detectors_pb::StaticConfigResourceDetectorConfig =
+                        crate::util::unpack_any(any, type_urls::STATIC_RESOURCE_DETECTOR, &field)?;
+                    let mut attributes: Vec<(String, String)> =
+                        config.attributes.into_iter().collect();
+                    attributes.sort();
+                    Ok(ResourceDetector::Static(attributes))
+                }
+                other => Err(ValidationError::unsupported(format!(
+                    "{field}: resource detector {} ({}) is not supported by sluice",
+                    d.name,
+                    type_urls::message_name(other)
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// Where OTLP exports go, for the tracer and the OpenTelemetry access logger alike.
@@ -203,6 +252,10 @@ impl TryFrom<&pb::envoy::config::trace::v3::tracing::Http> for OpenTelemetry {
         Ok(Self {
             collector,
             service_name,
+            resource_detectors: resource_detectors(
+                &config.resource_detectors,
+                "typed_config.resource_detectors",
+            )?,
         })
     }
 }

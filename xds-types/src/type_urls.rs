@@ -38,6 +38,10 @@ pub const OPEN_TELEMETRY_CONFIG: &str =
 pub const OPEN_TELEMETRY_ACCESS_LOG: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig";
 
+pub const ENVIRONMENT_RESOURCE_DETECTOR: &str = "type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.EnvironmentResourceDetectorConfig";
+
+pub const STATIC_RESOURCE_DETECTOR: &str = "type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig";
+
 pub const FILE_ACCESS_LOG: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
 pub const STDOUT_ACCESS_LOG: &str =

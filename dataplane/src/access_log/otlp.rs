@@ -22,7 +22,7 @@ use xds_types::Bootstrap;
 
 use super::{compile_segments, index_of, render_text, Entry, Piece};
 use crate::config::SnapshotStore;
-use crate::otlp::{Batching, Counters, Payload};
+use crate::otlp::{put_attribute, string_attribute, Batching, Counters, Payload};
 use crate::stats::Stats;
 
 /// A record format with its header lookups resolved.
@@ -99,7 +99,7 @@ impl CompiledRecord {
                     ),
             };
             if !value.is_empty() {
-                attributes.push(key_value(key, string(value)));
+                attributes.push(string_attribute(key, value));
             }
         }
         LogRecord {
@@ -153,12 +153,6 @@ fn render(template: &Template, entry: &Entry<'_>) -> AnyValue {
         }),
     };
     AnyValue { value: Some(value) }
-}
-
-fn string(value: String) -> AnyValue {
-    AnyValue {
-        value: Some(any_value::Value::StringValue(value)),
-    }
 }
 
 fn key_value(key: &str, value: AnyValue) -> KeyValue {
@@ -256,23 +250,24 @@ impl OtlpLogger {
     }
 }
 
-/// Envoy's resource: the built-in labels (unless disabled), then `resource_attributes`,
-/// a later key replacing an earlier one in place.
+/// Envoy's resource: the built-in labels (unless disabled), then what the detectors find,
+/// then `resource_attributes`, a later key replacing an earlier one in place.
 fn resource(sink: &OtlpLogSink, node: &Bootstrap) -> Resource {
     let mut attributes: Vec<KeyValue> = Vec::new();
-    let mut put = |kv: KeyValue| match attributes.iter_mut().find(|a| a.key == kv.key) {
-        Some(existing) => *existing = kv,
-        None => attributes.push(kv),
-    };
     if !sink.disable_builtin_labels {
-        put(key_value("log_name", string(sink.log_name.clone())));
-        put(key_value("zone_name", string(node.node_zone.clone())));
-        put(key_value("cluster_name", string(node.node_cluster.clone())));
-        put(key_value("node_name", string(node.node_id.clone())));
+        attributes = vec![
+            string_attribute("log_name", sink.log_name.clone()),
+            string_attribute("zone_name", node.node_zone.clone()),
+            string_attribute("cluster_name", node.node_cluster.clone()),
+            string_attribute("node_name", node.node_id.clone()),
+        ];
     }
+    crate::otlp::detect_resource(&mut attributes, &sink.resource_detectors);
     // The same wire format as Envoy's copy of the OpenTelemetry protos.
     if let Ok(list) = KeyValueList::decode(sink.resource_attributes.as_slice()) {
-        list.values.into_iter().for_each(&mut put);
+        for attribute in list.values {
+            put_attribute(&mut attributes, attribute);
+        }
     }
     Resource {
         attributes,

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use xds_types::tracing::OpenTelemetry;
 
 use crate::config::SnapshotStore;
-use crate::otlp::{Batching, Counters, Payload};
+use crate::otlp::{string_attribute, Batching, Counters, Payload};
 use crate::stats::Stats;
 
 /// Envoy's `tracing.opentelemetry.flush_interval_ms` default; `--trace-flush-interval-ms`.
@@ -73,11 +73,17 @@ impl Exporter {
     pub fn submit(&self, span: Span, store: &SnapshotStore) {
         let queue = self.queue.get_or_init(|| {
             let (queue, spans) = mpsc::channel(crate::otlp::QUEUE_ITEMS);
+            // As Envoy's tracer: service.name and the SDK's own attributes, then what the
+            // detectors find.
+            let mut attributes = vec![
+                string_attribute("service.name", self.provider.service_name.clone()),
+                string_attribute("telemetry.sdk.language", "rust"),
+                string_attribute("telemetry.sdk.name", "sluice"),
+                string_attribute("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+            ];
+            crate::otlp::detect_resource(&mut attributes, &self.provider.resource_detectors);
             let resource = Resource {
-                attributes: vec![super::string(
-                    "service.name",
-                    self.provider.service_name.clone(),
-                )],
+                attributes,
                 ..Resource::default()
             };
             let batching = Batching {

@@ -567,6 +567,12 @@ async fn spans_go_over_otlp_http_as_envoy_sends_them() {
     assert_eq!(heads[0], heads[1], "Envoy's export and sluice's");
 }
 
+fn static_detector(attributes: Value) -> Value {
+    json!({ "name": "envoy.tracers.opentelemetry.resource_detectors.static_config", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig",
+        "attributes": attributes } })
+}
+
 /// The OpenTelemetry access logger on the traced listener, to the `otel` cluster.
 fn otlp_access_log() -> Value {
     let text = |s: &str| json!({ "string_value": s });
@@ -576,6 +582,7 @@ fn otlp_access_log() -> Value {
         "log_name": "edge-log",
         "stat_prefix": "edge.",
         "buffer_flush_interval": "0.2s",
+        "resource_detectors": [ static_detector(json!({ "deployment": "test", "region": "detected" })) ],
         "resource_attributes": { "values": [
             { "key": "region", "value": text("local") },
             { "key": "cluster_name", "value": text("overridden") } ] },
@@ -595,8 +602,9 @@ fn otlp_access_log() -> Value {
             { "tag": "user", "request_header": { "name": "x-user" } } ] } }])
 }
 
-/// One proxy's records for the four requests, keyed by path, and its written counter.
-async fn otlp_logged_run(envoy: bool) -> (Vec<(String, Value)>, i64) {
+/// One proxy's records for the four requests, keyed by path, its written counter, and
+/// the resource keys of its spans.
+async fn otlp_logged_run(envoy: bool) -> (Vec<(String, Value)>, i64, Vec<String>) {
     let upstream = Upstream::start("app").await;
     let receiver = OtlpReceiver::start().await;
     let (admin, listener) = (free_addr(), free_addr());
@@ -612,6 +620,8 @@ async fn otlp_logged_run(envoy: bool) -> (Vec<(String, Value)>, i64) {
     let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"];
     hcm["access_log"] = otlp_access_log();
+    hcm["tracing"]["provider"]["typed_config"]["resource_detectors"] =
+        json!([static_detector(json!({ "deployment": "test" }))]);
     let config = config.to_string();
     let (envoy_proxy, sluice_proxy) = if envoy {
         (
@@ -637,6 +647,11 @@ async fn otlp_logged_run(envoy: bool) -> (Vec<(String, Value)>, i64) {
         client.get(listener, "h", path, headers).await.unwrap();
     }
     let logs = receiver.wait_for_logs(4, Duration::from_secs(10)).await;
+    let spans = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let span_resource = spans
+        .first()
+        .map(|s| s.resource_keys.clone())
+        .unwrap_or_default();
     let written = match (&envoy_proxy, &sluice_proxy) {
         (Some(e), _) => e
             .stat("access_logs.open_telemetry_access_log.edge.logs_written")
@@ -700,13 +715,23 @@ async fn otlp_logged_run(envoy: bool) -> (Vec<(String, Value)>, i64) {
         })
         .collect();
     records.sort_by(|a, b| a.0.cmp(&b.0));
-    (records, written)
+    (records, written, span_resource)
 }
 
 #[tokio::test]
 async fn open_telemetry_access_log_records_match_envoys() {
-    let (envoy_records, envoy_written) = otlp_logged_run(true).await;
-    let (sluice_records, sluice_written) = otlp_logged_run(false).await;
+    let (envoy_records, envoy_written, envoy_span_resource) = otlp_logged_run(true).await;
+    let (sluice_records, sluice_written, sluice_span_resource) = otlp_logged_run(false).await;
+    // The tracer's resource: service.name, telemetry.sdk.* (the values name each proxy)
+    // and what the static detector adds.
+    assert!(
+        envoy_span_resource.contains(&"deployment".to_string()),
+        "{envoy_span_resource:?}"
+    );
+    assert_eq!(
+        envoy_span_resource, sluice_span_resource,
+        "span resource keys"
+    );
     assert_eq!(envoy_records.len(), 4, "envoy: {envoy_records:#?}");
     assert_eq!(envoy_written, 4, "Envoy's logs_written");
     assert_eq!(sluice_written, 4, "sluice's logs_written");
@@ -726,10 +751,14 @@ async fn open_telemetry_access_log_records_match_envoys() {
         "zone-a",
         "overridden",
         "test-node",
-        "region",
+        "deployment",
     ] {
         assert!(resource.contains(expected), "{expected} in {resource}");
     }
+    assert!(
+        resource.contains("local") && !resource.contains("detected"),
+        "resource_attributes win over detectors: {resource}"
+    );
     let attributes = record("/root")["attributes"].to_string();
     assert!(
         attributes.contains("payments") && attributes.contains("ann"),

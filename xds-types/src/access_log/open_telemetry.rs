@@ -13,7 +13,7 @@ use crate::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTeleme
 use crate::pb::opentelemetry::proto::common::v1::{
     any_value::Value as AnyKind, AnyValue, KeyValueList,
 };
-use crate::tracing::{custom_tags, Collector, CustomTag};
+use crate::tracing::{custom_tags, resource_detectors, Collector, CustomTag, ResourceDetector};
 
 /// Envoy's defaults: a batch goes when it passes 16 KiB or is 1 s old.
 const DEFAULT_BUFFER_SIZE_BYTES: u32 = 16 * 1024;
@@ -29,8 +29,10 @@ pub struct OtlpLogSink {
     /// Leave out the built-in resource attributes (`log_name`, `zone_name`,
     /// `cluster_name`, `node_name`).
     pub disable_builtin_labels: bool,
+    /// Over the built-in labels, under `resource_attributes`.
+    pub resource_detectors: Vec<ResourceDetector>,
     /// `resource_attributes` as its encoded `KeyValueList`: copied into the resource as
-    /// written (no formatting), over the built-in labels of the same key.
+    /// written (no formatting), over the built-in and detected labels of the same key.
     pub resource_attributes: Vec<u8>,
     pub buffer_flush_interval: Duration,
     pub buffer_size_bytes: u32,
@@ -89,9 +91,6 @@ pub(super) fn logger(c: &OpenTelemetryAccessLogConfig) -> Result<(Sink, LogForma
             ));
         }
     }
-    if !c.resource_detectors.is_empty() {
-        return Err(ValidationError::unsupported("resource_detectors"));
-    }
     if !c.formatters.is_empty() {
         return Err(ValidationError::unsupported("formatters"));
     }
@@ -147,6 +146,7 @@ pub(super) fn logger(c: &OpenTelemetryAccessLogConfig) -> Result<(Sink, LogForma
         collector,
         log_name,
         disable_builtin_labels: c.disable_builtin_labels,
+        resource_detectors: resource_detectors(&c.resource_detectors, "resource_detectors")?,
         resource_attributes: c
             .resource_attributes
             .as_ref()
