@@ -168,12 +168,27 @@ impl Fleet {
                     .flat_map(|n| n.types.values())
                     .all(TypeStatus::in_step);
                 if in_step {
-                    self.metrics.in_step(&group, &members);
+                    if let Some(wait) = self.metrics.in_step(&group, &members) {
+                        self.settle_after(group.clone(), wait);
+                    }
                 }
             }
             drop(nodes);
             self.changed();
         }
+    }
+
+    /// Finishes a change that waits only for nodes it may not concern once `wait` is
+    /// over, so its convergence is observed without waiting for the next fleet event.
+    fn settle_after(&self, group: String, wait: std::time::Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let metrics = self.metrics.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(wait + std::time::Duration::from_millis(10)).await;
+            metrics.settle(&group);
+        });
     }
 
     fn count_connected(&self, group: &str, by: i64) {

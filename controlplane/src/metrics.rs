@@ -61,6 +61,9 @@ struct Pending {
     /// Whether anything was pushed since (before the first push every node is trivially
     /// in step).
     pushed: bool,
+    /// When every connected node was first seen in step since the last push: the change's
+    /// convergence time, should no other node turn out to be concerned.
+    settled: Option<Instant>,
     revision: u64,
     source: String,
     span: SpanIds,
@@ -138,6 +141,7 @@ impl Metrics {
                 since: Instant::now(),
                 started: SystemTime::now(),
                 pushed: false,
+                settled: None,
                 revision,
                 source: source.to_string(),
                 span: SpanIds::for_change(),
@@ -154,6 +158,7 @@ impl Metrics {
     pub fn pushed(&self, group: &str, node: &str) {
         if let Some(pending) = self.lock().get_mut(group) {
             pending.pushed = true;
+            pending.settled = None;
             let span = pending.span;
             pending
                 .nodes
@@ -187,38 +192,63 @@ impl Metrics {
 
     /// Every node of `group` in `connected` has ACKed what it was sent: a pending change
     /// has converged once each of them was pushed it (or was not, for long enough to
-    /// count as not concerned).
-    pub fn in_step(&self, group: &str, connected: &[&str]) {
+    /// count as not concerned). When it waits for nodes that may not be concerned, the
+    /// answer is how long: the caller then calls [`Metrics::settle`].
+    pub fn in_step(&self, group: &str, connected: &[&str]) -> Option<std::time::Duration> {
         let mut pending = self.lock();
-        let converged = pending.get(group).is_some_and(|p| {
-            p.pushed
-                && (connected.iter().all(|n| p.nodes.contains_key(*n))
-                    || p.since.elapsed() >= UNCONCERNED_AFTER)
-        });
-        if !converged {
-            return;
+        let p = pending.get_mut(group).filter(|p| p.pushed)?;
+        let settled = *p.settled.get_or_insert_with(Instant::now);
+        let waited = p.since.elapsed();
+        if !connected.iter().all(|n| p.nodes.contains_key(*n)) && waited < UNCONCERNED_AFTER {
+            return Some(UNCONCERNED_AFTER - waited);
         }
+        let done = pending.remove(group)?;
+        drop(pending);
+        self.converged(group, done, settled);
+        None
+    }
+
+    /// The wait [`Metrics::in_step`] asked for is over: a change still in step since then
+    /// converged when it settled (the nodes never pushed were not concerned).
+    pub fn settle(&self, group: &str) {
+        let mut pending = self.lock();
+        let Some(settled) = pending
+            .get(group)
+            .filter(|p| p.since.elapsed() >= UNCONCERNED_AFTER)
+            .and_then(|p| p.settled)
+        else {
+            return;
+        };
         let Some(done) = pending.remove(group) else {
             return;
         };
         drop(pending);
+        self.converged(group, done, settled);
+    }
+
+    fn converged(&self, group: &str, done: Pending, settled: Instant) {
+        let took = settled.saturating_duration_since(done.since);
         self.convergence
             .get_or_create(&GroupLabel {
                 group: group.to_string(),
             })
-            .observe(done.since.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         if let Some(telemetry) = self.telemetry.get() {
             let attributes = vec![
                 string("group", group),
                 string("revision", &done.revision.to_string()),
                 string("source", &done.source),
             ];
-            telemetry.record(done.span.span(
+            let mut span = done.span.span(
                 format!("converge {group}"),
                 SpanKind::Internal,
                 done.started,
                 attributes,
-            ));
+            );
+            span.end_time_unix_nano = (done.started + took)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            telemetry.record(span);
         }
     }
 
@@ -271,4 +301,60 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(metrics: &Metrics) -> (u64, f64) {
+        let text = metrics.render();
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (
+            value("sluice_cp_convergence_seconds_count") as u64,
+            value("sluice_cp_convergence_seconds_sum"),
+        )
+    }
+
+    #[test]
+    fn a_change_that_skips_a_node_converges_when_it_settled_without_another_event() {
+        let metrics = Metrics::default();
+        metrics.changed("edge", 2, "apply");
+        metrics.pushed("edge", "a");
+        metrics.node_in_step("edge", "a");
+        // "b" was never pushed: it may still be, so the change waits.
+        let wait = metrics.in_step("edge", &["a", "b"]).expect("waits for b");
+        assert!(wait <= UNCONCERNED_AFTER);
+        metrics.settle("edge");
+        assert_eq!(observed(&metrics).0, 0, "too early to settle");
+        std::thread::sleep(wait + std::time::Duration::from_millis(20));
+        metrics.settle("edge");
+        let (count, sum) = observed(&metrics);
+        assert_eq!(count, 1);
+        assert!(
+            sum < 0.5,
+            "converged when a ACKed, not after the wait: {sum}"
+        );
+        assert!(!metrics.converging("edge"));
+    }
+
+    #[test]
+    fn a_push_after_settling_keeps_the_change_open() {
+        let metrics = Metrics::default();
+        metrics.changed("edge", 2, "apply");
+        metrics.pushed("edge", "a");
+        let wait = metrics.in_step("edge", &["a", "b"]).expect("waits for b");
+        metrics.pushed("edge", "b");
+        std::thread::sleep(wait + std::time::Duration::from_millis(20));
+        metrics.settle("edge");
+        assert!(metrics.converging("edge"), "b has not ACKed yet");
+        assert_eq!(metrics.in_step("edge", &["a", "b"]), None);
+        assert_eq!(observed(&metrics).0, 1);
+    }
 }
