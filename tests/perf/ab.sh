@@ -9,7 +9,10 @@
 #   suppress_envoy_headers (no x-envoy-* headers: the chain's own cost), TRACING=P to trace
 #   P % of the NEW build's requests (OpenTelemetry, spawn_upstream_span) to a collector
 #   that is down (spans are built, exported, refused and dropped), ACCESS_LOG=1 to give
-#   the NEW build Envoy's default access log to a file; RATE (default 10000) for MODE=fixed.
+#   the NEW build Envoy's default access log to a file (ACCESS_LOG=otlp: the OpenTelemetry
+#   logger, same fields, to the collector), COLLECTOR=live to run a counting OTLP
+#   collector (perf's otlp-sink, on CPU 1) where it was down; RATE (default 10000) for
+#   MODE=fixed.
 # Each run: sluice pinned to CPU 0 with one worker, upstream and load on CPU 1, 5 s of load
 # on loopback, CPU from /proc/PID/stat; every process is stopped by its PID.
 set -euo pipefail
@@ -38,11 +41,18 @@ if os.environ["TRACING"]:
     config["static_resources"]["clusters"].append(bench.DOWN_COLLECTOR)
 if os.environ["ACCESS_LOG"] == "1":
     hcm["access_log"] = [bench.file_access_log(os.environ["LOG"])]
+if os.environ["ACCESS_LOG"] == "otlp":
+    hcm["access_log"] = [bench.otlp_access_log()]
+    if bench.DOWN_COLLECTOR not in config["static_resources"]["clusters"]:
+        config["static_resources"]["clusters"].append(bench.DOWN_COLLECTOR)
 open(sys.argv[2], "w").write(json.dumps(config))
 PY
 taskset -c 1 "$TARGET/perf-upstream" --listen "127.0.0.1:$UP" --threads 1 & UPSTREAM=$!
-PROXY=
-trap 'kill $UPSTREAM $PROXY 2>/dev/null; rm -f "$CONFIG" "$NEW_CONFIG" "$LOG"' EXIT
+PROXY=; SINK=
+if [ "${COLLECTOR:-down}" = live ]; then
+  taskset -c 1 "$TARGET/otlp-sink" --listen 127.0.0.1:19199 & SINK=$!
+fi
+trap 'kill $UPSTREAM $PROXY $SINK 2>/dev/null; rm -f "$CONFIG" "$NEW_CONFIG" "$LOG"' EXIT
 # sluice binds with SO_REUSEPORT: a proxy left on the port would share the load unseen.
 if ss -ltn "sport = :$PORT" | grep -q LISTEN; then echo "port $PORT is in use" >&2; exit 1; fi
 sleep 0.5
@@ -66,3 +76,4 @@ for _ in $(seq 1 "${REPS:-6}"); do
     python3 -c "print('$name', $n, round(($after - $before) * 1e6 / $(getconf CLK_TCK) / $n, 1), 'us/req')"
   done
 done
+if [ -n "$SINK" ]; then kill "$SINK"; wait "$SINK" 2>/dev/null || true; SINK=; fi

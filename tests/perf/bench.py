@@ -124,6 +124,23 @@ def file_access_log(path):
         "path": path}}
 
 
+def otlp_access_log():
+    """The OpenTelemetry access logger to the `otel` collector: Envoy's default format's
+    fields as the body, the status and flags as attributes."""
+    text = lambda s: {"string_value": s}
+    return {"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}, "timeout": "0.25s"},
+        "log_name": "bench",
+        "body": text('[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+                     '%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+                     '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" '
+                     '"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"'),
+        "attributes": {"values": [
+            {"key": "status", "value": text("%RESPONSE_CODE%")},
+            {"key": "flags", "value": text("%RESPONSE_FLAGS%")}]}}}
+
+
 def envoy_style_bootstrap(listen, admin, tls_listen=None):
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
            "stat_prefix": "bench", "codec_type": "AUTO",
