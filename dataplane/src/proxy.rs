@@ -120,8 +120,6 @@ struct Outcome {
     route: Option<String>,
     /// The stream's span, when the connection manager traces and the request is traced.
     trace: Option<crate::trace::ActiveSpan>,
-    /// When the router began the upstream request (for the upstream span).
-    upstream_start: Option<SystemTime>,
 }
 
 /// Decrements a gauge when dropped.
@@ -350,8 +348,6 @@ pub async fn serve(
             sent: sent.clone().unwrap_or_default(),
             protocol: protocol_name(version),
             cluster: outcome.cluster.clone(),
-            upstream: outcome.upstream.clone(),
-            upstream_start: outcome.upstream_start,
         };
         let ctx = ctx.clone();
         outcome
@@ -893,9 +889,6 @@ async fn forward(
     ));
     if let (Some(span), Some(headers)) = (&outcome.trace, headers.as_mut()) {
         span.inject(headers);
-        if span.context.sampled {
-            outcome.upstream_start = Some(SystemTime::now());
-        }
     }
     let rewritten = rewrite_path(action, plan.rewrite_prefix, path);
     let upstream_path = match &rewritten {
@@ -1026,6 +1019,9 @@ async fn forward(
         if plan.envoy_headers.is_some_and(|e| e.attempt_count_upstream) {
             try_headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }
+        if let Some(span) = outcome.trace.as_mut() {
+            span.begin_attempt(&mut try_headers, &endpoint.authority);
+        }
         let upstream_request = match build_request(
             &parts.method,
             version,
@@ -1074,6 +1070,9 @@ async fn forward(
         };
         if let TryResult::Done(Err(UpstreamError::Overflow(_))) = result {
             return Err(ProxyError::Flag(ResponseFlag::UpstreamOverflow));
+        }
+        if let (TryResult::Done(Ok(response)), Some(span)) = (&result, outcome.trace.as_mut()) {
+            span.attempt_answered(response.status().as_u16());
         }
         cluster.report(
             &endpoint,
@@ -1173,6 +1172,9 @@ async fn forward(
             }
         }
         cluster.stats.upstream_rq_retry.inc();
+        if let Some(span) = outcome.trace.as_mut() {
+            span.attempt_retried();
+        }
         let policy = policy.expect("retries imply a policy");
         tokio::select! {
             _ = tokio::time::sleep(backoff(policy, attempt)) => {}
@@ -1658,8 +1660,6 @@ struct TraceRecord {
     sent: Arc<AtomicU64>,
     protocol: &'static str,
     cluster: Option<String>,
-    upstream: Option<String>,
-    upstream_start: Option<SystemTime>,
 }
 
 impl TraceRecord {
@@ -1672,8 +1672,6 @@ impl TraceRecord {
             request_size: self.received.load(Ordering::Relaxed),
             response_size: self.sent.load(Ordering::Relaxed),
             cluster: self.cluster.as_deref(),
-            upstream_host: self.upstream.as_deref(),
-            upstream_start: self.upstream_start,
         };
         self.tracer.finish(self.span, &end, &ctx.store);
     }

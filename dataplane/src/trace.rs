@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span, Status};
 use xds_types::http_filter::Fraction;
 use xds_types::route::Route;
@@ -163,21 +163,23 @@ impl Tracer {
             span_id: random_id(),
             sampled,
         };
-        let upstream_span_id = self.config.spawn_upstream_span.then(random_id);
         let mut span = ActiveSpan {
             context,
             parent: parent.map(|p| p.span_id),
-            upstream_span_id,
+            spawn_upstream: self.config.spawn_upstream_span,
+            attempts: Vec::new(),
             trace_state: headers.get(&TRACESTATE).cloned(),
             start: SystemTime::now(),
             name: String::new(),
             request_attributes: Vec::new(),
+            tags: Vec::new(),
         };
         if sampled {
             span.name = route
                 .and_then(|r| r.decorator.clone())
                 .unwrap_or_else(|| "ingress".to_string());
-            span.request_attributes = self.request_attributes(headers, route, request);
+            span.request_attributes = self.request_attributes(headers, request);
+            span.tags = self.custom_tags(headers, route);
         }
         Some(span)
     }
@@ -206,12 +208,7 @@ impl Tracer {
         hits(first) && hits(overall)
     }
 
-    fn request_attributes(
-        &self,
-        headers: &HeaderMap,
-        route: Option<&Route>,
-        request: RequestLine<'_>,
-    ) -> Vec<KeyValue> {
+    fn request_attributes(&self, headers: &HeaderMap, request: RequestLine<'_>) -> Vec<KeyValue> {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -246,16 +243,22 @@ impl Tracer {
         {
             attributes.push(string("guid:x-client-trace-id", id.to_string()));
         }
+        attributes
+    }
+
+    /// The connection manager's and the route's custom tags: on the SERVER span and on
+    /// every upstream span, as Envoy tags them.
+    fn custom_tags(&self, headers: &HeaderMap, route: Option<&Route>) -> Vec<KeyValue> {
         let route_tags = route
             .and_then(|r| r.tracing.as_ref())
             .map(|t| t.custom_tags.as_slice())
             .unwrap_or_default();
-        for tag in self.config.custom_tags.iter().chain(route_tags) {
-            if let Some(value) = custom_tag(tag, headers) {
-                attributes.push(string(&tag.tag, value));
-            }
-        }
-        attributes
+        self.config
+            .custom_tags
+            .iter()
+            .chain(route_tags)
+            .filter_map(|tag| custom_tag(tag, headers).map(|value| string(&tag.tag, value)))
+            .collect()
     }
 
     /// Queues the stream's span (and its upstream span) when sampled.
@@ -271,6 +274,7 @@ impl Tracer {
         let end_time = SystemTime::now();
         let trace_state = span.trace_state_text();
         let mut attributes = span.request_attributes;
+        attributes.extend(span.tags.iter().cloned());
         attributes.extend([
             string("http.protocol", end.protocol.to_string()),
             string("peer.address", end.peer.to_string()),
@@ -285,12 +289,8 @@ impl Tracer {
         }
         let failed = end.status >= 500;
         if failed {
-            attributes.push(attribute("error", any_value::Value::BoolValue(true)));
+            attributes.push(string("error", "true".to_string()));
         }
-        let status = failed.then(|| Status {
-            code: status::StatusCode::Error as i32,
-            message: String::new(),
-        });
         let sampled_flag = 0x01;
         let remote = if span.parent.is_some() {
             FLAG_IS_REMOTE
@@ -308,40 +308,59 @@ impl Tracer {
             start_time_unix_nano: nanos(span.start),
             end_time_unix_nano: nanos(end_time),
             attributes,
-            status: status.clone(),
+            status: error_status(failed),
             ..Span::default()
         };
-        if let (Some(upstream_id), Some(cluster)) = (span.upstream_span_id, end.cluster) {
-            let mut attributes = vec![
-                string("component", "proxy".to_string()),
-                string("upstream_cluster", cluster.to_string()),
-                string("upstream_cluster.name", cluster.to_string()),
-                string("http.protocol", end.protocol.to_string()),
-                string("http.status_code", end.status.to_string()),
-                string("response_flags", end.flags.to_string()),
-            ];
-            if let Some(host) = end.upstream_host {
-                attributes.push(string("upstream_address", host.to_string()));
+        // One CLIENT span per upstream attempt, as Envoy's router: a retried attempt is
+        // `canceled` and later ones carry `retry.count`.
+        if let Some(cluster) = end.cluster {
+            for (retry, attempt) in span.attempts.iter().enumerate() {
+                let retried = attempt.end.is_some();
+                let status = attempt.status.unwrap_or(end.status);
+                // An attempt that got a response has no upstream failure of its own.
+                let flags = if attempt.status.is_some() {
+                    "-"
+                } else {
+                    end.flags
+                };
+                let mut attributes = vec![
+                    string("component", "proxy".to_string()),
+                    string("upstream_cluster", cluster.to_string()),
+                    string("upstream_cluster.name", cluster.to_string()),
+                    string("http.protocol", end.protocol.to_string()),
+                    string("http.status_code", status.to_string()),
+                    string("response_flags", flags.to_string()),
+                    string("upstream_address", attempt.host.clone()),
+                    string("peer.address", attempt.host.clone()),
+                ];
+                if retry > 0 {
+                    attributes.push(string("retry.count", retry.to_string()));
+                }
+                if retried {
+                    attributes.push(string("canceled", "true".to_string()));
+                }
+                if status >= 500 {
+                    attributes.push(string("error", "true".to_string()));
+                }
+                attributes.extend(span.tags.iter().cloned());
+                self.exporter.submit(
+                    Span {
+                        trace_id: span.context.trace_id.to_vec(),
+                        span_id: attempt.span_id.to_vec(),
+                        trace_state: server.trace_state.clone(),
+                        parent_span_id: span.context.span_id.to_vec(),
+                        flags: sampled_flag | FLAG_HAS_IS_REMOTE,
+                        name: format!("router {cluster} egress"),
+                        kind: span::SpanKind::Client as i32,
+                        start_time_unix_nano: nanos(attempt.start),
+                        end_time_unix_nano: attempt.end.map_or(server.end_time_unix_nano, nanos),
+                        attributes,
+                        status: error_status(status >= 500),
+                        ..Span::default()
+                    },
+                    store,
+                );
             }
-            self.exporter.submit(
-                Span {
-                    trace_id: span.context.trace_id.to_vec(),
-                    span_id: upstream_id.to_vec(),
-                    trace_state: server.trace_state.clone(),
-                    parent_span_id: span.context.span_id.to_vec(),
-                    flags: sampled_flag | FLAG_HAS_IS_REMOTE,
-                    name: format!("router {cluster} egress"),
-                    kind: span::SpanKind::Client as i32,
-                    start_time_unix_nano: end
-                        .upstream_start
-                        .map_or(server.start_time_unix_nano, nanos),
-                    end_time_unix_nano: server.end_time_unix_nano,
-                    attributes,
-                    status,
-                    ..Span::default()
-                },
-                store,
-            );
         }
         self.exporter.submit(server, store);
     }
@@ -365,8 +384,25 @@ pub struct SpanEnd<'a> {
     pub request_size: u64,
     pub response_size: u64,
     pub cluster: Option<&'a str>,
-    pub upstream_host: Option<&'a str>,
-    pub upstream_start: Option<SystemTime>,
+}
+
+/// One upstream attempt of a stream that spawns upstream spans.
+#[derive(Debug, Clone)]
+struct Attempt {
+    span_id: [u8; 8],
+    start: SystemTime,
+    host: String,
+    /// The upstream's status, when it answered.
+    status: Option<u16>,
+    /// When a retry ended it; the last attempt ends with the stream.
+    end: Option<SystemTime>,
+}
+
+fn error_status(failed: bool) -> Option<Status> {
+    failed.then(|| Status {
+        code: status::StatusCode::Error as i32,
+        message: String::new(),
+    })
 }
 
 /// A stream's span while the stream runs.
@@ -374,30 +410,66 @@ pub struct SpanEnd<'a> {
 pub struct ActiveSpan {
     pub context: SpanContext,
     parent: Option<[u8; 8]>,
-    /// The CLIENT span's id, with `spawn_upstream_span`.
-    upstream_span_id: Option<[u8; 8]>,
+    /// `spawn_upstream_span`: a CLIENT span per upstream attempt.
+    spawn_upstream: bool,
+    attempts: Vec<Attempt>,
     /// As it came (a cheap clone of the request's value).
     trace_state: Option<HeaderValue>,
     start: SystemTime,
     name: String,
     request_attributes: Vec<KeyValue>,
+    /// The custom tags, for the upstream spans too.
+    tags: Vec<KeyValue>,
 }
 
 impl ActiveSpan {
-    /// Sets what the upstream sees: `traceparent` naming the proxy's span (the upstream
-    /// span's with `spawn_upstream_span`), and `tracestate` as it came (empty when none
-    /// came, as Envoy sends it).
+    /// Sets what the upstream sees: `traceparent` naming the proxy's span (each attempt
+    /// names its own with `spawn_upstream_span`, see [`ActiveSpan::begin_attempt`]), and
+    /// `tracestate` as it came (empty when none came, as Envoy sends it).
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let context = SpanContext {
-            span_id: self.upstream_span_id.unwrap_or(self.context.span_id),
-            ..self.context
-        };
-        headers.insert(TRACEPARENT.clone(), context.header());
+        headers.insert(TRACEPARENT.clone(), self.context.header());
         let state = self
             .trace_state
             .clone()
             .unwrap_or_else(|| HeaderValue::from_static(""));
         headers.insert(TRACESTATE.clone(), state);
+    }
+
+    /// An upstream attempt to `host` starts: with `spawn_upstream_span` it gets its own
+    /// span, which the attempt's `traceparent` names.
+    pub fn begin_attempt(&mut self, headers: &mut HeaderMap, host: &str) {
+        if !self.spawn_upstream {
+            return;
+        }
+        let span_id = random_id();
+        let context = SpanContext {
+            span_id,
+            ..self.context
+        };
+        headers.insert(TRACEPARENT.clone(), context.header());
+        if self.context.sampled {
+            self.attempts.push(Attempt {
+                span_id,
+                start: SystemTime::now(),
+                host: host.to_string(),
+                status: None,
+                end: None,
+            });
+        }
+    }
+
+    /// The current attempt's upstream answered with `status`.
+    pub fn attempt_answered(&mut self, status: u16) {
+        if let Some(attempt) = self.attempts.last_mut() {
+            attempt.status = Some(status);
+        }
+    }
+
+    /// The current attempt is given up for a retry.
+    pub fn attempt_retried(&mut self) {
+        if let Some(attempt) = self.attempts.last_mut() {
+            attempt.end = Some(SystemTime::now());
+        }
     }
 
     fn trace_state_text(&self) -> String {
@@ -431,15 +503,6 @@ fn hits(fraction: Fraction) -> bool {
 fn nanos(at: SystemTime) -> u64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// An OTLP attribute.
-pub(crate) fn attribute(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..KeyValue::default()
-    }
 }
 
 #[cfg(test)]

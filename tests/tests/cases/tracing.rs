@@ -859,3 +859,86 @@ async fn open_telemetry_access_logs_go_over_http_and_a_dead_collector_only_costs
         0
     );
 }
+
+/// One run of a request retried twice against a failing upstream: the spans' shapes
+/// (sorted: CLIENT spans by retry count, then the SERVER span) and, per upstream attempt,
+/// whether its `traceparent` named that attempt's CLIENT span.
+async fn retried_run(envoy: bool) -> (Vec<Value>, Vec<bool>) {
+    let upstream = Upstream::start("app").await;
+    let receiver = OtlpReceiver::start().await;
+    let (admin, listener) = (free_addr(), free_addr());
+    let mut config: Value = serde_json::from_str(&traced_config(
+        admin,
+        listener,
+        upstream.addr,
+        receiver.addr,
+        json!({ "spawn_upstream_span": true }),
+    ))
+    .unwrap();
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["retry_policy"] =
+        json!({ "retry_on": "5xx", "num_retries": 2 });
+    let proxy = start_proxy(envoy, &config.to_string(), admin).await;
+    let reply = HttpClient::http1()
+        .get(listener, "h", "/retried", &[("x-test-status", "503")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 503);
+    let mut spans = receiver.wait_for(4, Duration::from_secs(10)).await;
+    drop(proxy);
+    spans.sort_by_key(|s| (s.span.kind, s.attribute("retry.count")));
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == 2)
+        .expect("a SERVER span");
+    let clients: Vec<&Received> = spans.iter().filter(|s| s.span.kind == 3).collect();
+    for client in &clients {
+        assert_eq!(
+            client.parent_span_id(),
+            server.span_id(),
+            "children of the SERVER span"
+        );
+    }
+    let named = upstream
+        .seen()
+        .iter()
+        .zip(&clients)
+        .map(|(seen, client)| {
+            seen.headers
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_string())
+                == Some(traceparent(&client.trace_id(), &client.span_id(), "01"))
+        })
+        .collect();
+    let shapes = spans
+        .iter()
+        .map(|s| {
+            json!({ "shape": shape(s), "retry": s.attribute("retry.count"),
+                    "canceled": s.attribute("canceled"), "status": s.attribute("http.status_code"),
+                    "flags": s.attribute("response_flags") })
+        })
+        .collect();
+    (shapes, named)
+}
+
+#[tokio::test]
+async fn each_retry_gets_its_own_upstream_span_as_in_envoy() {
+    let (envoy_spans, envoy_named) = retried_run(true).await;
+    let (sluice_spans, sluice_named) = retried_run(false).await;
+    assert_eq!(
+        envoy_spans.len(),
+        4,
+        "three attempts and the stream: {envoy_spans:#?}"
+    );
+    assert_eq!(
+        envoy_named,
+        vec![true; 3],
+        "envoy: each attempt names its span"
+    );
+    assert_eq!(
+        sluice_named,
+        vec![true; 3],
+        "sluice: each attempt names its span"
+    );
+    assert_eq!(envoy_spans, sluice_spans);
+}
