@@ -39,6 +39,7 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.filters.http.buffer.v3.Buffer",
+    "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
     "envoy.extensions.filters.http.health_check.v3.HealthCheck",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.extensions.transport_sockets.tls.v3.Secret",

@@ -26,6 +26,7 @@ mod tls;
 mod tracing;
 mod upgrades_grpc;
 mod upstream_limits;
+mod web_filters;
 mod xds_atomicity;
 mod xds_dataplane;
 mod xds_eds_rds;

@@ -282,7 +282,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name": "what typed_per_filter_config keys refer to; unique in the list",
-        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation; another type is refused with its name unless is_optional",
+        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer; another type is refused with its name unless is_optional",
         "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
         "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
@@ -457,6 +457,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "mutations", "most_specific_header_mutations_wins",
     ],
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute" => ["mutations"],
+    "envoy.extensions.filters.http.buffer.v3.Buffer" => [
+        "max_request_bytes": "the whole request body is read first; a longer one is answered 413 Payload Too Large",
+    ],
+    "envoy.extensions.filters.http.buffer.v3.BufferPerRoute" => ["disabled", "buffer"],
     "envoy.extensions.filters.http.header_mutation.v3.Mutations" => ["request_mutations", "response_mutations"],
     "envoy.config.common.mutation_rules.v3.HeaderMutation" => ["remove", "append", "remove_on_match"],
     "envoy.config.common.mutation_rules.v3.HeaderMutation.RemoveOnMatch" => ["key_matcher"],

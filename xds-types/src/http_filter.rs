@@ -69,6 +69,11 @@ pub enum FilterConfig {
     RateLimit(Box<GlobalRateLimit>),
     JwtAuthn(Box<JwtAuthn>),
     HeaderMutation(Box<HeaderMutationConfig>),
+    /// `envoy.filters.http.buffer`: the whole request body is read before the request goes
+    /// on; a longer one than this many bytes is answered 413.
+    Buffer {
+        max_request_bytes: u32,
+    },
 }
 
 /// A per-route, per-virtual-host or per-route-table override of one filter.
@@ -86,6 +91,10 @@ pub enum PerFilterConfig {
     ExtAuthz(ExtAuthzPerRoute),
     JwtAuthn(JwtPerRoute),
     HeaderMutation(Box<header_mutation::Mutations>),
+    /// `BufferPerRoute.buffer`: the route's own limit (`disabled` is [`Self::Disabled`]).
+    Buffer {
+        max_request_bytes: u32,
+    },
 }
 
 /// Overrides keyed by filter name.
@@ -109,6 +118,7 @@ const FILTERS: &[(&str, &str)] = &[
         type_urls::HEADER_MUTATION,
         "envoy.filters.http.header_mutation",
     ),
+    (type_urls::BUFFER, "envoy.filters.http.buffer"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -126,6 +136,7 @@ const PER_ROUTE_TYPES: &[&str] = &[
     type_urls::EXT_AUTHZ_PER_ROUTE,
     type_urls::JWT_PER_ROUTE,
     type_urls::HEADER_MUTATION_PER_ROUTE,
+    type_urls::BUFFER_PER_ROUTE,
 ];
 
 /// The error for a filter type Sluice does not implement, naming it as Envoy's docs do.
@@ -254,6 +265,13 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
             HeaderMutationConfig::try_from(&unpack_any(any, type_urls::HEADER_MUTATION, path)?)
                 .map_err(|e| e.within(path))?,
         )),
+        type_urls::BUFFER => {
+            let b: crate::pb::envoy::extensions::filters::http::buffer::v3::Buffer =
+                unpack_any(any, type_urls::BUFFER, path)?;
+            FilterConfig::Buffer {
+                max_request_bytes: buffer_limit(b.max_request_bytes.as_ref(), path)?,
+            }
+        }
         _ => return Ok(None),
     }))
 }
@@ -351,8 +369,45 @@ fn per_filter_config(name: &str, any: &Any, path: &str) -> Result<Option<PerFilt
                 header_mutation::Mutations::try_from(&p).map_err(|e| e.within(path))?,
             ))
         }
+        type_urls::BUFFER_PER_ROUTE => {
+            use crate::pb::envoy::extensions::filters::http::buffer::v3::buffer_per_route::Override;
+            let p: crate::pb::envoy::extensions::filters::http::buffer::v3::BufferPerRoute =
+                unpack_any(any, type_urls::BUFFER_PER_ROUTE, path)?;
+            match p.r#override {
+                Some(Override::Disabled(true)) => PerFilterConfig::Disabled,
+                Some(Override::Buffer(b)) => PerFilterConfig::Buffer {
+                    max_request_bytes: buffer_limit(
+                        b.max_request_bytes.as_ref(),
+                        &format!("{path}.buffer"),
+                    )?,
+                },
+                _ => {
+                    return Err(ValidationError::new(
+                        path,
+                        "BufferPerRoute needs disabled: true or buffer",
+                    ))
+                }
+            }
+        }
         other => return Err(unsupported_type(path, name, other)),
     }))
+}
+
+/// `max_request_bytes`: required and above zero, as Envoy validates it.
+fn buffer_limit(
+    value: Option<&crate::pb::google::protobuf::UInt32Value>,
+    path: &str,
+) -> Result<u32> {
+    match value.map(|v| v.value) {
+        None => Err(ValidationError::required(format!(
+            "{path}.max_request_bytes"
+        ))),
+        Some(0) => Err(ValidationError::new(
+            format!("{path}.max_request_bytes"),
+            "must be greater than 0",
+        )),
+        Some(n) => Ok(n),
+    }
 }
 
 /// A probability, in parts per million (Envoy's `FractionalPercent`, normalised).

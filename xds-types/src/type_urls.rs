@@ -80,6 +80,9 @@ pub const JWT_AUTHN: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 pub const JWT_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";
+pub const BUFFER: &str = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer";
+pub const BUFFER_PER_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute";
 pub const HEADER_MUTATION: &str =
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation";
 pub const HEADER_MUTATION_PER_ROUTE: &str =

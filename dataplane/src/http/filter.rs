@@ -131,6 +131,7 @@ pub enum PerRoute {
     ExtAuthz(xds_types::http_filter::ExtAuthzPerRoute),
     JwtAuthn(xds_types::http_filter::JwtPerRoute),
     HeaderMutation(Box<xds_types::http_filter::header_mutation::Mutations>),
+    Buffer { max_request_bytes: u32 },
 }
 
 /// The overrides of one level (route, virtual host or route table), by filter name.
@@ -156,6 +157,9 @@ pub fn compile_overrides(configs: &PerFilterConfigs, hcm_prefix: &str, stats: &S
                 PerFilterConfig::ExtAuthz(e) => PerRoute::ExtAuthz(e.clone()),
                 PerFilterConfig::JwtAuthn(j) => PerRoute::JwtAuthn(j.clone()),
                 PerFilterConfig::HeaderMutation(m) => PerRoute::HeaderMutation(m.clone()),
+                PerFilterConfig::Buffer { max_request_bytes } => PerRoute::Buffer {
+                    max_request_bytes: *max_request_bytes,
+                },
             };
             (name.clone(), compiled)
         })
@@ -208,6 +212,9 @@ impl HttpFilterChain {
                     )),
                     FilterConfig::HeaderMutation(c) => {
                         Box::new(filters::header_mutation::HeaderMutationFilter::new(c))
+                    }
+                    FilterConfig::Buffer { max_request_bytes } => {
+                        Box::new(filters::buffer::BufferFilter::new(*max_request_bytes))
                     }
                 };
                 Entry {

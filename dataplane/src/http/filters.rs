@@ -2,6 +2,7 @@
 //! counters and per-route form.
 
 pub mod basic_auth;
+pub mod buffer;
 pub mod call;
 pub mod cors;
 pub mod descriptors;
