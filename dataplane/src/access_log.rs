@@ -130,6 +130,8 @@ pub struct Entry<'a> {
     /// The stream's span, when tracing gave it one (sampled or not).
     pub trace: Option<SpanContext>,
     pub traced: bool,
+    /// The health check filter took the request for a health check.
+    pub health_check: bool,
     pub connection_id: u64,
     pub details: Option<&'a str>,
 }
@@ -164,6 +166,7 @@ impl<'a> Entry<'a> {
             route_name: None,
             trace: None,
             traced: false,
+            health_check: false,
             connection_id,
             details: None,
         }
@@ -265,7 +268,7 @@ impl AccessLogs {
         match filter {
             LogFilter::StatusCode(c) => c.accepts(u64::from(entry.status)),
             LogFilter::Duration(c) => c.accepts(entry.duration.as_millis() as u64),
-            LogFilter::NotHealthCheck => true,
+            LogFilter::NotHealthCheck => !entry.health_check,
             LogFilter::Traceable => entry.traced,
             LogFilter::Runtime(fraction) => {
                 rand::rng().random_range(0..1_000_000) < fraction.per_million

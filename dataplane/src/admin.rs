@@ -125,6 +125,19 @@ async fn logged(
     Ok(response)
 }
 
+/// Envoy's server-wide health-check state, set by `/healthcheck/fail` and `/healthcheck/ok`:
+/// the health check filter answers 503 while it is set.
+static HEALTH_CHECK_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the proxy is failing its health checks (`/healthcheck/fail`).
+pub fn health_check_failed() -> bool {
+    HEALTH_CHECK_FAILED.load(Ordering::Relaxed)
+}
+
+fn set_health_check_failed(failed: bool) {
+    HEALTH_CHECK_FAILED.store(failed, Ordering::Relaxed);
+}
+
 async fn handle(
     state: Arc<AdminState>,
     request: Request<Incoming>,
@@ -168,6 +181,14 @@ async fn handle(
                 .collect::<String>(),
         ),
         (&Method::GET, "/certs") => json_response(certs(&state)),
+        (&Method::POST, "/healthcheck/fail") => {
+            set_health_check_failed(true);
+            text(StatusCode::OK, "OK\n")
+        }
+        (&Method::POST, "/healthcheck/ok") => {
+            set_health_check_failed(false);
+            text(StatusCode::OK, "OK\n")
+        }
         (&Method::POST, "/quitquitquit") => {
             state.shutdown.notify_one();
             text(StatusCode::OK, "OK\n")

@@ -40,11 +40,13 @@ pub enum ResponseFlag {
     UnauthorizedExternalService,
     /// The rate limit service could not be asked and the filter fails closed.
     RateLimitServiceError,
+    /// The health check filter answered 503: the proxy is failing its health checks.
+    FailedLocalHealthCheck,
 }
 
 impl ResponseFlag {
     /// Every flag, for pre-creating counters.
-    pub const ALL: [ResponseFlag; 15] = [
+    pub const ALL: [ResponseFlag; 16] = [
         Self::NoHealthyUpstream,
         Self::UpstreamConnectionFailure,
         Self::UpstreamRequestTimeout,
@@ -60,6 +62,7 @@ impl ResponseFlag {
         Self::FaultInjected,
         Self::UnauthorizedExternalService,
         Self::RateLimitServiceError,
+        Self::FailedLocalHealthCheck,
     ];
 
     /// Envoy's short name.
@@ -80,6 +83,7 @@ impl ResponseFlag {
             Self::FaultInjected => "FI",
             Self::UnauthorizedExternalService => "UAEX",
             Self::RateLimitServiceError => "RLSE",
+            Self::FailedLocalHealthCheck => "LH",
         }
     }
 
@@ -101,6 +105,7 @@ impl ResponseFlag {
             Self::FaultInjected => "FaultInjected",
             Self::UnauthorizedExternalService => "UnauthorizedExternalService",
             Self::RateLimitServiceError => "RateLimitServiceError",
+            Self::FailedLocalHealthCheck => "FailedLocalHealthCheck",
         }
     }
 }
@@ -241,5 +246,6 @@ fn for_flag(flag: ResponseFlag) -> Response<Body> {
         ResponseFlag::FaultInjected => reply(StatusCode::SERVICE_UNAVAILABLE, "fault filter abort"),
         ResponseFlag::UnauthorizedExternalService => reply(StatusCode::FORBIDDEN, ""),
         ResponseFlag::RateLimitServiceError => reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
+        ResponseFlag::FailedLocalHealthCheck => reply(StatusCode::SERVICE_UNAVAILABLE, ""),
     }
 }

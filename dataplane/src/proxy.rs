@@ -120,6 +120,8 @@ struct Outcome {
     route: Option<String>,
     /// The stream's span, when the connection manager traces and the request is traced.
     trace: Option<crate::trace::ActiveSpan>,
+    /// The health check filter took the request for a health check.
+    health_check: bool,
 }
 
 /// Decrements a gauge when dropped.
@@ -371,6 +373,7 @@ pub async fn serve(
             route: outcome.route.take(),
             trace,
             traced: sampled,
+            health_check: outcome.health_check,
         };
         let ctx = ctx.clone();
         outcome
@@ -605,6 +608,17 @@ async fn handle<'s>(
             // Moved out of the request's future once the filters have decided: a timeout
             // that drops the future later still runs them.
             outcome.at_end.append(&mut filter_ctx.at_end);
+            if filter_ctx
+                .state
+                .get::<crate::http::filters::health_check::HealthCheckRequest>()
+                .is_some()
+            {
+                // As Envoy: a health check is not traced (the upstream sees it unsampled).
+                outcome.health_check = true;
+                if let Some(span) = outcome.trace.as_mut() {
+                    span.context.sampled = false;
+                }
+            }
             decided
         }
     };
@@ -1650,6 +1664,7 @@ struct HttpRecord {
     route: Option<String>,
     trace: Option<crate::trace::SpanContext>,
     traced: bool,
+    health_check: bool,
 }
 
 /// What a stream's span needs once the stream ends.
@@ -1697,6 +1712,7 @@ impl HttpRecord {
                 route_name: self.route.as_deref(),
                 trace: self.trace,
                 traced: self.traced,
+                health_check: self.health_check,
                 ..Entry::connection(
                     ctx.remote,
                     ctx.direct_remote,

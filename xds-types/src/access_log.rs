@@ -187,7 +187,7 @@ pub enum LogFilter {
     StatusCode(Comparison),
     /// In milliseconds.
     Duration(Comparison),
-    /// Every stream: sluice has no health-check filter that marks requests as checks.
+    /// Streams the health check filter did not take for health checks.
     NotHealthCheck,
     /// Streams whose trace is sampled.
     Traceable,

@@ -66,7 +66,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.config.accesslog.v3.AccessLogFilter" => [
         "status_code_filter", "duration_filter",
-        "not_health_check_filter": "every stream passes: sluice marks no request as a health check",
+        "not_health_check_filter": "skips the requests the health check filter answers or passes as health checks",
         "traceable_filter": "streams whose trace is sampled",
         "runtime_filter", "and_filter", "or_filter", "header_filter", "response_flag_filter",
     ],
@@ -282,7 +282,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name": "what typed_per_filter_config keys refer to; unique in the list",
-        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer; another type is refused with its name unless is_optional",
+        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer, health_check; another type is refused with its name unless is_optional",
         "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
         "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
@@ -461,6 +461,12 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "max_request_bytes": "the whole request body is read first; a longer one is answered 413 Payload Too Large",
     ],
     "envoy.extensions.filters.http.buffer.v3.BufferPerRoute" => ["disabled", "buffer"],
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck" => [
+        "pass_through_mode": "false: the proxy answers (200, or 503 with flag LH after /healthcheck/fail or below a cluster minimum); true: the upstream does, unless the proxy is failing",
+        "cache_time": "pass-through mode: an upstream answer is reused for this long",
+        "cluster_min_healthy_percentages": "answering mode: healthy hosts / hosts of each cluster, from its membership",
+        "headers": "all must match for a request to be a health check (pseudo-headers included); health checks are not traced and not_health_check_filter skips them",
+    ],
     "envoy.extensions.filters.http.header_mutation.v3.Mutations" => ["request_mutations", "response_mutations"],
     "envoy.config.common.mutation_rules.v3.HeaderMutation" => ["remove", "append", "remove_on_match"],
     "envoy.config.common.mutation_rules.v3.HeaderMutation.RemoveOnMatch" => ["key_matcher"],

@@ -74,6 +74,22 @@ pub enum FilterConfig {
     Buffer {
         max_request_bytes: u32,
     },
+    HealthCheck(Box<HealthCheckFilter>),
+}
+
+/// `envoy.filters.http.health_check`: which requests are health checks, and whether the
+/// proxy answers them itself (from its own health-check state and its clusters') or
+/// passes them to the upstream.
+#[derive(Debug, Clone)]
+pub struct HealthCheckFilter {
+    pub pass_through_mode: bool,
+    /// Pass-through mode: an upstream's answer is reused for this long.
+    pub cache_time: Option<std::time::Duration>,
+    /// Answering mode: 503 unless each cluster has at least this percentage of its hosts
+    /// healthy (sorted by cluster name).
+    pub cluster_min_healthy_percentages: Vec<(String, f64)>,
+    /// A request is a health check when all match.
+    pub headers: Vec<crate::route::HeaderMatcher>,
 }
 
 /// A per-route, per-virtual-host or per-route-table override of one filter.
@@ -119,6 +135,10 @@ const FILTERS: &[(&str, &str)] = &[
         "envoy.filters.http.header_mutation",
     ),
     (type_urls::BUFFER, "envoy.filters.http.buffer"),
+    (
+        type_urls::HEALTH_CHECK_FILTER,
+        "envoy.filters.http.health_check",
+    ),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -265,6 +285,13 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
             HeaderMutationConfig::try_from(&unpack_any(any, type_urls::HEADER_MUTATION, path)?)
                 .map_err(|e| e.within(path))?,
         )),
+        type_urls::HEALTH_CHECK_FILTER => {
+            let h: crate::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck =
+                unpack_any(any, type_urls::HEALTH_CHECK_FILTER, path)?;
+            FilterConfig::HealthCheck(Box::new(
+                HealthCheckFilter::try_from(&h).map_err(|e| e.within(path))?,
+            ))
+        }
         type_urls::BUFFER => {
             let b: crate::pb::envoy::extensions::filters::http::buffer::v3::Buffer =
                 unpack_any(any, type_urls::BUFFER, path)?;
@@ -391,6 +418,57 @@ fn per_filter_config(name: &str, any: &Any, path: &str) -> Result<Option<PerFilt
         }
         other => return Err(unsupported_type(path, name, other)),
     }))
+}
+
+impl TryFrom<&crate::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck>
+    for HealthCheckFilter
+{
+    type Error = ValidationError;
+
+    fn try_from(
+        h: &crate::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck,
+    ) -> Result<Self> {
+        let pass_through_mode = h
+            .pass_through_mode
+            .as_ref()
+            .ok_or_else(|| ValidationError::required("pass_through_mode"))?
+            .value;
+        let cache_time = h
+            .cache_time
+            .as_ref()
+            .map(|d| crate::util::duration(d, "cache_time"))
+            .transpose()?
+            .filter(|d| !d.is_zero());
+        let mut cluster_min_healthy_percentages: Vec<(String, f64)> = h
+            .cluster_min_healthy_percentages
+            .iter()
+            .map(|(name, p)| {
+                if !(0.0..=100.0).contains(&p.value) {
+                    return Err(ValidationError::new(
+                        format!("cluster_min_healthy_percentages[{name:?}].value"),
+                        "must be between 0 and 100",
+                    ));
+                }
+                Ok((name.clone(), p.value))
+            })
+            .collect::<Result<_>>()?;
+        cluster_min_healthy_percentages.sort_by(|a, b| a.0.cmp(&b.0));
+        let headers = h
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                crate::route::HeaderMatcher::try_from(m)
+                    .map_err(|e| e.within(format!("headers[{i}]")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            pass_through_mode,
+            cache_time,
+            cluster_min_healthy_percentages,
+            headers,
+        })
+    }
 }
 
 /// `max_request_bytes`: required and above zero, as Envoy validates it.

@@ -80,6 +80,8 @@ pub const JWT_AUTHN: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 pub const JWT_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";
+pub const HEALTH_CHECK_FILTER: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck";
 pub const BUFFER: &str = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer";
 pub const BUFFER_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute";

@@ -216,6 +216,9 @@ impl HttpFilterChain {
                     FilterConfig::Buffer { max_request_bytes } => {
                         Box::new(filters::buffer::BufferFilter::new(*max_request_bytes))
                     }
+                    FilterConfig::HealthCheck(c) => {
+                        Box::new(filters::health_check::HealthCheckFilter::new(c))
+                    }
                 };
                 Entry {
                     name: f.name.clone(),

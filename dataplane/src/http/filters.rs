@@ -10,6 +10,7 @@ pub mod ext_authz;
 pub mod fault;
 pub mod grpc;
 pub mod header_mutation;
+pub mod health_check;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod ratelimit;

@@ -68,7 +68,7 @@ fn corpus_json_format() -> Value {
 }
 
 /// Lines of `path` once it holds `count` (Envoy flushes its files every 0.1 s here).
-async fn read_lines(path: &Path, count: usize) -> Vec<String> {
+pub(super) async fn read_lines(path: &Path, count: usize) -> Vec<String> {
     let mut lines = Vec::new();
     for _ in 0..100 {
         lines = std::fs::read_to_string(path)

@@ -1,7 +1,10 @@
 //! The web-server filters through real Envoy and `sluice` with the same config: the
-//! buffer filter (whole bodies, 413 past the limit, a route's own limit or none).
+//! buffer filter (whole bodies, 413 past the limit, a route's own limit or none) and the
+//! health check filter (answering and pass-through modes, `/healthcheck/fail`, cluster
+//! minimums, what the access log and the upstream see).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use http::Method;
@@ -117,5 +120,146 @@ async fn the_buffer_filter_answers_as_envoys() {
     };
     assert_eq!(status(&envoy, "/over"), 413, "{envoy:#?}");
     assert_eq!(status(&envoy, "/off/large"), 200, "{envoy:#?}");
+    assert_eq!(envoy, sluice);
+}
+
+const HEALTH_CHECK: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck";
+
+/// A listener whose health check filter takes `path` for a health check, with `extra`
+/// filter settings, logging every other request to `log`.
+fn health_listener(name: &str, addr: SocketAddr, path: &str, extra: Value, log: &Path) -> Value {
+    let mut filter = json!({ "@type": HEALTH_CHECK,
+        "headers": [ { "name": ":path", "string_match": { "exact": path } } ] });
+    sluice_tests::config::merge(&mut filter, extra);
+    let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+        { "match": { "prefix": "/" }, "route": { "cluster": "app" } } ] } ] });
+    let hcm = json!({
+        "http_filters": [
+            { "name": "envoy.filters.http.health_check", "typed_config": filter },
+            { "name": "envoy.filters.http.router",
+              "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } } ],
+        "access_log": [ { "name": "envoy.access_loggers.file",
+            "filter": { "not_health_check_filter": {} },
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": log.to_str().unwrap(),
+                "log_format": { "text_format_source": { "inline_string": format!("{name} %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n") } } } } ] });
+    http_listener(name, addr, routes, hcm)
+}
+
+/// The health-check cases through one proxy: answers, the headers that mark them, what
+/// reached the upstream, and the access log lines.
+async fn health_run(envoy: bool) -> Vec<Value> {
+    let upstream = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let (admin, answering, passing, guarded) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let config = bootstrap(
+        admin,
+        vec![
+            health_listener(
+                "answering",
+                answering,
+                "/healthz",
+                json!({
+                "pass_through_mode": false,
+                "cluster_min_healthy_percentages": { "app": { "value": 100 } } }),
+                &log,
+            ),
+            health_listener(
+                "passing",
+                passing,
+                "/hc",
+                json!({
+                "pass_through_mode": true, "cache_time": "60s" }),
+                &log,
+            ),
+            health_listener(
+                "guarded",
+                guarded,
+                "/healthz",
+                json!({
+                "pass_through_mode": false,
+                "cluster_min_healthy_percentages": { "ghost": { "value": 50 } } }),
+                &log,
+            ),
+        ],
+        vec![cluster("app", &[(upstream.addr, 1)], json!({}))],
+    );
+    let _proxy: Box<dyn std::any::Any> = if envoy {
+        Box::new(Envoy::start(&config, admin).await.expect("start envoy"))
+    } else {
+        Box::new(Sluice::start(&config, admin).await.expect("start sluice"))
+    };
+    let client = HttpClient::http1();
+    let mut out = Vec::new();
+    let mut probe = |label: &str, reply: sluice_tests::client::Reply| {
+        out.push(json!({ "case": label, "status": reply.status.as_u16(),
+            "body": String::from_utf8_lossy(&reply.body).len(),
+            "headers": reply.headers_named(&[
+                "x-envoy-upstream-healthchecked-cluster",
+                "x-envoy-immediate-health-check-fail" ]) }));
+    };
+    let admin_post = |path: &'static str| {
+        let client = HttpClient::http1();
+        async move {
+            let reply = client
+                .send(admin, Method::POST, "admin", path, &[], Vec::new())
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200, "{path}");
+        }
+    };
+    probe(
+        "answered",
+        client.get(answering, "h", "/healthz", &[]).await.unwrap(),
+    );
+    probe(
+        "not a check",
+        client.get(answering, "h", "/app", &[]).await.unwrap(),
+    );
+    probe(
+        "guarded by a missing cluster",
+        client.get(guarded, "h", "/healthz", &[]).await.unwrap(),
+    );
+    probe(
+        "passed through",
+        client.get(passing, "h", "/hc", &[]).await.unwrap(),
+    );
+    probe(
+        "from the cache",
+        client.get(passing, "h", "/hc", &[]).await.unwrap(),
+    );
+    admin_post("/healthcheck/fail").await;
+    probe(
+        "failing: answered",
+        client.get(answering, "h", "/healthz", &[]).await.unwrap(),
+    );
+    probe(
+        "failing: passed",
+        client.get(passing, "h", "/hc", &[]).await.unwrap(),
+    );
+    probe(
+        "failing: not a check",
+        client.get(answering, "h", "/app", &[]).await.unwrap(),
+    );
+    admin_post("/healthcheck/ok").await;
+    probe(
+        "recovered",
+        client.get(answering, "h", "/healthz", &[]).await.unwrap(),
+    );
+    let seen: Vec<String> = upstream.seen().into_iter().map(|s| s.path).collect();
+    out.push(json!({ "upstream saw": seen }));
+    let lines = super::access_log::read_lines(&log, 2).await;
+    out.push(json!({ "logged": lines }));
+    out
+}
+
+#[tokio::test]
+async fn the_health_check_filter_answers_as_envoys() {
+    let envoy = health_run(true).await;
+    let sluice = health_run(false).await;
+    assert_eq!(envoy[0]["status"], 200, "{envoy:#?}");
+    assert_eq!(envoy[5]["status"], 503, "{envoy:#?}");
     assert_eq!(envoy, sluice);
 }
