@@ -942,3 +942,65 @@ async fn each_retry_gets_its_own_upstream_span_as_in_envoy() {
     );
     assert_eq!(envoy_spans, sluice_spans);
 }
+
+/// A health check passed to the upstream with a sampled `traceparent`, and an ordinary
+/// request after it: what the upstream saw of each, and how many spans were exported.
+async fn health_check_trace_run(envoy: bool) -> (Vec<Option<String>>, usize) {
+    let upstream = Upstream::start("app").await;
+    let receiver = OtlpReceiver::start().await;
+    let (admin, listener) = (free_addr(), free_addr());
+    let mut config: Value = serde_json::from_str(&traced_config(
+        admin,
+        listener,
+        upstream.addr,
+        receiver.addr,
+        json!({}),
+    ))
+    .unwrap();
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"] = json!([
+        { "name": "envoy.filters.http.health_check", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            "pass_through_mode": true,
+            "headers": [ { "name": ":path", "string_match": { "exact": "/healthz" } } ] } },
+        { "name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } } ]);
+    let proxy = start_proxy(envoy, &config.to_string(), admin).await;
+    let sampled = traceparent(TRACE, PARENT, "01");
+    let client = HttpClient::http1();
+    for path in ["/healthz", "/work"] {
+        let reply = client
+            .get(listener, "h", path, &[("traceparent", sampled.as_str())])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{path}");
+    }
+    let spans = receiver.wait_for(1, Duration::from_secs(10)).await;
+    // Long enough for a stray span of the health check to arrive too.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(proxy);
+    let flags = upstream
+        .seen()
+        .iter()
+        .map(|s| {
+            s.headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.rsplit('-').next().unwrap_or_default().to_string())
+        })
+        .collect();
+    (flags, spans.len().max(receiver.spans().len()))
+}
+
+#[tokio::test]
+async fn health_checks_are_not_traced_as_in_envoy() {
+    let (envoy_flags, envoy_spans) = health_check_trace_run(true).await;
+    let (sluice_flags, sluice_spans) = health_check_trace_run(false).await;
+    assert_eq!(envoy_spans, 1, "only the ordinary request's span");
+    assert_eq!(
+        envoy_flags,
+        vec![Some("00".to_string()), Some("01".to_string())],
+        "envoy: the health check goes upstream unsampled"
+    );
+    assert_eq!((sluice_flags, sluice_spans), (envoy_flags, envoy_spans));
+}
