@@ -38,6 +38,10 @@ const ROOTS: &[&str] = &[
     // are refused by name (or skipped when optional) instead of failing as unknown types.
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
+    "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+    "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd",
     "envoy.extensions.filters.http.buffer.v3.Buffer",
     "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
     "envoy.extensions.filters.http.health_check.v3.HealthCheck",

@@ -643,7 +643,7 @@ async fn handle<'s>(
     for (name, value) in std::mem::take(&mut filter_ctx.response_headers) {
         response.headers_mut().append(name, value);
     }
-    listener.filters.on_response(&filter_ctx, response, ran)
+    listener.filters.on_response(&mut filter_ctx, response, ran)
 }
 
 /// The router: executes the route's action. Returns the response (or why there is none)

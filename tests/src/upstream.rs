@@ -234,6 +234,7 @@ async fn handle(
     let fail_first: Option<u64> =
         header(&request, "x-test-fail-first").and_then(|s| s.parse().ok());
     let key = header(&request, "x-test-key").unwrap_or("").to_string();
+    let text = text_response(&request);
     let method = request.method().to_string();
     let version = format!("{:?}", request.version());
     let path = request
@@ -311,6 +312,9 @@ async fn handle(
             return Ok(simple(StatusCode::SERVICE_UNAVAILABLE, "planned failure"));
         }
     }
+    if let Some(text) = text {
+        return Ok(text.into_response(status));
+    }
     if let Some(n) = response_bytes {
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         let chunks = n / chunk.len() as u64;
@@ -345,6 +349,77 @@ async fn handle(
     r.headers_mut()
         .insert("x-upstream", state.name.parse().unwrap());
     Ok(r)
+}
+
+/// A text answer the request asks for, for the web-filter tests: `x-test-text-bytes: N`
+/// (N bytes of compressible text, `text/plain`), each `x-test-response-header: name:
+/// value` set on the response (`name: -` removes it), and `x-test-chunked` to stream the
+/// text in three frames without a length.
+struct TextResponse {
+    bytes: usize,
+    headers: Vec<(String, String)>,
+    chunked: bool,
+}
+
+fn text_response(request: &Request<Incoming>) -> Option<TextResponse> {
+    let bytes = header(request, "x-test-text-bytes")?.parse().ok()?;
+    let headers = request
+        .headers()
+        .get_all("x-test-response-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some(TextResponse {
+        bytes,
+        headers,
+        chunked: request.headers().contains_key("x-test-chunked"),
+    })
+}
+
+/// The text the upstream sends for `x-test-text-bytes: n`.
+pub fn test_text(n: usize) -> Vec<u8> {
+    b"sluice streams compressible text; "
+        .iter()
+        .copied()
+        .cycle()
+        .take(n)
+        .collect()
+}
+
+impl TextResponse {
+    fn into_response(self, status: Option<u16>) -> Response<Body> {
+        let text = Bytes::from(test_text(self.bytes));
+        let mut r = if self.chunked {
+            let third = text.len() / 3;
+            let parts = [
+                text.slice(..third),
+                text.slice(third..2 * third),
+                text.slice(2 * third..),
+            ];
+            let stream = futures_util::stream::iter(parts)
+                .map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        } else {
+            Response::new(Full::new(text).map_err(|never| match never {}).boxed())
+        };
+        *r.status_mut() = status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK);
+        r.headers_mut()
+            .insert("content-type", "text/plain".parse().unwrap());
+        for (name, value) in self.headers {
+            let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            if value == "-" {
+                r.headers_mut().remove(&name);
+            } else if let Ok(value) = value.parse() {
+                r.headers_mut().insert(name, value);
+            }
+        }
+        r
+    }
 }
 
 fn simple(status: StatusCode, text: &'static str) -> Response<Body> {

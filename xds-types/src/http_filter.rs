@@ -13,6 +13,7 @@ use crate::pb::google::protobuf::Any;
 use crate::type_urls;
 
 pub mod basic_auth;
+pub mod compressor;
 pub mod cors;
 pub mod ext_authz;
 pub mod fault;
@@ -23,6 +24,7 @@ pub mod ratelimit;
 pub mod rbac;
 
 pub use basic_auth::BasicAuth;
+pub use compressor::{Compressor, CompressorPerRoute};
 pub use cors::CorsPolicy;
 pub use ext_authz::{ExtAuthz, ExtAuthzPerRoute};
 pub use fault::Fault;
@@ -75,6 +77,7 @@ pub enum FilterConfig {
         max_request_bytes: u32,
     },
     HealthCheck(Box<HealthCheckFilter>),
+    Compressor(Box<Compressor>),
 }
 
 /// `envoy.filters.http.health_check`: which requests are health checks, and whether the
@@ -111,6 +114,7 @@ pub enum PerFilterConfig {
     Buffer {
         max_request_bytes: u32,
     },
+    Compressor(Box<CompressorPerRoute>),
 }
 
 /// Overrides keyed by filter name.
@@ -139,6 +143,7 @@ const FILTERS: &[(&str, &str)] = &[
         type_urls::HEALTH_CHECK_FILTER,
         "envoy.filters.http.health_check",
     ),
+    (type_urls::COMPRESSOR, "envoy.filters.http.compressor"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -157,6 +162,7 @@ const PER_ROUTE_TYPES: &[&str] = &[
     type_urls::JWT_PER_ROUTE,
     type_urls::HEADER_MUTATION_PER_ROUTE,
     type_urls::BUFFER_PER_ROUTE,
+    type_urls::COMPRESSOR_PER_ROUTE,
 ];
 
 /// The error for a filter type Sluice does not implement, naming it as Envoy's docs do.
@@ -292,6 +298,10 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
                 HealthCheckFilter::try_from(&h).map_err(|e| e.within(path))?,
             ))
         }
+        type_urls::COMPRESSOR => FilterConfig::Compressor(Box::new(
+            Compressor::try_from(&unpack_any(any, type_urls::COMPRESSOR, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
         type_urls::BUFFER => {
             let b: crate::pb::envoy::extensions::filters::http::buffer::v3::Buffer =
                 unpack_any(any, type_urls::BUFFER, path)?;
@@ -416,6 +426,10 @@ fn per_filter_config(name: &str, any: &Any, path: &str) -> Result<Option<PerFilt
                 }
             }
         }
+        type_urls::COMPRESSOR_PER_ROUTE => PerFilterConfig::Compressor(Box::new(
+            CompressorPerRoute::try_from(&unpack_any(any, type_urls::COMPRESSOR_PER_ROUTE, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
         other => return Err(unsupported_type(path, name, other)),
     }))
 }

@@ -82,6 +82,16 @@ pub const JWT_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";
 pub const HEALTH_CHECK_FILTER: &str =
     "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck";
+pub const COMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor";
+pub const COMPRESSOR_PER_ROUTE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
+pub const GZIP_COMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip";
+pub const BROTLI_COMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli";
+pub const ZSTD_COMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd";
 pub const BUFFER: &str = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer";
 pub const BUFFER_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute";

@@ -93,11 +93,13 @@ pub trait HttpFilter: Send + Sync {
 
     /// Runs on the response headers, whoever made the response (the router or a later
     /// filter's local reply), for filters that saw the request, last filter first.
+    /// `end_stream`: the response has no body.
     fn on_response(
         &self,
-        _ctx: &RequestCtx<'_>,
+        _ctx: &mut RequestCtx<'_>,
         _per_route: Option<&PerRoute>,
         _response: &mut http::response::Parts,
+        _end_stream: bool,
     ) {
     }
 
@@ -105,7 +107,7 @@ pub trait HttpFilter: Send + Sync {
     /// same order: a transformation streams (it must not hold the whole body).
     fn on_response_body(
         &self,
-        _ctx: &RequestCtx<'_>,
+        _ctx: &mut RequestCtx<'_>,
         _per_route: Option<&PerRoute>,
         _response: &http::response::Parts,
         body: Body,
@@ -132,6 +134,7 @@ pub enum PerRoute {
     JwtAuthn(xds_types::http_filter::JwtPerRoute),
     HeaderMutation(Box<xds_types::http_filter::header_mutation::Mutations>),
     Buffer { max_request_bytes: u32 },
+    Compressor(Box<xds_types::http_filter::CompressorPerRoute>),
 }
 
 /// The overrides of one level (route, virtual host or route table), by filter name.
@@ -160,6 +163,7 @@ pub fn compile_overrides(configs: &PerFilterConfigs, hcm_prefix: &str, stats: &S
                 PerFilterConfig::Buffer { max_request_bytes } => PerRoute::Buffer {
                     max_request_bytes: *max_request_bytes,
                 },
+                PerFilterConfig::Compressor(c) => PerRoute::Compressor(c.clone()),
             };
             (name.clone(), compiled)
         })
@@ -219,6 +223,9 @@ impl HttpFilterChain {
                     FilterConfig::HealthCheck(c) => {
                         Box::new(filters::health_check::HealthCheckFilter::new(c))
                     }
+                    FilterConfig::Compressor(c) => Box::new(
+                        filters::compressor::CompressorFilter::new(c, hcm_prefix, stats),
+                    ),
                 };
                 Entry {
                     name: f.name.clone(),
@@ -307,15 +314,32 @@ impl HttpFilterChain {
     /// header phase, then every filter's body wrapper.
     pub fn on_response(
         &self,
-        ctx: &RequestCtx<'_>,
+        ctx: &mut RequestCtx<'_>,
         response: http::Response<Body>,
         ran: usize,
     ) -> http::Response<Body> {
+        use http_body::Body as _;
         let (mut head, mut body) = response.into_parts();
+        let end_stream = body.is_end_stream();
+        if !end_stream
+            && !head.headers.contains_key(http::header::CONTENT_LENGTH)
+            && !head.headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            // A body of known length (a local reply) carries it, as Envoy's do when its
+            // filters see them; the codec would add the same header on the wire.
+            if let Some(length) = body.size_hint().exact() {
+                head.headers.insert(
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from(length),
+                );
+            }
+        }
         let ran = &self.entries[..ran.min(self.entries.len())];
         for entry in ran.iter().rev() {
             if let Ok(per_route) = Self::enabled(entry, ctx) {
-                entry.filter.on_response(ctx, per_route, &mut head);
+                entry
+                    .filter
+                    .on_response(ctx, per_route, &mut head, end_stream);
             }
         }
         for entry in ran.iter().rev() {

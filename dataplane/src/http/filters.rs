@@ -4,6 +4,7 @@
 pub mod basic_auth;
 pub mod buffer;
 pub mod call;
+pub mod compressor;
 pub mod cors;
 pub mod descriptors;
 pub mod ext_authz;

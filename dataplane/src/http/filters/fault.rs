@@ -278,7 +278,7 @@ impl HttpFilter for FaultFilter {
 
     fn on_response_body(
         &self,
-        ctx: &RequestCtx<'_>,
+        ctx: &mut RequestCtx<'_>,
         _per_route: Option<&PerRoute>,
         _response: &http::response::Parts,
         body: Body,

@@ -75,9 +75,10 @@ impl HttpFilter for HeaderMutationFilter {
 
     fn on_response(
         &self,
-        ctx: &RequestCtx<'_>,
+        ctx: &mut RequestCtx<'_>,
         _per_route: Option<&PerRoute>,
         response: &mut http::response::Parts,
+        _end_stream: bool,
     ) {
         for m in self.each(ctx) {
             apply(&mut response.headers, &m.response);

@@ -115,9 +115,10 @@ impl HttpFilter for HealthCheckFilter {
 
     fn on_response(
         &self,
-        ctx: &RequestCtx<'_>,
+        ctx: &mut RequestCtx<'_>,
         _per_route: Option<&PerRoute>,
         response: &mut http::response::Parts,
+        _end_stream: bool,
     ) {
         if ctx.state.get::<HealthCheckRequest>().is_some() {
             if self.config.pass_through_mode && self.config.cache_time.is_some() {
