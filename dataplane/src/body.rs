@@ -315,15 +315,49 @@ fn plus(mut hint: http_body::SizeHint, n: u64) -> http_body::SizeHint {
 
 /// The downstream request body as the router receives it: hyper's stream, after whatever
 /// part of it a filter read (the request-body phase: an authorization check that sends the
-/// body). What was read is replayed first, so the upstream sees the body unchanged.
+/// body). What was read is replayed first, so the upstream sees the body unchanged — unless
+/// a filter transformed it ([`Downstream::wrap`], a decompressor).
 pub struct Downstream {
     /// Data a filter read, not yet handed on.
     head: Option<Bytes>,
     /// Trailers a filter read (the stream had ended).
     trailers: Option<http::HeaderMap>,
-    rest: Option<hyper::body::Incoming>,
+    rest: Option<Rest>,
     /// Bytes received from the client, for the access logs.
     received: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// What is left of the body: straight from hyper, or through a filter's transformation.
+enum Rest {
+    Wire(hyper::body::Incoming),
+    Wrapped(Body),
+}
+
+impl Rest {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Rest::Wire(b) => http_body::Body::is_end_stream(b),
+            Rest::Wrapped(b) => http_body::Body::is_end_stream(b),
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self {
+            Rest::Wire(b) => http_body::Body::poll_frame(std::pin::Pin::new(b), cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Rest::Wrapped(b) => http_body::Body::poll_frame(std::pin::Pin::new(b), cx),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Rest::Wire(b) => http_body::Body::size_hint(b),
+            Rest::Wrapped(b) => http_body::Body::size_hint(b),
+        }
+    }
 }
 
 impl Downstream {
@@ -331,7 +365,7 @@ impl Downstream {
         Self {
             head: None,
             trailers: None,
-            rest: Some(incoming),
+            rest: Some(Rest::Wire(incoming)),
             received: None,
         }
     }
@@ -339,6 +373,20 @@ impl Downstream {
     /// Counts the bytes that arrive from now on into `counter`.
     pub fn count_into(&mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) {
         self.received = Some(counter);
+    }
+
+    /// Passes the rest of the body (what a filter read included) through `transform`; the
+    /// bytes received are still counted as they arrive, before it.
+    pub fn wrap(&mut self, transform: impl FnOnce(Body) -> Body) {
+        let inner = Downstream {
+            head: self.head.take(),
+            trailers: self.trailers.take(),
+            rest: self.rest.take(),
+            received: self.received.take(),
+        };
+        self.rest = Some(Rest::Wrapped(transform(http_body_util::BodyExt::boxed(
+            inner,
+        ))));
     }
 
     fn count(&self, bytes: usize) {
@@ -354,9 +402,7 @@ impl Downstream {
 
     /// Whether the whole body has been read.
     pub fn is_complete(&self) -> bool {
-        self.rest
-            .as_ref()
-            .is_none_or(http_body::Body::is_end_stream)
+        self.rest.as_ref().is_none_or(Rest::is_end_stream)
     }
 
     /// Reads the body until it ends or `limit` bytes are held (each frame touching
@@ -365,20 +411,16 @@ impl Downstream {
         &mut self,
         limit: usize,
         idle: Option<&IdleTimer>,
-    ) -> Result<bool, hyper::Error> {
+    ) -> Result<bool, BoxError> {
         let mut held = bytes::BytesMut::from(self.head.take().unwrap_or_default());
         let result = loop {
-            let Some(rest) = self
-                .rest
-                .as_mut()
-                .filter(|r| !http_body::Body::is_end_stream(*r))
-            else {
+            let Some(rest) = self.rest.as_mut().filter(|r| !r.is_end_stream()) else {
                 break Ok(true);
             };
             if held.len() >= limit {
                 break Ok(false);
             }
-            match rest.frame().await {
+            match std::future::poll_fn(|cx| rest.poll_frame(cx)).await {
                 None => {
                     self.rest = None;
                     break Ok(true);
@@ -410,17 +452,17 @@ impl Downstream {
 
 impl http_body::Body for Downstream {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         if let Some(head) = self.head.take() {
             return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
         }
         if let Some(rest) = self.rest.as_mut() {
-            match std::task::ready!(std::pin::Pin::new(rest).poll_frame(cx)) {
+            match std::task::ready!(rest.poll_frame(cx)) {
                 None => self.rest = None,
                 frame => {
                     if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
@@ -446,7 +488,7 @@ impl http_body::Body for Downstream {
         let rest = self
             .rest
             .as_ref()
-            .map_or_else(|| http_body::SizeHint::with_exact(0), |r| r.size_hint());
+            .map_or_else(|| http_body::SizeHint::with_exact(0), Rest::size_hint);
         plus(rest, held)
     }
 }

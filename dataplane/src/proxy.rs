@@ -571,6 +571,7 @@ async fn handle<'s>(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
+    let request_has_body = !http_body::Body::is_end_stream(&body);
     // Built only when there are filters: a router-only chain skips all of this.
     let mut filter_ctx = (!listener.filters.is_empty()).then(|| RequestCtx {
         snapshot,
@@ -590,6 +591,8 @@ async fn handle<'s>(
         conn_limiters: &ctx.limiters,
         at_end: Vec::new(),
         state: http::Extensions::new(),
+        request_has_body,
+        request_body: Vec::new(),
     });
     let mut body = body::Downstream::new(body);
     if let Some(received) = &outcome.received {
@@ -1336,7 +1339,7 @@ async fn prepare_body(
     {
         // Data arriving while the body is buffered is stream activity too.
         let collected = match idle {
-            Some(idle) => body::Touching::new(body::incoming(incoming), idle.clone())
+            Some(idle) => body::Touching::new(BodyExt::boxed(incoming), idle.clone())
                 .collect()
                 .await
                 .map_err(|_| ())?,
@@ -1355,13 +1358,13 @@ async fn prepare_body(
             }
             Some(Err(_)) => return Err(()),
             Some(Ok(first)) => {
-                let rest = stream.map(|f| f.map_err(|e| Box::new(e) as body::BoxError));
+                let rest = stream;
                 let all = futures_util::stream::once(async move { Ok(first) }).chain(rest);
                 BodyExt::boxed(StreamBody::new(all))
             }
         }
     } else {
-        body::incoming(incoming)
+        BodyExt::boxed(incoming)
     };
     let body = match idle {
         Some(idle) => body::Touching::new(body, idle.clone()).boxed(),

@@ -353,12 +353,14 @@ async fn handle(
 
 /// A text answer the request asks for, for the web-filter tests: `x-test-text-bytes: N`
 /// (N bytes of compressible text, `text/plain`), each `x-test-response-header: name:
-/// value` set on the response (`name: -` removes it), and `x-test-chunked` to stream the
-/// text in three frames without a length.
+/// value` set on the response (`name: -` removes it), `x-test-chunked` to stream the
+/// text in three frames without a length, and `x-test-encode: gzip|br|zstd` to send it
+/// compressed with that `Content-Encoding`.
 struct TextResponse {
     bytes: usize,
     headers: Vec<(String, String)>,
     chunked: bool,
+    encode: Option<String>,
 }
 
 fn text_response(request: &Request<Incoming>) -> Option<TextResponse> {
@@ -374,7 +376,30 @@ fn text_response(request: &Request<Incoming>) -> Option<TextResponse> {
         bytes,
         headers,
         chunked: request.headers().contains_key("x-test-chunked"),
+        encode: header(request, "x-test-encode").map(str::to_string),
     })
+}
+
+/// `data` compressed with `coding` (gzip, br or zstd; anything else as it is).
+pub fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                w.write_all(data).unwrap();
+            }
+            out
+        }
+        "zstd" => zstd::encode_all(data, 3).unwrap(),
+        _ => data.to_vec(),
+    }
 }
 
 /// The text the upstream sends for `x-test-text-bytes: n`.
@@ -389,7 +414,10 @@ pub fn test_text(n: usize) -> Vec<u8> {
 
 impl TextResponse {
     fn into_response(self, status: Option<u16>) -> Response<Body> {
-        let text = Bytes::from(test_text(self.bytes));
+        let mut text = Bytes::from(test_text(self.bytes));
+        if let Some(coding) = &self.encode {
+            text = Bytes::from(encode(coding, &text));
+        }
         let mut r = if self.chunked {
             let third = text.len() / 3;
             let parts = [
@@ -408,6 +436,10 @@ impl TextResponse {
             .unwrap_or(StatusCode::OK);
         r.headers_mut()
             .insert("content-type", "text/plain".parse().unwrap());
+        if let Some(coding) = &self.encode {
+            r.headers_mut()
+                .insert("content-encoding", coding.parse().unwrap());
+        }
         for (name, value) in self.headers {
             let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
                 continue;

@@ -282,7 +282,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name": "what typed_per_filter_config keys refer to; unique in the list",
-        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer, health_check, compressor; another type is refused with its name unless is_optional",
+        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer, health_check, compressor, decompressor; another type is refused with its name unless is_optional",
         "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
         "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
@@ -495,6 +495,25 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.extensions.compression.zstd.compressor.v3.Zstd" => [
         "compression_level", "enable_checksum", "strategy",
         "chunk_size": "accepted; no effect: each body frame is compressed and flushed whole",
+    ],
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor" => [
+        "decompressor_library": "gzip, brotli or zstd; another library is refused by name",
+        "request_direction_config", "response_direction_config",
+    ],
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor.RequestDirectionConfig" => ["common_config", "advertise_accept_encoding"],
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor.ResponseDirectionConfig" => ["common_config"],
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor.CommonDirectionConfig" => ["enabled", "ignore_no_transform_header"],
+    "envoy.extensions.compression.gzip.decompressor.v3.Gzip" => [
+        "max_inflate_ratio": "a body that inflates past this ratio of its compressed bytes is cut off with a reset",
+        "window_bits": "accepted; the decoder takes any window up to 15 bits",
+        "chunk_size": "accepted; no effect: each body frame is decompressed whole",
+    ],
+    "envoy.extensions.compression.brotli.decompressor.v3.Brotli" => [
+        "disable_ring_buffer_reallocation": "accepted; no effect",
+        "chunk_size": "accepted; no effect: each body frame is decompressed whole",
+    ],
+    "envoy.extensions.compression.zstd.decompressor.v3.Zstd" => [
+        "chunk_size": "accepted; no effect: each body frame is decompressed whole",
     ],
     "envoy.extensions.filters.http.buffer.v3.Buffer" => [
         "max_request_bytes": "the whole request body is read first; a longer one is answered 413 Payload Too Large",

@@ -15,6 +15,7 @@ use crate::type_urls;
 pub mod basic_auth;
 pub mod compressor;
 pub mod cors;
+pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod header_mutation;
@@ -26,6 +27,7 @@ pub mod rbac;
 pub use basic_auth::BasicAuth;
 pub use compressor::{Compressor, CompressorPerRoute};
 pub use cors::CorsPolicy;
+pub use decompressor::Decompressor;
 pub use ext_authz::{ExtAuthz, ExtAuthzPerRoute};
 pub use fault::Fault;
 pub use header_mutation::HeaderMutationConfig;
@@ -78,6 +80,7 @@ pub enum FilterConfig {
     },
     HealthCheck(Box<HealthCheckFilter>),
     Compressor(Box<Compressor>),
+    Decompressor(Box<Decompressor>),
 }
 
 /// `envoy.filters.http.health_check`: which requests are health checks, and whether the
@@ -144,6 +147,7 @@ const FILTERS: &[(&str, &str)] = &[
         "envoy.filters.http.health_check",
     ),
     (type_urls::COMPRESSOR, "envoy.filters.http.compressor"),
+    (type_urls::DECOMPRESSOR, "envoy.filters.http.decompressor"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -300,6 +304,10 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
         }
         type_urls::COMPRESSOR => FilterConfig::Compressor(Box::new(
             Compressor::try_from(&unpack_any(any, type_urls::COMPRESSOR, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
+        type_urls::DECOMPRESSOR => FilterConfig::Decompressor(Box::new(
+            Decompressor::try_from(&unpack_any(any, type_urls::DECOMPRESSOR, path)?)
                 .map_err(|e| e.within(path))?,
         )),
         type_urls::BUFFER => {

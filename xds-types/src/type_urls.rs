@@ -92,6 +92,14 @@ pub const BROTLI_COMPRESSOR: &str =
     "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli";
 pub const ZSTD_COMPRESSOR: &str =
     "type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd";
+pub const DECOMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor";
+pub const GZIP_DECOMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip";
+pub const BROTLI_DECOMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.compression.brotli.decompressor.v3.Brotli";
+pub const ZSTD_DECOMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.compression.zstd.decompressor.v3.Zstd";
 pub const BUFFER: &str = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer";
 pub const BUFFER_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute";

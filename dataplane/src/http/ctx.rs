@@ -39,7 +39,15 @@ pub struct RequestCtx<'a> {
     /// What a filter decided on the request for its response phases, by type (a fault's
     /// response rate limit).
     pub state: http::Extensions,
+    /// Whether the request has a body (Envoy's filters skip some work without one).
+    pub request_has_body: bool,
+    /// Transformations of the request body a filter asked for (a decompressor), applied
+    /// before the next filter runs.
+    pub request_body: Vec<BodyTransform>,
 }
+
+/// A filter's transformation of a body stream.
+pub type BodyTransform = Box<dyn FnOnce(crate::body::Body) -> crate::body::Body + Send + Sync>;
 
 /// A hook of the log phase, run once with how the stream ended.
 pub type EndHook = Box<dyn FnOnce(&StreamEnd) + Send + Sync>;

@@ -226,6 +226,9 @@ impl HttpFilterChain {
                     FilterConfig::Compressor(c) => Box::new(
                         filters::compressor::CompressorFilter::new(c, hcm_prefix, stats),
                     ),
+                    FilterConfig::Decompressor(c) => Box::new(
+                        filters::decompressor::DecompressorFilter::new(c, hcm_prefix, stats),
+                    ),
                 };
                 Entry {
                     name: f.name.clone(),
@@ -266,6 +269,9 @@ impl HttpFilterChain {
                 continue;
             };
             let mut decision = entry.filter.on_request(ctx, per_route, request);
+            for transform in ctx.request_body.drain(..) {
+                body.wrap(transform);
+            }
             loop {
                 match decision {
                     Decision::Continue => break,

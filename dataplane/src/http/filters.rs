@@ -6,6 +6,7 @@ pub mod buffer;
 pub mod call;
 pub mod compressor;
 pub mod cors;
+pub mod decompressor;
 pub mod descriptors;
 pub mod ext_authz;
 pub mod fault;

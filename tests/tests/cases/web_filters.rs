@@ -531,3 +531,334 @@ async fn the_compressor_answers_as_envoys() {
     assert_eq!(envoy.len(), sluice.len());
     assert_eq!(envoy_counters, sluice_counters);
 }
+
+const DECOMPRESSOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor";
+
+/// A gzip decompressor with Envoy's defaults, then a brotli one that does not advertise
+/// and decodes responses even under `no-transform`.
+fn decompression_config(admin: SocketAddr, listener: SocketAddr, upstream: SocketAddr) -> String {
+    let routes = json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+        { "match": { "prefix": "/" }, "route": { "cluster": "app" } } ] } ] });
+    let hcm = json!({ "http_filters": [
+        { "name": "gunzip", "typed_config": { "@type": DECOMPRESSOR,
+            "decompressor_library": { "name": "gz", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip" } } } },
+        { "name": "unbrotli", "typed_config": { "@type": DECOMPRESSOR,
+            "decompressor_library": { "name": "br", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.compression.brotli.decompressor.v3.Brotli" } },
+            "request_direction_config": { "advertise_accept_encoding": false },
+            "response_direction_config": { "common_config": { "ignore_no_transform_header": true } } } },
+        { "name": "envoy.filters.http.router",
+          "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } } ] });
+    bootstrap(
+        admin,
+        vec![http_listener("web", listener, routes, hcm)],
+        vec![cluster("app", &[(upstream, 1)], json!({}))],
+    )
+}
+
+/// One decompression case: request headers and body, and whether it goes over HTTP/2.
+struct Unsqueeze {
+    name: &'static str,
+    method: Method,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Vec<u8>,
+    h2: bool,
+}
+
+fn decompression_corpus() -> Vec<Unsqueeze> {
+    use sluice_tests::upstream::{encode, test_text};
+    let text = test_text(3000);
+    let post = |name, headers: Vec<(&'static str, &'static str)>, body: Vec<u8>| Unsqueeze {
+        name,
+        method: Method::POST,
+        headers: [vec![("x-test-echo-body", "1")], headers].concat(),
+        body,
+        h2: false,
+    };
+    let get = |name, headers: Vec<(&'static str, &'static str)>| Unsqueeze {
+        name,
+        method: Method::GET,
+        headers: [vec![("x-test-text-bytes", "3000")], headers].concat(),
+        body: Vec::new(),
+        h2: false,
+    };
+    let mut cases = vec![
+        post(
+            "request gzip",
+            vec![("content-encoding", "gzip")],
+            encode("gzip", &text),
+        ),
+        post(
+            "request gzip then br listed",
+            vec![("content-encoding", "gzip, br")],
+            encode("gzip", &encode("br", &text)),
+        ),
+        post(
+            "request upper case",
+            vec![("content-encoding", "GZIP")],
+            encode("gzip", &text),
+        ),
+        post(
+            "request no-transform",
+            vec![
+                ("content-encoding", "gzip"),
+                ("cache-control", "no-transform"),
+            ],
+            encode("gzip", &text),
+        ),
+        post(
+            "request br no-transform",
+            vec![
+                ("content-encoding", "br"),
+                ("cache-control", "no-transform"),
+            ],
+            encode("br", &text),
+        ),
+        post(
+            "request br",
+            vec![("content-encoding", "br")],
+            encode("br", &text),
+        ),
+        post(
+            "request zstd passes",
+            vec![("content-encoding", "zstd")],
+            encode("zstd", &text),
+        ),
+        post("request plain", vec![], text.clone()),
+        post(
+            "request advertised after",
+            vec![("accept-encoding", "br")],
+            text.clone(),
+        ),
+        get(
+            "no body, nothing advertised",
+            vec![("accept-encoding", "br")],
+        ),
+        get("response gzip", vec![("x-test-encode", "gzip")]),
+        get("response br", vec![("x-test-encode", "br")]),
+        get("response zstd passes", vec![("x-test-encode", "zstd")]),
+        get(
+            "response gzip no-transform",
+            vec![
+                ("x-test-encode", "gzip"),
+                ("x-test-response-header", "cache-control: no-transform"),
+            ],
+        ),
+        get(
+            "response br no-transform ignored",
+            vec![
+                ("x-test-encode", "br"),
+                ("x-test-response-header", "cache-control: no-transform"),
+            ],
+        ),
+        get(
+            "response gzip, identity",
+            vec![
+                ("x-test-encode", "gzip"),
+                ("x-test-response-header", "content-encoding: gzip, identity"),
+            ],
+        ),
+        get(
+            "response streamed",
+            vec![("x-test-encode", "gzip"), ("x-test-chunked", "1")],
+        ),
+    ];
+    let mut head = get("head", vec![("x-test-encode", "gzip")]);
+    head.method = Method::HEAD;
+    cases.push(head);
+    let mut h2 = post(
+        "h2 request gzip",
+        vec![("content-encoding", "gzip")],
+        encode("gzip", &text),
+    );
+    h2.h2 = true;
+    cases.push(h2);
+    let mut h2 = get("h2 response br", vec![("x-test-encode", "br")]);
+    h2.h2 = true;
+    cases.push(h2);
+    cases
+}
+
+/// A body as the comparison shows it: the test text by its length, anything else as text.
+fn summary(body: &[u8]) -> String {
+    if body == sluice_tests::upstream::test_text(body.len()).as_slice() {
+        format!("test text, {} bytes", body.len())
+    } else {
+        String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+    }
+}
+
+/// What each case answered and what the upstream saw, and the decompressor counters.
+async fn decompression_run(envoy: bool) -> (Vec<Value>, std::collections::BTreeMap<String, i64>) {
+    let upstream = Upstream::start("app").await;
+    let (admin, listener) = (free_addr(), free_addr());
+    let config = decompression_config(admin, listener, upstream.addr);
+    let proxy: Box<dyn std::any::Any> = if envoy {
+        Box::new(Envoy::start(&config, admin).await.expect("start envoy"))
+    } else {
+        Box::new(Sluice::start(&config, admin).await.expect("start sluice"))
+    };
+    let (h1, h2) = (HttpClient::http1(), HttpClient::http2());
+    let mut out = Vec::new();
+    for case in decompression_corpus() {
+        let client = if case.h2 { &h2 } else { &h1 };
+        let reply = client
+            .send(
+                listener,
+                case.method.clone(),
+                "h",
+                "/x",
+                &case.headers,
+                case.body.clone(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let header = |n: &str| {
+            reply
+                .headers
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let encoding = header("content-encoding");
+        // Undo what is left, so bodies compare as text.
+        let mut body = reply.body.to_vec();
+        for coding in encoding
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            body = decoded(Some(coding), &body).into_bytes();
+        }
+        let seen = upstream.seen().pop().unwrap();
+        let saw = |n: &str| seen.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        out.push(json!({
+            "case": case.name,
+            "status": reply.status.as_u16(),
+            "content-encoding": encoding,
+            "content-length": header("content-length").is_some(),
+            "body": summary(&body),
+            "upstream": { "content-encoding": saw("content-encoding"),
+                "content-length": saw("content-length").is_some(),
+                "accept-encoding": saw("accept-encoding"), "bytes": seen.body_bytes },
+        }));
+    }
+    let stats = HttpClient::http1()
+        .get(admin, "admin", "/stats", &[])
+        .await
+        .unwrap();
+    let counters = String::from_utf8_lossy(&stats.body)
+        .lines()
+        .filter(|l| l.starts_with("http.web.decompressor."))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            let value: i64 = value.trim().parse().ok()?;
+            (value != 0).then(|| (name.to_string(), value))
+        })
+        .collect();
+    drop(proxy);
+    (out, counters)
+}
+
+#[tokio::test]
+async fn the_decompressor_answers_as_envoys() {
+    let (envoy, envoy_counters) = decompression_run(true).await;
+    let (sluice, sluice_counters) = decompression_run(false).await;
+    if std::env::var_os("SHOW_ENVOY").is_some() {
+        eprintln!("{envoy:#?}\n{envoy_counters:#?}\n{sluice_counters:#?}");
+    }
+    let find = |run: &[Value], case: &str| run.iter().find(|v| v["case"] == case).cloned().unwrap();
+    assert_eq!(
+        find(&envoy, "request gzip")["upstream"]["content-encoding"],
+        Value::Null,
+        "{envoy:#?}"
+    );
+    assert_eq!(
+        find(&envoy, "response br")["content-encoding"],
+        Value::Null,
+        "{envoy:#?}"
+    );
+    let differ: Vec<_> = envoy.iter().zip(&sluice).filter(|(e, s)| e != s).collect();
+    assert!(differ.is_empty(), "envoy, then sluice: {differ:#?}");
+    assert_eq!(envoy.len(), sluice.len());
+    assert_eq!(envoy_counters, sluice_counters);
+}
+
+/// Compressed bombs through the decompressor: a gzip body that inflates past
+/// `max_inflate_ratio` is cut off before the upstream has it all; a brotli one (no ratio in
+/// Envoy's library) streams through in bounded memory; the proxy serves on.
+#[tokio::test]
+async fn compressed_bombs_are_cut_off_or_streamed_in_bounded_memory() {
+    use std::io::Write;
+    let upstream = Upstream::start("app").await;
+    let (admin, listener) = (free_addr(), free_addr());
+    let sluice = Sluice::start(&decompression_config(admin, listener, upstream.addr), admin)
+        .await
+        .expect("start sluice");
+    let zeros = vec![0u8; 128 << 20];
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&zeros).unwrap();
+    let gzip_bomb = gz.finish().unwrap();
+    let brotli_bomb = sluice_tests::upstream::encode("br", &zeros);
+    drop(zeros);
+    let client = HttpClient::http1();
+    let gzip = client
+        .send(
+            listener,
+            Method::POST,
+            "h",
+            "/gzip-bomb",
+            &[("content-encoding", "gzip")],
+            gzip_bomb.clone(),
+        )
+        .await;
+    assert!(
+        gzip.as_ref().map_or(true, |r| r.status != 200),
+        "a body past max_inflate_ratio must not be answered 200: {:?}",
+        gzip.map(|r| r.status)
+    );
+    let brotli = client
+        .send(
+            listener,
+            Method::POST,
+            "h",
+            "/brotli-bomb",
+            &[("content-encoding", "br")],
+            brotli_bomb.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(brotli.status, 200);
+    let seen = upstream.seen();
+    assert!(
+        !seen.iter().any(|s| s.path == "/gzip-bomb"),
+        "the gzip bomb reached the upstream whole: {:?}",
+        seen.iter()
+            .map(|s| (&s.path, s.body_bytes))
+            .collect::<Vec<_>>()
+    );
+    let streamed = seen.iter().find(|s| s.path == "/brotli-bomb").unwrap();
+    assert_eq!(streamed.body_bytes, 128 << 20);
+    let peak = sluice_tests::process::peak_rss_of(sluice.pid());
+    assert!(
+        peak < 64 << 20,
+        "sluice's peak RSS was {} MiB for {} KiB of brotli inflating to 128 MiB",
+        peak >> 20,
+        brotli_bomb.len() >> 10
+    );
+    let after = client.get(listener, "h", "/after", &[]).await.unwrap();
+    assert_eq!(after.status, 200);
+    let ratio = sluice
+        .stat("http.web.decompressor.gz.gzip.request.total_uncompressed_bytes")
+        .await
+        .unwrap();
+    assert!(
+        ratio as usize <= 100 * gzip_bomb.len() + (64 << 10),
+        "inflated {ratio} bytes from {}",
+        gzip_bomb.len()
+    );
+}

@@ -470,7 +470,10 @@ mod tests {
         let e = err(|c| c.compressor_library = None);
         assert!(e.contains("compressor_library"), "{e}");
         let e = err(|c| c.compressor_library = Some(gzip(Some(20))));
-        assert!(e.contains("compressor_library.typed_config.window_bits"), "{e}");
+        assert!(
+            e.contains("compressor_library.typed_config.window_bits"),
+            "{e}"
+        );
         let e = err(|c| {
             c.request_direction_config = Some(pb::compressor::RequestDirectionConfig::default())
         });
