@@ -98,7 +98,25 @@ fn main() {
     println!("cargo:rerun-if-changed={}", source.display());
     let bytes = std::fs::read(&source).expect("read envoy descriptor set");
     let set = FileDescriptorSet::decode(bytes.as_slice()).expect("decode envoy descriptor set");
-    std::fs::write(&out, prune(set).encode_to_vec()).expect("write descriptor set");
+    let mut pruned = prune(set);
+    pruned.file.extend(sluice_extensions().file);
+    std::fs::write(&out, pruned.encode_to_vec()).expect("write descriptor set");
+}
+
+/// Sluice's own extensions (`proto/sluice/extensions/`), compiled with `protox` (no
+/// `protoc`): their Rust types are generated into OUT_DIR, and their descriptors join
+/// Envoy's so configs carrying them decode and are field-checked like Envoy's.
+fn sluice_extensions() -> FileDescriptorSet {
+    let proto_root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let files = ["sluice/extensions/filters/http/file_server/v1/file_server.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={proto_root}/{file}");
+    }
+    let descriptors = protox::compile(files, [proto_root]).expect("compile sluice's extensions");
+    prost_build::Config::new()
+        .compile_fds(descriptors.clone())
+        .expect("generate sluice's extension types");
+    descriptors
 }
 
 /// Keeps the files defining [`ROOTS`] and everything they import, in the original

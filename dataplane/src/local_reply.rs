@@ -137,6 +137,9 @@ pub struct LocalReply {
     /// The filter's configured response header mutations.
     pub mutations: Option<HeaderMutations>,
     pub flag: Option<ResponseFlag>,
+    /// A streamed body that replaces `body`, sent with the reply's own headers only (a
+    /// file the file server answers with).
+    pub stream: Option<Body>,
 }
 
 impl LocalReply {
@@ -147,6 +150,7 @@ impl LocalReply {
             headers: Vec::new(),
             mutations: None,
             flag: None,
+            stream: None,
         }
     }
 }
@@ -192,11 +196,11 @@ pub fn render(error: ProxyError) -> Response<Body> {
         ProxyError::ClusterNotFound(status) => reply(status, ""),
         ProxyError::RetriesExhausted(last) => for_flag(last),
         ProxyError::Local(local) => {
-            let has_body = !local.body.is_empty();
-            let mut response = Response::new(if has_body {
-                body::full(local.body)
-            } else {
-                body::empty()
+            let has_body = !local.body.is_empty() && local.stream.is_none();
+            let mut response = Response::new(match local.stream {
+                Some(stream) => stream,
+                None if has_body => body::full(local.body),
+                None => body::empty(),
             });
             *response.status_mut() = local.status;
             let headers = response.headers_mut();

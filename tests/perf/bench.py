@@ -17,6 +17,7 @@ HZ = os.sysconf("SC_CLK_TCK")
 UPSTREAM_H2 = False  # set per scenario: the proxies speak h2 to the upstream
 ACCESS_LOG = None    # set per scenario: a file each proxy writes one line per request to
 TRACING = None       # set per scenario: percent of requests sluice and Envoy trace
+GZIP_LEVEL = None    # set per scenario: the gzip level of each proxy's compressor
 
 def free_port():
     with socket.socket() as s:
@@ -141,6 +142,15 @@ def otlp_access_log():
             {"key": "flags", "value": text("%RESPONSE_FLAGS%")}]}}}
 
 
+def gzip_filter(level):
+    """Envoy's compressor with zlib's usual window and memory level (nginx's defaults)."""
+    return {"name": "envoy.filters.http.compressor", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor",
+        "compressor_library": {"name": "gzip", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip",
+            "compression_level": f"COMPRESSION_LEVEL_{level}", "window_bits": 15, "memory_level": 8}},
+        "response_direction_config": {"common_config": {"content_type_matcher": [{"exact": "text/html"}]}}}}
+
 def envoy_style_bootstrap(listen, admin, tls_listen=None):
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
            "stat_prefix": "bench", "codec_type": "AUTO",
@@ -152,6 +162,8 @@ def envoy_style_bootstrap(listen, admin, tls_listen=None):
     clusters = [upstream_cluster(addr)]
     if ACCESS_LOG:
         hcm["access_log"] = [file_access_log(ACCESS_LOG)]
+    if GZIP_LEVEL is not None:
+        hcm["http_filters"].insert(0, gzip_filter(GZIP_LEVEL))
     if TRACING is not None:
         hcm["tracing"] = otel_tracing(TRACING)
         clusters.append(DOWN_COLLECTOR)
@@ -242,6 +254,7 @@ worker_processes 1; daemon off; pid {d}/nginx.pid; error_log stderr error; worke
 events {{ worker_connections 15000; }}
 http {{
   {f'access_log {ACCESS_LOG};' if ACCESS_LOG else 'access_log off;'} keepalive_requests 100000000; keepalive_timeout 300s;
+  {f'gzip on; gzip_comp_level {GZIP_LEVEL}; gzip_types text/html; gzip_min_length 30; gzip_vary on;' if GZIP_LEVEL else ''}
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 1024; keepalive_requests 100000000; }}
   server {{
@@ -306,6 +319,7 @@ def wrk(port, path, connections, duration, extra=(), scheme="http"):
     r = json.loads(line)
     secs = r["duration_us"] / 1e6
     return {"requests": r["requests"], "rps": r["requests"] / secs, "mbps": r["bytes"] / secs / 1e6,
+            "bytes_per_req": r["bytes"] / r["requests"] if r["requests"] else None,
             "errors": r["errors"] + r["non2xx"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"]}
 
 def h2load(port, duration, scheme="http"):
@@ -392,6 +406,15 @@ SCENARIOS += [
 ]
 TRACED_SCENARIOS = {"fixed_10k_traced_100": 100.0, "fixed_10k_traced_1": 1.0}
 
+# Web-server work (issue 12): gzip of a 16 KiB HTML response, against nginx's gzip.
+SCENARIOS += [
+    ("gzip1_16k", "HTTP/1.1 keep-alive, 16 KiB HTML gzipped at level 1 (window 15, memory level 8), 10 connections (wrk)",
+     lambda p, d: wrk(p.port, "/16k.html", 10, d, ("-H", "Accept-Encoding: gzip"))),
+    ("gzip6_16k", "HTTP/1.1 keep-alive, 16 KiB HTML gzipped at level 6 (window 15, memory level 8), 10 connections (wrk)",
+     lambda p, d: wrk(p.port, "/16k.html", 10, d, ("-H", "Accept-Encoding: gzip"))),
+]
+GZIP_SCENARIOS = {"gzip1_16k": 1, "gzip6_16k": 6}
+
 TLS_SCENARIOS = {"tls_h1_c50", "tls_h2_100_streams", "tls_handshakes"}
 H2_UPSTREAM_SCENARIOS = {"up_h2_c50", "up_h2_fixed_10k"}
 
@@ -451,16 +474,19 @@ def main():
         for name, desc, fn in SCENARIOS:
             if wanted and name not in wanted: continue
             results[name] = {"description": desc, "runs": {}}
-            global UPSTREAM_H2, ACCESS_LOG, TRACING
+            global UPSTREAM_H2, ACCESS_LOG, TRACING, GZIP_LEVEL
             UPSTREAM_H2 = name in H2_UPSTREAM_SCENARIOS
             ACCESS_LOG = str(workdir / "access.log") if name == "fixed_10k_access_log" else None
             TRACING = TRACED_SCENARIOS.get(name)
+            GZIP_LEVEL = GZIP_SCENARIOS.get(name)
             proxies = {p: cls for p, cls in PROXIES.items()
                        if not (name in TLS_SCENARIOS and p == "upstream-direct")
                        and not (UPSTREAM_H2 and p in ("nginx", "upstream-direct"))
                        # HAProxy logs through syslog only; nginx and HAProxy do not trace.
                        and not (ACCESS_LOG and p in ("haproxy", "upstream-direct"))
-                       and not (TRACING is not None and p not in ("sluice", "sluice-before", "envoy"))}
+                       and not (TRACING is not None and p not in ("sluice", "sluice-before", "envoy"))
+                       # HAProxy's compression has no levels; the upstream does not compress.
+                       and not (GZIP_LEVEL is not None and p in ("haproxy", "upstream-direct"))}
             # Repetitions interleave the proxies, so the machine's drift over minutes
             # spreads over all of them instead of favouring whichever ran first.
             for rep in range(args.reps):

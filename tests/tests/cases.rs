@@ -7,6 +7,7 @@ mod controlplane_envoy;
 mod cp_security;
 mod differential;
 mod ext_authz;
+mod file_server;
 mod filter_phases;
 mod global_ratelimit;
 mod hostile;

@@ -282,7 +282,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name": "what typed_per_filter_config keys refer to; unique in the list",
-        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer, health_check, compressor, decompressor; another type is refused with its name unless is_optional",
+        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer, health_check, compressor, decompressor, sluice.extensions.filters.http.file_server.v1.FileServer; another type is refused with its name unless is_optional",
         "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
         "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
@@ -515,6 +515,11 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd" => [
         "chunk_size": "accepted; no effect: each body frame is decompressed whole",
     ],
+    "sluice.extensions.filters.http.file_server.v1.FileServer" => [
+        "root": "required; the directory is not checked when the config is validated (a control plane cannot see the node's disk)",
+        "index_files": "default index.html", "mime_types", "default_mime_type": "default application/octet-stream", "strip_prefix",
+    ],
+    "sluice.extensions.filters.http.file_server.v1.FileServerPerRoute" => ["file_server"],
     "envoy.extensions.filters.http.buffer.v3.Buffer" => [
         "max_request_bytes": "the whole request body is read first; a longer one is answered 413 Payload Too Large",
     ],

@@ -18,6 +18,7 @@ pub mod cors;
 pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
+pub mod file_server;
 pub mod header_mutation;
 pub mod jwt_authn;
 pub mod local_ratelimit;
@@ -30,6 +31,7 @@ pub use cors::CorsPolicy;
 pub use decompressor::Decompressor;
 pub use ext_authz::{ExtAuthz, ExtAuthzPerRoute};
 pub use fault::Fault;
+pub use file_server::FileServer;
 pub use header_mutation::HeaderMutationConfig;
 pub use jwt_authn::{JwtAuthn, JwtPerRoute};
 pub use local_ratelimit::LocalRateLimit;
@@ -81,6 +83,7 @@ pub enum FilterConfig {
     HealthCheck(Box<HealthCheckFilter>),
     Compressor(Box<Compressor>),
     Decompressor(Box<Decompressor>),
+    FileServer(Box<FileServer>),
 }
 
 /// `envoy.filters.http.health_check`: which requests are health checks, and whether the
@@ -118,6 +121,8 @@ pub enum PerFilterConfig {
         max_request_bytes: u32,
     },
     Compressor(Box<CompressorPerRoute>),
+    /// The file server's config for this route.
+    FileServer(Box<FileServer>),
 }
 
 /// Overrides keyed by filter name.
@@ -148,6 +153,7 @@ const FILTERS: &[(&str, &str)] = &[
     ),
     (type_urls::COMPRESSOR, "envoy.filters.http.compressor"),
     (type_urls::DECOMPRESSOR, "envoy.filters.http.decompressor"),
+    (type_urls::FILE_SERVER, "sluice.filters.http.file_server"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -167,6 +173,7 @@ const PER_ROUTE_TYPES: &[&str] = &[
     type_urls::HEADER_MUTATION_PER_ROUTE,
     type_urls::BUFFER_PER_ROUTE,
     type_urls::COMPRESSOR_PER_ROUTE,
+    type_urls::FILE_SERVER_PER_ROUTE,
 ];
 
 /// The error for a filter type Sluice does not implement, naming it as Envoy's docs do.
@@ -310,6 +317,12 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
             Decompressor::try_from(&unpack_any(any, type_urls::DECOMPRESSOR, path)?)
                 .map_err(|e| e.within(path))?,
         )),
+        type_urls::FILE_SERVER => {
+            let f: file_server::pb::FileServer = unpack_any(any, type_urls::FILE_SERVER, path)?;
+            FilterConfig::FileServer(Box::new(
+                FileServer::try_from(&f).map_err(|e| e.within(path))?,
+            ))
+        }
         type_urls::BUFFER => {
             let b: crate::pb::envoy::extensions::filters::http::buffer::v3::Buffer =
                 unpack_any(any, type_urls::BUFFER, path)?;
@@ -438,6 +451,13 @@ fn per_filter_config(name: &str, any: &Any, path: &str) -> Result<Option<PerFilt
             CompressorPerRoute::try_from(&unpack_any(any, type_urls::COMPRESSOR_PER_ROUTE, path)?)
                 .map_err(|e| e.within(path))?,
         )),
+        type_urls::FILE_SERVER_PER_ROUTE => {
+            let p: file_server::pb::FileServerPerRoute =
+                unpack_any(any, type_urls::FILE_SERVER_PER_ROUTE, path)?;
+            PerFilterConfig::FileServer(Box::new(
+                FileServer::try_from(&p).map_err(|e| e.within(path))?,
+            ))
+        }
         other => return Err(unsupported_type(path, name, other)),
     }))
 }

@@ -100,6 +100,10 @@ pub const BROTLI_DECOMPRESSOR: &str =
     "type.googleapis.com/envoy.extensions.compression.brotli.decompressor.v3.Brotli";
 pub const ZSTD_DECOMPRESSOR: &str =
     "type.googleapis.com/envoy.extensions.compression.zstd.decompressor.v3.Zstd";
+pub const FILE_SERVER: &str =
+    "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServer";
+pub const FILE_SERVER_PER_ROUTE: &str =
+    "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServerPerRoute";
 pub const BUFFER: &str = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer";
 pub const BUFFER_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute";

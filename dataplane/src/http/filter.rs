@@ -135,6 +135,7 @@ pub enum PerRoute {
     HeaderMutation(Box<xds_types::http_filter::header_mutation::Mutations>),
     Buffer { max_request_bytes: u32 },
     Compressor(Box<xds_types::http_filter::CompressorPerRoute>),
+    FileServer(Box<xds_types::http_filter::FileServer>),
 }
 
 /// The overrides of one level (route, virtual host or route table), by filter name.
@@ -164,6 +165,7 @@ pub fn compile_overrides(configs: &PerFilterConfigs, hcm_prefix: &str, stats: &S
                     max_request_bytes: *max_request_bytes,
                 },
                 PerFilterConfig::Compressor(c) => PerRoute::Compressor(c.clone()),
+                PerFilterConfig::FileServer(f) => PerRoute::FileServer(f.clone()),
             };
             (name.clone(), compiled)
         })
@@ -229,6 +231,9 @@ impl HttpFilterChain {
                     FilterConfig::Decompressor(c) => Box::new(
                         filters::decompressor::DecompressorFilter::new(c, hcm_prefix, stats),
                     ),
+                    FilterConfig::FileServer(c) => {
+                        Box::new(filters::file_server::FileServerFilter::new(c))
+                    }
                 };
                 Entry {
                     name: f.name.clone(),

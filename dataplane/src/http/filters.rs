@@ -10,6 +10,7 @@ pub mod decompressor;
 pub mod descriptors;
 pub mod ext_authz;
 pub mod fault;
+pub mod file_server;
 pub mod grpc;
 pub mod header_mutation;
 pub mod health_check;

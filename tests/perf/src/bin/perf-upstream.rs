@@ -1,6 +1,7 @@
 //! The benchmark upstream: fixed responses as fast as hyper serves them, so the proxy, not
-//! the upstream, is what a run measures. `/16k` and `/1m` return those sizes; anything
-//! else returns 12 bytes.
+//! the upstream, is what a run measures. `/16k` and `/1m` return those sizes, `/16k.html`
+//! 16 KiB of table-like HTML that compresses about as real pages do (for the compression
+//! runs); anything else returns 12 bytes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,23 +36,58 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let small = Bytes::from_static(b"hello world\n");
     let k16 = Bytes::from(vec![b'k'; 16 * 1024]);
     let m1 = Bytes::from(vec![b'm'; 1024 * 1024]);
+    let html = Bytes::from(html_16k());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let (small, k16, m1) = (small.clone(), k16.clone(), m1.clone());
+        let (small, k16, m1, html) = (small.clone(), k16.clone(), m1.clone(), html.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |r: Request<Incoming>| {
-                let body = match r.uri().path() {
-                    "/16k" => k16.clone(),
-                    "/1m" => m1.clone(),
-                    _ => small.clone(),
+                let (body, html_type) = match r.uri().path() {
+                    "/16k" => (k16.clone(), false),
+                    "/1m" => (m1.clone(), false),
+                    "/16k.html" => (html.clone(), true),
+                    _ => (small.clone(), false),
                 };
-                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                let mut response = Response::new(Full::new(body));
+                if html_type {
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/html"),
+                    );
+                }
+                async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// 16 KiB of rows with pseudo-random ids and prices (a fixed sequence), which gzip shrinks
+/// to about a quarter, as it does real pages.
+fn html_16k() -> Vec<u8> {
+    let mut out = b"<html><body><table>\n".to_vec();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut row = 0;
+    while out.len() < 16 * 1024 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        row += 1;
+        out.extend_from_slice(
+            format!(
+                "<tr class=\"r{}\"><td>{row}</td><td>item-{:08x}</td><td>{}.{:02}</td></tr>\n",
+                row % 2,
+                x as u32,
+                (x >> 32) % 1000,
+                (x >> 48) % 100
+            )
+            .as_bytes(),
+        );
+    }
+    out.truncate(16 * 1024);
+    out
 }
