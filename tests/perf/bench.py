@@ -18,6 +18,7 @@ UPSTREAM_H2 = False  # set per scenario: the proxies speak h2 to the upstream
 ACCESS_LOG = None    # set per scenario: a file each proxy writes one line per request to
 TRACING = None       # set per scenario: percent of requests sluice and Envoy trace
 GZIP_LEVEL = None    # set per scenario: the gzip level of each proxy's compressor
+STATIC_ROOT = None   # set per scenario: a directory each proxy serves files from itself
 
 def free_port():
     with socket.socket() as s:
@@ -164,6 +165,10 @@ def envoy_style_bootstrap(listen, admin, tls_listen=None):
         hcm["access_log"] = [file_access_log(ACCESS_LOG)]
     if GZIP_LEVEL is not None:
         hcm["http_filters"].insert(0, gzip_filter(GZIP_LEVEL))
+    if STATIC_ROOT is not None:
+        hcm["http_filters"].insert(0, {"name": "files", "typed_config": {
+            "@type": "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServer",
+            "root": STATIC_ROOT}})
     if TRACING is not None:
         hcm["tracing"] = otel_tracing(TRACING)
         clusters.append(DOWN_COLLECTOR)
@@ -262,7 +267,7 @@ http {{
     listen 127.0.0.1:{self.tls_port} ssl http2;
     ssl_certificate {CERT_DIR}/cert.pem; ssl_certificate_key {CERT_DIR}/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets off; ssl_session_cache off;
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; }}
+    location / {{ {f'root {STATIC_ROOT};' if STATIC_ROOT else 'proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on;'} }}
   }}
 }}""")
         return ["nginx", "-c", str(d / "nginx.conf"), "-p", str(d)]
@@ -415,8 +420,26 @@ SCENARIOS += [
 ]
 GZIP_SCENARIOS = {"gzip1_16k": 1, "gzip6_16k": 6}
 
+# Static files from the proxy's own disk (sluice's file server, nginx's root).
+SCENARIOS += [
+    ("static_1k", "HTTP/1.1 keep-alive, a 1 KiB file from the proxy's disk (page cache), 50 connections (wrk)",
+     lambda p, d: wrk(p.port, "/1k.html", 50, d)),
+    ("static_1m", "HTTP/1.1 keep-alive, a 1 MiB file from the proxy's disk (page cache), 10 connections (wrk)",
+     lambda p, d: wrk(p.port, "/1m.bin", 10, d)),
+]
+STATIC_SCENARIOS = {"static_1k", "static_1m"}
+
 TLS_SCENARIOS = {"tls_h1_c50", "tls_h2_100_streams", "tls_handshakes"}
 H2_UPSTREAM_SCENARIOS = {"up_h2_c50", "up_h2_fixed_10k"}
+
+def static_root(workdir):
+    """The files of the static scenarios, written once."""
+    root = Path(workdir) / "static"
+    if not root.exists():
+        root.mkdir()
+        (root / "1k.html").write_bytes(b"<p>" + b"x" * 1017 + b"</p>")
+        (root / "1m.bin").write_bytes(os.urandom(1 << 20))
+    return root
 
 def measure(proxy, fn, duration):
     pid = proxy.pid
@@ -474,11 +497,12 @@ def main():
         for name, desc, fn in SCENARIOS:
             if wanted and name not in wanted: continue
             results[name] = {"description": desc, "runs": {}}
-            global UPSTREAM_H2, ACCESS_LOG, TRACING, GZIP_LEVEL
+            global UPSTREAM_H2, ACCESS_LOG, TRACING, GZIP_LEVEL, STATIC_ROOT
             UPSTREAM_H2 = name in H2_UPSTREAM_SCENARIOS
             ACCESS_LOG = str(workdir / "access.log") if name == "fixed_10k_access_log" else None
             TRACING = TRACED_SCENARIOS.get(name)
             GZIP_LEVEL = GZIP_SCENARIOS.get(name)
+            STATIC_ROOT = str(static_root(workdir)) if name in STATIC_SCENARIOS else None
             proxies = {p: cls for p, cls in PROXIES.items()
                        if not (name in TLS_SCENARIOS and p == "upstream-direct")
                        and not (UPSTREAM_H2 and p in ("nginx", "upstream-direct"))
@@ -486,7 +510,9 @@ def main():
                        and not (ACCESS_LOG and p in ("haproxy", "upstream-direct"))
                        and not (TRACING is not None and p not in ("sluice", "sluice-before", "envoy"))
                        # HAProxy's compression has no levels; the upstream does not compress.
-                       and not (GZIP_LEVEL is not None and p in ("haproxy", "upstream-direct"))}
+                       and not (GZIP_LEVEL is not None and p in ("haproxy", "upstream-direct"))
+                       # Envoy and HAProxy do not serve files.
+                       and not (STATIC_ROOT is not None and p not in ("sluice", "sluice-before", "nginx"))}
             # Repetitions interleave the proxies, so the machine's drift over minutes
             # spreads over all of them instead of favouring whichever ran first.
             for rep in range(args.reps):
