@@ -120,11 +120,16 @@ pub(crate) fn reply(status: StatusCode, text: &'static str) -> Response<Body> {
     });
     *response.status_mut() = status;
     if !text.is_empty() {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        text_headers(response.headers_mut(), text.len());
     }
     response
+}
+
+/// A proxy-made text body's headers: its type, and its length, which Envoy's filters see
+/// on a local reply (the compressor's minimum length reads it).
+pub(crate) fn text_headers(headers: &mut http::HeaderMap, len: usize) {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
 /// A reply a filter makes instead of forwarding the request.
@@ -197,6 +202,7 @@ pub fn render(error: ProxyError) -> Response<Body> {
         ProxyError::RetriesExhausted(last) => for_flag(last),
         ProxyError::Local(local) => {
             let has_body = !local.body.is_empty() && local.stream.is_none();
+            let len = local.body.len();
             let mut response = Response::new(match local.stream {
                 Some(stream) => stream,
                 None if has_body => body::full(local.body),
@@ -205,7 +211,7 @@ pub fn render(error: ProxyError) -> Response<Body> {
             *response.status_mut() = local.status;
             let headers = response.headers_mut();
             if has_body {
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                text_headers(headers, len);
             }
             for (name, value) in local.headers {
                 // A reply's own content type replaces the default one.

@@ -571,7 +571,6 @@ async fn handle<'s>(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
-    let request_has_body = !http_body::Body::is_end_stream(&body);
     // Built only when there are filters: a router-only chain skips all of this.
     let mut filter_ctx = (!listener.filters.is_empty()).then(|| RequestCtx {
         snapshot,
@@ -591,7 +590,7 @@ async fn handle<'s>(
         conn_limiters: &ctx.limiters,
         at_end: Vec::new(),
         state: http::Extensions::new(),
-        request_has_body,
+        request_has_body: !http_body::Body::is_end_stream(&body),
         request_body: Vec::new(),
     });
     let mut body = body::Downstream::new(body);
@@ -749,8 +748,7 @@ fn direct_response(direct: &DirectResponse) -> Response<Body> {
     let mut response = match &direct.body {
         Some(b) => {
             let mut r = Response::new(body::full(Bytes::from(b.clone())));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            local_reply::text_headers(r.headers_mut(), b.len());
             r
         }
         None => Response::new(body::empty()),

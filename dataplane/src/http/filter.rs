@@ -332,19 +332,6 @@ impl HttpFilterChain {
         use http_body::Body as _;
         let (mut head, mut body) = response.into_parts();
         let end_stream = body.is_end_stream();
-        if !end_stream
-            && !head.headers.contains_key(http::header::CONTENT_LENGTH)
-            && !head.headers.contains_key(http::header::TRANSFER_ENCODING)
-        {
-            // A body of known length (a local reply) carries it, as Envoy's do when its
-            // filters see them; the codec would add the same header on the wire.
-            if let Some(length) = body.size_hint().exact() {
-                head.headers.insert(
-                    http::header::CONTENT_LENGTH,
-                    http::HeaderValue::from(length),
-                );
-            }
-        }
         let ran = &self.entries[..ran.min(self.entries.len())];
         for entry in ran.iter().rev() {
             if let Ok(per_route) = Self::enabled(entry, ctx) {

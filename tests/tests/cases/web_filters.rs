@@ -16,6 +16,36 @@ use sluice_tests::free_addr;
 use sluice_tests::process::Sluice;
 use sluice_tests::upstream::Upstream;
 
+/// Envoy or sluice with `config`, kept running until the value is dropped.
+async fn start(envoy: bool, config: &str, admin: SocketAddr) -> Box<dyn std::any::Any> {
+    if envoy {
+        Box::new(Envoy::start(config, admin).await.expect("start envoy"))
+    } else {
+        Box::new(Sluice::start(config, admin).await.expect("start sluice"))
+    }
+}
+
+/// The non-zero admin counters under `prefix` that `keep` accepts, by name.
+async fn counters(
+    admin: SocketAddr,
+    prefix: &str,
+    keep: impl Fn(&str) -> bool,
+) -> std::collections::BTreeMap<String, i64> {
+    let stats = HttpClient::http1()
+        .get(admin, "admin", "/stats", &[])
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&stats.body)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            let value: i64 = value.trim().parse().ok()?;
+            (value != 0 && keep(name)).then(|| (name.to_string(), value))
+        })
+        .collect()
+}
+
 const BUFFER: &str = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer";
 const BUFFER_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute";
@@ -48,11 +78,7 @@ async fn buffer_run(envoy: bool) -> Vec<Value> {
     let upstream = Upstream::start("app").await;
     let (admin, listener) = (free_addr(), free_addr());
     let config = buffer_config(admin, listener, upstream.addr);
-    let _proxy: Box<dyn std::any::Any> = if envoy {
-        Box::new(Envoy::start(&config, admin).await.expect("start envoy"))
-    } else {
-        Box::new(Sluice::start(&config, admin).await.expect("start sluice"))
-    };
+    let _proxy = start(envoy, &config, admin).await;
     let client = HttpClient::http1();
     let mut out = Vec::new();
     for (path, size) in [
@@ -186,11 +212,7 @@ async fn health_run(envoy: bool) -> Vec<Value> {
         ],
         vec![cluster("app", &[(upstream.addr, 1)], json!({}))],
     );
-    let _proxy: Box<dyn std::any::Any> = if envoy {
-        Box::new(Envoy::start(&config, admin).await.expect("start envoy"))
-    } else {
-        Box::new(Sluice::start(&config, admin).await.expect("start sluice"))
-    };
+    let _proxy = start(envoy, &config, admin).await;
     let client = HttpClient::http1();
     let mut out = Vec::new();
     let mut probe = |label: &str, reply: sluice_tests::client::Reply| {
@@ -439,11 +461,7 @@ async fn compression_run(envoy: bool) -> (Vec<Value>, std::collections::BTreeMap
     let upstream = Upstream::start("app").await;
     let (admin, listener) = (free_addr(), free_addr());
     let config = compression_config(admin, listener, upstream.addr);
-    let proxy: Box<dyn std::any::Any> = if envoy {
-        Box::new(Envoy::start(&config, admin).await.expect("start envoy"))
-    } else {
-        Box::new(Sluice::start(&config, admin).await.expect("start sluice"))
-    };
+    let proxy = start(envoy, &config, admin).await;
     let (h1, h2) = (HttpClient::http1(), HttpClient::http2());
     let mut out = Vec::new();
     for case in compression_corpus() {
@@ -494,20 +512,11 @@ async fn compression_run(envoy: bool) -> (Vec<Value>, std::collections::BTreeMap
         })
         .collect();
     out.push(json!({ "upstream saw accept-encoding": seen }));
-    let stats = HttpClient::http1()
-        .get(admin, "admin", "/stats", &[])
-        .await
-        .unwrap();
-    let counters = String::from_utf8_lossy(&stats.body)
-        .lines()
-        .filter(|l| l.starts_with("http.web.compressor."))
-        .filter_map(|l| {
-            let (name, value) = l.split_once(": ")?;
-            let value: i64 = value.trim().parse().ok()?;
-            // Byte totals differ with the codecs' output; events must not.
-            (value != 0 && !name.ends_with("_bytes")).then(|| (name.to_string(), value))
-        })
-        .collect();
+    // Byte totals differ with the codecs' output; events must not.
+    let counters = counters(admin, "http.web.compressor.", |name| {
+        !name.ends_with("_bytes")
+    })
+    .await;
     drop(proxy);
     (out, counters)
 }
@@ -523,9 +532,6 @@ async fn the_compressor_answers_as_envoys() {
         "{envoy:#?}"
     );
     assert_eq!(find(&envoy, "br")["content-encoding"], "br", "{envoy:#?}");
-    if std::env::var_os("SHOW_ENVOY").is_some() {
-        eprintln!("{envoy:#?}\n{envoy_counters:#?}\n{sluice_counters:#?}");
-    }
     let differ: Vec<_> = envoy.iter().zip(&sluice).filter(|(e, s)| e != s).collect();
     assert!(differ.is_empty(), "envoy, then sluice: {differ:#?}");
     assert_eq!(envoy.len(), sluice.len());
@@ -695,11 +701,7 @@ async fn decompression_run(envoy: bool) -> (Vec<Value>, std::collections::BTreeM
     let upstream = Upstream::start("app").await;
     let (admin, listener) = (free_addr(), free_addr());
     let config = decompression_config(admin, listener, upstream.addr);
-    let proxy: Box<dyn std::any::Any> = if envoy {
-        Box::new(Envoy::start(&config, admin).await.expect("start envoy"))
-    } else {
-        Box::new(Sluice::start(&config, admin).await.expect("start sluice"))
-    };
+    let proxy = start(envoy, &config, admin).await;
     let (h1, h2) = (HttpClient::http1(), HttpClient::http2());
     let mut out = Vec::new();
     for case in decompression_corpus() {
@@ -747,19 +749,7 @@ async fn decompression_run(envoy: bool) -> (Vec<Value>, std::collections::BTreeM
                 "accept-encoding": saw("accept-encoding"), "bytes": seen.body_bytes },
         }));
     }
-    let stats = HttpClient::http1()
-        .get(admin, "admin", "/stats", &[])
-        .await
-        .unwrap();
-    let counters = String::from_utf8_lossy(&stats.body)
-        .lines()
-        .filter(|l| l.starts_with("http.web.decompressor."))
-        .filter_map(|l| {
-            let (name, value) = l.split_once(": ")?;
-            let value: i64 = value.trim().parse().ok()?;
-            (value != 0).then(|| (name.to_string(), value))
-        })
-        .collect();
+    let counters = counters(admin, "http.web.decompressor.", |_| true).await;
     drop(proxy);
     (out, counters)
 }
@@ -768,9 +758,6 @@ async fn decompression_run(envoy: bool) -> (Vec<Value>, std::collections::BTreeM
 async fn the_decompressor_answers_as_envoys() {
     let (envoy, envoy_counters) = decompression_run(true).await;
     let (sluice, sluice_counters) = decompression_run(false).await;
-    if std::env::var_os("SHOW_ENVOY").is_some() {
-        eprintln!("{envoy:#?}\n{envoy_counters:#?}\n{sluice_counters:#?}");
-    }
     let find = |run: &[Value], case: &str| run.iter().find(|v| v["case"] == case).cloned().unwrap();
     assert_eq!(
         find(&envoy, "request gzip")["upstream"]["content-encoding"],
@@ -821,7 +808,8 @@ async fn compressed_bombs_are_cut_off_or_streamed_in_bounded_memory() {
         "a body past max_inflate_ratio must not be answered 200: {:?}",
         gzip.map(|r| r.status)
     );
-    let brotli = client
+    // A fresh connection: the gzip bomb's was reset, and a pooled one may still look open.
+    let brotli = HttpClient::http1()
         .send(
             listener,
             Method::POST,
