@@ -47,6 +47,8 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli",
     "envoy.extensions.compression.zstd.decompressor.v3.Zstd",
     "envoy.extensions.filters.http.buffer.v3.Buffer",
+    "envoy.extensions.filters.http.cache.v3.CacheConfig",
+    "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig",
     "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
     "envoy.extensions.filters.http.health_check.v3.HealthCheck",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -108,7 +110,10 @@ fn main() {
 /// Envoy's so configs carrying them decode and are field-checked like Envoy's.
 fn sluice_extensions() -> FileDescriptorSet {
     let proto_root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
-    let files = ["sluice/extensions/filters/http/file_server/v1/file_server.proto"];
+    let files = [
+        "sluice/extensions/filters/http/file_server/v1/file_server.proto",
+        "sluice/extensions/http/cache/memory/v1/memory.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={proto_root}/{file}");
     }

@@ -12,6 +12,7 @@ mod filter_phases;
 mod global_ratelimit;
 mod hostile;
 mod http1;
+mod http_cache;
 mod http_filters;
 mod jwt_authn;
 mod lifecycle;

@@ -282,7 +282,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => [
         "name": "what typed_per_filter_config keys refer to; unique in the list",
-        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer, health_check, compressor, decompressor, sluice.extensions.filters.http.file_server.v1.FileServer; another type is refused with its name unless is_optional",
+        "typed_config": "router (last), cors, local_ratelimit, ratelimit, basic_auth, jwt_authn, rbac, fault, ext_authz, header_mutation, buffer, health_check, compressor, decompressor, cache, sluice.extensions.filters.http.file_server.v1.FileServer; another type is refused with its name unless is_optional",
         "is_optional": "a filter of a type sluice does not implement is skipped with a warning, as Envoy skips it",
         "disabled": "the filter runs only where a route, virtual host or route table enables it with typed_per_filter_config",
     ],
@@ -520,6 +520,20 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "index_files": "default index.html", "mime_types", "default_mime_type": "default application/octet-stream", "strip_prefix",
     ],
     "sluice.extensions.filters.http.file_server.v1.FileServerPerRoute" => ["file_server"],
+    "envoy.extensions.filters.http.cache.v3.CacheConfig" => [
+        "typed_config": "SimpleHttpCacheConfig (bounded at 64 MiB, least recently used evicted first) or sluice.extensions.http.cache.memory.v1.MemoryHttpCacheConfig; another storage is refused by name",
+        "disabled", "allowed_vary_headers": "a response that varies on a header no matcher allows is not stored; Vary: * never is",
+        "key_creator_params", "max_body_bytes": "0: only the store's bound limits a body",
+        "ignore_request_cache_control_header",
+    ],
+    "envoy.extensions.filters.http.cache.v3.CacheConfig.KeyCreatorParams" => [
+        "exclude_scheme", "exclude_host", "query_parameters_included", "query_parameters_excluded",
+    ],
+    "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig" => [],
+    "sluice.extensions.http.cache.memory.v1.MemoryHttpCacheConfig" => [
+        "max_size_bytes": "default 64 MiB: bodies, headers and keys; least recently used evicted first",
+        "store_responses_with_set_cookie": "default false; when true the stored copy drops its Set-Cookie headers",
+    ],
     "envoy.extensions.filters.http.buffer.v3.Buffer" => [
         "max_request_bytes": "the whole request body is read first; a longer one is answered 413 Payload Too Large",
     ],

@@ -13,6 +13,7 @@ use crate::pb::google::protobuf::Any;
 use crate::type_urls;
 
 pub mod basic_auth;
+pub mod cache;
 pub mod compressor;
 pub mod cors;
 pub mod decompressor;
@@ -26,6 +27,7 @@ pub mod ratelimit;
 pub mod rbac;
 
 pub use basic_auth::BasicAuth;
+pub use cache::Cache;
 pub use compressor::{Compressor, CompressorPerRoute};
 pub use cors::CorsPolicy;
 pub use decompressor::Decompressor;
@@ -84,6 +86,7 @@ pub enum FilterConfig {
     Compressor(Box<Compressor>),
     Decompressor(Box<Decompressor>),
     FileServer(Box<FileServer>),
+    Cache(Box<Cache>),
 }
 
 /// `envoy.filters.http.health_check`: which requests are health checks, and whether the
@@ -154,6 +157,7 @@ const FILTERS: &[(&str, &str)] = &[
     (type_urls::COMPRESSOR, "envoy.filters.http.compressor"),
     (type_urls::DECOMPRESSOR, "envoy.filters.http.decompressor"),
     (type_urls::FILE_SERVER, "sluice.filters.http.file_server"),
+    (type_urls::CACHE, "envoy.filters.http.cache"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -323,6 +327,10 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
                 FileServer::try_from(&f).map_err(|e| e.within(path))?,
             ))
         }
+        type_urls::CACHE => FilterConfig::Cache(Box::new(
+            Cache::try_from(&unpack_any(any, type_urls::CACHE, path)?)
+                .map_err(|e| e.within(path))?,
+        )),
         type_urls::BUFFER => {
             let b: crate::pb::envoy::extensions::filters::http::buffer::v3::Buffer =
                 unpack_any(any, type_urls::BUFFER, path)?;

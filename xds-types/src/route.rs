@@ -685,7 +685,7 @@ impl HeaderMatcher {
     }
 }
 
-fn query_matcher(q: &pb::QueryParameterMatcher) -> Result<QueryParameterMatcher> {
+pub(crate) fn query_matcher(q: &pb::QueryParameterMatcher) -> Result<QueryParameterMatcher> {
     use pb::query_parameter_matcher::QueryParameterMatchSpecifier as S;
     if q.name.is_empty() {
         return Err(ValidationError::required("name"));
@@ -710,8 +710,12 @@ impl QueryParameterMatcher {
     /// Whether `query` (without `?`) satisfies this matcher.
     pub fn matches(&self, query: Option<&str>) -> bool {
         let Some(query) = query else { return false };
-        query_pairs(query)
-            .any(|(k, v)| k == self.name && self.value.as_ref().is_none_or(|m| m.matches(v)))
+        query_pairs(query).any(|(k, v)| self.matches_pair(k, v))
+    }
+
+    /// Whether one `name=value` pair satisfies this matcher.
+    pub fn matches_pair(&self, name: &str, value: &str) -> bool {
+        name == self.name && self.value.as_ref().is_none_or(|m| m.matches(value))
     }
 }
 

@@ -104,6 +104,11 @@ pub const FILE_SERVER: &str =
     "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServer";
 pub const FILE_SERVER_PER_ROUTE: &str =
     "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServerPerRoute";
+pub const CACHE: &str = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig";
+pub const SIMPLE_HTTP_CACHE: &str =
+    "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig";
+pub const MEMORY_HTTP_CACHE: &str =
+    "type.googleapis.com/sluice.extensions.http.cache.memory.v1.MemoryHttpCacheConfig";
 pub const BUFFER: &str = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer";
 pub const BUFFER_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute";

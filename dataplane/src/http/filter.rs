@@ -234,6 +234,9 @@ impl HttpFilterChain {
                     FilterConfig::FileServer(c) => {
                         Box::new(filters::file_server::FileServerFilter::new(c))
                     }
+                    FilterConfig::Cache(c) => {
+                        Box::new(filters::cache::CacheFilter::new(c, hcm_prefix, stats))
+                    }
                 };
                 Entry {
                     name: f.name.clone(),

@@ -3,6 +3,7 @@
 
 pub mod basic_auth;
 pub mod buffer;
+pub mod cache;
 pub mod call;
 pub mod compressor;
 pub mod cors;
