@@ -42,6 +42,15 @@ pub struct Store {
     pub store_responses_with_set_cookie: bool,
 }
 
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            max_size_bytes: DEFAULT_MAX_SIZE_BYTES,
+            store_responses_with_set_cookie: false,
+        }
+    }
+}
+
 /// What the cache key is made of besides the path.
 #[derive(Debug, Clone, Default)]
 pub struct KeyParams {
@@ -84,16 +93,10 @@ impl TryFrom<&pb::CacheConfig> for Cache {
     fn try_from(c: &pb::CacheConfig) -> Result<Self> {
         let disabled = c.disabled.as_ref().is_some_and(|d| d.value);
         let store = match c.typed_config.as_ref() {
-            None if disabled => Store {
-                max_size_bytes: DEFAULT_MAX_SIZE_BYTES,
-                store_responses_with_set_cookie: false,
-            },
+            None if disabled => Store::default(),
             None => return Err(ValidationError::required("typed_config")),
             Some(any) => match any.type_url.as_str() {
-                type_urls::SIMPLE_HTTP_CACHE => Store {
-                    max_size_bytes: DEFAULT_MAX_SIZE_BYTES,
-                    store_responses_with_set_cookie: false,
-                },
+                type_urls::SIMPLE_HTTP_CACHE => Store::default(),
                 type_urls::MEMORY_HTTP_CACHE => {
                     let m: memory_pb::MemoryHttpCacheConfig = crate::util::unpack_any(
                         any,

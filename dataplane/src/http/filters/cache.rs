@@ -34,6 +34,7 @@ use xds_types::http_filter::Cache;
 use crate::body::{self, Body, BoxError};
 use crate::http::ctx::RequestCtx;
 use crate::http::filter::{Decision, HttpFilter, PerRoute};
+use crate::http::filters::file_server::none_match;
 use crate::local_reply::LocalReply;
 use crate::stats::Stats;
 
@@ -42,19 +43,6 @@ pub const COALESCE_WAIT: Duration = Duration::from_secs(5);
 
 /// The statuses Envoy's cache filter stores (206 is not: ranges pass through).
 const CACHEABLE_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 451, 501];
-
-/// Headers that describe one connection, never stored (RFC 9111 §3.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
 
 /// The filter: its config, its store and counters.
 pub struct CacheFilter {
@@ -120,6 +108,8 @@ struct Entry {
     freshness: Duration,
     /// `no-cache` in the response: revalidated before every use.
     always_revalidate: bool,
+    /// `must-revalidate` / `proxy-revalidate`: never served stale.
+    must_revalidate: bool,
     /// The key of its URL (its variants share it).
     url: String,
     /// What it costs the store's bound.
@@ -131,11 +121,21 @@ impl Entry {
         self.initial_age + now.saturating_duration_since(self.received)
     }
 
-    fn validators(&self) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
-        (
+    /// The header that revalidates it with the upstream: its ETag, else its date.
+    fn validator(&self) -> Option<(HeaderName, HeaderValue)> {
+        match (
             self.headers.get(header::ETAG),
             self.headers.get(header::LAST_MODIFIED),
-        )
+        ) {
+            (Some(tag), _) => Some((header::IF_NONE_MATCH, tag.clone())),
+            (None, Some(date)) => Some((header::IF_MODIFIED_SINCE, date.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// Its answer to a request: a 304 when the request's validators match it.
+    fn answer(&self, request: &HeaderMap, now: Instant) -> LocalReply {
+        self.reply(now, not_modified(request, self))
     }
 
     /// The response it answers with, `Age` added (a 304 when `not_modified`).
@@ -269,34 +269,33 @@ impl Store {
             record.variants.push(key);
         }
         inner.bytes += size;
+        self.evict_over_bound(&mut inner);
+    }
+
+    /// Replaces a validated entry in place (same key, same variants); one evicted while
+    /// it was being validated is not stored again.
+    fn refresh(&self, key: &str, entry: Entry) {
+        let mut inner = self.lock();
+        if !inner.entries.contains(key) {
+            return;
+        }
+        let size = entry.size;
+        if let Some(old) = inner.entries.put(key.to_string(), Arc::new(entry)) {
+            inner.bytes -= old.size;
+        }
+        inner.bytes += size;
+        self.evict_over_bound(&mut inner);
+    }
+
+    /// Evicts the least recently used entries until the store is within its bound.
+    fn evict_over_bound(&self, inner: &mut Inner) {
         while inner.bytes > self.max_bytes {
             let Some((key, old)) = inner.entries.pop_lru() else {
                 break;
             };
             inner.bytes -= old.size;
             self.evicted.inc();
-            Self::forget_variant(&mut inner, &old.url, &key);
-        }
-    }
-
-    /// Replaces a validated entry in place (same key, same variants).
-    fn refresh(&self, key: &str, entry: Entry) {
-        let mut inner = self.lock();
-        let size = entry.size;
-        if let Some(old) = inner.entries.put(key.to_string(), Arc::new(entry)) {
-            inner.bytes = inner.bytes - old.size + size;
-        } else {
-            // Evicted while it was being validated: store it again.
-            inner.bytes += size;
-            let url = inner.entries.peek(key).map(|e| e.url.clone());
-            if let Some(url) = url {
-                inner
-                    .urls
-                    .entry(url)
-                    .or_default()
-                    .variants
-                    .push(key.to_string());
-            }
+            Self::forget_variant(inner, &old.url, &key);
         }
     }
 
@@ -418,8 +417,8 @@ enum State {
         request: Box<HeaderMap>,
         authorized: bool,
         guard: Option<MissGuard>,
-        /// Set when a follower was answered from the store after its wait.
-        served: Arc<AtomicBool>,
+        /// A follower's: set when it was answered from the store after its wait.
+        served: Option<Arc<AtomicBool>>,
     },
     /// A stored entry is being validated with the upstream.
     Validate {
@@ -431,8 +430,8 @@ enum State {
     },
     /// An unsafe request: a success invalidates the URL.
     Invalidate { url: String },
-    /// The validated entry's body replaces the upstream's (empty) 304 body.
-    Replace(Bytes),
+    /// The validated entry's answer replaces the upstream's (empty) 304 body.
+    Replace(Body),
     /// The body is captured into the store as it streams.
     Capture(Box<Capture>),
 }
@@ -453,22 +452,28 @@ fn take(ctx: &mut RequestCtx<'_>) -> Option<State> {
 
 /// Whether a conditional request matches `entry` (a 304 answers it).
 fn not_modified(request: &HeaderMap, entry: &Entry) -> bool {
-    let (etag, last_modified) = entry.validators();
     if let Some(list) = request.get(header::IF_NONE_MATCH) {
-        let Some(tag) = etag.and_then(|t| t.to_str().ok()) else {
-            return list.as_bytes() == b"*";
+        return match entry
+            .headers
+            .get(header::ETAG)
+            .and_then(|t| t.to_str().ok())
+        {
+            Some(tag) => list.to_str().is_ok_and(|l| none_match(l, tag)),
+            None => list.as_bytes() == b"*",
         };
-        let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
-        return list.to_str().is_ok_and(|l| {
-            l.split(',')
-                .any(|t| t.trim() == "*" || bare(t) == bare(tag))
-        });
     }
-    let since = request
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
-    let modified = last_modified.and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
-    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+    matches!(
+        (
+            http_date(request, header::IF_MODIFIED_SINCE),
+            http_date(&entry.headers, header::LAST_MODIFIED)
+        ),
+        (Some(since), Some(modified)) if modified <= since
+    )
+}
+
+/// A header's value as an HTTP date (`None` when absent or malformed).
+fn http_date(headers: &HeaderMap, name: HeaderName) -> Option<SystemTime> {
+    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?).ok()
 }
 
 /// The URL key: scheme, host and path with the query the key keeps.
@@ -502,15 +507,14 @@ impl HttpFilter for CacheFilter {
         if self.config.disabled {
             return Decision::Continue;
         }
-        let url = url_key(&self.config, ctx, request);
-        if !matches!(request.method, Method::GET | Method::HEAD) {
-            if !matches!(
-                request.method,
-                Method::OPTIONS | Method::TRACE | Method::CONNECT
-            ) {
+        match request.method {
+            Method::GET | Method::HEAD => {}
+            Method::OPTIONS | Method::TRACE | Method::CONNECT => return Decision::Continue,
+            _ => {
+                let url = url_key(&self.config, ctx, request);
                 put(ctx, State::Invalidate { url });
+                return Decision::Continue;
             }
-            return Decision::Continue;
         }
         let directives = if self.config.ignore_request_cache_control_header {
             Directives::default()
@@ -534,111 +538,104 @@ impl HttpFilter for CacheFilter {
         {
             return Decision::Continue;
         }
+        let url = url_key(&self.config, ctx, request);
         let head = request.method == Method::HEAD;
-        let now = Instant::now();
         // As Envoy: a request with credentials is never answered from the store.
-        if !authorized {
-            let (key, entry) = self.store.lookup(&url, &request.headers);
-            if let Some(entry) = entry {
-                if usable(&entry, &directives, now) {
-                    self.counters.hit.inc();
-                    let conditional = not_modified(&request.headers, &entry);
-                    return Decision::Respond(entry.reply(now, conditional));
-                }
-                let (etag, last_modified) = entry.validators();
-                let (etag, last_modified) = (etag.cloned(), last_modified.cloned());
-                {
-                    if etag.is_some() || last_modified.is_some() {
-                        let client = Box::new(request.headers.clone());
-                        request.headers.remove(header::IF_NONE_MATCH);
-                        request.headers.remove(header::IF_MODIFIED_SINCE);
-                        if let Some(etag) = etag {
-                            request.headers.insert(header::IF_NONE_MATCH, etag);
-                        } else if let Some(date) = last_modified {
-                            request.headers.insert(header::IF_MODIFIED_SINCE, date);
-                        }
-                        put(
-                            ctx,
-                            State::Validate {
-                                key,
-                                entry,
-                                url,
-                                request: client,
-                                authorized,
-                            },
-                        );
-                        return Decision::Continue;
-                    }
-                }
-            }
-            if directives.only_if_cached {
-                return Decision::Respond(LocalReply::new(StatusCode::GATEWAY_TIMEOUT, ""));
-            }
-            self.counters.miss.inc();
+        if authorized {
             if !head {
-                match self.store.begin_miss(&key) {
-                    Ok(in_flight) => {
-                        put(
-                            ctx,
-                            State::Store {
-                                url,
-                                request: Box::new(request.headers.clone()),
-                                authorized,
-                                guard: Some(MissGuard {
-                                    store: self.store.clone(),
-                                    in_flight: Some(in_flight),
-                                }),
-                                served: Arc::new(AtomicBool::new(false)),
-                            },
-                        );
-                    }
-                    Err(mut wait) => {
-                        self.counters.coalesced.inc();
-                        let served = Arc::new(AtomicBool::new(false));
-                        let headers = Box::new(request.headers.clone());
-                        put(
-                            ctx,
-                            State::Store {
-                                url: url.clone(),
-                                request: headers.clone(),
-                                authorized,
-                                guard: None,
-                                served: served.clone(),
-                            },
-                        );
-                        let store = self.store.clone();
-                        let hit = self.counters.hit.clone();
-                        return Decision::Wait(Box::pin(async move {
-                            let _ = tokio::time::timeout(COALESCE_WAIT, wait.changed()).await;
-                            let now = Instant::now();
-                            match store.lookup(&url, &headers).1 {
-                                Some(entry) if usable(&entry, &directives, now) => {
-                                    served.store(true, Ordering::Relaxed);
-                                    hit.inc();
-                                    let conditional = not_modified(&headers, &entry);
-                                    Decision::Respond(entry.reply(now, conditional))
-                                }
-                                _ => Decision::Continue,
-                            }
-                        }));
-                    }
-                }
+                put(
+                    ctx,
+                    State::Store {
+                        url,
+                        request: Box::new(request.headers.clone()),
+                        authorized,
+                        guard: None,
+                        served: None,
+                    },
+                );
             }
             return Decision::Continue;
         }
-        if !head {
-            put(
-                ctx,
-                State::Store {
-                    url,
-                    request: Box::new(request.headers.clone()),
-                    authorized,
-                    guard: None,
-                    served: Arc::new(AtomicBool::new(false)),
-                },
-            );
+        let now = Instant::now();
+        let (key, entry) = self.store.lookup(&url, &request.headers);
+        if let Some(entry) = entry {
+            if usable(&entry, &directives, now) {
+                self.counters.hit.inc();
+                return Decision::Respond(entry.answer(&request.headers, now));
+            }
+            if let Some((name, value)) = entry.validator() {
+                let client = Box::new(request.headers.clone());
+                request.headers.remove(header::IF_NONE_MATCH);
+                request.headers.remove(header::IF_MODIFIED_SINCE);
+                request.headers.insert(name, value);
+                put(
+                    ctx,
+                    State::Validate {
+                        key,
+                        entry,
+                        url,
+                        request: client,
+                        authorized,
+                    },
+                );
+                return Decision::Continue;
+            }
         }
-        Decision::Continue
+        if directives.only_if_cached {
+            return Decision::Respond(LocalReply::new(StatusCode::GATEWAY_TIMEOUT, ""));
+        }
+        self.counters.miss.inc();
+        if head {
+            return Decision::Continue;
+        }
+        let headers = Box::new(request.headers.clone());
+        match self.store.begin_miss(&key) {
+            Ok(in_flight) => {
+                let guard = MissGuard {
+                    store: self.store.clone(),
+                    in_flight: Some(in_flight),
+                };
+                put(
+                    ctx,
+                    State::Store {
+                        url,
+                        request: headers,
+                        authorized,
+                        guard: Some(guard),
+                        served: None,
+                    },
+                );
+                Decision::Continue
+            }
+            Err(mut wait) => {
+                self.counters.coalesced.inc();
+                let served = Arc::new(AtomicBool::new(false));
+                put(
+                    ctx,
+                    State::Store {
+                        url: url.clone(),
+                        request: headers.clone(),
+                        authorized,
+                        guard: None,
+                        served: Some(served.clone()),
+                    },
+                );
+                let store = self.store.clone();
+                let hit = self.counters.hit.clone();
+                Decision::Wait(Box::pin(async move {
+                    let _ = tokio::time::timeout(COALESCE_WAIT, wait.changed()).await;
+                    let now = Instant::now();
+                    match store.lookup(&url, &headers).1 {
+                        Some(entry) if usable(&entry, &directives, now) => {
+                            served.store(true, Ordering::Relaxed);
+                            hit.inc();
+                            Decision::Respond(entry.answer(&headers, now))
+                        }
+                        _ => Decision::Continue,
+                    }
+                }))
+            }
+        }
     }
 
     fn on_response(
@@ -668,18 +665,13 @@ impl HttpFilter for CacheFilter {
                 if response.status == StatusCode::NOT_MODIFIED {
                     self.counters.validated.inc();
                     let refreshed = validated(&entry, &response.headers, now);
-                    let conditional = not_modified(&request, &refreshed);
-                    let reply = refreshed.reply(now, conditional);
+                    let mut reply = refreshed.answer(&request, now);
                     response.status = reply.status;
                     response.headers.clear();
                     for (name, value) in reply.headers {
                         response.headers.append(name, value);
                     }
-                    let body = if conditional {
-                        Bytes::new()
-                    } else {
-                        refreshed.body.clone()
-                    };
+                    let body = reply.stream.take().unwrap_or_else(body::empty);
                     self.store.refresh(&key, refreshed);
                     put(ctx, State::Replace(body));
                     return;
@@ -694,7 +686,7 @@ impl HttpFilter for CacheFilter {
                 guard,
                 served,
             } => {
-                if served.load(Ordering::Relaxed) {
+                if served.is_some_and(|s| s.load(Ordering::Relaxed)) {
                     return;
                 }
                 self.store_response(ctx, response, url, request, authorized, guard, now);
@@ -711,7 +703,7 @@ impl HttpFilter for CacheFilter {
         body: Body,
     ) -> Body {
         match take(ctx) {
-            Some(State::Replace(bytes)) => body::full(bytes),
+            Some(State::Replace(body)) => body,
             Some(State::Capture(capture)) => http_body_util::BodyExt::boxed(Capturing {
                 inner: body,
                 capture: Some(capture),
@@ -736,8 +728,7 @@ fn usable(entry: &Entry, request: &Directives, now: Instant) -> bool {
         return true;
     }
     // Stale: only when the request accepts it and the response allows it.
-    let must_revalidate = Directives::parse(&entry.headers).must_revalidate;
-    !must_revalidate
+    !entry.must_revalidate
         && request
             .max_stale
             .is_some_and(|stale| age.saturating_sub(freshness) <= stale)
@@ -748,7 +739,7 @@ fn usable(entry: &Entry, request: &Directives, now: Instant) -> bool {
 fn validated(entry: &Entry, not_modified: &HeaderMap, now: Instant) -> Entry {
     let mut headers = entry.headers.clone();
     for name in not_modified.keys() {
-        if name == header::CONTENT_LENGTH || name == header::AGE || is_hop_by_hop(name) {
+        if name == header::CONTENT_LENGTH || name == header::AGE {
             continue;
         }
         headers.remove(name);
@@ -762,6 +753,7 @@ fn validated(entry: &Entry, not_modified: &HeaderMap, now: Instant) -> Entry {
         freshness: freshness(&headers, &directives).unwrap_or_default(),
         initial_age: initial_age(not_modified),
         always_revalidate: directives.no_cache,
+        must_revalidate: directives.must_revalidate,
         size: entry_size(&entry.url, &headers, &entry.body),
         headers,
         body: entry.body.clone(),
@@ -770,27 +762,18 @@ fn validated(entry: &Entry, not_modified: &HeaderMap, now: Instant) -> Entry {
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-}
-
 /// The freshness lifetime a shared cache gives a response (RFC 9111 §4.2.1): `s-maxage`,
 /// `max-age`, then `Expires` less `Date`; `None` without one (no heuristic freshness).
 fn freshness(headers: &HeaderMap, d: &Directives) -> Option<Duration> {
     if let Some(s) = d.s_maxage.or(d.max_age) {
         return Some(Duration::from_secs(s));
     }
-    let date = |name: HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
-    };
     let expires = headers.get(header::EXPIRES)?;
     // An invalid Expires (such as "0") means already expired.
-    let Some(expires) = date(header::EXPIRES) else {
+    let Some(expires) = http_date(headers, header::EXPIRES) else {
         return (!expires.is_empty()).then_some(Duration::ZERO);
     };
-    let now = date(header::DATE).unwrap_or_else(SystemTime::now);
+    let now = http_date(headers, header::DATE).unwrap_or_else(SystemTime::now);
     Some(expires.duration_since(now).unwrap_or_default())
 }
 
@@ -800,9 +783,7 @@ fn initial_age(headers: &HeaderMap) -> Duration {
         .get(header::AGE)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
-    let apparent = headers
-        .get(header::DATE)
-        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
+    let apparent = http_date(headers, header::DATE)
         .and_then(|date| SystemTime::now().duration_since(date).ok())
         .unwrap_or_default();
     age.max(apparent)
@@ -860,24 +841,10 @@ impl CacheFilter {
             self.counters.uncacheable.inc();
             return;
         }
-        let mut stored = HeaderMap::with_capacity(headers.len());
-        let connection_named: Vec<String> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|n| n.trim().to_ascii_lowercase())
-            .collect();
-        for (name, value) in headers {
-            if is_hop_by_hop(name)
-                || name == header::AGE
-                || name == header::SET_COOKIE
-                || connection_named.iter().any(|c| c == name.as_str())
-            {
-                continue;
-            }
-            stored.append(name.clone(), value.clone());
-        }
+        // Hop-by-hop headers are already gone: the proxy strips them from upstream responses.
+        let mut stored = headers.clone();
+        stored.remove(header::AGE);
+        stored.remove(header::SET_COOKIE);
         put(
             ctx,
             State::Capture(Box::new(Capture {
@@ -886,6 +853,7 @@ impl CacheFilter {
                 initial_age: initial_age(headers),
                 freshness: freshness.unwrap_or_default(),
                 always_revalidate: d.no_cache,
+                must_revalidate: d.must_revalidate,
                 headers: stored,
                 url,
                 vary: vary.unwrap_or_default(),
@@ -930,6 +898,7 @@ struct Capture {
     initial_age: Duration,
     freshness: Duration,
     always_revalidate: bool,
+    must_revalidate: bool,
     headers: HeaderMap,
     url: String,
     vary: Vec<HeaderName>,
@@ -955,6 +924,7 @@ impl Capture {
             initial_age: self.initial_age,
             freshness: self.freshness,
             always_revalidate: self.always_revalidate,
+            must_revalidate: self.must_revalidate,
             url: self.url,
         };
         if entry.size <= self.store.max_bytes {
@@ -1105,6 +1075,7 @@ mod tests {
             initial_age: Duration::ZERO,
             freshness: Duration::from_secs(60),
             always_revalidate: false,
+            must_revalidate: false,
             url: url.to_string(),
         }
     }

@@ -138,8 +138,9 @@ fn etag(modified: SystemTime, len: u64) -> String {
     format!("\"{secs:x}-{len:x}\"")
 }
 
-/// Whether `If-None-Match` lists the file's tag (weak comparison) or `*`.
-fn none_match(value: &str, tag: &str) -> bool {
+/// Whether `If-None-Match` lists `tag` (weak comparison) or `*` (the cache filter's
+/// validators too).
+pub(crate) fn none_match(value: &str, tag: &str) -> bool {
     let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
     value
         .split(',')
