@@ -109,7 +109,11 @@ fn main() {
 /// `protoc`): their Rust types are generated into OUT_DIR, and their descriptors join
 /// Envoy's so configs carrying them decode and are field-checked like Envoy's.
 fn sluice_extensions() -> FileDescriptorSet {
-    let proto_root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    // Read when the script runs, not when it was compiled: a build script cached in a
+    // shared target directory may run for a checkout at another path.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let proto_root = format!("{manifest_dir}/../proto");
+    let proto_root = proto_root.as_str();
     let files = [
         "sluice/extensions/filters/http/file_server/v1/file_server.proto",
         "sluice/extensions/http/cache/memory/v1/memory.proto",

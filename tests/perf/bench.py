@@ -19,6 +19,8 @@ ACCESS_LOG = None    # set per scenario: a file each proxy writes one line per r
 TRACING = None       # set per scenario: percent of requests sluice and Envoy trace
 GZIP_LEVEL = None    # set per scenario: the gzip level of each proxy's compressor
 STATIC_ROOT = None   # set per scenario: a directory each proxy serves files from itself
+CACHE = False        # set per scenario: each proxy keeps upstream responses in its cache
+UPSTREAM_PID = None  # set by main(): the upstream, whose CPU shows how often a cache missed
 
 def free_port():
     with socket.socket() as s:
@@ -165,6 +167,11 @@ def envoy_style_bootstrap(listen, admin, tls_listen=None):
         hcm["access_log"] = [file_access_log(ACCESS_LOG)]
     if GZIP_LEVEL is not None:
         hcm["http_filters"].insert(0, gzip_filter(GZIP_LEVEL))
+    if CACHE:
+        # Envoy's in-memory store: sluice bounds it at 64 MiB, Envoy leaves it unbounded.
+        hcm["http_filters"].insert(0, {"name": "envoy.filters.http.cache", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"}}})
     if STATIC_ROOT is not None:
         hcm["http_filters"].insert(0, {"name": "files", "typed_config": {
             "@type": "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServer",
@@ -254,12 +261,15 @@ class Nginx(Proxy):
     def command(self):
         self.h2_port = free_port()
         d = self.dir / "nginx"; d.mkdir(exist_ok=True)
+        # As root, nginx's workers would run as nobody, who cannot enter the private
+        # work directory that holds the static root and the cache.
         (d / "nginx.conf").write_text(f"""
-worker_processes 1; daemon off; pid {d}/nginx.pid; error_log stderr error; worker_rlimit_nofile 20000;
+{'user root;' if os.geteuid() == 0 else ''} worker_processes 1; daemon off; pid {d}/nginx.pid; error_log stderr error; worker_rlimit_nofile 20000;
 events {{ worker_connections 15000; }}
 http {{
   {f'access_log {ACCESS_LOG};' if ACCESS_LOG else 'access_log off;'} keepalive_requests 100000000; keepalive_timeout 300s;
   {f'gzip on; gzip_comp_level {GZIP_LEVEL}; gzip_types text/html; gzip_min_length 30; gzip_vary on;' if GZIP_LEVEL else ''}
+  {f'proxy_cache_path {d}/cache keys_zone=bench:10m max_size=64m; proxy_cache bench;' if CACHE else ''}
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 1024; keepalive_requests 100000000; }}
   server {{
@@ -288,6 +298,7 @@ defaults
   timeout server 300s
   option http-keep-alive
   http-reuse always
+{"cache bench" + chr(10) + "  total-max-size 64" + chr(10) + "  max-age 3600" if CACHE else ""}
 frontend fe
   bind 127.0.0.1:{self.port}
   bind 127.0.0.1:{self.h2_port} proto h2
@@ -295,6 +306,7 @@ frontend fe
   default_backend be
 backend be
   server s1 127.0.0.1:{UPSTREAM_PORT}{" proto h2" if UPSTREAM_H2 else ""}
+{"  http-request cache-use bench" + chr(10) + "  http-response cache-store bench" if CACHE else ""}
 """)
         return ["haproxy", "-f", str(cfg), "-db"]
 
@@ -429,6 +441,15 @@ SCENARIOS += [
 ]
 STATIC_SCENARIOS = {"static_1k", "static_1m"}
 
+# Cache hits: a 1 KiB response the upstream marks `public, max-age=3600`, kept by sluice's and
+# Envoy's cache filter (in memory), HAProxy's cache (in memory) and nginx's proxy_cache (on
+# disk, so from the page cache). The upstream's CPU per request shows that the proxies hit.
+SCENARIOS += [
+    ("cache_hit_1k", "HTTP/1.1 keep-alive, a cached 1 KiB response (Cache-Control: public, max-age=3600), 50 connections (wrk)",
+     lambda p, d: wrk(p.port, "/cached", 50, d)),
+]
+CACHE_SCENARIOS = {"cache_hit_1k"}
+
 TLS_SCENARIOS = {"tls_h1_c50", "tls_h2_100_streams", "tls_handshakes"}
 H2_UPSTREAM_SCENARIOS = {"up_h2_c50", "up_h2_fixed_10k"}
 
@@ -444,7 +465,10 @@ def static_root(workdir):
 def measure(proxy, fn, duration):
     pid = proxy.pid
     cpu0 = cpu_seconds(pid) if pid else 0
+    upstream0 = cpu_seconds(UPSTREAM_PID)
     result = fn(proxy, duration)
+    if result["requests"]:
+        result["upstream_cpu_us_per_req"] = (cpu_seconds(UPSTREAM_PID) - upstream0) * 1e6 / result["requests"]
     if pid:
         cpu = cpu_seconds(pid) - cpu0
         result["cpu_us_per_req"] = cpu * 1e6 / result["requests"] if result["requests"] else None
@@ -491,13 +515,16 @@ def main():
     CERT_DIR = make_certificate(workdir)
     upstream = subprocess.Popen(["taskset", "-c", LOAD_CPU, str(TARGET / "perf-upstream"), "--listen", f"127.0.0.1:{UPSTREAM_PORT}", "--threads", "1"],
                                 start_new_session=True)
+    global UPSTREAM_PID
+    UPSTREAM_PID = upstream.pid
     results = {}
     try:
         wait_port(UPSTREAM_PORT)
         for name, desc, fn in SCENARIOS:
             if wanted and name not in wanted: continue
             results[name] = {"description": desc, "runs": {}}
-            global UPSTREAM_H2, ACCESS_LOG, TRACING, GZIP_LEVEL, STATIC_ROOT
+            global UPSTREAM_H2, ACCESS_LOG, TRACING, GZIP_LEVEL, STATIC_ROOT, CACHE
+            CACHE = name in CACHE_SCENARIOS
             UPSTREAM_H2 = name in H2_UPSTREAM_SCENARIOS
             ACCESS_LOG = str(workdir / "access.log") if name == "fixed_10k_access_log" else None
             TRACING = TRACED_SCENARIOS.get(name)
@@ -512,7 +539,9 @@ def main():
                        # HAProxy's compression has no levels; the upstream does not compress.
                        and not (GZIP_LEVEL is not None and p in ("haproxy", "upstream-direct"))
                        # Envoy and HAProxy do not serve files.
-                       and not (STATIC_ROOT is not None and p not in ("sluice", "sluice-before", "nginx"))}
+                       and not (STATIC_ROOT is not None and p not in ("sluice", "sluice-before", "nginx"))
+                       # The upstream alone would measure nothing about caching.
+                       and not (CACHE and p == "upstream-direct")}
             # Repetitions interleave the proxies, so the machine's drift over minutes
             # spreads over all of them instead of favouring whichever ran first.
             for rep in range(args.reps):
@@ -639,6 +668,10 @@ def report(meta, results):
             def show(v): return v if v is not None else "–"
             lines += ["", f"sluice / best peer — throughput: **{show(ratio(throughput_key, True))}**, "
                           f"CPU µs/req: **{show(ratio('cpu_us_per_req', False))}**, p99: **{show(ratio('p99_us', False))}**"]
+        if name in CACHE_SCENARIOS:
+            # A proxy that missed would make the upstream work: its CPU per request shows the hit rate.
+            lines += ["", "Upstream CPU µs per request (near 0: served from the cache): " + ", ".join(
+                f"{p} {cell(runs, 'upstream_cpu_us_per_req')}" for p, runs in data["runs"].items())]
         lines.append("")
     lines += ["## Exact commands", "", "```",
               f"proxy:     taskset -c {PROXY_CPU} <proxy> (configs written by tests/perf/bench.py: one worker each)",

@@ -135,7 +135,7 @@ pub enum PerRoute {
     HeaderMutation(Box<xds_types::http_filter::header_mutation::Mutations>),
     Buffer { max_request_bytes: u32 },
     Compressor(Box<xds_types::http_filter::CompressorPerRoute>),
-    FileServer(Box<xds_types::http_filter::FileServer>),
+    FileServer(Arc<filters::file_server::Site>),
 }
 
 /// The overrides of one level (route, virtual host or route table), by filter name.
@@ -165,7 +165,9 @@ pub fn compile_overrides(configs: &PerFilterConfigs, hcm_prefix: &str, stats: &S
                     max_request_bytes: *max_request_bytes,
                 },
                 PerFilterConfig::Compressor(c) => PerRoute::Compressor(c.clone()),
-                PerFilterConfig::FileServer(f) => PerRoute::FileServer(f.clone()),
+                PerFilterConfig::FileServer(f) => {
+                    PerRoute::FileServer(Arc::new(filters::file_server::Site::new(f)))
+                }
             };
             (name.clone(), compiled)
         })

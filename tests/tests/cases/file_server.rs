@@ -58,6 +58,11 @@ async fn the_file_server_serves_files_with_validators_ranges_and_no_way_out() {
     let root = dir.path();
     let css: Vec<u8> = b"body { color: teal; }\n".repeat(20);
     write(&root.join("site/style.css"), &css);
+    // Larger than one read (256 KiB), so it streams in chunks; no two KiB alike.
+    let pages: Vec<u8> = (0..700u32)
+        .flat_map(|i| format!("{i:>1023}\n").into_bytes())
+        .collect();
+    write(&root.join("site/pages.txt"), &pages);
     write(&root.join("site/index.html"), b"<h1>home</h1>");
     write(&root.join("site/sub/index.html"), b"<h1>sub</h1>");
     write(&root.join("site/x.data"), b"data");
@@ -163,7 +168,8 @@ async fn the_file_server_serves_files_with_validators_ranges_and_no_way_out() {
 
     // Ranges.
     let len = css.len();
-    let ranged = |range: String| get("/static/style.css", vec![("range", range)]);
+    let ranged_of = |path: &'static str, range: String| get(path, vec![("range", range)]);
+    let ranged = |range: String| ranged_of("/static/style.css", range);
     let part = ranged("bytes=0-9".into()).await;
     assert_eq!(part.status, 206);
     assert_eq!(part.body.as_ref(), &css[..10]);
@@ -206,6 +212,22 @@ async fn the_file_server_serves_files_with_validators_ranges_and_no_way_out() {
     )
     .await;
     assert_eq!(current.status, 206);
+    // A file of several reads, whole and from a range that starts in its second read.
+    let whole = get("/static/pages.txt", vec![]).await;
+    assert_eq!(
+        (whole.status.as_u16(), whole.body.len()),
+        (200, pages.len())
+    );
+    assert!(
+        whole.body.as_ref() == pages.as_slice(),
+        "the streamed file differs"
+    );
+    let tail = ranged_of("/static/pages.txt", "bytes=300000-".into()).await;
+    assert_eq!(tail.status, 206);
+    assert!(
+        tail.body.as_ref() == &pages[300_000..],
+        "the ranged tail differs"
+    );
 
     // HEAD: the headers, no body; other methods are refused.
     let head = client

@@ -6,15 +6,23 @@
 //!
 //! A path never leaves the root: each segment is percent-decoded on its own, and one that
 //! decodes to `.`, `..` or holds a slash, backslash or NUL is answered 404, as is a file
-//! whose real path (symlinks resolved) is outside the root's. Files stream in 64 KiB reads,
+//! whose real path (symlinks resolved) is outside the root's. Files stream in 256 KiB reads,
 //! so a large file costs one buffer, not its size (no sendfile: hyper owns the socket).
+//!
+//! The file system calls run on the worker that serves the connection, as nginx's do
+//! unless `aio threads` is on: a hand-off to tokio's blocking pool per call cost more
+//! than three times the CPU of the whole request on a file in the page cache. So a root
+//! belongs on a local disk or tmpfs; a slow network file system would stall the worker.
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, Method, StatusCode};
 use xds_types::http_filter::FileServer;
 
 use crate::body::{Body, BoxError};
@@ -23,20 +31,42 @@ use crate::http::filter::{Decision, HttpFilter, PerRoute};
 use crate::local_reply::LocalReply;
 
 /// One read of a file body.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 
-/// The filter: its listener-level config (a route may replace it).
-pub struct FileServerFilter {
+/// A file server's config with its root resolved once, shared by every request it
+/// serves (the listener's, or a route's override).
+pub struct Site {
     config: FileServer,
+    /// The root's real path, when it existed as the config was compiled; otherwise it is
+    /// resolved per request, so a root mounted later is still served.
+    root: Option<PathBuf>,
+}
+
+impl Site {
+    /// Resolves the root once; warns when it is not a directory (yet).
+    pub fn new(config: &FileServer) -> Self {
+        let root = std::fs::canonicalize(&config.root)
+            .ok()
+            .filter(|r| r.is_dir());
+        if root.is_none() {
+            tracing::warn!(root = %config.root.display(), "file server root is not a directory: requests are answered 404 until it is one");
+        }
+        Self {
+            config: config.clone(),
+            root,
+        }
+    }
+}
+
+/// The filter: its listener-level site (a route may replace it).
+pub struct FileServerFilter {
+    site: Arc<Site>,
 }
 
 impl FileServerFilter {
     pub fn new(config: &FileServer) -> Self {
-        if !config.root.is_dir() {
-            tracing::warn!(root = %config.root.display(), "file server root is not a directory: every request will be answered 404");
-        }
         Self {
-            config: config.clone(),
+            site: Arc::new(Site::new(config)),
         }
     }
 }
@@ -48,9 +78,9 @@ impl HttpFilter for FileServerFilter {
         per_route: Option<&PerRoute>,
         request: &mut Parts,
     ) -> Decision {
-        let config = match per_route {
-            Some(PerRoute::FileServer(c)) => (**c).clone(),
-            _ => self.config.clone(),
+        let site = match per_route {
+            Some(PerRoute::FileServer(site)) => site,
+            _ => &self.site,
         };
         if request.method != Method::GET && request.method != Method::HEAD {
             let mut reply = LocalReply::new(StatusCode::METHOD_NOT_ALLOWED, "");
@@ -59,13 +89,7 @@ impl HttpFilter for FileServerFilter {
                 .push((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
             return Decision::Respond(reply);
         }
-        let path = request.uri.path().to_string();
-        let query = request.uri.query().map(str::to_string);
-        let head = request.method == Method::HEAD;
-        let headers = request.headers.clone();
-        Decision::Wait(Box::pin(async move {
-            Decision::Respond(serve(&config, &path, query.as_deref(), head, &headers).await)
-        }))
+        Decision::Respond(serve(site, request))
     }
 }
 
@@ -98,7 +122,7 @@ enum Target {
     Missing,
 }
 
-async fn locate(config: &FileServer, root: &Path, path: &str) -> Target {
+fn locate(config: &FileServer, root: &Path, path: &str) -> Target {
     let Some(relative) = path.strip_prefix(config.strip_prefix.as_str()) else {
         return Target::Missing;
     };
@@ -107,7 +131,7 @@ async fn locate(config: &FileServer, root: &Path, path: &str) -> Target {
     };
     let mut candidate = root.to_path_buf();
     candidate.extend(&segments);
-    let Ok(meta) = tokio::fs::metadata(&candidate).await else {
+    let Ok(meta) = std::fs::metadata(&candidate) else {
         return Target::Missing;
     };
     if meta.is_dir() {
@@ -116,14 +140,14 @@ async fn locate(config: &FileServer, root: &Path, path: &str) -> Target {
         }
         for index in &config.index_files {
             let file = candidate.join(index);
-            if tokio::fs::metadata(&file).await.is_ok_and(|m| m.is_file()) {
+            if std::fs::metadata(&file).is_ok_and(|m| m.is_file()) {
                 candidate = file;
                 break;
             }
         }
     }
     // Symlinks resolved, the file must still be under the root.
-    match tokio::fs::canonicalize(&candidate).await {
+    match std::fs::canonicalize(&candidate) {
         Ok(real) if real.starts_with(root) && real.is_file() => Target::File(real),
         _ => Target::Missing,
     }
@@ -227,22 +251,29 @@ fn content_type(config: &FileServer, file: &Path) -> HeaderValue {
     HeaderValue::from_str(&mime).unwrap_or(HeaderValue::from_static("application/octet-stream"))
 }
 
-async fn serve(
-    config: &FileServer,
-    path: &str,
-    query: Option<&str>,
-    head: bool,
-    headers: &HeaderMap,
-) -> LocalReply {
-    let Ok(root) = tokio::fs::canonicalize(&config.root).await else {
-        return not_found();
+/// The answer to one request (file system calls, on the worker: see the module docs).
+fn serve(site: &Site, request: &Parts) -> LocalReply {
+    let config = &site.config;
+    let resolved;
+    let root = match &site.root {
+        Some(root) => root,
+        None => match std::fs::canonicalize(&config.root) {
+            Ok(root) => {
+                resolved = root;
+                &resolved
+            }
+            Err(_) => return not_found(),
+        },
     };
-    let file = match locate(config, &root, path).await {
+    let path = request.uri.path();
+    let head = request.method == Method::HEAD;
+    let header = |name: header::HeaderName| request.headers.get(name).and_then(|v| v.to_str().ok());
+    let file = match locate(config, root, path) {
         Target::File(file) => file,
         Target::Missing => return not_found(),
         Target::AddSlash => {
             let mut reply = LocalReply::new(StatusCode::MOVED_PERMANENTLY, "");
-            let location = match query {
+            let location = match request.uri.query() {
                 Some(q) => format!("{path}/?{q}"),
                 None => format!("{path}/"),
             };
@@ -252,17 +283,16 @@ async fn serve(
             return reply;
         }
     };
-    let Ok(mut opened) = tokio::fs::File::open(&file).await else {
+    let Ok(mut opened) = File::open(&file) else {
         return not_found();
     };
-    let Ok(meta) = opened.metadata().await else {
+    let Ok(meta) = opened.metadata() else {
         return not_found();
     };
     let len = meta.len();
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let tag = etag(modified, len);
     let last_modified = httpdate::fmt_http_date(modified);
-    let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let mut validators = vec![
         (
             header::ETAG,
@@ -273,9 +303,9 @@ async fn serve(
             HeaderValue::from_str(&last_modified).expect("an HTTP date"),
         ),
     ];
-    let not_modified = match header_str(header::IF_NONE_MATCH) {
+    let not_modified = match header(header::IF_NONE_MATCH) {
         Some(list) => none_match(list, &tag),
-        None => header_str(header::IF_MODIFIED_SINCE)
+        None => header(header::IF_MODIFIED_SINCE)
             .and_then(|d| httpdate::parse_http_date(d).ok())
             .is_some_and(|since| whole_seconds(modified) <= whole_seconds(since)),
     };
@@ -284,11 +314,11 @@ async fn serve(
         reply.headers.append(&mut validators);
         return reply;
     }
-    let mut wanted = match header_str(header::RANGE) {
+    let mut wanted = match header(header::RANGE) {
         Some(r) if !head => range(r, len),
         _ => Range::Whole,
     };
-    if let Some(if_range) = header_str(header::IF_RANGE) {
+    if let Some(if_range) = header(header::IF_RANGE) {
         // A range of another version of the file is no range at all.
         let current = if if_range.trim_start().starts_with('"') {
             if_range.trim() == tag
@@ -334,13 +364,56 @@ async fn serve(
         return reply;
     }
     if start > 0 {
-        use tokio::io::AsyncSeekExt;
-        if opened.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        use std::io::{Seek, SeekFrom};
+        if opened.seek(SeekFrom::Start(start)).is_err() {
             return not_found();
         }
     }
-    reply.stream = Some(file_body(opened, count));
+    // A file that fits one read is read now and answered whole.
+    if count <= READ_CHUNK as u64 {
+        match read_chunk(&mut opened, count) {
+            Ok(whole) if whole.len() as u64 == count => {
+                reply.stream = Some(crate::body::full(whole));
+            }
+            Ok(_) => reply.stream = Some(failed(shrank())),
+            Err(e) => reply.stream = Some(failed(e)),
+        }
+        return reply;
+    }
+    reply.stream = Some(http_body_util::BodyExt::boxed(FileBody {
+        file: opened,
+        left: count,
+    }));
     reply
+}
+
+/// At most one chunk of what is `left` of the file, from where it stands, into a buffer
+/// that is not zeroed first (`read_to_end` reads into spare capacity).
+fn read_chunk(file: &mut File, left: u64) -> std::io::Result<Bytes> {
+    let want = left.min(READ_CHUNK as u64);
+    let mut buf = Vec::with_capacity(want as usize);
+    file.take(want).read_to_end(&mut buf)?;
+    if buf.is_empty() {
+        return Err(shrank());
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// A body that fails at once: the headers promised a length the file could not give.
+fn failed(e: std::io::Error) -> Body {
+    tracing::warn!(error = %e, "file server read failed");
+    let frames =
+        futures_util::stream::once(
+            async move { Err::<http_body::Frame<Bytes>, BoxError>(Box::new(e)) },
+        );
+    http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames))
+}
+
+fn shrank() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the file shrank while it was sent",
+    )
 }
 
 fn whole_seconds(t: SystemTime) -> u64 {
@@ -349,33 +422,45 @@ fn whole_seconds(t: SystemTime) -> u64 {
         .as_secs()
 }
 
-/// `count` bytes of `file` from where it stands, in reads of at most 64 KiB.
-fn file_body(file: tokio::fs::File, count: u64) -> Body {
-    use futures_util::StreamExt;
-    use tokio::io::AsyncReadExt;
-    let chunks = futures_util::stream::unfold((file, count), |(mut file, left)| async move {
-        if left == 0 {
-            return None;
+/// The rest of a file, a chunk per poll: the body of a file larger than one read, which
+/// hyper pulls as fast as the client takes it, so memory stays at one chunk.
+struct FileBody {
+    file: File,
+    left: u64,
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
         }
-        let want = left.min(READ_CHUNK as u64) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        match file.read(&mut buf).await {
-            Ok(0) => Some((
-                Err(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank while it was sent",
-                )) as BoxError),
-                (file, 0),
-            )),
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(buf.freeze()), (file, left - n as u64)))
+        let left = self.left;
+        let frame = match read_chunk(&mut self.file, left) {
+            Ok(chunk) => {
+                self.left -= chunk.len() as u64;
+                Ok(http_body::Frame::data(chunk))
             }
-            Err(e) => Some((Err(Box::new(e) as BoxError), (file, 0))),
-        }
-    });
-    let frames = chunks.map(|chunk: Result<Bytes, BoxError>| chunk.map(http_body::Frame::data));
-    http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames))
+            Err(e) => {
+                self.left = 0;
+                Err(Box::new(e) as BoxError)
+            }
+        };
+        std::task::Poll::Ready(Some(frame))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 #[cfg(test)]

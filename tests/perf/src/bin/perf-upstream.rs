@@ -1,7 +1,8 @@
 //! The benchmark upstream: fixed responses as fast as hyper serves them, so the proxy, not
 //! the upstream, is what a run measures. `/16k` and `/1m` return those sizes, `/16k.html`
 //! 16 KiB of table-like HTML that compresses about as real pages do (for the compression
-//! runs); anything else returns 12 bytes.
+//! runs), `/cached` 1 KiB that any cache may keep for an hour (for the cache-hit runs);
+//! anything else returns 12 bytes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,24 +38,40 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let k16 = Bytes::from(vec![b'k'; 16 * 1024]);
     let m1 = Bytes::from(vec![b'm'; 1024 * 1024]);
     let html = Bytes::from(html_16k());
+    let cached = Bytes::from(vec![b'c'; 1024]);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let (small, k16, m1, html) = (small.clone(), k16.clone(), m1.clone(), html.clone());
+        let (small, k16, m1, html, cached) = (
+            small.clone(),
+            k16.clone(),
+            m1.clone(),
+            html.clone(),
+            cached.clone(),
+        );
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |r: Request<Incoming>| {
-                let (body, html_type) = match r.uri().path() {
-                    "/16k" => (k16.clone(), false),
-                    "/1m" => (m1.clone(), false),
-                    "/16k.html" => (html.clone(), true),
-                    _ => (small.clone(), false),
+                let path = r.uri().path();
+                let body = match path {
+                    "/16k" => k16.clone(),
+                    "/1m" => m1.clone(),
+                    "/16k.html" => html.clone(),
+                    "/cached" => cached.clone(),
+                    _ => small.clone(),
                 };
                 let mut response = Response::new(Full::new(body));
-                if html_type {
-                    response.headers_mut().insert(
+                let headers = response.headers_mut();
+                if path == "/16k.html" {
+                    headers.insert(
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static("text/html"),
+                    );
+                }
+                if path == "/cached" {
+                    headers.insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("public, max-age=3600"),
                     );
                 }
                 async move { Ok::<_, Infallible>(response) }
