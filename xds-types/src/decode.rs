@@ -80,6 +80,9 @@ pub fn from_json_value<T: prost::Message + Default>(
 /// first offending value.
 pub fn dynamic_from_json(value: serde_json::Value, full_name: &str) -> Result<DynamicMessage> {
     let descriptor = message_descriptor(full_name)?;
+    if let Some(err) = unknown_type(&value, "", &descriptor.parent_pool().clone()) {
+        return Err(err);
+    }
     let mut track = serde_path_to_error::Track::new();
     let deserializer = serde_path_to_error::Deserializer::new(value, &mut track);
     DynamicMessage::deserialize(descriptor, deserializer).map_err(|e| {
@@ -87,6 +90,55 @@ pub fn dynamic_from_json(value: serde_json::Value, full_name: &str) -> Result<Dy
         let path = if path == "." { String::new() } else { path };
         ValidationError::new(path, e.to_string())
     })
+}
+
+/// The first `"@type"` in `value` that names a message outside the pool — an extension
+/// Sluice does not implement — as an error naming the extension, where the JSON decoder
+/// would only say the message was not found. An `Any` under a named object (a filter, a
+/// logger, a transport socket) is reported at that object, with its name.
+fn unknown_type(
+    value: &serde_json::Value,
+    path: &str,
+    pool: &DescriptorPool,
+) -> Option<ValidationError> {
+    match value {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| unknown_type(item, &format!("{path}[{i}]"), pool)),
+        serde_json::Value::Object(fields) => {
+            let missing = |v: &serde_json::Value| {
+                let url = v.get("@type")?.as_str()?;
+                let message = crate::type_urls::message_name(url);
+                pool.get_message_by_name(message)
+                    .is_none()
+                    .then(|| message.to_string())
+            };
+            if let Some(message) = missing(value) {
+                return Some(ValidationError::new(
+                    path,
+                    format!("{message} is not supported by sluice"),
+                ));
+            }
+            let name = fields.get("name").and_then(|n| n.as_str());
+            fields
+                .iter()
+                .find_map(|(key, child)| match (name, missing(child)) {
+                    (Some(name), Some(message)) => {
+                        Some(crate::http_filter::unsupported_type(path, name, &message))
+                    }
+                    _ => {
+                        let child_path = if path.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{path}.{key}")
+                        };
+                        unknown_type(child, &child_path, pool)
+                    }
+                })
+        }
+        _ => None,
+    }
 }
 
 /// Decodes protobuf bytes of `full_name` into `T` after the unsupported-field check.
@@ -139,6 +191,27 @@ mod tests {
         .unwrap_err();
         assert!(err.path.contains("load_assignment"), "{err}");
         assert!(err.message.contains("endpointz"), "{err}");
+    }
+
+    #[test]
+    fn an_extension_outside_the_pool_is_named_with_its_owner() {
+        let err = from_yaml::<Cluster>(
+            "name: a\ntransport_socket: {name: envoy.transport_sockets.alts, typed_config: {'@type': type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts}}",
+            "envoy.config.cluster.v3.Cluster",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "transport_socket");
+        assert_eq!(
+            err.message,
+            "envoy.transport_sockets.alts (envoy.extensions.transport_sockets.alts.v3.Alts) is not supported by sluice"
+        );
+        let err = from_yaml::<Cluster>(
+            "name: a\nmetadata: {typed_filter_metadata: {x: {'@type': type.googleapis.com/no.such.v1.Thing}}}",
+            "envoy.config.cluster.v3.Cluster",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "metadata.typed_filter_metadata.x");
+        assert_eq!(err.message, "no.such.v1.Thing is not supported by sluice");
     }
 
     #[test]

@@ -974,11 +974,10 @@ fn filter_type_known(
     if optional {
         return Ok(false);
     }
-    let message = crate::type_urls::message_name(&type_url);
-    let short = message.rsplit('.').next().unwrap_or(message);
-    Err(ValidationError::new(
+    Err(crate::http_filter::unsupported_type(
         path,
-        format!("{filter_name} ({short}) is not supported ({message})"),
+        filter_name,
+        &type_url,
     ))
 }
 

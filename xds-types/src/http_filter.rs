@@ -180,13 +180,13 @@ const PER_ROUTE_TYPES: &[&str] = &[
     type_urls::FILE_SERVER_PER_ROUTE,
 ];
 
-/// The error for a filter type Sluice does not implement, naming it as Envoy's docs do.
-fn unsupported_type(path: &str, filter_name: &str, type_url: &str) -> ValidationError {
+/// The error for an extension Sluice does not implement: its name in the config and its
+/// message type, so an operator can look both up in Envoy's docs.
+pub(crate) fn unsupported_type(path: &str, name: &str, type_url: &str) -> ValidationError {
     let message = type_urls::message_name(type_url);
-    let short = message.rsplit('.').next().unwrap_or(message);
     ValidationError::new(
         path,
-        format!("{filter_name} ({short}) is not supported ({message})"),
+        format!("{name} ({message}) is not supported by sluice"),
     )
 }
 
@@ -610,7 +610,8 @@ mod tests {
         let err = hcm(&format!("[{{name: hm, {UNKNOWN}}}, {ROUTER}]")).unwrap_err();
         assert_eq!(err.path, "http_filters[0]");
         assert!(
-            err.message.contains("hm (GrpcWeb) is not supported"),
+            err.message
+                == "hm (envoy.extensions.filters.http.grpc_web.v3.GrpcWeb) is not supported by sluice",
             "{err}"
         );
         let ok = hcm(&format!(
