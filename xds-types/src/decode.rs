@@ -80,7 +80,7 @@ pub fn from_json_value<T: prost::Message + Default>(
 /// first offending value.
 pub fn dynamic_from_json(value: serde_json::Value, full_name: &str) -> Result<DynamicMessage> {
     let descriptor = message_descriptor(full_name)?;
-    if let Some(err) = unknown_type(&value, "", &descriptor.parent_pool().clone()) {
+    if let Some(err) = unknown_type(&value, "", descriptor.parent_pool()) {
         return Err(err);
     }
     let mut track = serde_path_to_error::Track::new();
@@ -127,14 +127,7 @@ fn unknown_type(
                     (Some(name), Some(message)) => {
                         Some(crate::http_filter::unsupported_type(path, name, &message))
                     }
-                    _ => {
-                        let child_path = if path.is_empty() {
-                            key.clone()
-                        } else {
-                            format!("{path}.{key}")
-                        };
-                        unknown_type(child, &child_path, pool)
-                    }
+                    _ => unknown_type(child, &fields::join(path, key), pool),
                 })
         }
         _ => None,

@@ -1133,7 +1133,8 @@ fn unpack(any: &DynamicMessage) -> (String, Option<DynamicMessage>) {
     (type_url, inner)
 }
 
-fn join(path: &str, field: &str) -> String {
+/// `path.field`, or `field` at the root: the field paths every config error names.
+pub(crate) fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
         field.to_string()
     } else {

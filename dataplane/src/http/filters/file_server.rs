@@ -10,8 +10,8 @@
 //! so a large file costs one buffer, not its size (no sendfile: hyper owns the socket).
 //!
 //! The file system calls run on the worker that serves the connection, as nginx's do
-//! unless `aio threads` is on: a hand-off to tokio's blocking pool per call cost more
-//! than three times the CPU of the whole request on a file in the page cache. So a root
+//! unless `aio threads` is on: a hand-off to tokio's blocking pool per call cost about
+//! three times the CPU of the whole request on a file in the page cache. So a root
 //! belongs on a local disk or tmpfs; a slow network file system would stall the worker.
 
 use std::fs::File;
