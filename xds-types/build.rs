@@ -18,6 +18,8 @@ const ROOTS: &[&str] = &[
     "envoy.config.route.v3.RouteConfiguration",
     "envoy.config.cluster.v3.Cluster",
     "envoy.config.endpoint.v3.ClusterLoadAssignment",
+    // The shape of a path_config_source file.
+    "envoy.service.discovery.v3.DiscoveryResponse",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
     "envoy.extensions.filters.http.router.v3.Router",

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod conn;
+pub mod file_xds;
 pub mod hash_policy;
 pub mod http;
 pub mod listener;

@@ -65,8 +65,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if cli.mode == "validate" {
+        return validate(&cli.config_path, &text);
+    }
     let bootstrap = match xds_types::Bootstrap::from_yaml(&text).and_then(|b| {
-        sluice::tls::check_bootstrap_files(&b)?;
+        check_files(&b)?;
         Ok(b)
     }) {
         Ok(b) => b,
@@ -78,10 +81,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if cli.mode == "validate" {
-        eprintln!("configuration '{}' OK", cli.config_path.display());
-        return ExitCode::SUCCESS;
-    }
     let concurrency = cli
         .concurrency
         .filter(|n| *n > 0)
@@ -111,5 +110,38 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `--mode validate`: prints every problem of the bootstrap, one per line with its field
+/// path, so an operator sees the whole gap at once; exit status 1 when there is any.
+fn validate(path: &std::path::Path, text: &str) -> ExitCode {
+    let mut problems = xds_types::Bootstrap::problems(text);
+    if problems.is_empty() {
+        if let Err(e) = xds_types::Bootstrap::from_yaml(text).and_then(|b| check_files(&b)) {
+            problems.push(e);
+        }
+    }
+    if problems.is_empty() {
+        eprintln!("configuration '{}' OK", path.display());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "error: invalid bootstrap {}: {} problem(s)",
+        path.display(),
+        problems.len()
+    );
+    for problem in &problems {
+        eprintln!("  {problem}");
+    }
+    ExitCode::from(1)
+}
+
+/// The files a bootstrap names (certificates, keys, config sources) exist and load.
+fn check_files(bootstrap: &xds_types::Bootstrap) -> Result<(), xds_types::ValidationError> {
+    sluice::tls::check_bootstrap_files(bootstrap)?;
+    match &bootstrap.files {
+        Some(files) => sluice::file_xds::check_files(files),
+        None => Ok(()),
     }
 }

@@ -19,7 +19,7 @@ use crate::config::SnapshotStore;
 use crate::listener::{bind, ListenerError, ListenerManager};
 use crate::proxy::FlagCounters;
 use crate::stats::Stats;
-use crate::xds;
+use crate::{file_xds, xds};
 
 /// How long Envoy's descriptor pool is kept after the last config decode.
 const DESCRIPTOR_IDLE: Duration = Duration::from_secs(30);
@@ -60,7 +60,8 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         cluster: bootstrap.node_cluster.clone(),
         ..Default::default()
     };
-    let ready = Arc::new(AtomicBool::new(ads.is_none()));
+    let files = bootstrap.files.clone();
+    let ready = Arc::new(AtomicBool::new(ads.is_none() && files.is_none()));
     let store = SnapshotStore::new(bootstrap, stats.clone());
     let listeners = Arc::new(ListenerManager::new(
         store.clone(),
@@ -96,6 +97,13 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
 
     if let Some(ads) = ads {
         tokio::spawn(xds::run(ads, node, store.clone(), listeners.clone(), ready));
+    } else if let Some(files) = files {
+        tokio::spawn(file_xds::run(
+            files,
+            store.clone(),
+            listeners.clone(),
+            ready,
+        ));
     }
     // Config decoding keeps Envoy's descriptors in memory; free them once config is quiet.
     tokio::spawn(async {

@@ -659,14 +659,14 @@ fn forget(dynamic: &mut DynamicResources, type_url: &str, name: &str) {
 
 /// A resource the client refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Rejection {
+pub(crate) struct Rejection {
     /// The resource name, or `resources[i]` when it could not be read.
-    name: String,
-    error: String,
+    pub(crate) name: String,
+    pub(crate) error: String,
 }
 
 /// The NACK for `rejected`: every rejected resource with its field path.
-fn nack(rejected: &[Rejection]) -> RpcStatus {
+pub(crate) fn nack(rejected: &[Rejection]) -> RpcStatus {
     let message = rejected
         .iter()
         .map(|r| format!("{}: {}", r.name, r.error))
@@ -683,7 +683,7 @@ fn nack(rejected: &[Rejection]) -> RpcStatus {
 /// whole set (state-of-the-world listeners and clusters), so resources absent from it are
 /// removed; otherwise it adds or updates. A rejected resource keeps its previously accepted
 /// version. Returns the rejections and the resulting resources.
-fn convert_all<'r>(
+pub(crate) fn convert_all<'r>(
     type_url: &str,
     version_info: &str,
     resources: impl Iterator<Item = (Option<&'r Resource>, &'r Any)>,

@@ -45,6 +45,25 @@ impl Sluice {
         admin: SocketAddr,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn(bootstrap, admin, args, Stdio::inherit()).await
+    }
+
+    /// As [`Sluice::start`], with its log (stderr) written to `log`.
+    pub async fn start_logged(
+        bootstrap: &str,
+        admin: SocketAddr,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(log)?;
+        Self::spawn(bootstrap, admin, &[], Stdio::from(file)).await
+    }
+
+    async fn spawn(
+        bootstrap: &str,
+        admin: SocketAddr,
+        args: &[&str],
+        stderr: Stdio,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&config_path, bootstrap)?;
@@ -61,6 +80,7 @@ impl Sluice {
             .args(["--concurrency", "2", "--drain-time-s", "2"])
             .args(args)
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         let mut sluice = Self {

@@ -8,6 +8,7 @@ mod cp_security;
 mod differential;
 mod ext_authz;
 mod file_server;
+mod file_xds;
 mod filter_phases;
 mod global_ratelimit;
 mod hostile;

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::access_log::AccessLog;
@@ -34,7 +35,18 @@ pub struct Bootstrap {
     pub secrets: Vec<Secret>,
     /// Where listeners and clusters come from besides the static ones.
     pub ads: Option<AdsSource>,
+    /// Listeners and clusters read from watched files instead (`path_config_source`).
+    pub files: Option<FileSources>,
     pub raw: pb::Bootstrap,
+}
+
+/// `dynamic_resources` whose `lds_config` / `cds_config` are `path_config_source`s: each
+/// file holds a `DiscoveryResponse` and is re-read whenever it is replaced (the
+/// Kubernetes ConfigMap pattern).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSources {
+    pub listeners: Option<PathBuf>,
+    pub clusters: Option<PathBuf>,
 }
 
 /// `dynamic_resources`: listeners and clusters over one ADS stream.
@@ -55,6 +67,17 @@ impl Bootstrap {
     pub fn from_yaml(text: &str) -> Result<Self> {
         let raw: pb::Bootstrap = decode::from_yaml(text, BOOTSTRAP)?;
         Self::try_from(raw)
+    }
+
+    /// Every problem in a YAML or JSON bootstrap, for `--mode validate`: all the
+    /// extensions and fields sluice lacks, each with its path, or else the first error of
+    /// the conversion. Empty when [`Bootstrap::from_yaml`] would succeed.
+    pub fn problems(text: &str) -> Vec<ValidationError> {
+        let found = decode::problems_in_yaml(text, BOOTSTRAP);
+        if !found.is_empty() {
+            return found;
+        }
+        Self::from_yaml(text).err().into_iter().collect()
     }
 }
 
@@ -151,9 +174,15 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
                 ));
             }
         }
-        let ads = match raw.dynamic_resources.as_ref() {
+        let files = match raw.dynamic_resources.as_ref() {
             None => None,
-            Some(d) => Some(ads_source(d).map_err(|e| e.within("dynamic_resources"))?),
+            Some(d) => file_sources(d).map_err(|e| e.within("dynamic_resources"))?,
+        };
+        let ads = match raw.dynamic_resources.as_ref() {
+            Some(d) if files.is_none() => {
+                Some(ads_source(d).map_err(|e| e.within("dynamic_resources"))?)
+            }
+            _ => None,
         };
         let secret_names: HashSet<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
         let sds_users = listeners
@@ -239,6 +268,7 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             clusters,
             secrets,
             ads,
+            files,
             raw,
         })
     }
@@ -255,6 +285,55 @@ fn unique<'a>(names: impl Iterator<Item = &'a str>, path: &str, what: &str) -> R
         }
     }
     Ok(())
+}
+
+/// The files `lds_config` and `cds_config` name, when either is a `path_config_source`
+/// (or the deprecated `path`). Files and ADS are not mixed: each source publishes its
+/// whole set of resources, so the two would overwrite each other's.
+fn file_sources(d: &pb::bootstrap::DynamicResources) -> Result<Option<FileSources>> {
+    use crate::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    let file = |config: Option<&crate::pb::envoy::config::core::v3::ConfigSource>,
+                field: &str|
+     -> Result<Option<PathBuf>> {
+        let path = match config.and_then(|c| c.config_source_specifier.as_ref()) {
+            Some(ConfigSourceSpecifier::PathConfigSource(p)) => &p.path,
+            #[allow(deprecated)]
+            Some(ConfigSourceSpecifier::Path(p)) => p,
+            _ => return Ok(None),
+        };
+        if path.is_empty() {
+            return Err(ValidationError::required(format!(
+                "{field}.path_config_source.path"
+            )));
+        }
+        Ok(Some(PathBuf::from(path)))
+    };
+    let listeners = file(d.lds_config.as_ref(), "lds_config")?;
+    let clusters = file(d.cds_config.as_ref(), "cds_config")?;
+    if listeners.is_none() && clusters.is_none() {
+        return Ok(None);
+    }
+    if d.ads_config.is_some() {
+        return Err(ValidationError::new(
+            "ads_config",
+            "not supported together with a path_config_source for lds_config or cds_config",
+        ));
+    }
+    for (field, config, path) in [
+        ("lds_config", d.lds_config.as_ref(), &listeners),
+        ("cds_config", d.cds_config.as_ref(), &clusters),
+    ] {
+        if config.is_some() && path.is_none() {
+            return Err(ValidationError::new(
+                field,
+                "must be a path_config_source when the other type is read from a file",
+            ));
+        }
+    }
+    Ok(Some(FileSources {
+        listeners,
+        clusters,
+    }))
 }
 
 fn ads_source(d: &pb::bootstrap::DynamicResources) -> Result<AdsSource> {
@@ -336,5 +415,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.path, "static_resources.clusters[0].eds_cluster_config");
+    }
+
+    #[test]
+    fn listeners_and_clusters_come_from_files_or_ads_never_both() {
+        let b = Bootstrap::from_yaml(
+            "dynamic_resources: {lds_config: {path_config_source: {path: /l.yaml}}, cds_config: {path: /c.yaml}}",
+        )
+        .unwrap();
+        assert_eq!(
+            b.files,
+            Some(FileSources {
+                listeners: Some("/l.yaml".into()),
+                clusters: Some("/c.yaml".into()),
+            })
+        );
+        assert!(b.ads.is_none());
+        let err = Bootstrap::from_yaml(
+            "dynamic_resources: {lds_config: {path_config_source: {path: /l.yaml}}, cds_config: {ads: {}}}",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "dynamic_resources.cds_config");
+        let err = Bootstrap::from_yaml(
+            "dynamic_resources: {lds_config: {path_config_source: {path: /l.yaml}}, ads_config: {api_type: GRPC}}",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "dynamic_resources.ads_config");
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage};
 
 use crate::error::{Result, ValidationError};
-use crate::fields;
+use crate::fields::{self, Problems};
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
 
@@ -64,6 +64,14 @@ pub fn from_yaml<T: prost::Message + Default>(text: &str, full_name: &str) -> Re
     from_json_value(value, full_name)
 }
 
+/// Parses YAML or JSON into a dynamic message of `full_name` without the field policy,
+/// for a container (a file's `DiscoveryResponse`) whose parts are checked one by one.
+pub fn dynamic_from_yaml(text: &str, full_name: &str) -> Result<DynamicMessage> {
+    let value: serde_json::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ValidationError::new("", format!("invalid YAML/JSON: {e}")))?;
+    dynamic_from_json(value, full_name)
+}
+
 /// Converts a JSON value in proto3-JSON shape into `T` (see [`from_yaml`]).
 pub fn from_json_value<T: prost::Message + Default>(
     value: serde_json::Value,
@@ -78,11 +86,41 @@ pub fn from_json_value<T: prost::Message + Default>(
 
 /// Parses a JSON value into a dynamic message of `full_name`, naming the JSON path of the
 /// first offending value.
-pub fn dynamic_from_json(value: serde_json::Value, full_name: &str) -> Result<DynamicMessage> {
+pub fn dynamic_from_json(mut value: serde_json::Value, full_name: &str) -> Result<DynamicMessage> {
     let descriptor = message_descriptor(full_name)?;
-    if let Some(err) = unknown_type(&value, "", descriptor.parent_pool()) {
-        return Err(err);
+    let mut found = Problems::default();
+    set_aside_unknown_types(&mut value, "", descriptor.parent_pool(), &mut found);
+    if let Some(first) = found.0.into_iter().next() {
+        return Err(first);
     }
+    decode_json(value, descriptor)
+}
+
+/// Every problem the field policy finds in a config of type `full_name`, not only the
+/// first: extensions outside the pool, then (when the JSON decodes) every unsupported
+/// field. Empty when the config passes the policy; the typed conversion may still refuse
+/// it, so callers run that next.
+pub fn problems_in_yaml(text: &str, full_name: &str) -> Vec<ValidationError> {
+    let mut value: serde_json::Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return vec![ValidationError::new("", format!("invalid YAML/JSON: {e}"))],
+    };
+    let descriptor = match message_descriptor(full_name) {
+        Ok(d) => d,
+        Err(e) => return vec![e],
+    };
+    let mut found = Problems::default();
+    set_aside_unknown_types(&mut value, "", descriptor.parent_pool(), &mut found);
+    match decode_json(value, descriptor) {
+        Ok(dynamic) => fields::unsupported_fields(&dynamic)
+            .into_iter()
+            .for_each(|e| found.push(e)),
+        Err(e) => found.push(e),
+    }
+    found.0
+}
+
+fn decode_json(value: serde_json::Value, descriptor: MessageDescriptor) -> Result<DynamicMessage> {
     let mut track = serde_path_to_error::Track::new();
     let deserializer = serde_path_to_error::Deserializer::new(value, &mut track);
     DynamicMessage::deserialize(descriptor, deserializer).map_err(|e| {
@@ -92,45 +130,69 @@ pub fn dynamic_from_json(value: serde_json::Value, full_name: &str) -> Result<Dy
     })
 }
 
-/// The first `"@type"` in `value` that names a message outside the pool — an extension
-/// Sluice does not implement — as an error naming the extension, where the JSON decoder
-/// would only say the message was not found. An `Any` under a named object (a filter, a
-/// logger, a transport socket) is reported at that object, with its name.
-fn unknown_type(
-    value: &serde_json::Value,
+/// The `Any` that takes the place of one whose type is outside the pool, so the rest of the
+/// config still decodes.
+fn placeholder_any() -> serde_json::Value {
+    serde_json::json!({ "@type": "type.googleapis.com/google.protobuf.Empty", "value": {} })
+}
+
+/// Records every `"@type"` in `value` that names a message outside the pool — an
+/// extension Sluice does not implement — as an error naming the extension (where the JSON
+/// decoder would only say the message was not found), and replaces it with a placeholder
+/// so the rest of the config can still be checked. An `Any` under a named object (a
+/// filter, a logger, a transport socket) is reported at that object, with its name. An
+/// optional HTTP filter's (`is_optional`) is no error: Envoy skips such a filter, so its
+/// config becomes a `Struct` holding the original type URL and the filter list skips it.
+fn set_aside_unknown_types(
+    value: &mut serde_json::Value,
     path: &str,
     pool: &DescriptorPool,
-) -> Option<ValidationError> {
+    found: &mut Problems,
+) {
+    let missing = |v: &serde_json::Value| {
+        let url = v.get("@type")?.as_str()?;
+        let message = crate::type_urls::message_name(url);
+        pool.get_message_by_name(message)
+            .is_none()
+            .then(|| (url.to_string(), message.to_string()))
+    };
     match value {
-        serde_json::Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, item)| unknown_type(item, &format!("{path}[{i}]"), pool)),
-        serde_json::Value::Object(fields) => {
-            let missing = |v: &serde_json::Value| {
-                let url = v.get("@type")?.as_str()?;
-                let message = crate::type_urls::message_name(url);
-                pool.get_message_by_name(message)
-                    .is_none()
-                    .then(|| message.to_string())
-            };
-            if let Some(message) = missing(value) {
-                return Some(ValidationError::new(
-                    path,
-                    format!("{message} is not supported by sluice"),
-                ));
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                set_aside_unknown_types(item, &format!("{path}[{i}]"), pool, found);
             }
-            let name = fields.get("name").and_then(|n| n.as_str());
-            fields
-                .iter()
-                .find_map(|(key, child)| match (name, missing(child)) {
-                    (Some(name), Some(message)) => {
-                        Some(crate::http_filter::unsupported_type(path, name, &message))
-                    }
-                    _ => unknown_type(child, &fields::join(path, key), pool),
-                })
         }
-        _ => None,
+        serde_json::Value::Object(_) if missing(value).is_some() => {
+            let (_, message) = missing(value).unwrap_or_default();
+            found.push(ValidationError::new(
+                path,
+                format!("{message} is not supported by sluice"),
+            ));
+            *value = placeholder_any();
+        }
+        serde_json::Value::Object(fields) => {
+            let name = fields
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map(str::to_owned);
+            let optional = fields.get("is_optional").and_then(|o| o.as_bool()) == Some(true);
+            for (key, child) in fields.iter_mut() {
+                match (&name, missing(child)) {
+                    (Some(_), Some((url, _))) if optional && key == "typed_config" => {
+                        *child = serde_json::json!({
+                            "@type": "type.googleapis.com/google.protobuf.Struct",
+                            "value": { "skipped_type": url },
+                        });
+                    }
+                    (Some(name), Some((_, message))) => {
+                        found.push(crate::http_filter::unsupported_type(path, name, &message));
+                        *child = placeholder_any();
+                    }
+                    _ => set_aside_unknown_types(child, &fields::join(path, key), pool, found),
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -205,6 +267,51 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.path, "metadata.typed_filter_metadata.x");
         assert_eq!(err.message, "no.such.v1.Thing is not supported by sluice");
+    }
+
+    #[test]
+    fn every_problem_of_a_config_is_listed_once() {
+        let problems = problems_in_yaml(
+            "name: a\n\
+             transport_socket: {name: alts, typed_config: {'@type': type.googleapis.com/no.such.v1.Alts}}\n\
+             lrs_server: {self: {}}\n\
+             upstream_bind_config: {source_address: {address: 127.0.0.1, port_value: 0}, freebind: true}\n\
+             load_assignment: {cluster_name: a, policy: {drop_overloads: [{category: x}]}}",
+            "envoy.config.cluster.v3.Cluster",
+        );
+        // The extension first (the pre-pass), then the fields in field-number order.
+        let paths: Vec<&str> = problems.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "transport_socket",
+                "upstream_bind_config",
+                "load_assignment.policy.drop_overloads",
+                "lrs_server",
+            ],
+            "{problems:?}"
+        );
+        assert_eq!(
+            problems[0].message,
+            "alts (no.such.v1.Alts) is not supported by sluice"
+        );
+    }
+
+    #[test]
+    fn an_optional_filter_outside_the_pool_is_skipped_not_refused() {
+        let hcm = format!(
+            "stat_prefix: x\nroute_config: {{name: r}}\nhttp_filters: [\
+             {{name: wasm, is_optional: true, typed_config: {{'@type': type.googleapis.com/no.such.v1.Wasm}}}},\
+             {{name: router, typed_config: {{'@type': {}}}}}]",
+            crate::type_urls::ROUTER
+        );
+        let name =
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+        assert_eq!(problems_in_yaml(&hcm, name), []);
+        let proto: crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager =
+            from_yaml(&hcm, name).unwrap();
+        let converted = crate::HttpConnectionManager::try_from(&proto).unwrap();
+        assert_eq!(converted.skipped_filters, ["wasm"]);
     }
 
     #[test]

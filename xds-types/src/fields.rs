@@ -34,9 +34,15 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.bootstrap.v3.Bootstrap" => ["node", "admin", "static_resources", "dynamic_resources"],
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => [
         "ads_config",
-        "lds_config": "ADS only",
-        "cds_config": "ADS only",
+        "lds_config": "ads, or path_config_source (then cds_config too, and no ads_config)",
+        "cds_config": "ads, or path_config_source (then lds_config too, and no ads_config)",
     ],
+    "envoy.config.core.v3.PathConfigSource" => [
+        "path": "lds_config and cds_config: a DiscoveryResponse (YAML or JSON) with version_info (reported by /config_dump), resources (the whole set of the type; each one refused alone, with its field path, keeping its last good version) and optionally type_url; it must exist at start, and is re-read whenever it is replaced or rewritten (checked every 100ms: a rename onto it, as a Kubernetes ConfigMap update does, is seen whole); a file that does not load keeps the last good resources and logs the field path",
+        "watched_directory": "accepted; the file itself is watched, through symlinks, which covers a directory's atomic swap",
+    ],
+    "envoy.config.core.v3.WatchedDirectory" => ["path"],
+
     "envoy.config.core.v3.ApiConfigSource" => [
         "api_type": "GRPC (state of the world) or DELTA_GRPC",
         "transport_api_version": "V3",
@@ -47,6 +53,8 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name", "authority": "ext_authz: :authority of the checks; refused on the xDS stream"],
     "envoy.config.core.v3.ConfigSource" => [
         "ads", "resource_api_version": "V3",
+        "path_config_source": "lds_config and cds_config only (a file per type); refused for RDS, EDS and SDS",
+        "path": "deprecated; as path_config_source",
         "initial_fetch_timeout": "lds/cds: readiness waits at most this long for the first response; eds/rds: a cluster or listener warms at most this long, then goes live with no endpoints or an empty route table (default 15s; 0 waits forever)",
     ],
     "envoy.config.core.v3.AggregatedConfigSource" => [],
@@ -899,7 +907,41 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
 
 /// Rejects the first set field, anywhere in `message`, that [`SUPPORTED`] does not list.
 pub fn check(message: &DynamicMessage) -> Result<()> {
-    walk(message, "")
+    match unsupported_fields(message).into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
+}
+
+/// Every set field, anywhere in `message`, that [`SUPPORTED`] does not list — one error
+/// per unsupported subtree, in field order — so `--mode validate` can show an operator the
+/// whole gap of a config at once.
+pub fn unsupported_fields(message: &DynamicMessage) -> Vec<ValidationError> {
+    let mut found = Problems::default();
+    walk(message, "", &mut found);
+    found.0
+}
+
+/// Errors collected while walking a config; an error inside a subtree that already has
+/// one is dropped, so each gap is named once, at its outermost path.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(pub(crate) Vec<ValidationError>);
+
+impl Problems {
+    pub(crate) fn push(&mut self, error: ValidationError) {
+        let covered = self.0.iter().any(|e| within_path(&error.path, &e.path));
+        if !covered {
+            self.0.push(error);
+        }
+    }
+}
+
+/// Whether `path` is `parent` or lies below it (`parent.x`, `parent[0]`).
+fn within_path(path: &str, parent: &str) -> bool {
+    match path.strip_prefix(parent) {
+        Some(rest) => parent.is_empty() || rest.is_empty() || rest.starts_with(['.', '[']),
+        None => false,
+    }
 }
 
 fn supported_fields(message: &str) -> Option<&'static [(&'static str, &'static str)]> {
@@ -909,17 +951,17 @@ fn supported_fields(message: &str) -> Option<&'static [(&'static str, &'static s
         .map(|m| m.fields)
 }
 
-fn walk(message: &DynamicMessage, path: &str) -> Result<()> {
+fn walk(message: &DynamicMessage, path: &str, found: &mut Problems) {
     let descriptor = message.descriptor();
     let name = descriptor.full_name();
     if name == "google.protobuf.Any" {
-        return walk_any(message, path);
+        return walk_any(message, path, found);
     }
     if name.starts_with("google.protobuf.") {
-        return Ok(());
+        return;
     }
     if name == "envoy.config.cluster.v3.LoadBalancingPolicy" {
-        return walk_lb_policies(message, path);
+        return walk_lb_policies(message, path, found);
     }
     if name == "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" {
         let optional = message
@@ -935,62 +977,63 @@ fn walk(message: &DynamicMessage, path: &str) -> Result<()> {
             .flatten()
             .and_then(|v| v.as_message().cloned())
         {
-            if !filter_type_known(&any, &filter_name, optional, path)? {
-                return Ok(());
+            if !filter_type_known(&any, &filter_name, optional, path, found) {
+                return;
             }
         }
     }
-    if name == "envoy.config.accesslog.v3.AccessLog" {
-        access_logger_known(message, path)?;
+    if name == "envoy.config.accesslog.v3.AccessLog" && !access_logger_known(message, path, found) {
+        return;
     }
     let supported = supported_fields(name).unwrap_or(&[]);
     for (field, value) in message.fields() {
         let field_path = join(path, field.name());
         if !supported.iter().any(|(f, _)| *f == field.name()) {
-            return Err(ValidationError::unsupported(field_path));
-        }
-        if field.name() == "typed_per_filter_config" {
-            walk_per_filter_configs(value, &field_path)?;
+            found.push(ValidationError::unsupported(field_path));
             continue;
         }
-        walk_value(value, &field_path)?;
+        if field.name() == "typed_per_filter_config" {
+            walk_per_filter_configs(value, &field_path, found);
+            continue;
+        }
+        walk_value(value, &field_path, found);
     }
-    Ok(())
 }
 
 /// Whether an HTTP filter's config (or a per-route override) is of a type Sluice
-/// implements: `Ok(false)` for an unknown optional one (skipped, as Envoy skips it), an
-/// error naming the type for an unknown required one.
+/// implements: `false` for an unknown optional one (skipped, as Envoy skips it), and for
+/// an unknown required one, which is recorded as an error naming the type.
 fn filter_type_known(
     any: &DynamicMessage,
     filter_name: &str,
     optional: bool,
     path: &str,
-) -> Result<bool> {
+    found: &mut Problems,
+) -> bool {
     let (type_url, _) = unpack(any);
     if crate::http_filter::is_known_filter(&type_url) {
-        return Ok(true);
+        return true;
     }
-    if optional {
-        return Ok(false);
+    if !optional {
+        found.push(crate::http_filter::unsupported_type(
+            path,
+            filter_name,
+            &type_url,
+        ));
     }
-    Err(crate::http_filter::unsupported_type(
-        path,
-        filter_name,
-        &type_url,
-    ))
+    false
 }
 
 /// An access log's `typed_config` must be a logger Sluice implements: another is named,
 /// never refused field by field.
-fn access_logger_known(message: &DynamicMessage, path: &str) -> Result<()> {
+fn access_logger_known(message: &DynamicMessage, path: &str, found: &mut Problems) -> bool {
     let Some(any) = message
         .has_field_by_name("typed_config")
         .then(|| message.get_field_by_name("typed_config"))
         .flatten()
         .and_then(|v| v.as_message().cloned())
     else {
-        return Ok(());
+        return true;
     };
     let (type_url, _) = unpack(&any);
     use crate::type_urls::{
@@ -1004,7 +1047,7 @@ fn access_logger_known(message: &DynamicMessage, path: &str) -> Result<()> {
     ]
     .contains(&type_url.as_str())
     {
-        return Ok(());
+        return true;
     }
     let logger = message
         .get_field_by_name("name")
@@ -1012,17 +1055,18 @@ fn access_logger_known(message: &DynamicMessage, path: &str) -> Result<()> {
         .unwrap_or_default();
     let full = crate::type_urls::message_name(&type_url);
     let short = full.rsplit('.').next().unwrap_or(full);
-    Err(ValidationError::new(
+    found.push(ValidationError::new(
         join(path, "typed_config"),
         format!("{logger} ({short}) is not supported by sluice ({full})"),
-    ))
+    ));
+    false
 }
 
 /// `typed_per_filter_config`: each value must be a filter type Sluice implements, unless
 /// it is wrapped in a `FilterConfig` with `is_optional`.
-fn walk_per_filter_configs(value: &Value, path: &str) -> Result<()> {
+fn walk_per_filter_configs(value: &Value, path: &str, found: &mut Problems) {
     let Value::Map(map) = value else {
-        return walk_value(value, path);
+        return walk_value(value, path, found);
     };
     for (key, any) in map {
         let filter_name = key.as_str().unwrap_or_default();
@@ -1030,7 +1074,7 @@ fn walk_per_filter_configs(value: &Value, path: &str) -> Result<()> {
         let Some(any) = any.as_message() else {
             continue;
         };
-        if !filter_type_known(any, filter_name, false, &entry_path)? {
+        if !filter_type_known(any, filter_name, false, &entry_path, found) {
             continue;
         }
         let (type_url, inner) = unpack(any);
@@ -1050,39 +1094,42 @@ fn walk_per_filter_configs(value: &Value, path: &str) -> Result<()> {
                         filter_name,
                         optional,
                         &format!("{entry_path}.config"),
-                    )? {
+                        found,
+                    ) {
                         continue;
                     }
                 }
             }
         }
-        walk_any(any, &entry_path)?;
+        walk_any(any, &entry_path, found);
     }
-    Ok(())
 }
 
-fn walk_value(value: &Value, path: &str) -> Result<()> {
+fn walk_value(value: &Value, path: &str, found: &mut Problems) {
     match value {
-        Value::Message(m) => walk(m, path),
-        Value::List(items) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, v)| walk_value(v, &format!("{path}[{i}]"))),
-        Value::Map(map) => map
-            .iter()
-            .try_for_each(|(k, v)| walk_value(v, &format!("{path}[{k:?}]"))),
-        _ => Ok(()),
+        Value::Message(m) => walk(m, path, found),
+        Value::List(items) => {
+            for (i, v) in items.iter().enumerate() {
+                walk_value(v, &format!("{path}[{i}]"), found);
+            }
+        }
+        Value::Map(map) => {
+            for (k, v) in map {
+                walk_value(v, &format!("{path}[{k:?}]"), found);
+            }
+        }
+        _ => {}
     }
 }
 
 /// Checks only the policy Envoy would use: the first one whose type Sluice implements
 /// (the others may be any extension). A list with none is refused by the conversion.
-fn walk_lb_policies(message: &DynamicMessage, path: &str) -> Result<()> {
+fn walk_lb_policies(message: &DynamicMessage, path: &str, found: &mut Problems) {
     let Some(Value::List(policies)) = message
         .get_field_by_name("policies")
         .map(|v| v.into_owned())
     else {
-        return Ok(());
+        return;
     };
     for (i, policy) in policies.iter().enumerate() {
         let Some(policy) = policy.as_message() else {
@@ -1102,18 +1149,20 @@ fn walk_lb_policies(message: &DynamicMessage, path: &str) -> Result<()> {
         };
         let (type_url, _) = unpack(&any);
         if crate::lb::SUPPORTED_TYPED_POLICIES.contains(&type_url.as_str()) {
-            return walk(policy, &format!("{}[{i}]", join(path, "policies")));
+            return walk(policy, &format!("{}[{i}]", join(path, "policies")), found);
         }
     }
-    Ok(())
 }
 
-fn walk_any(any: &DynamicMessage, path: &str) -> Result<()> {
+fn walk_any(any: &DynamicMessage, path: &str, found: &mut Problems) {
     let (type_url, inner) = unpack(any);
-    let inner = inner.ok_or_else(|| {
-        ValidationError::new(path, format!("unknown or undecodable type {type_url:?}"))
-    })?;
-    walk(&inner, path)
+    match inner {
+        Some(inner) => walk(&inner, path, found),
+        None => found.push(ValidationError::new(
+            path,
+            format!("unknown or undecodable type {type_url:?}"),
+        )),
+    }
 }
 
 /// The type URL of a dynamic `Any` and, when the pool knows the type and the bytes decode,

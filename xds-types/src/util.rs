@@ -63,7 +63,7 @@ pub(crate) fn ads_config_source(
     ) {
         return Err(ValidationError::new(
             path,
-            "only ads config sources are supported",
+            "only ads config sources are supported here (path_config_source works for lds_config and cds_config)",
         ));
     }
     optional_timeout(

@@ -1,0 +1,340 @@
+//! File-based xDS (`path_config_source` for `lds_config` and `cds_config`): listeners and
+//! clusters read from files that each hold a `DiscoveryResponse`, the Kubernetes ConfigMap
+//! pattern.
+//!
+//! A file is re-read when the file its path resolves to changes — another inode (a rename
+//! onto the path, or a ConfigMap's `..data` symlink swap), another size or modification
+//! time. A `stat` every [`POLL_INTERVAL`] sees that; it follows symlinks, which inotify on
+//! the path's directory would not, and costs one syscall per file. Each read goes through
+//! the same conversion as an xDS response (resources refused one by one with their field
+//! paths, a refused resource keeping its last accepted version) and becomes one snapshot,
+//! so a request sees the old set or the new one, never a mixture. A file that cannot be
+//! read or parsed keeps the last good resources.
+//!
+//! Without ADS nothing can deliver EDS, RDS or SDS, so a resource that needs one is refused
+//! rather than left warming forever.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+use xds_types::bootstrap::FileSources;
+use xds_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use xds_types::tls::SecretSource;
+use xds_types::{type_urls, ValidationError};
+
+use crate::config::{DynamicResources, SnapshotStore};
+use crate::listener::ListenerManager;
+use crate::xds::{convert_all, nack, Rejection};
+
+/// How often each file is checked for a change.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What identifies one version of a file on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: Option<SystemTime>,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)?;
+    Ok(Stamp {
+        device: metadata.dev(),
+        inode: metadata.ino(),
+        size: metadata.len(),
+        modified: metadata.modified().ok(),
+    })
+}
+
+/// One watched file and the resource type it holds.
+struct Watched {
+    type_url: &'static str,
+    path: PathBuf,
+    last: Option<Stamp>,
+}
+
+/// Checks at start that every file exists, as Envoy requires ("the path to the source
+/// must exist at config load time").
+pub fn check_files(sources: &FileSources) -> Result<(), ValidationError> {
+    for (field, path) in [
+        ("lds_config", &sources.listeners),
+        ("cds_config", &sources.clusters),
+    ] {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ValidationError::new(
+                    format!("dynamic_resources.{field}.path_config_source.path"),
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the files, turns `ready` on, then applies every change until the process exits.
+pub async fn run(
+    sources: FileSources,
+    store: SnapshotStore,
+    listeners: Arc<ListenerManager>,
+    ready: Arc<AtomicBool>,
+) {
+    // Clusters first, so the listeners that route to them find them (make before break).
+    let mut watched: Vec<Watched> = [
+        (type_urls::CLUSTER, sources.clusters),
+        (type_urls::LISTENER, sources.listeners),
+    ]
+    .into_iter()
+    .filter_map(|(type_url, path)| {
+        Some(Watched {
+            type_url,
+            path: path?,
+            last: None,
+        })
+    })
+    .collect();
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for file in &mut watched {
+            let now = match stamp(&file.path) {
+                Ok(s) => s,
+                Err(error) => {
+                    if file.last.take().is_some() {
+                        warn!(path = %file.path.display(), %error, "config file unreadable; keeping the last good resources");
+                    }
+                    continue;
+                }
+            };
+            if file.last.as_ref() == Some(&now) {
+                continue;
+            }
+            file.last = Some(now);
+            load(file, &store, &listeners);
+        }
+        if !ready.swap(true, Ordering::Relaxed) {
+            info!("config files loaded");
+        }
+    }
+}
+
+/// Reads one file and publishes what it holds.
+fn load(file: &Watched, store: &SnapshotStore, listeners: &ListenerManager) {
+    let path = file.path.display();
+    let text = match std::fs::read_to_string(&file.path) {
+        Ok(t) => t,
+        Err(error) => {
+            warn!(%path, %error, "cannot read config file; keeping the last good resources");
+            return;
+        }
+    };
+    let current = store.dynamic();
+    let (rejected, next) = match convert_file(file.type_url, &text, &current) {
+        Ok(converted) => converted,
+        Err(error) => {
+            warn!(%path, %error, "config file refused; keeping the last good resources");
+            return;
+        }
+    };
+    if !rejected.is_empty() {
+        warn!(%path, errors = %nack(&rejected).message, "resources refused; each keeps its last good version");
+    }
+    let snapshot = store.publish_dynamic(next);
+    if let Err(error) = listeners.reconcile(&snapshot) {
+        warn!(%error, "listener from a config file failed to start");
+    }
+    info!(%path, version = snapshot.version, "config file applied");
+}
+
+/// Converts a file's `DiscoveryResponse` of `type_url` over `current`: the rejected
+/// resources and the resulting set, or why the whole file is refused.
+fn convert_file(
+    type_url: &str,
+    text: &str,
+    current: &DynamicResources,
+) -> Result<(Vec<Rejection>, DynamicResources), ValidationError> {
+    let response = parse_response(text)?;
+    if !response.type_url.is_empty() && response.type_url != type_url {
+        return Err(ValidationError::new(
+            "type_url",
+            format!("{:?} in a file of {type_url}", response.type_url),
+        ));
+    }
+    let (mut rejected, mut next) = convert_all(
+        type_url,
+        &response.version_info,
+        response.resources.iter().map(|a| (None, a)),
+        current,
+        true,
+    );
+    refuse_xds_dependencies(&mut next, current, &mut rejected);
+    Ok((rejected, next))
+}
+
+/// A file's `DiscoveryResponse`. Only its shape is checked here: each resource goes
+/// through the field policy on its own in the conversion, so one bad resource is refused
+/// alone.
+fn parse_response(text: &str) -> Result<DiscoveryResponse, ValidationError> {
+    const RESPONSE: &str = "envoy.service.discovery.v3.DiscoveryResponse";
+    let dynamic = xds_types::decode::dynamic_from_yaml(text, RESPONSE)?;
+    if let Some((field, _)) = dynamic
+        .fields()
+        .find(|(f, _)| !["version_info", "resources", "type_url"].contains(&f.name()))
+    {
+        return Err(ValidationError::new(
+            field.name(),
+            "not supported in a config file (version_info, resources and type_url are)",
+        ));
+    }
+    dynamic
+        .transcode_to::<DiscoveryResponse>()
+        .map_err(|e| ValidationError::new("", format!("cannot convert {RESPONSE}: {e}")))
+}
+
+/// Without ADS, EDS, RDS and SDS never arrive: a resource that needs one is refused (its
+/// previous version, which could not have needed one either, stays).
+fn refuse_xds_dependencies(
+    next: &mut DynamicResources,
+    current: &DynamicResources,
+    rejected: &mut Vec<Rejection>,
+) {
+    let needs_ads = |what: &str| format!("{what} needs dynamic_resources.ads_config");
+    let clusters: Vec<(String, &str)> = next
+        .clusters
+        .iter()
+        .filter_map(|(name, c)| {
+            let sds = c.tls.iter().flat_map(|t| t.sds_names()).any(over_ads);
+            match (c.eds.is_some(), sds) {
+                (true, _) => Some((name.clone(), "eds_cluster_config: EDS")),
+                (_, true) => Some((name.clone(), "transport_socket: SDS")),
+                _ => None,
+            }
+        })
+        .collect();
+    for (name, what) in clusters {
+        restore(&mut next.clusters, &current.clusters, &name);
+        rejected.push(Rejection {
+            name,
+            error: needs_ads(what),
+        });
+    }
+    let listeners: Vec<(String, &str)> = next
+        .listeners
+        .iter()
+        .filter_map(|(name, l)| {
+            if l.rds_names().next().is_some() {
+                Some((name.clone(), "filter_chains: RDS"))
+            } else if l.sds_refs().any(over_ads) {
+                Some((name.clone(), "filter_chains: SDS"))
+            } else {
+                None
+            }
+        })
+        .collect();
+    for (name, what) in listeners {
+        restore(&mut next.listeners, &current.listeners, &name);
+        rejected.push(Rejection {
+            name,
+            error: needs_ads(what),
+        });
+    }
+}
+
+fn over_ads(sds: &xds_types::tls::SdsRef) -> bool {
+    matches!(sds.source, SecretSource::Ads { .. })
+}
+
+/// Puts back `name`'s previous version in `next`, or removes it when it had none.
+fn restore<T: Clone>(
+    next: &mut std::collections::BTreeMap<String, T>,
+    current: &std::collections::BTreeMap<String, T>,
+    name: &str,
+) {
+    match current.get(name) {
+        Some(old) => {
+            next.insert(name.to_string(), old.clone());
+        }
+        None => {
+            next.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+    fn cluster_file(version: &str, body: &str) -> String {
+        format!("version_info: '{version}'\nresources:\n- '@type': {CLUSTER}\n{body}")
+    }
+
+    #[test]
+    fn a_file_replaces_the_set_and_a_bad_resource_keeps_its_last_version() {
+        let first = cluster_file(
+            "1",
+            "  name: a\n  connect_timeout: 1s\n  load_assignment: {cluster_name: a}\n- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster\n  name: b\n  load_assignment: {cluster_name: b}",
+        );
+        let (rejected, one) =
+            convert_file(type_urls::CLUSTER, &first, &DynamicResources::default()).unwrap();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(one.clusters.keys().collect::<Vec<_>>(), ["a", "b"]);
+        // b turns invalid and a goes: b keeps version 1, a is removed.
+        let second = cluster_file("2", "  name: b\n  type: STATIC\n  lb_policy: MAGLEV\n  load_assignment: {cluster_name: b, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: not-an-ip, port_value: 1}}}}]}]}");
+        let (rejected, two) = convert_file(type_urls::CLUSTER, &second, &one).unwrap();
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].name, "b");
+        assert!(rejected[0].error.contains("address"), "{rejected:?}");
+        assert_eq!(two.clusters.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn eds_without_ads_is_refused_and_a_wrong_type_refuses_the_file() {
+        let eds = cluster_file(
+            "1",
+            "  name: e\n  type: EDS\n  eds_cluster_config: {eds_config: {ads: {}}}",
+        );
+        let (rejected, next) =
+            convert_file(type_urls::CLUSTER, &eds, &DynamicResources::default()).unwrap();
+        assert!(next.clusters.is_empty());
+        assert_eq!(
+            rejected[0].error,
+            "eds_cluster_config: EDS needs dynamic_resources.ads_config"
+        );
+        let err = convert_file(
+            type_urls::LISTENER,
+            &format!("type_url: {CLUSTER}\nresources: []"),
+            &DynamicResources::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "type_url");
+        let err = convert_file(
+            type_urls::CLUSTER,
+            "nonce: '1'\nresources: []",
+            &DynamicResources::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "nonce");
+    }
+
+    #[test]
+    fn an_unsupported_field_refuses_only_its_resource() {
+        let file = cluster_file(
+            "1",
+            "  name: a\n  lrs_server: {self: {}}\n- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster\n  name: b",
+        );
+        let (rejected, next) =
+            convert_file(type_urls::CLUSTER, &file, &DynamicResources::default()).unwrap();
+        assert_eq!(next.clusters.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert!(rejected[0].error.contains("lrs_server"), "{rejected:?}");
+    }
+}

@@ -1,0 +1,233 @@
+//! File-based xDS (`path_config_source`), the Kubernetes ConfigMap pattern: listeners and
+//! clusters come from two watched files. While a bounded load runs, the listener file is
+//! replaced 50 times by atomic rename (and the cluster file every tenth time): no request
+//! fails and no response mixes two versions. A broken file keeps the last good config and
+//! the log names the field. `--mode validate` lists every unsupported field of a config.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_tests::client::HttpClient;
+use sluice_tests::config::{address, cluster, http_listener, merge};
+use sluice_tests::process::{binary, Sluice};
+use sluice_tests::upstream::Upstream;
+use sluice_tests::{eventually, free_addr};
+
+const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+/// Writes `text` to `path` as Kubernetes does: a new file in the same directory, renamed
+/// over the old one.
+fn replace(path: &Path, text: &str) {
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, text).unwrap();
+    std::fs::rename(&staging, path).unwrap();
+}
+
+/// Listener file version `n`: everything to `v1` (odd) or `v2` (even), stamped with the
+/// target's name and the revision.
+fn listeners(listener: SocketAddr, n: u32) -> String {
+    let target = if n % 2 == 1 { "v1" } else { "v2" };
+    let mut l = http_listener(
+        "ingress",
+        listener,
+        json!({ "name": "routes", "virtual_hosts": [ { "name": "all", "domains": ["*"],
+            "response_headers_to_add": [ { "header": { "key": "x-config", "value": target } },
+                                         { "header": { "key": "x-revision", "value": n.to_string() } } ],
+            "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": target } } ] } ] }),
+        json!({}),
+    );
+    merge(&mut l, json!({ "@type": LISTENER }));
+    json!({ "version_info": format!("lds-{n}"), "resources": [l] }).to_string()
+}
+
+/// Cluster file version `n`: `v1` and `v2`, with a connect timeout that changes with `n`.
+fn clusters(v1: SocketAddr, v2: SocketAddr, n: u32) -> String {
+    let timeout = format!("{}s", 1 + n % 3);
+    let c = |name: &str, addr: SocketAddr| {
+        let mut c = cluster(name, &[(addr, 1)], json!({ "connect_timeout": timeout }));
+        merge(&mut c, json!({ "@type": CLUSTER }));
+        c
+    };
+    json!({ "version_info": format!("cds-{n}"), "resources": [c("v1", v1), c("v2", v2)] })
+        .to_string()
+}
+
+fn file_bootstrap(admin: SocketAddr, lds: &Path, cds: &Path) -> String {
+    json!({
+        "node": { "id": "file-node", "cluster": "test" },
+        "admin": { "address": address(admin) },
+        "dynamic_resources": {
+            "lds_config": { "path_config_source": { "path": lds.display().to_string() } },
+            "cds_config": { "path_config_source": { "path": cds.display().to_string(),
+                                                     "watched_directory": { "path": cds.parent().unwrap().display().to_string() } } }
+        }
+    })
+    .to_string()
+}
+
+async fn revision(client: &HttpClient, listener: SocketAddr) -> Option<String> {
+    let r = client.get(listener, "h", "/", &[]).await.ok()?;
+    r.header("x-revision")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_file_swaps_under_load_fail_nothing_and_a_broken_file_keeps_the_last_good() {
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (lds, cds) = (dir.path().join("lds.yaml"), dir.path().join("cds.yaml"));
+    let (admin, listener) = (free_addr(), free_addr());
+    replace(&cds, &clusters(v1.addr, v2.addr, 1));
+    replace(&lds, &listeners(listener, 1));
+    let log = dir.path().join("sluice.log");
+    let sluice = Sluice::start_logged(&file_bootstrap(admin, &lds, &cds), admin, &log)
+        .await
+        .unwrap();
+    let probe = HttpClient::http1();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            revision(&probe, listener).await.as_deref() == Some("1")
+        })
+        .await
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mismatched = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, mismatched) = (stop.clone(), failures.clone(), mismatched.clone());
+        workers.push(tokio::spawn(async move {
+            let mut client = HttpClient::http1();
+            let mut served = HashMap::<String, u64>::new();
+            for i in 0..50_000u32 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                if i % 50 == 0 {
+                    client = HttpClient::http1();
+                }
+                match client.get(listener, "h", "/", &[]).await {
+                    Ok(r) if r.status == 200 => {
+                        let server = r.json()["server"].as_str().unwrap_or("").to_string();
+                        if r.header("x-config").as_deref() != Some(server.as_str()) {
+                            mismatched.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *served.entry(server).or_default() += 1;
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            served
+        }));
+    }
+    for n in 2..=51 {
+        if n % 10 == 0 {
+            replace(&cds, &clusters(v1.addr, v2.addr, n));
+        }
+        replace(&lds, &listeners(listener, n));
+        let want = n.to_string();
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                revision(&probe, listener).await.as_deref() == Some(want.as_str())
+            })
+            .await,
+            "revision {n} was not applied"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut served = HashMap::<String, u64>::new();
+    for w in workers {
+        for (k, v) in w.await.unwrap() {
+            *served.entry(k).or_default() += v;
+        }
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests");
+    assert_eq!(
+        mismatched.load(Ordering::Relaxed),
+        0,
+        "a response mixed two versions"
+    );
+    assert!(
+        served.contains_key("v1") && served.contains_key("v2"),
+        "{served:?}"
+    );
+    let dump = sluice.admin_get("/config_dump").await.unwrap();
+    assert!(dump.contains("lds-51") && dump.contains("cds-50"), "{dump}");
+
+    // A broken listener (an unsupported field) keeps revision 51 serving, and the log
+    // names the field; so does a file that is not YAML at all.
+    let mut broken: serde_json::Value = serde_json::from_str(&listeners(listener, 52)).unwrap();
+    broken["resources"][0]["freebind"] = json!(true);
+    replace(&lds, &broken.to_string());
+    replace(&cds, "resources: [ {");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("freebind") && text.contains("invalid YAML")
+        })
+        .await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(revision(&probe, listener).await.as_deref(), Some("51"));
+    let r = probe.get(listener, "h", "/", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn validate_lists_every_unsupported_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, listener, upstream) = (free_addr(), free_addr(), free_addr());
+    let mut l = http_listener(
+        "edge",
+        listener,
+        json!({ "virtual_hosts": [ { "name": "all", "domains": ["*"],
+            "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": "web" } } ] } ] }),
+        json!({ "http_filters": [
+            { "name": "jwt", "typed_config": { "@type": "type.googleapis.com/no.such.v3.JwtThing" } },
+            { "name": "envoy.filters.http.router",
+              "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } } ] }),
+    );
+    merge(
+        &mut l,
+        json!({ "enable_mptcp": true, "additional_addresses": [ { "address": address(admin) } ] }),
+    );
+    let mut c = cluster("web", &[(upstream, 1)], json!({}));
+    merge(
+        &mut c,
+        json!({ "lrs_server": { "self": {} }, "upstream_bind_config": { "source_address": { "address": "127.0.0.1", "port_value": 0 } } }),
+    );
+    let config = json!({
+        "admin": { "address": address(admin) },
+        "static_resources": { "listeners": [l], "clusters": [c] }
+    });
+    let path = dir.path().join("bootstrap.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = std::process::Command::new(binary("sluice"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for problem in [
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: jwt (no.such.v3.JwtThing) is not supported by sluice",
+        "static_resources.listeners[0].enable_mptcp: field is not supported by sluice",
+        "static_resources.listeners[0].additional_addresses: field is not supported by sluice",
+        "static_resources.clusters[0].lrs_server: field is not supported by sluice",
+        "static_resources.clusters[0].upstream_bind_config: field is not supported by sluice",
+    ] {
+        assert!(stderr.contains(problem), "missing {problem:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("5 problem(s)"), "{stderr}");
+}
