@@ -116,11 +116,13 @@ fn main() -> ExitCode {
 /// `--mode validate`: prints every problem of the bootstrap, one per line with its field
 /// path, so an operator sees the whole gap at once; exit status 1 when there is any.
 fn validate(path: &std::path::Path, text: &str) -> ExitCode {
-    let mut problems = xds_types::Bootstrap::problems(text);
+    let mut problems = xds_types::Bootstrap::unsupported(text);
     if problems.is_empty() {
-        if let Err(e) = xds_types::Bootstrap::from_yaml(text).and_then(|b| check_files(&b)) {
-            problems.push(e);
-        }
+        problems.extend(
+            xds_types::Bootstrap::from_yaml(text)
+                .and_then(|b| check_files(&b))
+                .err(),
+        );
     }
     if problems.is_empty() {
         eprintln!("configuration '{}' OK", path.display());

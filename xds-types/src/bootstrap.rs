@@ -69,15 +69,11 @@ impl Bootstrap {
         Self::try_from(raw)
     }
 
-    /// Every problem in a YAML or JSON bootstrap, for `--mode validate`: all the
-    /// extensions and fields sluice lacks, each with its path, or else the first error of
-    /// the conversion. Empty when [`Bootstrap::from_yaml`] would succeed.
-    pub fn problems(text: &str) -> Vec<ValidationError> {
-        let found = decode::problems_in_yaml(text, BOOTSTRAP);
-        if !found.is_empty() {
-            return found;
-        }
-        Self::from_yaml(text).err().into_iter().collect()
+    /// Every extension and field of a YAML or JSON bootstrap that sluice lacks, each
+    /// with its path, for `--mode validate`. Empty when the field policy passes;
+    /// [`Bootstrap::from_yaml`] may still refuse the values.
+    pub fn unsupported(text: &str) -> Vec<ValidationError> {
+        decode::problems_in_yaml(text, BOOTSTRAP)
     }
 }
 
