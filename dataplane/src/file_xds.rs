@@ -14,6 +14,7 @@
 //! Without ADS nothing can deliver EDS, RDS or SDS, so a resource that needs one is refused
 //! rather than left warming forever.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -205,66 +206,52 @@ fn refuse_xds_dependencies(
     current: &DynamicResources,
     rejected: &mut Vec<Rejection>,
 ) {
-    let needs_ads = |what: &str| format!("{what} needs dynamic_resources.ads_config");
-    let clusters: Vec<(String, &str)> = next
-        .clusters
+    refuse(&mut next.clusters, &current.clusters, rejected, |c| {
+        if c.eds.is_some() {
+            Some("eds_cluster_config: EDS")
+        } else if c.tls.iter().flat_map(|t| t.sds_names()).any(over_ads) {
+            Some("transport_socket: SDS")
+        } else {
+            None
+        }
+    });
+    refuse(&mut next.listeners, &current.listeners, rejected, |l| {
+        if l.rds_names().next().is_some() {
+            Some("filter_chains: RDS")
+        } else if l.sds_refs().any(over_ads) {
+            Some("filter_chains: SDS")
+        } else {
+            None
+        }
+    });
+}
+
+/// Refuses every resource of `next` for which `needs` names what it would wait for,
+/// putting back its version from `current` (or removing it when it had none).
+fn refuse<T: Clone>(
+    next: &mut BTreeMap<String, T>,
+    current: &BTreeMap<String, T>,
+    rejected: &mut Vec<Rejection>,
+    needs: impl Fn(&T) -> Option<&'static str>,
+) {
+    let refused: Vec<(String, &str)> = next
         .iter()
-        .filter_map(|(name, c)| {
-            let sds = c.tls.iter().flat_map(|t| t.sds_names()).any(over_ads);
-            match (c.eds.is_some(), sds) {
-                (true, _) => Some((name.clone(), "eds_cluster_config: EDS")),
-                (_, true) => Some((name.clone(), "transport_socket: SDS")),
-                _ => None,
-            }
-        })
+        .filter_map(|(name, r)| Some((name.clone(), needs(r)?)))
         .collect();
-    for (name, what) in clusters {
-        restore(&mut next.clusters, &current.clusters, &name);
+    for (name, what) in refused {
+        match current.get(&name) {
+            Some(old) => next.insert(name.clone(), old.clone()),
+            None => next.remove(&name),
+        };
         rejected.push(Rejection {
             name,
-            error: needs_ads(what),
-        });
-    }
-    let listeners: Vec<(String, &str)> = next
-        .listeners
-        .iter()
-        .filter_map(|(name, l)| {
-            if l.rds_names().next().is_some() {
-                Some((name.clone(), "filter_chains: RDS"))
-            } else if l.sds_refs().any(over_ads) {
-                Some((name.clone(), "filter_chains: SDS"))
-            } else {
-                None
-            }
-        })
-        .collect();
-    for (name, what) in listeners {
-        restore(&mut next.listeners, &current.listeners, &name);
-        rejected.push(Rejection {
-            name,
-            error: needs_ads(what),
+            error: format!("{what} needs dynamic_resources.ads_config"),
         });
     }
 }
 
 fn over_ads(sds: &xds_types::tls::SdsRef) -> bool {
     matches!(sds.source, SecretSource::Ads { .. })
-}
-
-/// Puts back `name`'s previous version in `next`, or removes it when it had none.
-fn restore<T: Clone>(
-    next: &mut std::collections::BTreeMap<String, T>,
-    current: &std::collections::BTreeMap<String, T>,
-    name: &str,
-) {
-    match current.get(name) {
-        Some(old) => {
-            next.insert(name.to_string(), old.clone());
-        }
-        None => {
-            next.remove(name);
-        }
-    }
 }
 
 #[cfg(test)]

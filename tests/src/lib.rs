@@ -6,6 +6,7 @@ pub mod config;
 pub mod csds;
 pub mod envoy;
 pub mod grpc;
+pub mod load;
 pub mod otlp;
 pub mod pki;
 pub mod process;

@@ -24,6 +24,23 @@ pub fn binary(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
+/// Runs `sluice --mode validate` on `bootstrap` (written to a temporary file): whether it
+/// accepted the config, and what it printed on stderr.
+pub fn validate(bootstrap: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("bootstrap.json");
+    std::fs::write(&path, bootstrap).expect("write the bootstrap");
+    let out = Command::new(binary("sluice"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run sluice --mode validate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running `sluice`.
 pub struct Sluice {
     child: Child,

@@ -59,16 +59,20 @@ pub fn message_descriptor(full_name: &str) -> Result<MessageDescriptor> {
 /// Parses YAML (or JSON, which YAML includes) in Envoy's proto3-JSON shape into `T`,
 /// rejecting unknown and unsupported fields with their paths.
 pub fn from_yaml<T: prost::Message + Default>(text: &str, full_name: &str) -> Result<T> {
-    let value: serde_json::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| ValidationError::new("", format!("invalid YAML/JSON: {e}")))?;
+    let value = parse_yaml(text)?;
     from_json_value(value, full_name)
+}
+
+/// YAML (or JSON, which YAML includes) as a JSON value.
+fn parse_yaml(text: &str) -> Result<serde_json::Value> {
+    serde_yaml_ng::from_str(text)
+        .map_err(|e| ValidationError::new("", format!("invalid YAML/JSON: {e}")))
 }
 
 /// Parses YAML or JSON into a dynamic message of `full_name` without the field policy,
 /// for a container (a file's `DiscoveryResponse`) whose parts are checked one by one.
 pub fn dynamic_from_yaml(text: &str, full_name: &str) -> Result<DynamicMessage> {
-    let value: serde_json::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| ValidationError::new("", format!("invalid YAML/JSON: {e}")))?;
+    let value = parse_yaml(text)?;
     dynamic_from_json(value, full_name)
 }
 
@@ -101,9 +105,9 @@ pub fn dynamic_from_json(mut value: serde_json::Value, full_name: &str) -> Resul
 /// field. Empty when the config passes the policy; the typed conversion may still refuse
 /// it, so callers run that next.
 pub fn problems_in_yaml(text: &str, full_name: &str) -> Vec<ValidationError> {
-    let mut value: serde_json::Value = match serde_yaml_ng::from_str(text) {
+    let mut value = match parse_yaml(text) {
         Ok(v) => v,
-        Err(e) => return vec![ValidationError::new("", format!("invalid YAML/JSON: {e}"))],
+        Err(e) => return vec![e],
     };
     let descriptor = match message_descriptor(full_name) {
         Ok(d) => d,

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sluice_tests::client::HttpClient;
 use sluice_tests::config::{address, bootstrap, cluster, http_listener, tcp_proxy, to_cluster};
 use sluice_tests::envoy::Envoy;
-use sluice_tests::process::{binary, Sluice};
+use sluice_tests::process::{binary, validate, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -420,15 +420,8 @@ fn an_unknown_command_operator_is_refused_by_name() {
         )],
         vec![],
     );
-    let path = dir.path().join("bootstrap.json");
-    std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(binary("sluice"))
-        .args(["--mode", "validate", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, stderr) = validate(&config);
+    assert!(!ok, "{stderr}");
     assert!(stderr.contains("NOT_AN_OPERATOR"), "{stderr}");
     assert!(stderr.contains("access_log"), "names the field: {stderr}");
 }

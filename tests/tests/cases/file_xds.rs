@@ -4,17 +4,15 @@
 //! fails and no response mixes two versions. A broken file keeps the last good config and
 //! the log names the field. `--mode validate` lists every unsupported field of a config.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use sluice_tests::client::HttpClient;
 use sluice_tests::config::{address, cluster, http_listener, merge};
-use sluice_tests::process::{binary, Sluice};
+use sluice_tests::load::{LoadShape, StampedLoad, Tally};
+use sluice_tests::process::{validate, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
 
@@ -97,39 +95,16 @@ async fn fifty_file_swaps_under_load_fail_nothing_and_a_broken_file_keeps_the_la
         .await
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let mismatched = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, failures, mismatched) = (stop.clone(), failures.clone(), mismatched.clone());
-        workers.push(tokio::spawn(async move {
-            let mut client = HttpClient::http1();
-            let mut served = HashMap::<String, u64>::new();
-            for i in 0..50_000u32 {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    break;
-                }
-                if i % 50 == 0 {
-                    client = HttpClient::http1();
-                }
-                match client.get(listener, "h", "/", &[]).await {
-                    Ok(r) if r.status == 200 => {
-                        let server = r.json()["server"].as_str().unwrap_or("").to_string();
-                        if r.header("x-config").as_deref() != Some(server.as_str()) {
-                            mismatched.fetch_add(1, Ordering::Relaxed);
-                        }
-                        *served.entry(server).or_default() += 1;
-                    }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            served
-        }));
-    }
+    let load = StampedLoad::start(
+        listener,
+        "x-config",
+        LoadShape {
+            workers: 4,
+            requests: 50_000,
+            limit: Duration::from_secs(60),
+            reconnect_every: 50,
+        },
+    );
     for n in 2..=51 {
         if n % 10 == 0 {
             replace(&cds, &clusters(v1.addr, v2.addr, n));
@@ -144,19 +119,13 @@ async fn fifty_file_swaps_under_load_fail_nothing_and_a_broken_file_keeps_the_la
             "revision {n} was not applied"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut served = HashMap::<String, u64>::new();
-    for w in workers {
-        for (k, v) in w.await.unwrap() {
-            *served.entry(k).or_default() += v;
-        }
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests");
-    assert_eq!(
-        mismatched.load(Ordering::Relaxed),
-        0,
-        "a response mixed two versions"
-    );
+    let Tally {
+        failures,
+        mismatched,
+        served,
+    } = load.finish().await;
+    assert_eq!(failures, 0, "failed requests");
+    assert_eq!(mismatched, 0, "a response mixed two versions");
     assert!(
         served.contains_key("v1") && served.contains_key("v2"),
         "{served:?}"
@@ -186,7 +155,6 @@ async fn fifty_file_swaps_under_load_fail_nothing_and_a_broken_file_keeps_the_la
 
 #[test]
 fn validate_lists_every_unsupported_field() {
-    let dir = tempfile::tempdir().unwrap();
     let (admin, listener, upstream) = (free_addr(), free_addr(), free_addr());
     let mut l = http_listener(
         "edge",
@@ -211,15 +179,8 @@ fn validate_lists_every_unsupported_field() {
         "admin": { "address": address(admin) },
         "static_resources": { "listeners": [l], "clusters": [c] }
     });
-    let path = dir.path().join("bootstrap.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    let out = std::process::Command::new(binary("sluice"))
-        .args(["--mode", "validate", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, stderr) = validate(&config.to_string());
+    assert!(!ok, "{stderr}");
     for problem in [
         "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: jwt (no.such.v3.JwtThing) is not supported by sluice",
         "static_resources.listeners[0].enable_mptcp: field is not supported by sluice",

@@ -2,14 +2,12 @@
 //! config under load without a failed request (and every response comes from one
 //! snapshot), an invalid reload keeps the old config, SIGTERM drains.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use sluice_tests::client::HttpClient;
 use sluice_tests::config::{bootstrap, cluster, http_listener};
+use sluice_tests::load::{LoadShape, StampedLoad, Tally};
 use sluice_tests::process::{binary, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
@@ -111,37 +109,17 @@ async fn fifty_sighup_swaps_under_load_fail_no_request() {
     let v = Versioned::start().await;
     let (admin, listener, v1, v2) = (v.admin, v.listener, &v.v1, &v.v2);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let mismatched = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for _ in 0..8 {
-        let (stop, failures, mismatched) = (stop.clone(), failures.clone(), mismatched.clone());
-        workers.push(tokio::spawn(async move {
-            let client = HttpClient::http1();
-            let mut served: HashMap<String, u64> = HashMap::new();
-            // Bounded: stops when told, after 30 s, or after 20,000 requests.
-            for _ in 0..20_000 {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    break;
-                }
-                match client.get(listener, "h", "/", &[]).await {
-                    Ok(r) if r.status == 200 => {
-                        let server = r.json()["server"].as_str().unwrap_or("").to_string();
-                        if r.header("x-config-version").as_deref() != Some(server.as_str()) {
-                            mismatched.fetch_add(1, Ordering::Relaxed);
-                        }
-                        *served.entry(server).or_default() += 1;
-                    }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            served
-        }));
-    }
+    // Bounded: stops when told, after 30 s, or after 20,000 requests per worker.
+    let load = StampedLoad::start(
+        listener,
+        "x-config-version",
+        LoadShape {
+            workers: 8,
+            requests: 20_000,
+            limit: Duration::from_secs(30),
+            reconnect_every: 0,
+        },
+    );
     for version in 2..=51 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         v.sluice
@@ -160,21 +138,15 @@ async fn fifty_sighup_swaps_under_load_fail_no_request() {
         );
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut served: HashMap<String, u64> = HashMap::new();
-    for w in workers {
-        for (k, v) in w.await.unwrap() {
-            *served.entry(k).or_default() += v;
-        }
-    }
+    let Tally {
+        failures,
+        mismatched,
+        served,
+    } = load.finish().await;
     let total: u64 = served.values().sum();
     eprintln!("served {total} requests across 50 swaps: {served:?}");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests");
-    assert_eq!(
-        mismatched.load(Ordering::Relaxed),
-        0,
-        "a response mixed two config versions"
-    );
+    assert_eq!(failures, 0, "failed requests");
+    assert_eq!(mismatched, 0, "a response mixed two config versions");
     assert!(
         served.get("v1").copied().unwrap_or(0) > 0 && served.get("v2").copied().unwrap_or(0) > 0,
         "{served:?}"

@@ -5,7 +5,6 @@
 //! ACKed by all three nodes. (Propagation time is measured by `tests/perf/run.sh`, in its
 //! `control_plane` scenario, not here.)
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use serde_json::json;
 use sluice_tests::client::HttpClient;
 use sluice_tests::config::{address, ads_bootstrap, http_listener, merge};
 use sluice_tests::csds::statuses;
+use sluice_tests::load::{LoadShape, StampedLoad, Tally};
 use sluice_tests::process::{ControlPlane, Sluice};
 use sluice_tests::upstream::Upstream;
 use sluice_tests::{eventually, free_addr};
@@ -103,40 +103,17 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
         "{json}"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let mismatched = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let (stop, failures, mismatched) = (stop.clone(), failures.clone(), mismatched.clone());
-        workers.push(tokio::spawn(async move {
-            // New connections now and then, so the kernel spreads load over all nodes.
-            let mut client = HttpClient::http1();
-            let mut served = HashMap::<String, u64>::new();
-            for i in 0..50_000u32 {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    break;
-                }
-                if i % 50 == 0 {
-                    client = HttpClient::http1();
-                }
-                match client.get(listener, "h", "/", &[]).await {
-                    Ok(r) if r.status == 200 => {
-                        let server = r.json()["server"].as_str().unwrap_or("").to_string();
-                        if r.header("x-config").as_deref() != Some(server.as_str()) {
-                            mismatched.fetch_add(1, Ordering::Relaxed);
-                        }
-                        *served.entry(server).or_default() += 1;
-                    }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            served
-        }));
-    }
+    // New connections now and then, so the kernel spreads load over all nodes.
+    let load = StampedLoad::start(
+        listener,
+        "x-config",
+        LoadShape {
+            workers: 8,
+            requests: 50_000,
+            limit: Duration::from_secs(60),
+            reconnect_every: 50,
+        },
+    );
 
     for n in 2..=101 {
         cp.update(&resources(listener, v1.addr, v2.addr, n))
@@ -155,19 +132,13 @@ async fn a_hundred_route_table_switches_under_load_across_three_nodes() {
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut served = HashMap::<String, u64>::new();
-    for w in workers {
-        for (k, v) in w.await.unwrap() {
-            *served.entry(k).or_default() += v;
-        }
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "failed requests");
-    assert_eq!(
-        mismatched.load(Ordering::Relaxed),
-        0,
-        "a response mixed two versions"
-    );
+    let Tally {
+        failures,
+        mismatched,
+        served,
+    } = load.finish().await;
+    assert_eq!(failures, 0, "failed requests");
+    assert_eq!(mismatched, 0, "a response mixed two versions");
     assert!(served.values().sum::<u64>() > 1000, "{served:?}");
     assert!(
         served.contains_key("v1") && served.contains_key("v2"),
