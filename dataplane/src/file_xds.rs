@@ -26,7 +26,7 @@ use xds_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use xds_types::tls::SecretSource;
 use xds_types::{type_urls, ValidationError};
 
-use crate::config::{DynamicResources, SnapshotStore};
+use crate::config::{DynamicResources, Received, SnapshotStore};
 use crate::listener::ListenerManager;
 use crate::xds::{convert_all, nack, Rejection};
 
@@ -206,31 +206,53 @@ fn refuse_xds_dependencies(
     current: &DynamicResources,
     rejected: &mut Vec<Rejection>,
 ) {
-    refuse(&mut next.clusters, &current.clusters, rejected, |c| {
-        if c.eds.is_some() {
-            Some("eds_cluster_config: EDS")
-        } else if c.tls.iter().flat_map(|t| t.sds_names()).any(over_ads) {
-            Some("transport_socket: SDS")
-        } else {
-            None
-        }
-    });
-    refuse(&mut next.listeners, &current.listeners, rejected, |l| {
-        if l.rds_names().next().is_some() {
-            Some("filter_chains: RDS")
-        } else if l.sds_refs().any(over_ads) {
-            Some("filter_chains: SDS")
-        } else {
-            None
-        }
-    });
+    let received = (&mut next.received, &current.received);
+    refuse(
+        &mut next.clusters,
+        &current.clusters,
+        received,
+        rejected,
+        |c| {
+            if c.eds.is_some() {
+                Some("eds_cluster_config: EDS")
+            } else if c.tls.iter().flat_map(|t| t.sds_names()).any(over_ads) {
+                Some("transport_socket: SDS")
+            } else {
+                None
+            }
+        },
+    );
+    let received = (&mut next.received, &current.received);
+    refuse(
+        &mut next.listeners,
+        &current.listeners,
+        received,
+        rejected,
+        |l| {
+            if l.rds_names().next().is_some() {
+                Some("filter_chains: RDS")
+            } else if l.sds_refs().any(over_ads) {
+                Some("filter_chains: SDS")
+            } else {
+                None
+            }
+        },
+    );
 }
 
+/// As received, for `/config_dump`: `(next, current)`.
+type ReceivedPair<'a> = (
+    &'a mut BTreeMap<(String, String), Received>,
+    &'a BTreeMap<(String, String), Received>,
+);
+
 /// Refuses every resource of `next` for which `needs` names what it would wait for,
-/// putting back its version from `current` (or removing it when it had none).
-fn refuse<T: Clone>(
+/// putting back its version from `current` (or removing it when it had none), in the
+/// model and in what `/config_dump` reports as received.
+fn refuse<T: Clone + TypeUrl>(
     next: &mut BTreeMap<String, T>,
     current: &BTreeMap<String, T>,
+    (received, received_before): ReceivedPair<'_>,
     rejected: &mut Vec<Rejection>,
     needs: impl Fn(&T) -> Option<&'static str>,
 ) {
@@ -243,11 +265,29 @@ fn refuse<T: Clone>(
             Some(old) => next.insert(name.clone(), old.clone()),
             None => next.remove(&name),
         };
+        let key = (T::TYPE_URL.to_string(), name.clone());
+        match received_before.get(&key) {
+            Some(old) => received.insert(key, old.clone()),
+            None => received.remove(&key),
+        };
         rejected.push(Rejection {
             name,
             error: format!("{what} needs dynamic_resources.ads_config"),
         });
     }
+}
+
+/// The xDS type of a model, to find its entry in `received`.
+trait TypeUrl {
+    const TYPE_URL: &'static str;
+}
+
+impl TypeUrl for xds_types::Cluster {
+    const TYPE_URL: &'static str = type_urls::CLUSTER;
+}
+
+impl TypeUrl for xds_types::Listener {
+    const TYPE_URL: &'static str = type_urls::LISTENER;
 }
 
 fn over_ads(sds: &xds_types::tls::SdsRef) -> bool {
@@ -292,6 +332,10 @@ mod tests {
         let (rejected, next) =
             convert_file(type_urls::CLUSTER, &eds, &DynamicResources::default()).unwrap();
         assert!(next.clusters.is_empty());
+        assert!(
+            next.received.is_empty(),
+            "a refused resource is not reported"
+        );
         assert_eq!(
             rejected[0].error,
             "eds_cluster_config: EDS needs dynamic_resources.ads_config"
