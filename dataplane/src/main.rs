@@ -116,7 +116,7 @@ fn main() -> ExitCode {
 /// `--mode validate`: prints every problem of the bootstrap, one per line with its field
 /// path, so an operator sees the whole gap at once; exit status 1 when there is any.
 fn validate(path: &std::path::Path, text: &str) -> ExitCode {
-    let mut problems = xds_types::Bootstrap::unsupported(text);
+    let mut problems = xds_types::Bootstrap::inspect(text).unsupported;
     if problems.is_empty() {
         problems.extend(
             xds_types::Bootstrap::from_yaml(text)

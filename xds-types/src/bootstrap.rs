@@ -70,10 +70,11 @@ impl Bootstrap {
     }
 
     /// Every extension and field of a YAML or JSON bootstrap that sluice lacks, each
-    /// with its path, for `--mode validate`. Empty when the field policy passes;
-    /// [`Bootstrap::from_yaml`] may still refuse the values.
-    pub fn unsupported(text: &str) -> Vec<ValidationError> {
-        decode::problems_in_yaml(text, BOOTSTRAP)
+    /// with its path, and every setting accepted without effect: what `--mode validate`
+    /// and the compatibility report show. [`Bootstrap::from_yaml`] may still refuse the
+    /// values of a bootstrap with nothing unsupported.
+    pub fn inspect(text: &str) -> decode::Inspection {
+        decode::inspect_yaml(text, BOOTSTRAP)
     }
 }
 

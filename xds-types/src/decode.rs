@@ -94,34 +94,53 @@ pub fn dynamic_from_json(mut value: serde_json::Value, full_name: &str) -> Resul
     let descriptor = message_descriptor(full_name)?;
     let mut found = Problems::default();
     set_aside_unknown_types(&mut value, "", descriptor.parent_pool(), &mut found);
-    if let Some(first) = found.0.into_iter().next() {
+    if let Some(first) = found.errors.into_iter().next() {
         return Err(first);
     }
     decode_json(value, descriptor)
 }
 
-/// Every problem the field policy finds in a config of type `full_name`, not only the
-/// first: extensions outside the pool, then (when the JSON decodes) every unsupported
-/// field. Empty when the config passes the policy; the typed conversion may still refuse
-/// it, so callers run that next.
-pub fn problems_in_yaml(text: &str, full_name: &str) -> Vec<ValidationError> {
+/// What the field policy finds in a config: every problem, and every setting that does
+/// nothing here.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// Extensions outside the pool, then (when the JSON decodes) every unsupported field,
+    /// each once at its outermost path. Empty when the config passes the policy; the typed
+    /// conversion may still refuse its values, so callers run that next.
+    pub unsupported: Vec<ValidationError>,
+    /// Set fields accepted without effect.
+    pub inert: Vec<fields::InertField>,
+}
+
+/// Inspects a YAML or JSON config of type `full_name` whole, not stopping at the first
+/// problem (see [`Inspection`]).
+pub fn inspect_yaml(text: &str, full_name: &str) -> Inspection {
+    let failed = |e| Inspection {
+        unsupported: vec![e],
+        inert: Vec::new(),
+    };
     let mut value = match parse_yaml(text) {
         Ok(v) => v,
-        Err(e) => return vec![e],
+        Err(e) => return failed(e),
     };
     let descriptor = match message_descriptor(full_name) {
         Ok(d) => d,
-        Err(e) => return vec![e],
+        Err(e) => return failed(e),
     };
     let mut found = Problems::default();
     set_aside_unknown_types(&mut value, "", descriptor.parent_pool(), &mut found);
     match decode_json(value, descriptor) {
-        Ok(dynamic) => fields::unsupported_fields(&dynamic)
-            .into_iter()
-            .for_each(|e| found.push(e)),
+        Ok(dynamic) => {
+            let walked = fields::inspect(&dynamic);
+            walked.errors.into_iter().for_each(|e| found.push(e));
+            found.inert = walked.inert;
+        }
         Err(e) => found.push(e),
     }
-    found.0
+    Inspection {
+        unsupported: found.errors,
+        inert: found.inert,
+    }
 }
 
 fn decode_json(value: serde_json::Value, descriptor: MessageDescriptor) -> Result<DynamicMessage> {
@@ -275,14 +294,15 @@ mod tests {
 
     #[test]
     fn every_problem_of_a_config_is_listed_once() {
-        let problems = problems_in_yaml(
+        let problems = inspect_yaml(
             "name: a\n\
              transport_socket: {name: alts, typed_config: {'@type': type.googleapis.com/no.such.v1.Alts}}\n\
              lrs_server: {self: {}}\n\
              upstream_bind_config: {source_address: {address: 127.0.0.1, port_value: 0}, freebind: true}\n\
              load_assignment: {cluster_name: a, policy: {drop_overloads: [{category: x}]}}",
             "envoy.config.cluster.v3.Cluster",
-        );
+        )
+        .unsupported;
         // The extension first (the pre-pass), then the fields in field-number order.
         let paths: Vec<&str> = problems.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
@@ -302,6 +322,23 @@ mod tests {
     }
 
     #[test]
+    fn an_unsupported_parent_covers_the_unknown_extension_inside_it_and_inert_fields_are_named() {
+        let found = inspect_yaml(
+            "name: a\n\
+             lrs_server: {self: {}}\n\
+             typed_extension_protocol_options: {x: {'@type': type.googleapis.com/no.such.v1.Opts}}\n\
+             connect_timeout: 1s\n\
+             per_connection_buffer_limit_bytes: 32768",
+            "envoy.config.cluster.v3.Cluster",
+        );
+        let paths: Vec<&str> = found.unsupported.iter().map(|e| e.path.as_str()).collect();
+        assert!(!paths.is_empty() && paths.iter().all(|p| !p.contains("[")), "{paths:?}");
+        let inert: Vec<&str> = found.inert.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(inert, ["per_connection_buffer_limit_bytes"], "{:?}", found.inert);
+        assert_eq!(found.inert[0].field, "envoy.config.cluster.v3.Cluster.per_connection_buffer_limit_bytes");
+    }
+
+    #[test]
     fn an_optional_filter_outside_the_pool_is_skipped_not_refused() {
         let hcm = format!(
             "stat_prefix: x\nroute_config: {{name: r}}\nhttp_filters: [\
@@ -311,7 +348,7 @@ mod tests {
         );
         let name =
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-        assert_eq!(problems_in_yaml(&hcm, name), []);
+        assert_eq!(inspect_yaml(&hcm, name).unsupported, []);
         let proto: crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager =
             from_yaml(&hcm, name).unwrap();
         let converted = crate::HttpConnectionManager::try_from(&proto).unwrap();

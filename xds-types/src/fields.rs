@@ -917,22 +917,46 @@ pub fn check(message: &DynamicMessage) -> Result<()> {
 /// per unsupported subtree, in field order — so `--mode validate` can show an operator the
 /// whole gap of a config at once.
 pub fn unsupported_fields(message: &DynamicMessage) -> Vec<ValidationError> {
-    let mut found = Problems::default();
-    walk(message, "", &mut found);
-    found.0
+    inspect(message).errors
 }
 
-/// Errors collected while walking a config; an error inside a subtree that already has
-/// one is dropped, so each gap is named once, at its outermost path.
+/// Every unsupported field of `message` and every set field that is accepted without
+/// effect, in one walk.
+pub(crate) fn inspect(message: &DynamicMessage) -> Problems {
+    let mut found = Problems::default();
+    walk(message, "", &mut found);
+    found
+}
+
+/// A set field that sluice accepts without effect (its note starts with "accepted"), so a
+/// report can show an operator which of their settings do nothing here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InertField {
+    /// Where it is set, e.g. `static_resources.clusters[0].metadata`.
+    pub path: String,
+    /// `message.field`, e.g. `envoy.config.cluster.v3.Cluster.metadata`.
+    pub field: String,
+    /// The note from [`SUPPORTED`] saying why it is accepted.
+    pub note: &'static str,
+}
+
+/// Errors collected while walking a config; each gap is named once, at its outermost
+/// path: an error inside a subtree that already has one is dropped, and one that covers
+/// errors found earlier (an unknown extension, then its unsupported parent) replaces them.
 #[derive(Debug, Default)]
-pub(crate) struct Problems(pub(crate) Vec<ValidationError>);
+pub(crate) struct Problems {
+    pub(crate) errors: Vec<ValidationError>,
+    /// Set fields accepted without effect, met on the way.
+    pub(crate) inert: Vec<InertField>,
+}
 
 impl Problems {
     pub(crate) fn push(&mut self, error: ValidationError) {
-        let covered = self.0.iter().any(|e| within_path(&error.path, &e.path));
-        if !covered {
-            self.0.push(error);
+        if self.errors.iter().any(|e| within_path(&error.path, &e.path)) {
+            return;
         }
+        self.errors.retain(|e| !within_path(&e.path, &error.path));
+        self.errors.push(error);
     }
 }
 
@@ -988,9 +1012,16 @@ fn walk(message: &DynamicMessage, path: &str, found: &mut Problems) {
     let supported = supported_fields(name).unwrap_or(&[]);
     for (field, value) in message.fields() {
         let field_path = join(path, field.name());
-        if !supported.iter().any(|(f, _)| *f == field.name()) {
+        let Some((_, note)) = supported.iter().find(|(f, _)| *f == field.name()) else {
             found.push(ValidationError::unsupported(field_path));
             continue;
+        };
+        if note.starts_with("accepted") {
+            found.inert.push(InertField {
+                path: field_path.clone(),
+                field: format!("{name}.{}", field.name()),
+                note,
+            });
         }
         if field.name() == "typed_per_filter_config" {
             walk_per_filter_configs(value, &field_path, found);
