@@ -2,6 +2,7 @@
 //! servers, and small HTTP helpers. Everything listens on 127.0.0.1.
 
 pub mod client;
+pub mod compat;
 pub mod config;
 pub mod csds;
 pub mod envoy;

@@ -2,6 +2,7 @@
 //! the dependency tree link once.
 
 mod access_log;
+mod compat;
 mod concurrent_changes;
 mod controlplane_envoy;
 mod cp_security;

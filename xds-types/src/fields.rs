@@ -1093,6 +1093,14 @@ fn access_logger_known(message: &DynamicMessage, path: &str, found: &mut Problem
     false
 }
 
+/// A map key as a config path shows it: `["name"]` for a string, `[3]` for a number.
+fn map_key(key: &prost_reflect::MapKey) -> String {
+    match key {
+        prost_reflect::MapKey::String(s) => format!("{s:?}"),
+        other => format!("{other:?}"),
+    }
+}
+
 /// `typed_per_filter_config`: each value must be a filter type Sluice implements, unless
 /// it is wrapped in a `FilterConfig` with `is_optional`.
 fn walk_per_filter_configs(value: &Value, path: &str, found: &mut Problems) {
@@ -1146,7 +1154,7 @@ fn walk_value(value: &Value, path: &str, found: &mut Problems) {
         }
         Value::Map(map) => {
             for (k, v) in map {
-                walk_value(v, &format!("{path}[{k:?}]"), found);
+                walk_value(v, &format!("{path}[{}]", map_key(k)), found);
             }
         }
         _ => {}
