@@ -74,6 +74,9 @@ pub async fn serve_connection<S>(
     if let Some(n) = hcm.http2.initial_connection_window_size {
         h2.initial_connection_window_size(n);
     }
+    if let Some(k) = hcm.http2.keepalive {
+        h2.keep_alive_interval(k.interval).keep_alive_timeout(k.timeout);
+    }
     let alpn_h2 = ctx
         .tls
         .as_ref()

@@ -19,6 +19,7 @@ use crate::config::{ListenerRuntime, Snapshot, SnapshotStore};
 use crate::proxy::FlagCounters;
 
 mod accept;
+pub use accept::set_global_connection_cap;
 pub mod filter_chain;
 pub mod inspect;
 pub mod tls;

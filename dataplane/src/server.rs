@@ -52,6 +52,12 @@ pub enum ServerError {
 /// Runs until asked to stop, then drains.
 pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerError> {
     let stats = Stats::new();
+    crate::listener::set_global_connection_cap(bootstrap.max_downstream_connections);
+    for key in bootstrap.runtime.keys() {
+        if !xds_types::overload::HONOURED_RUNTIME_KEYS.contains(&key.as_str()) {
+            warn!(%key, "runtime key accepted without effect: sluice does not read it");
+        }
+    }
     let admin_address = bootstrap.admin;
     let admin_access_log = bootstrap.admin_access_log.clone();
     let ads = bootstrap.ads.clone();

@@ -60,6 +60,8 @@ pub struct HttpStats {
 #[derive(Clone)]
 pub struct ListenerStats {
     pub downstream_cx_total: Counter,
+    /// Connections closed at accept because the global cap was reached.
+    pub downstream_global_cx_overflow: Counter,
     pub no_filter_chain_match: Counter,
     /// Listener filters timed out (Envoy's `downstream_pre_cx_timeout`).
     pub downstream_pre_cx_timeout: Counter,
@@ -274,6 +276,11 @@ impl Stats {
                 "envoy_listener_downstream_cx",
                 "Connections accepted",
                 "downstream_cx_total",
+            ),
+            downstream_global_cx_overflow: c(
+                "envoy_listener_downstream_global_cx_overflow",
+                "Connections closed at accept because the global connection cap was reached",
+                "downstream_global_cx_overflow",
             ),
             no_filter_chain_match: c(
                 "envoy_listener_no_filter_chain_match",

@@ -134,6 +134,7 @@ impl ClusterState {
     ) -> Arc<Self> {
         let settings = Arc::new(PoolSettings {
             protocol: config.protocol,
+            http2_keepalive: config.http2_keepalive,
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             max_requests_per_connection: config.max_requests_per_connection,
@@ -666,6 +667,7 @@ impl health_check::CheckEnv for CheckEnvironment {
 impl PoolSettings {
     fn same_as(&self, other: &PoolSettings) -> bool {
         self.protocol == other.protocol
+            && self.http2_keepalive == other.http2_keepalive
             && self.connect_timeout == other.connect_timeout
             && self.idle_timeout == other.idle_timeout
             && self.max_requests_per_connection == other.max_requests_per_connection

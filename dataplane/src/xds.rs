@@ -288,10 +288,15 @@ impl Client<'_> {
             .ok_or_else(|| StreamError::NoEndpoint(self.source.cluster.clone()))?;
         let tls = cluster.and_then(|c| c.config.tls.as_ref());
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // The xDS cluster's `connection_keepalive`, else a PING every 30 s.
+        let keepalive = cluster.and_then(|c| c.config.http2_keepalive);
         let mut channel =
             tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", endpoint.authority))?
                 .connect_timeout(Duration::from_secs(5))
-                .http2_keep_alive_interval(Duration::from_secs(30));
+                .http2_keep_alive_interval(keepalive.map_or(Duration::from_secs(30), |k| k.interval));
+        if let Some(k) = keepalive {
+            channel = channel.keep_alive_timeout(k.timeout).keep_alive_while_idle(true);
+        }
         if let Some(tls) = tls {
             channel = channel.tls_config(client_tls(tls, &snapshot.bootstrap.secrets)?)?;
         }

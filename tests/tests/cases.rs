@@ -19,6 +19,7 @@ mod http_filters;
 mod jwt_authn;
 mod lifecycle;
 mod operator;
+mod overload;
 mod path_normalization;
 mod proxyless_grpc;
 mod resilience;

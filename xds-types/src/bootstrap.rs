@@ -37,6 +37,11 @@ pub struct Bootstrap {
     pub ads: Option<AdsSource>,
     /// Listeners and clusters read from watched files instead (`path_config_source`).
     pub files: Option<FileSources>,
+    /// The static layers of `layered_runtime`, flattened (see [`crate::overload`]).
+    pub runtime: std::collections::BTreeMap<String, String>,
+    /// At most this many downstream connections at once, across the listeners that do not
+    /// set `ignore_global_conn_limit`; `None`: no cap.
+    pub max_downstream_connections: Option<u64>,
     pub raw: pb::Bootstrap,
 }
 
@@ -83,6 +88,9 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
 
     fn try_from(raw: pb::Bootstrap) -> Result<Self> {
         let node = raw.node.clone().unwrap_or_default();
+        let runtime = crate::overload::static_runtime(raw.layered_runtime.as_ref());
+        let max_downstream_connections =
+            crate::overload::max_downstream_connections(raw.overload_manager.as_ref(), &runtime)?;
         let admin = match raw.admin.as_ref().and_then(|a| a.address.as_ref()) {
             None => None,
             Some(address) => {
@@ -266,6 +274,8 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             secrets,
             ads,
             files,
+            runtime,
+            max_downstream_connections,
             raw,
         })
     }

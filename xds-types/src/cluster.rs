@@ -34,6 +34,8 @@ pub struct Cluster {
     /// The assignment's `overprovisioning_factor` in percent (Envoy's default 140).
     pub overprovisioning_factor: u32,
     pub protocol: UpstreamProtocol,
+    /// PINGs on HTTP/2 upstream connections (`connection_keepalive`).
+    pub http2_keepalive: Option<crate::hcm::Http2Keepalive>,
     /// Idle pooled connections are closed after this long; `None` keeps them.
     pub idle_timeout: Option<Duration>,
     pub dns_lookup_family: DnsLookupFamily,
@@ -438,6 +440,7 @@ impl TryFrom<&pb::Cluster> for Cluster {
             },
             endpoints,
             protocol: options.protocol,
+            http2_keepalive: options.http2_keepalive,
             idle_timeout: options.idle_timeout,
             dns_lookup_family,
             eds,
@@ -450,6 +453,7 @@ impl TryFrom<&pb::Cluster> for Cluster {
 /// What a cluster's `HttpProtocolOptions` decide.
 struct ProtocolOptions {
     protocol: UpstreamProtocol,
+    http2_keepalive: Option<crate::hcm::Http2Keepalive>,
     idle_timeout: Option<Duration>,
     max_requests_per_connection: Option<u32>,
     max_connection_duration: Option<Duration>,
@@ -457,25 +461,32 @@ struct ProtocolOptions {
     auto_san_validation: bool,
 }
 
-/// The HTTP/2 settings sluice applies downstream only: set on a cluster they are refused.
-fn no_upstream_http2_settings(
+/// An upstream's HTTP/2 settings: only `connection_keepalive` applies; the others sluice
+/// applies downstream only, so on a cluster they are refused.
+fn upstream_http2_settings(
     o: &crate::pb::envoy::config::core::v3::Http2ProtocolOptions,
     path: &str,
-) -> Result<()> {
-    if *o != Default::default() {
+) -> Result<Option<crate::hcm::Http2Keepalive>> {
+    let others = crate::pb::envoy::config::core::v3::Http2ProtocolOptions {
+        connection_keepalive: None,
+        ..o.clone()
+    };
+    if others != Default::default() {
         return Err(ValidationError::new(
             path,
-            "HTTP/2 settings apply to downstream connections only; an upstream's must be empty",
+            "HTTP/2 settings other than connection_keepalive apply to downstream connections only; an upstream's must be unset",
         ));
     }
-    Ok(())
+    crate::hcm::http2_keepalive(o, path)
 }
 
 fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
-    if let Some(o) = &c.http2_protocol_options {
-        no_upstream_http2_settings(o, "http2_protocol_options")?;
-    }
+    let http2_keepalive = match &c.http2_protocol_options {
+        Some(o) => upstream_http2_settings(o, "http2_protocol_options")?,
+        None => None,
+    };
     let mut out = ProtocolOptions {
+        http2_keepalive,
         protocol: if c.http2_protocol_options.is_some() {
             UpstreamProtocol::Http2
         } else {
@@ -502,7 +513,7 @@ fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(P::HttpProtocolOptions(_)) => out.protocol = UpstreamProtocol::Http1,
                 Some(P::Http2ProtocolOptions(o)) => {
-                    no_upstream_http2_settings(
+                    out.http2_keepalive = upstream_http2_settings(
                         &o,
                         &format!("{path}.explicit_http_config.http2_protocol_options"),
                     )?;
@@ -515,7 +526,13 @@ fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
                     ))
                 }
             },
-            Some(U::AutoConfig(_)) => {
+            Some(U::AutoConfig(auto)) => {
+                if let Some(o) = &auto.http2_protocol_options {
+                    out.http2_keepalive = upstream_http2_settings(
+                        o,
+                        &format!("{path}.auto_config.http2_protocol_options"),
+                    )?;
+                }
                 if c.transport_socket.is_none() {
                     return Err(ValidationError::new(
                         format!("{path}.auto_config"),
@@ -748,6 +765,34 @@ typed_extension_protocol_options:
         .unwrap();
         assert_eq!(c.protocol, UpstreamProtocol::Http2);
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn an_upstream_takes_http2_keepalive_and_refuses_downstream_only_settings() {
+        let options = |h2: &str| {
+            cluster(&format!(
+                r#"name: a
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {{http2_protocol_options: {h2}}}
+"#
+            ))
+        };
+        let c = options("{connection_keepalive: {interval: 30s, timeout: 5s}}").unwrap();
+        assert_eq!(
+            c.http2_keepalive,
+            Some(crate::hcm::Http2Keepalive {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(5)
+            })
+        );
+        let c = options("{connection_keepalive: {timeout: 5s}}").unwrap();
+        assert_eq!(c.http2_keepalive, None, "no interval: no periodic PING");
+        let err = options("{connection_keepalive: {interval: 1s}}").unwrap_err();
+        assert!(err.path.ends_with("connection_keepalive.timeout"), "{err}");
+        let err = options("{max_concurrent_streams: 10}").unwrap_err();
+        assert!(err.path.ends_with("explicit_http_config.http2_protocol_options"), "{err}");
     }
 
     #[test]

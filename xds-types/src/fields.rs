@@ -31,7 +31,31 @@ macro_rules! supported {
 
 /// The supported subset of Envoy's v3 API.
 pub const SUPPORTED: &[SupportedMessage] = supported! {
-    "envoy.config.bootstrap.v3.Bootstrap" => ["node", "admin", "static_resources", "dynamic_resources"],
+    "envoy.config.bootstrap.v3.Bootstrap" => [
+        "node", "admin", "static_resources", "dynamic_resources",
+        "layered_runtime": "static layers are read (flattened, a later layer winning); sluice honours overload.global_downstream_max_connections and logs every other key at start as without effect",
+        "overload_manager": "the global_downstream_max_connections monitor only: a connection past the cap is closed at accept and counted in listener.<address>.downstream_global_cx_overflow",
+        "stats_config": "accepted; sluice's stat names and Prometheus labels are fixed, and every stat is kept",
+        "stats_flush_interval": "accepted; sluice has no stats sinks to flush (stats are read from /stats)",
+    ],
+    "envoy.config.bootstrap.v3.LayeredRuntime" => ["layers"],
+    "envoy.config.bootstrap.v3.RuntimeLayer" => [
+        "name",
+        "static_layer",
+        "admin_layer": "accepted; sluice serves no /runtime_modify, so the layer stays empty",
+    ],
+    "envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer" => [],
+    "envoy.config.overload.v3.OverloadManager" => [
+        "refresh_interval": "accepted; the connection count is exact at every accept, not sampled",
+        "resource_monitors": "envoy.resource_monitors.global_downstream_max_connections",
+    ],
+    "envoy.config.overload.v3.ResourceMonitor" => ["name", "typed_config"],
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig" => [
+        "max_active_downstream_connections": "required, greater than 0",
+    ],
+    "envoy.config.metrics.v3.StatsConfig" => ["stats_tags", "use_all_default_tags", "stats_matcher"],
+    "envoy.config.metrics.v3.TagSpecifier" => ["tag_name", "regex", "fixed_value"],
+    "envoy.config.metrics.v3.StatsMatcher" => ["reject_all", "exclusion_list", "inclusion_list"],
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => [
         "ads_config",
         "lds_config": "ads, or path_config_source (then cds_config too, and no ads_config)",
@@ -63,6 +87,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "secrets": "named by SdsSecretConfigs without sds_config",
     ],
     "envoy.config.bootstrap.v3.Admin" => [
+        "profile_path": "accepted; sluice has no CPU profiler (no /cpuprofiler)",
         "address",
         "access_log": "one line per admin request",
         "access_log_path": "deprecated; a file log in Envoy's default format",
@@ -173,8 +198,8 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "freebind": "false only",
         "drain_type": "accepted; every drain closes listeners of both kinds",
         "connection_balance_config": "accepted; tuning (the kernel balances SO_REUSEPORT sockets)",
-        "ignore_global_conn_limit": "accepted; sluice has no global connection limit",
-        "bypass_overload_manager": "accepted; sluice has no overload manager",
+        "ignore_global_conn_limit": "the listener's connections are neither held to nor counted in the global cap (overload_manager's global_downstream_max_connections)",
+        "bypass_overload_manager": "accepted; sluice's overload manager has no actions to bypass (only the global connection cap, which ignore_global_conn_limit governs)",
         "access_log": "one line per connection, when it closes (for HTTP connections too: connection fields only)",
     ],
     "envoy.config.core.v3.Metadata" => ["filter_metadata"],
@@ -691,6 +716,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "circuit_breakers": "default-priority thresholds apply; HIGH thresholds are accepted and never reached (routes all use the default priority)",
         "max_requests_per_connection": "deprecated in Envoy; use common_http_protocol_options.max_requests_per_connection",
         "upstream_connection_options",
+        "metadata": "accepted; shown in /config_dump, no filter of sluice reads a cluster's metadata",
     ],
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => [
         "choice_count",
@@ -890,6 +916,11 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "certificate_chain": "PEM, leaf first",
         "private_key": "PEM (RSA, ECDSA or Ed25519); redacted in every read from sluice-cp and in /config_dump",
     ],
+    "envoy.config.core.v3.KeepaliveSettings" => [
+        "interval": "unset or zero: no periodic PING, as in Envoy",
+        "timeout",
+        "interval_jitter": "accepted; PINGs are sent at the interval exactly",
+    ],
     "envoy.config.core.v3.Http1ProtocolOptions" => [
         "accept_http_10": "downstream: default false, as Envoy: an HTTP/1.0 request is answered 426 Upgrade Required",
         "default_host_for_http_10": "downstream: the Host of an HTTP/1.0 request without one",
@@ -897,6 +928,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.core.v3.Http2ProtocolOptions" => [
         "max_concurrent_streams": "downstream", "initial_stream_window_size": "downstream",
         "initial_connection_window_size": "downstream",
+        "connection_keepalive": "downstream and upstream: a PING every interval; a connection whose peer does not answer within timeout is closed",
         "max_outbound_frames": "accepted; tuning of Envoy's flood protection: the h2 codec bounds each stream's send buffer and the resets a peer may cause instead",
         "max_outbound_control_frames": "accepted; tuning of Envoy's flood protection (see max_outbound_frames)",
         "max_consecutive_inbound_frames_with_empty_payload": "accepted; tuning of Envoy's flood protection (see max_outbound_frames)",

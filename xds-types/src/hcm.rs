@@ -137,6 +137,32 @@ pub struct Http2Settings {
     pub max_concurrent_streams: Option<u32>,
     pub initial_stream_window_size: Option<u32>,
     pub initial_connection_window_size: Option<u32>,
+    pub keepalive: Option<Http2Keepalive>,
+}
+
+/// HTTP/2 PING keepalive (`connection_keepalive`): a peer that stops answering pings has
+/// its connection closed, so a dead agent or a half-open connection through a NAT is
+/// noticed within `interval + timeout` instead of when the next request hangs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// `connection_keepalive` of an `Http2ProtocolOptions` at `path`; `None` when absent or
+/// when its interval is unset or zero (Envoy then sends no periodic ping).
+pub(crate) fn http2_keepalive(
+    o: &crate::pb::envoy::config::core::v3::Http2ProtocolOptions,
+    path: &str,
+) -> Result<Option<Http2Keepalive>> {
+    let Some(k) = o.connection_keepalive.as_ref() else {
+        return Ok(None);
+    };
+    let at = format!("{path}.connection_keepalive");
+    let timeout = optional_timeout(k.timeout.as_ref(), &format!("{at}.timeout"), None)?
+        .ok_or_else(|| ValidationError::new(format!("{at}.timeout"), "must be at least 1ms"))?;
+    let interval = optional_timeout(k.interval.as_ref(), &format!("{at}.interval"), None)?;
+    Ok(interval.map(|interval| Http2Keepalive { interval, timeout }))
 }
 
 /// Envoy's `ForwardClientCertDetails`.
@@ -322,6 +348,7 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
                         &o.initial_connection_window_size,
                         "initial_connection_window_size",
                     )?,
+                    keepalive: http2_keepalive(o, "http2_protocol_options")?,
                 })
             })
             .transpose()?

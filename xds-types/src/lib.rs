@@ -32,6 +32,7 @@ pub mod http_filter;
 pub mod lb;
 pub mod listener;
 pub mod outlier;
+pub mod overload;
 pub mod pb;
 pub mod rate_limit;
 pub mod resource;

@@ -47,6 +47,9 @@ pub struct Listener {
     pub socket: SocketSettings,
     /// One line per connection, when it closes.
     pub access_log: Vec<AccessLog>,
+    /// Not held to, nor counted in, the bootstrap's global connection cap (a health or
+    /// admin-style listener that must answer when the proxy is full).
+    pub ignore_global_conn_limit: bool,
 }
 
 /// What one filter chain does with the connections it takes.
@@ -335,6 +338,7 @@ impl TryFrom<&pb::Listener> for Listener {
             filter_chains,
             default_filter_chain,
             socket: socket_settings(l)?,
+            ignore_global_conn_limit: l.ignore_global_conn_limit,
         })
     }
 }

@@ -25,6 +25,7 @@ pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.
 pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 pub const CONNECTION_LIMIT: &str =
     "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+pub const DOWNSTREAM_CONNECTIONS_MONITOR: &str = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
 pub const HTTP_PROTOCOL_OPTIONS: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// The key under which clusters carry [`HTTP_PROTOCOL_OPTIONS`] in

@@ -3,6 +3,7 @@
 //! manager or TCP proxy.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,42 @@ use crate::config::{ChainRuntime, ChainTls, ListenerRuntime, Network, SnapshotSt
 use crate::conn::ConnState;
 use crate::proxy::{ConnContext, FlagCounters};
 use crate::tcp::{TcpOutcome, TcpPeer};
+
+/// The bootstrap's cap on downstream connections across listeners (0: none), and how many
+/// of the capped listeners' connections are open.
+static GLOBAL_CAP: AtomicU64 = AtomicU64::new(0);
+static GLOBAL_ACTIVE: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the global downstream connection cap (`overload_manager`'s
+/// `global_downstream_max_connections`); the bootstrap sets it once, at start.
+pub fn set_global_connection_cap(max: Option<u64>) {
+    GLOBAL_CAP.store(max.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// One connection counted against the global cap until it is dropped.
+struct GlobalSlot;
+
+impl GlobalSlot {
+    /// A slot, `Ok(None)` when there is no cap, `Err(())` when the cap is reached.
+    fn take() -> Result<Option<GlobalSlot>, ()> {
+        let cap = GLOBAL_CAP.load(Ordering::Relaxed);
+        if cap == 0 {
+            return Ok(None);
+        }
+        GLOBAL_ACTIVE
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .map(|_| Some(GlobalSlot))
+            .map_err(|_| ())
+    }
+}
+
+impl Drop for GlobalSlot {
+    fn drop(&mut self) {
+        GLOBAL_ACTIVE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// What an accept loop runs with.
 pub(super) struct Acceptor {
@@ -48,8 +85,22 @@ pub(super) async fn accept_loop(mut acceptor: Acceptor) {
             return;
         };
         drop(snapshot);
+        let global_slot = match listener.config.ignore_global_conn_limit {
+            true => None,
+            false => match GlobalSlot::take() {
+                Ok(slot) => slot,
+                Err(()) => {
+                    // As Envoy: closed at once, counted, never handed to a filter chain.
+                    listener.stats.downstream_global_cx_overflow.inc();
+                    debug!(listener = %acceptor.name, %peer, "global connection cap reached");
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
         listener.stats.downstream_cx_total.inc();
         let connection = Connection {
+            _global_slot: global_slot,
             listener,
             name: acceptor.name.clone(),
             store: acceptor.store.clone(),
@@ -78,6 +129,8 @@ struct Connection {
     flags: Arc<FlagCounters>,
     listener_drain: watch::Receiver<bool>,
     chains: ChainDrains,
+    /// Held while the connection lives, when the listener counts against the global cap.
+    _global_slot: Option<GlobalSlot>,
 }
 
 impl Connection {

@@ -111,6 +111,7 @@ impl Host {
     pub(crate) fn for_tests(authority: &str, flags: u16) -> Arc<Self> {
         let settings = Arc::new(PoolSettings {
             protocol: xds_types::cluster::UpstreamProtocol::Http1,
+            http2_keepalive: None,
             connect_timeout: std::time::Duration::from_secs(1),
             idle_timeout: None,
             max_requests_per_connection: None,

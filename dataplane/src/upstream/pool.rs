@@ -58,6 +58,8 @@ impl UpstreamError {
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub protocol: UpstreamProtocol,
+    /// PINGs on HTTP/2 connections, which close one whose peer stops answering.
+    pub http2_keepalive: Option<xds_types::hcm::Http2Keepalive>,
     pub connect_timeout: Duration,
     /// Close a connection idle this long; `None`: never.
     pub idle_timeout: Option<Duration>,
@@ -377,6 +379,12 @@ impl HostPool {
         if h2 {
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
+            if let Some(k) = self.settings.http2_keepalive {
+                builder
+                    .keep_alive_interval(k.interval)
+                    .keep_alive_timeout(k.timeout)
+                    .keep_alive_while_idle(true);
+            }
             let (sender, connection) = builder
                 .handshake::<_, Body>(io)
                 .await
