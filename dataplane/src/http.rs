@@ -75,7 +75,8 @@ pub async fn serve_connection<S>(
         h2.initial_connection_window_size(n);
     }
     if let Some(k) = hcm.http2.keepalive {
-        h2.keep_alive_interval(k.interval).keep_alive_timeout(k.timeout);
+        h2.keep_alive_interval(k.interval)
+            .keep_alive_timeout(k.timeout);
     }
     let alpn_h2 = ctx
         .tls

@@ -153,6 +153,15 @@ pub(crate) fn request_matches(
             .iter()
             .all(|h| header_matches(h, headers, method, host, path_and_query))
         && m.query_parameters.iter().all(|q| q.matches(query))
+        && (!m.grpc || is_grpc(headers))
+}
+
+/// Whether a request is gRPC as Envoy's `grpc` route match decides: by its content-type.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t == "application/grpc" || t.starts_with("application/grpc+"))
 }
 
 /// Whether one header matcher accepts the request (pseudo-headers included).
@@ -240,5 +249,28 @@ mod tests {
         assert_eq!(name("/x", &headers), None);
         headers.insert("x-canary", "yes".parse().unwrap());
         assert_eq!(name("/x", &headers).as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn a_grpc_match_takes_only_grpc_content_types() {
+        let r = compile(
+            "virtual_hosts: [{name: a, domains: ['*'], routes: [
+               {name: grpc, match: {prefix: /, grpc: {}}, direct_response: {status: 200}},
+               {name: other, match: {prefix: /}, direct_response: {status: 200}}]}]",
+        );
+        let name = |content_type: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(t) = content_type {
+                h.insert(http::header::CONTENT_TYPE, t.parse().unwrap());
+            }
+            r.route(&http::Method::POST, "h", "/pkg.Svc/Call", &h)
+                .map(|m| m.route.name.clone())
+                .unwrap()
+        };
+        assert_eq!(name(Some("application/grpc")), "grpc");
+        assert_eq!(name(Some("application/grpc+proto")), "grpc");
+        assert_eq!(name(Some("application/grpc-web")), "other");
+        assert_eq!(name(Some("application/json")), "other");
+        assert_eq!(name(None), "other");
     }
 }

@@ -293,9 +293,13 @@ impl Client<'_> {
         let mut channel =
             tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", endpoint.authority))?
                 .connect_timeout(Duration::from_secs(5))
-                .http2_keep_alive_interval(keepalive.map_or(Duration::from_secs(30), |k| k.interval));
+                .http2_keep_alive_interval(
+                    keepalive.map_or(Duration::from_secs(30), |k| k.interval),
+                );
         if let Some(k) = keepalive {
-            channel = channel.keep_alive_timeout(k.timeout).keep_alive_while_idle(true);
+            channel = channel
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(true);
         }
         if let Some(tls) = tls {
             channel = channel.tls_config(client_tls(tls, &snapshot.bootstrap.secrets)?)?;

@@ -792,7 +792,11 @@ typed_extension_protocol_options:
         let err = options("{connection_keepalive: {interval: 1s}}").unwrap_err();
         assert!(err.path.ends_with("connection_keepalive.timeout"), "{err}");
         let err = options("{max_concurrent_streams: 10}").unwrap_err();
-        assert!(err.path.ends_with("explicit_http_config.http2_protocol_options"), "{err}");
+        assert!(
+            err.path
+                .ends_with("explicit_http_config.http2_protocol_options"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -332,10 +332,21 @@ mod tests {
             "envoy.config.cluster.v3.Cluster",
         );
         let paths: Vec<&str> = found.unsupported.iter().map(|e| e.path.as_str()).collect();
-        assert!(!paths.is_empty() && paths.iter().all(|p| !p.contains("[")), "{paths:?}");
+        assert!(
+            !paths.is_empty() && paths.iter().all(|p| !p.contains("[")),
+            "{paths:?}"
+        );
         let inert: Vec<&str> = found.inert.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(inert, ["per_connection_buffer_limit_bytes"], "{:?}", found.inert);
-        assert_eq!(found.inert[0].field, "envoy.config.cluster.v3.Cluster.per_connection_buffer_limit_bytes");
+        assert_eq!(
+            inert,
+            ["per_connection_buffer_limit_bytes"],
+            "{:?}",
+            found.inert
+        );
+        assert_eq!(
+            found.inert[0].field,
+            "envoy.config.cluster.v3.Cluster.per_connection_buffer_limit_bytes"
+        );
     }
 
     #[test]

@@ -628,7 +628,9 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.route.v3.RouteMatch" => [
         "prefix", "path", "safe_regex", "path_separated_prefix",
         "case_sensitive", "headers", "query_parameters",
+        "grpc": "only requests whose content-type is application/grpc or application/grpc+…",
     ],
+    "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions" => [],
     "envoy.config.route.v3.HeaderMatcher" => [
         "name", "exact_match", "safe_regex_match", "present_match", "prefix_match",
         "suffix_match", "contains_match", "string_match", "invert_match",
@@ -984,7 +986,11 @@ pub(crate) struct Problems {
 
 impl Problems {
     pub(crate) fn push(&mut self, error: ValidationError) {
-        if self.errors.iter().any(|e| within_path(&error.path, &e.path)) {
+        if self
+            .errors
+            .iter()
+            .any(|e| within_path(&error.path, &e.path))
+        {
             return;
         }
         self.errors.retain(|e| !within_path(&e.path, &error.path));

@@ -87,7 +87,9 @@ pub fn max_downstream_connections(
             || {
                 Err(ValidationError::new(
                     "layered_runtime",
-                    format!("{GLOBAL_MAX_CONNECTIONS_KEY} must be a non-negative number, not {v:?}"),
+                    format!(
+                        "{GLOBAL_MAX_CONNECTIONS_KEY} must be a non-negative number, not {v:?}"
+                    ),
                 ))
             },
             |n| Ok(Some(n as u64)),
@@ -131,6 +133,9 @@ mod tests {
                {'@type': type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig}}]}",
         )
         .unwrap_err();
-        assert!(err.path.ends_with("max_active_downstream_connections"), "{err}");
+        assert!(
+            err.path.ends_with("max_active_downstream_connections"),
+            "{err}"
+        );
     }
 }

@@ -83,6 +83,9 @@ pub struct RouteMatch {
     pub case_sensitive: bool,
     pub headers: Vec<HeaderMatcher>,
     pub query_parameters: Vec<QueryParameterMatcher>,
+    /// `grpc: {}`: only gRPC requests (content-type `application/grpc` or
+    /// `application/grpc+…`).
+    pub grpc: bool,
 }
 
 /// The path specifier of a route.
@@ -586,6 +589,7 @@ impl TryFrom<&pb::RouteMatch> for RouteMatch {
             case_sensitive,
             headers,
             query_parameters,
+            grpc: m.grpc.is_some(),
         })
     }
 }

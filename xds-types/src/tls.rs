@@ -740,12 +740,12 @@ pub fn check_pair(chain: &[u8], key: &[u8]) -> Result<()> {
     })?;
     let certified = rustls::sign::CertifiedKey::new(certificates, signing);
     match certified.keys_match() {
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(
-            ValidationError::new(
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(ValidationError::new(
                 "private_key",
                 "does not match the first certificate of certificate_chain",
-            ),
-        ),
+            ))
+        }
         // Anything else could not be compared: a key rustls cannot describe (no SPKI), or a
         // certificate webpki does not parse (an X.509 v1 certificate, as `openssl x509 -req`
         // makes without extensions; BoringSSL serves it, and so do we).

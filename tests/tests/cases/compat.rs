@@ -64,7 +64,9 @@ fn disagreements(config: &CompatConfig, certs: &CompatCerts) -> Vec<String> {
         .filter_map(|l| l.strip_prefix("  "))
         .collect();
     if sluice_ok != problems.is_empty() {
-        wrong.push(format!("sluice's exit status disagrees with its output:\n{sluice_err}"));
+        wrong.push(format!(
+            "sluice's exit status disagrees with its output:\n{sluice_err}"
+        ));
     }
     for problem in &problems {
         if config.reason_for(problem).is_none() {
@@ -93,7 +95,11 @@ fn disagreements(config: &CompatConfig, certs: &CompatCerts) -> Vec<String> {
 fn envoy_accepts_every_config_and_every_refusal_is_explained() {
     let certs = CompatCerts::generate().unwrap();
     let corpus = corpus().unwrap();
-    assert!(corpus.len() >= 10, "the corpus has {} configs", corpus.len());
+    assert!(
+        corpus.len() >= 10,
+        "the corpus has {} configs",
+        corpus.len()
+    );
     let wrong: Vec<String> = std::thread::scope(|scope| {
         let workers: Vec<_> = corpus
             .chunks(corpus.len().div_ceil(4))

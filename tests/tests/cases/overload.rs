@@ -58,8 +58,12 @@ async fn under_the_cap(
     exempt: SocketAddr,
     overflow: impl std::future::Future<Output = Option<i64>>,
 ) -> (bool, bool, bool, Option<i64>) {
-    let first = held_connection(capped).await.expect("first connection served");
-    let _second = held_connection(capped).await.expect("second connection served");
+    let first = held_connection(capped)
+        .await
+        .expect("first connection served");
+    let _second = held_connection(capped)
+        .await
+        .expect("second connection served");
     let third = held_connection(capped).await.is_some();
     let exempt_served = HttpClient::http1()
         .get(exempt, "exempt", "/", &[])
@@ -100,7 +104,9 @@ async fn past_the_global_cap_connections_are_closed_and_counted_as_in_envoy() {
     let envoy_name = format!("{}_{}", capped.ip(), capped.port());
     let from_envoy = under_the_cap(capped, exempt, async {
         envoy
-            .stat(&format!("listener.{envoy_name}.downstream_global_cx_overflow"))
+            .stat(&format!(
+                "listener.{envoy_name}.downstream_global_cx_overflow"
+            ))
             .await
     })
     .await;
@@ -108,6 +114,10 @@ async fn past_the_global_cap_connections_are_closed_and_counted_as_in_envoy() {
     assert!(!from_sluice.0, "the third connection is refused");
     assert!(from_sluice.1, "the exempt listener answers");
     assert!(from_sluice.2, "a freed slot is taken again");
-    assert!(from_sluice.3 >= Some(1), "overflow counted: {:?}", from_sluice.3);
+    assert!(
+        from_sluice.3 >= Some(1),
+        "overflow counted: {:?}",
+        from_sluice.3
+    );
     assert_eq!(from_sluice, from_envoy, "Envoy does the same");
 }
