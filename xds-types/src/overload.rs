@@ -64,7 +64,9 @@ pub fn max_downstream_connections(
 ) -> Result<Option<u64>> {
     use overload::resource_monitor::ConfigType;
     if let Some(manager) = manager {
-        // The field policy has refused `actions` and every other monitor type already.
+        // The field policy has refused every other monitor type already; of several
+        // connection monitors the smallest cap binds.
+        let mut cap: Option<u64> = None;
         for (i, monitor) in manager.resource_monitors.iter().enumerate() {
             let path = format!("overload_manager.resource_monitors[{i}].typed_config");
             let Some(ConfigType::TypedConfig(any)) = &monitor.config_type else {
@@ -78,7 +80,11 @@ pub fn max_downstream_connections(
                     "must be greater than 0",
                 ));
             }
-            return Ok(Some(config.max_active_downstream_connections as u64));
+            let this = config.max_active_downstream_connections as u64;
+            cap = Some(cap.map_or(this, |c| c.min(this)));
+        }
+        if cap.is_some() {
+            return Ok(cap);
         }
     }
     match runtime.get(GLOBAL_MAX_CONNECTIONS_KEY) {
@@ -99,8 +105,6 @@ pub fn max_downstream_connections(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     fn bootstrap(yaml: &str) -> crate::Bootstrap {
         crate::Bootstrap::from_yaml(yaml).unwrap()
     }
