@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 use tracing::{debug, Instrument};
-use xds_types::hcm::{ServerHeader, StripPort, UnderscoresAction};
+use xds_types::hcm::{HttpConnectionManager, ServerHeader, StripPort, UnderscoresAction};
 use xds_types::route::{
     AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderMutations, Redirect,
     RedirectPath, RetryPolicy, RouteAction,
@@ -479,6 +479,7 @@ fn prepare(
     }
     // As Envoy's connection manager, before routing: the routes, the filters, the access
     // logs and the upstream all see the forwarding headers.
+    let origin = Origin::of(ctx.remote.ip(), request.headers(), hcm);
     if hcm.use_remote_address && !hcm.skip_xff_append {
         // As Envoy: a loopback peer (a sidecar's own application) is recorded as this
         // node's address, which is what the application behind expects to see.
@@ -501,12 +502,19 @@ fn prepare(
             request.headers_mut().insert(X_FORWARDED_FOR.clone(), v);
         }
     }
-    if hcm.use_remote_address || !request.headers().contains_key(&X_FORWARDED_PROTO) {
+    // A trusted hop in front may have set the scheme; otherwise it is this connection's.
+    let keep_proto = request.headers().contains_key(&X_FORWARDED_PROTO)
+        && (!hcm.use_remote_address || hcm.xff_num_trusted_hops > 0);
+    if !keep_proto {
         request.headers_mut().insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(scheme(ctx)),
         );
     }
+    origin.sanitize(
+        request.headers_mut(),
+        &listener.routes.table.internal_only_headers,
+    );
     // As Envoy's connection manager: before filters, so they, the access logs and the
     // upstream all see the same id.
     let regenerate = hcm.use_remote_address && !hcm.preserve_external_request_id;
@@ -1495,6 +1503,102 @@ fn upstream_headers(
 
 /// This node's address as Envoy picks it: the first non-loopback IPv4 address of the
 /// host's interfaces (loopback when there is none), read once.
+/// Where a request comes from, as Envoy's connection manager decides it: the client
+/// address it trusts and whether the request is internal (from an `internal_address_config`
+/// range, through no proxy) or arrives at the edge (`use_remote_address`, not internal).
+struct Origin {
+    client: Option<std::net::IpAddr>,
+    internal: bool,
+    edge: bool,
+}
+
+/// Headers only a trusted hop may set, removed from every request that is not internal.
+static EXTERNAL_STRIPPED: [&str; 11] = [
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-rq-timeout-ms",
+];
+
+/// Headers that describe the hop in front, removed at the edge (where there is none).
+static EDGE_STRIPPED: [&str; 3] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+];
+
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+impl Origin {
+    /// Reads the request as it arrived, before `x-forwarded-for` gets this hop's entry.
+    fn of(peer: std::net::IpAddr, headers: &HeaderMap, hcm: &HttpConnectionManager) -> Self {
+        let entries = || {
+            headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .rev()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.rsplit(','))
+                .map(str::trim)
+        };
+        let from_right = |n: usize| entries().nth(n).and_then(|e| e.parse().ok());
+        let (client, single) = if hcm.use_remote_address {
+            // Behind N trusted hops the client is the Nth entry from the right.
+            let forwarded = (hcm.xff_num_trusted_hops as usize)
+                .checked_sub(1)
+                .and_then(from_right);
+            (
+                Some(forwarded.unwrap_or(peer)),
+                !headers.contains_key(&X_FORWARDED_FOR),
+            )
+        } else {
+            (
+                from_right(hcm.xff_num_trusted_hops as usize),
+                entries().count() == 1,
+            )
+        };
+        let internal = single
+            && client.is_some_and(|ip| hcm.internal_addresses.iter().any(|r| r.contains(ip)));
+        Self {
+            client,
+            internal,
+            edge: hcm.use_remote_address && !internal,
+        }
+    }
+
+    /// Marks an internal request; strips what an outside client must not set from the
+    /// others, and records the client's address at the edge.
+    fn sanitize(&self, headers: &mut HeaderMap, internal_only: &[HeaderName]) {
+        if self.internal {
+            headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+            return;
+        }
+        for name in EXTERNAL_STRIPPED {
+            headers.remove(name);
+        }
+        for name in internal_only {
+            headers.remove(name);
+        }
+        if self.edge {
+            for name in EDGE_STRIPPED {
+                headers.remove(name);
+            }
+            if let Some(ip) = self.client {
+                let text = HeaderValue::from_str(&ip.to_string()).expect("an address is ASCII");
+                headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), text);
+            }
+        }
+    }
+}
+
 fn node_address() -> std::net::IpAddr {
     static NODE: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
     *NODE.get_or_init(|| {
@@ -1757,6 +1861,75 @@ pub(crate) fn split_host_port(host: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn connection_manager(extra: &str) -> HttpConnectionManager {
+        use xds_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
+        let yaml = format!(
+            "stat_prefix: t\nroute_config: {{virtual_hosts: []}}\nhttp_filters: [{{name: r, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]\n{extra}"
+        );
+        let proto: pb::HttpConnectionManager = xds_types::decode::from_yaml(
+            &yaml,
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        )
+        .unwrap();
+        HttpConnectionManager::try_from(&proto).unwrap()
+    }
+
+    fn sanitized(hcm: &HttpConnectionManager, peer: [u8; 4], xff: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-envoy-retry-on", "5xx".parse().unwrap());
+        h.insert("x-envoy-internal", "true".parse().unwrap());
+        h.insert("x-envoy-downstream-service-node", "forged".parse().unwrap());
+        h.insert("x-secret", "forged".parse().unwrap());
+        if let Some(xff) = xff {
+            h.insert(&X_FORWARDED_FOR, xff.parse().unwrap());
+        }
+        let origin = Origin::of(std::net::IpAddr::from(peer), &h, hcm);
+        origin.sanitize(&mut h, &[HeaderName::from_static("x-secret")]);
+        h
+    }
+
+    #[test]
+    fn the_edge_strips_what_clients_forge_and_records_their_address() {
+        let edge = connection_manager("use_remote_address: true");
+        let h = sanitized(&edge, [10, 1, 2, 3], None);
+        assert_eq!(h["x-envoy-external-address"], "10.1.2.3");
+        for forged in [
+            "x-envoy-retry-on",
+            "x-envoy-internal",
+            "x-envoy-downstream-service-node",
+            "x-secret",
+        ] {
+            assert!(!h.contains_key(forged), "{forged} kept");
+        }
+        // Behind one trusted hop the client is the entry that hop appended.
+        let behind = connection_manager("use_remote_address: true\nxff_num_trusted_hops: 1");
+        let h = sanitized(&behind, [10, 1, 2, 3], Some("192.0.2.9, 10.9.9.9"));
+        assert_eq!(h["x-envoy-external-address"], "10.9.9.9");
+        // Not at the edge: the hop in front's descriptions stay, internal headers do not.
+        let inner = connection_manager("");
+        let h = sanitized(&inner, [10, 1, 2, 3], Some("192.0.2.9"));
+        assert!(!h.contains_key("x-envoy-external-address"));
+        assert!(h.contains_key("x-envoy-downstream-service-node"));
+        assert!(!h.contains_key("x-envoy-retry-on"));
+    }
+
+    #[test]
+    fn a_client_in_an_internal_range_without_a_proxy_is_internal() {
+        let hcm = connection_manager(
+            "use_remote_address: true\ninternal_address_config: {cidr_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}",
+        );
+        let h = sanitized(&hcm, [10, 1, 2, 3], None);
+        assert_eq!(h["x-envoy-internal"], "true");
+        assert_eq!(h["x-envoy-retry-on"], "5xx");
+        assert_eq!(h["x-secret"], "forged");
+        assert!(!h.contains_key("x-envoy-external-address"));
+        // Through a proxy (an x-forwarded-for already), or from outside the range: external.
+        let h = sanitized(&hcm, [10, 1, 2, 3], Some("10.5.5.5"));
+        assert!(!h.contains_key("x-envoy-internal"));
+        let h = sanitized(&hcm, [192, 0, 2, 1], None);
+        assert_eq!(h["x-envoy-external-address"], "192.0.2.1");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

@@ -266,6 +266,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "common_http_protocol_options",
         "max_request_headers_kb": "over the limit, 431 and close",
         "use_remote_address", "xff_num_trusted_hops", "skip_xff_append",
+        "internal_address_config": "requests from its cidr_ranges are internal (x-envoy-internal); with none set no request is, as Envoy",
         "generate_request_id", "preserve_external_request_id",
         "drain_timeout", "server_name",
         "forward_client_cert_details": "SANITIZE (default), FORWARD_ONLY, APPEND_FORWARD, SANITIZE_SET, ALWAYS_FORWARD_ONLY",
@@ -278,6 +279,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "set_current_client_cert_details",
         "access_log": "one line per stream, when its response ends or it is reset",
         "tracing": "a SERVER span per traced stream (and a CLIENT span per upstream request with spawn_upstream_span), exported over OTLP/gRPC",
+    ],
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => [
+        "cidr_ranges",
+        "unix_sockets": "accepted; no effect: sluice listens on no Unix socket",
     ],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing" => [
         "client_sampling": "requests with x-client-trace-id (default 100%)",
@@ -601,6 +606,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.config.route.v3.RouteConfiguration" => [
         "name", "virtual_hosts", "ignore_port_in_host_matching",
+        "internal_only_headers": "removed from requests that are not internal, before filters and routing",
         "typed_per_filter_config": "overrides of the HTTP filters for every route of the table",
         "request_headers_to_add", "request_headers_to_remove",
         "response_headers_to_add", "response_headers_to_remove",

@@ -40,6 +40,10 @@ pub struct HttpConnectionManager {
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
+    /// Client addresses whose requests are internal (`internal_address_config`): they get
+    /// `x-envoy-internal: true` and keep the internal headers. None by default, as in
+    /// Envoy since it made the internal addresses explicit.
+    pub internal_addresses: Vec<crate::filter_chain::CidrRange>,
     pub generate_request_id: bool,
     pub preserve_external_request_id: bool,
     pub drain_timeout: Duration,
@@ -510,6 +514,21 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
             xff_num_trusted_hops: h.xff_num_trusted_hops,
             skip_xff_append: h.skip_xff_append,
+            internal_addresses: h
+                .internal_address_config
+                .as_ref()
+                .map_or(Ok(Vec::new()), |c| {
+                    c.cidr_ranges
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| {
+                            crate::filter_chain::cidr(
+                                r,
+                                &format!("internal_address_config.cidr_ranges[{i}]"),
+                            )
+                        })
+                        .collect()
+                })?,
             generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
             preserve_external_request_id: h.preserve_external_request_id,
             drain_timeout: optional_timeout(

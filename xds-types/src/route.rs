@@ -34,6 +34,9 @@ pub struct RouteTable {
     pub per_filter: PerFilterConfigs,
     /// Virtual hosts are matched on `Host` without its port.
     pub ignore_port_in_host_matching: bool,
+    /// Headers only internal callers may set: removed from every other request before
+    /// filters and routing, so an outside client cannot forge them.
+    pub internal_only_headers: Vec<http::HeaderName>,
     /// Hash of the resource as received: an unchanged table keeps its compiled form (and
     /// the filters' per-route state) across snapshots.
     pub fingerprint: u64,
@@ -358,6 +361,17 @@ impl TryFrom<&pb::RouteConfiguration> for RouteTable {
             per_filter: per_filter_configs(&rc.typed_per_filter_config, "typed_per_filter_config")?,
             fingerprint: crate::util::fingerprint(rc, "envoy.config.route.v3.RouteConfiguration"),
             ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
+            internal_only_headers: rc
+                .internal_only_headers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let at = format!("internal_only_headers[{i}]");
+                    let n = validate_header_name(n).map_err(|e| e.within(&at))?;
+                    http::HeaderName::from_bytes(n.as_bytes())
+                        .map_err(|_| ValidationError::new(at, "a pseudo-header cannot be removed"))
+                })
+                .collect::<Result<_>>()?,
             name: rc.name.clone(),
             virtual_hosts,
             request_headers: mutations(
