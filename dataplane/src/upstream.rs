@@ -20,7 +20,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
-use xds_types::cluster::{Discovery, DnsLookupFamily, EdsHealth, LbEndpoint, Locality};
+use xds_types::cluster::{
+    Discovery, DnsLookupFamily, EdsHealth, EndpointAddress, LbEndpoint, Locality,
+};
 
 use crate::stats::{ClusterStats, HealthCheckStats, Stats};
 
@@ -229,7 +231,7 @@ impl ClusterState {
                     .config
                     .endpoints
                     .iter()
-                    .map(|e| Endpoint::from_lb(e, authority(&e.host, e.port)))
+                    .map(|e| Endpoint::from_lb(e, endpoint_authority(&e.address)))
                     .collect();
                 state.replace_endpoints(endpoints);
             }
@@ -303,7 +305,7 @@ impl ClusterState {
         let next = assignment
             .endpoints
             .iter()
-            .map(|e| Endpoint::from_lb(e, authority(&e.host, e.port)))
+            .map(|e| Endpoint::from_lb(e, endpoint_authority(&e.address)))
             .collect();
         self.replace_endpoints(next);
     }
@@ -686,6 +688,14 @@ impl Transport {
 }
 
 /// `host:port`, bracketing IPv6 literals.
+/// The registry key of an endpoint: `host:port`, or `unix:` and the socket's path.
+fn endpoint_authority(address: &EndpointAddress) -> String {
+    match address {
+        EndpointAddress::Socket { host, port } => authority(host, *port),
+        EndpointAddress::Pipe(path) => format!("{}{path}", tls::UNIX_PREFIX),
+    }
+}
+
 pub fn authority(host: &str, port: u16) -> String {
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
@@ -742,7 +752,11 @@ async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
         };
         let mut resolved = Vec::new();
         for e in &state.config.endpoints {
-            match tokio::net::lookup_host((e.host.as_str(), e.port)).await {
+            // Validation keeps Unix sockets out of DNS clusters.
+            let EndpointAddress::Socket { host, port } = &e.address else {
+                continue;
+            };
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
                 Ok(addrs) => {
                     let mut addrs: Vec<SocketAddr> = addrs
                         .filter(|a| family_allows(state.config.dns_lookup_family, a))
@@ -756,7 +770,7 @@ async fn resolve_loop(cluster: Weak<ClusterState>, refresh: Duration) {
                     );
                 }
                 Err(error) => {
-                    warn!(cluster = %state.config.name, host = %e.host, %error, "dns resolution failed")
+                    warn!(cluster = %state.config.name, %host, %error, "dns resolution failed")
                 }
             }
         }

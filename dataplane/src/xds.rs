@@ -45,6 +45,7 @@ use xds_types::{type_urls, Cluster, Listener, RouteTable, ValidationError};
 
 use crate::config::{Dependency, DynamicResources, Received, SnapshotStore};
 use crate::listener::ListenerManager;
+use crate::upstream::tls::{connect_unix, unix_path};
 
 /// Back-off bounds between reconnect attempts.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -61,6 +62,32 @@ enum StreamError {
     Status(#[from] tonic::Status),
     #[error("xDS cluster TLS: {0}")]
     Tls(ValidationError),
+    #[error("the xDS cluster has TLS to a Unix socket, which is not supported")]
+    TlsOverUnix,
+}
+
+/// Dials the control plane on a Unix socket (a sidecar's local agent, as Istio's).
+#[derive(Clone)]
+struct UnixConnector(Arc<str>);
+
+impl tower_service::Service<http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move { connect_unix(&path).await.map(hyper_util::rt::TokioIo::new) })
+    }
 }
 
 /// The client TLS configuration of the xDS cluster, its files read now (so a rotated
@@ -290,8 +317,10 @@ impl Client<'_> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         // The xDS cluster's `connection_keepalive`, else a PING every 30 s.
         let keepalive = cluster.and_then(|c| c.config.http2_keepalive);
+        let unix = unix_path(&endpoint.authority);
+        let authority = unix.map_or(endpoint.authority.as_str(), |_| "localhost");
         let mut channel =
-            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", endpoint.authority))?
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{authority}"))?
                 .connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(
                     keepalive.map_or(Duration::from_secs(30), |k| k.interval),
@@ -301,10 +330,21 @@ impl Client<'_> {
                 .keep_alive_timeout(k.timeout)
                 .keep_alive_while_idle(true);
         }
-        if let Some(tls) = tls {
-            channel = channel.tls_config(client_tls(tls, &snapshot.bootstrap.secrets)?)?;
-        }
-        let channel = channel.connect().await?;
+        let channel = match (unix, tls) {
+            (Some(_), Some(_)) => return Err(StreamError::TlsOverUnix),
+            (Some(path), None) => {
+                channel
+                    .connect_with_connector(UnixConnector(path.into()))
+                    .await?
+            }
+            (None, Some(tls)) => {
+                channel
+                    .tls_config(client_tls(tls, &snapshot.bootstrap.secrets)?)?
+                    .connect()
+                    .await?
+            }
+            (None, None) => channel.connect().await?,
+        };
         info!(control_plane = %endpoint.authority, delta = self.source.delta, "xDS connected");
         Ok(AggregatedDiscoveryServiceClient::new(channel))
     }
@@ -980,7 +1020,13 @@ mod tests {
             ),
             "{message}"
         );
-        assert_eq!(next.assignments["web"].endpoints[0].host, "127.0.0.1");
+        assert_eq!(
+            next.assignments["web"].endpoints[0].address,
+            xds_types::cluster::EndpointAddress::Socket {
+                host: "127.0.0.1".into(),
+                port: 8080
+            }
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod streaming;
 mod tcp_proxy;
 mod tls;
 mod tracing;
+mod unix_sockets;
 mod upgrades_grpc;
 mod upstream_limits;
 mod web_filters;

@@ -243,9 +243,7 @@ pub enum UpstreamProtocol {
 /// One endpoint, its weight and where it sits (priority, locality).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbEndpoint {
-    /// An IP literal (STATIC) or a hostname (DNS clusters).
-    pub host: String,
-    pub port: u16,
+    pub address: EndpointAddress,
     pub weight: u32,
     /// The `health_status` discovery reported.
     pub health: EdsHealth,
@@ -254,6 +252,16 @@ pub struct LbEndpoint {
     pub locality: Locality,
     /// The locality's `load_balancing_weight`, for locality-weighted load balancing.
     pub locality_weight: Option<u32>,
+}
+
+/// Where an endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    /// An IP literal (STATIC and EDS) or a hostname (DNS clusters), and a port.
+    Socket { host: String, port: u16 },
+    /// A Unix domain socket (`pipe`): a path, or `@name` in the abstract namespace — how a
+    /// sidecar reaches its local agent (Istio's xDS and SDS sockets).
+    Pipe(String),
 }
 
 /// An endpoint's `health_status` as discovery reports it.
@@ -639,16 +647,8 @@ fn endpoints(
                 .address
                 .as_ref()
                 .ok_or_else(|| ValidationError::required(format!("{epath}.endpoint.address")))?;
-            let (host, port) = socket_address(address)
+            let address = endpoint_address(address, discovery)
                 .map_err(|e| e.within(format!("{epath}.endpoint.address")))?;
-            if matches!(discovery, Discovery::Static | Discovery::Eds)
-                && host.parse::<IpAddr>().is_err()
-            {
-                return Err(ValidationError::new(
-                    format!("{epath}.endpoint.address.socket_address.address"),
-                    format!("{host:?} is not an IP address (STATIC and EDS endpoints need IPs; use STRICT_DNS for hostnames)"),
-                ));
-            }
             let weight = lb.load_balancing_weight.as_ref().map_or(1, |v| v.value);
             if weight == 0 {
                 return Err(ValidationError::new(
@@ -669,8 +669,7 @@ fn endpoints(
                 }
             };
             out.push(LbEndpoint {
-                host,
-                port,
+                address,
                 weight,
                 health,
                 priority: locality.priority,
@@ -704,11 +703,47 @@ fn overprovisioning_factor(la: &endpoint::ClusterLoadAssignment) -> Result<u32> 
     Ok(factor)
 }
 
+/// An endpoint's address: a socket address (an IP for STATIC and EDS clusters), or a
+/// Unix socket outside DNS clusters (they resolve names).
+fn endpoint_address(address: &core::Address, discovery: Discovery) -> Result<EndpointAddress> {
+    use core::address::Address as A;
+    if let Some(A::Pipe(pipe)) = address.address.as_ref() {
+        if matches!(
+            discovery,
+            Discovery::StrictDns { .. } | Discovery::LogicalDns { .. }
+        ) {
+            return Err(ValidationError::new(
+                "pipe",
+                "a DNS cluster resolves hostnames; use STATIC or EDS for a Unix socket",
+            ));
+        }
+        if pipe.path.is_empty() {
+            return Err(ValidationError::required("pipe.path"));
+        }
+        return Ok(EndpointAddress::Pipe(pipe.path.clone()));
+    }
+    let (host, port) = socket_address(address)?;
+    if matches!(discovery, Discovery::Static | Discovery::Eds) && host.parse::<IpAddr>().is_err() {
+        return Err(ValidationError::new(
+            "socket_address.address",
+            format!("{host:?} is not an IP address (STATIC and EDS endpoints need IPs; use STRICT_DNS for hostnames)"),
+        ));
+    }
+    Ok(EndpointAddress::Socket { host, port })
+}
+
 /// Host and port of an Envoy `Address` (TCP socket addresses only).
 pub fn socket_address(address: &core::Address) -> Result<(String, u16)> {
     use core::address::Address as A;
-    let Some(A::SocketAddress(sa)) = address.address.as_ref() else {
-        return Err(ValidationError::required("socket_address"));
+    let sa = match address.address.as_ref() {
+        Some(A::SocketAddress(sa)) => sa,
+        Some(A::Pipe(_)) => {
+            return Err(ValidationError::new(
+                "pipe",
+                "Unix domain sockets are supported for cluster endpoints only",
+            ))
+        }
+        _ => return Err(ValidationError::required("socket_address")),
     };
     if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
         return Err(ValidationError::new(
@@ -737,6 +772,25 @@ mod tests {
     fn cluster(yaml: &str) -> Result<Cluster> {
         let c: pb::Cluster = crate::decode::from_yaml(yaml, "envoy.config.cluster.v3.Cluster")?;
         Cluster::try_from(&c)
+    }
+
+    #[test]
+    fn a_unix_socket_endpoint_is_taken_outside_dns_clusters() {
+        let with = |kind: &str| {
+            cluster(&format!(
+                "name: a\ntype: {kind}\nload_assignment: {{cluster_name: a, endpoints: [{{lb_endpoints: [
+                 {{endpoint: {{address: {{pipe: {{path: '@agent'}}}}}}}}]}}]}}"
+            ))
+        };
+        assert_eq!(
+            with("STATIC").unwrap().endpoints[0].address,
+            EndpointAddress::Pipe("@agent".into())
+        );
+        let err = with("STRICT_DNS").unwrap_err();
+        assert_eq!(
+            err.path,
+            "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.pipe"
+        );
     }
 
     #[test]

@@ -170,7 +170,14 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "user_agent_name": "accepted; no effect",
     ],
     "envoy.config.core.v3.Locality" => ["region", "zone", "sub_zone"],
-    "envoy.config.core.v3.Address" => ["socket_address"],
+    "envoy.config.core.v3.Address" => [
+        "socket_address",
+        "pipe": "cluster endpoints (STATIC and EDS clusters, the xDS cluster), plaintext; a path or @abstract name",
+    ],
+    "envoy.config.core.v3.Pipe" => [
+        "path",
+        "mode": "accepted; no effect on an endpoint (it sets a listening socket's permissions)",
+    ],
     "envoy.config.core.v3.SocketAddress" => [
         "address": "an IP literal for listeners and STATIC clusters; a hostname for DNS clusters",
         "port_value",

@@ -273,7 +273,9 @@ struct Target {
 impl Target {
     async fn connect(&self, host: &Host) -> std::io::Result<UpstreamStream> {
         let authority = match self.alt_port {
+            // A Unix socket has no port to replace.
             None => host.authority.clone(),
+            Some(_) if super::tls::unix_path(&host.authority).is_some() => host.authority.clone(),
             Some(port) => match host.authority.rsplit_once(':') {
                 Some((h, _)) => format!("{h}:{port}"),
                 None => host.authority.clone(),

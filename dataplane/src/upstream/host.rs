@@ -87,7 +87,13 @@ impl Host {
     ) -> Arc<Self> {
         let counters = Arc::new(HostCounters::default());
         Arc::new(Self {
-            uri_authority: authority.parse().ok(),
+            // Over a Unix socket the URI needs some authority; the Host header is the
+            // request's own.
+            uri_authority: if super::tls::unix_path(&authority).is_some() {
+                Some(http::uri::Authority::from_static("localhost"))
+            } else {
+                authority.parse().ok()
+            },
             pool: HostPool::new(
                 authority.clone(),
                 settings.clone(),

@@ -17,7 +17,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use xds_types::cluster::UpstreamProtocol;
 use xds_types::tls::{SanMatcher, UpstreamTls};
 
@@ -212,18 +212,19 @@ impl ServerCertVerifier for EnvoyVerifier {
     }
 }
 
-/// A connection to an endpoint: plain TCP or TLS over it.
+/// A connection to an endpoint: plain TCP, TLS over it, or a Unix socket.
 #[allow(clippy::large_enum_variant)]
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(tokio_rustls::client::TlsStream<TcpStream>),
+    Unix(UnixStream),
 }
 
 impl UpstreamStream {
     /// Whether TLS negotiated HTTP/2 by ALPN.
     pub fn negotiated_h2(&self) -> bool {
         match self {
-            Self::Plain(_) => false,
+            Self::Plain(_) | Self::Unix(_) => false,
             Self::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
@@ -238,6 +239,7 @@ impl AsyncRead for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -251,6 +253,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -262,6 +265,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Self::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -269,6 +273,7 @@ impl AsyncWrite for UpstreamStream {
         match self {
             Self::Plain(s) => s.is_write_vectored(),
             Self::Tls(s) => s.is_write_vectored(),
+            Self::Unix(s) => s.is_write_vectored(),
         }
     }
 
@@ -276,6 +281,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -283,6 +289,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -325,6 +332,18 @@ pub async fn connect(
             ))
         }
     };
+    if let Some(path) = unix_path(authority) {
+        if tls.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "TLS over a Unix socket is not supported",
+            ));
+        }
+        return tokio::time::timeout(timeout, connect_unix(path))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))?
+            .map(UpstreamStream::Unix);
+    }
     let connect = async {
         let tcp = TcpStream::connect(authority).await?;
         let _ = tcp.set_nodelay(true);
@@ -341,6 +360,29 @@ pub async fn connect(
     tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))?
+}
+
+/// How a host that listens on a Unix socket is keyed: `unix:` and its path, which no
+/// `host:port` can be.
+pub const UNIX_PREFIX: &str = "unix:";
+
+/// The socket path of a `unix:` authority.
+pub fn unix_path(authority: &str) -> Option<&str> {
+    authority.strip_prefix(UNIX_PREFIX)
+}
+
+/// Connects to a Unix socket: a path, or `@name` in Linux's abstract namespace (as Envoy
+/// spells it).
+pub async fn connect_unix(path: &str) -> io::Result<UnixStream> {
+    let Some(name) = path.strip_prefix('@') else {
+        return UnixStream::connect(path).await;
+    };
+    use std::os::linux::net::SocketAddrExt;
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    // A local connect completes at once or fails; it does not block on the network.
+    let stream = std::os::unix::net::UnixStream::connect_addr(&address)?;
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
 }
 
 fn host_of(authority: &str) -> &str {
