@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
+use xds_types::listener::ListenAddress;
 use xds_types::type_urls;
 
 use crate::access_log::{AccessLogs, Entry, RequestView};
@@ -416,7 +417,10 @@ fn listeners_json(state: &AdminState) -> serde_json::Value {
                 .unwrap_or_default();
             json!({
                 "name": name,
-                "local_address": { "socket_address": { "address": address.ip().to_string(), "port_value": address.port() } },
+                "local_address": match &address {
+                    ListenAddress::Socket(a) => serde_json::json!({ "socket_address": { "address": a.ip().to_string(), "port_value": a.port() } }),
+                    ListenAddress::Pipe { path, .. } => serde_json::json!({ "pipe": { "path": path } }),
+                },
                 "filter_chains": chains,
             })
         })

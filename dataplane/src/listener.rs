@@ -11,9 +11,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::{info, warn};
+use xds_types::listener::ListenAddress;
 
 use crate::config::{ListenerRuntime, Snapshot, SnapshotStore};
 use crate::proxy::FlagCounters;
@@ -30,7 +31,7 @@ pub enum ListenerError {
     #[error("listener {name:?}: cannot bind {address}: {source}")]
     Bind {
         name: String,
-        address: SocketAddr,
+        address: ListenAddress,
         source: std::io::Error,
     },
 }
@@ -43,7 +44,7 @@ pub struct ListenerManager {
 }
 
 struct Running {
-    address: SocketAddr,
+    address: ListenAddress,
     drain: watch::Sender<bool>,
     chains: ChainDrains,
 }
@@ -154,14 +155,18 @@ impl ListenerManager {
     }
 
     fn start(&self, listener: &ListenerRuntime) -> Result<Running, ListenerError> {
-        let address = listener.config.address;
+        let address = listener.config.address.clone();
         let name = listener.config.name.clone();
-        let socket = bind_with(address, listener.config.socket.backlog).map_err(|source| {
-            ListenerError::Bind {
-                name: name.clone(),
-                address,
-                source,
+        let bound = match &address {
+            ListenAddress::Socket(a) => {
+                bind_with(*a, listener.config.socket.backlog).map(accept::Socket::Tcp)
             }
+            ListenAddress::Pipe { path, mode } => bind_unix(path, *mode).map(accept::Socket::Unix),
+        };
+        let socket = bound.map_err(|source| ListenerError::Bind {
+            name: name.clone(),
+            address: address.clone(),
+            source,
         })?;
         let (drain, drain_rx) = watch::channel(false);
         let chains = ChainDrains::default();
@@ -204,15 +209,15 @@ impl ListenerManager {
     }
 
     /// `(name, address)` of the accepting listeners, for `/listeners`.
-    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+    pub fn addresses(&self) -> Vec<(String, ListenAddress)> {
         let mut v: Vec<_> = self
             .running
             .lock()
             .expect("listener lock")
             .iter()
-            .map(|(n, r)| (n.clone(), r.address))
+            .map(|(n, r)| (n.clone(), r.address.clone()))
             .collect();
-        v.sort();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 }
@@ -238,6 +243,27 @@ pub fn apply_keepalive(stream: &tokio::net::TcpStream, k: xds_types::listener::K
 /// share the port) and the default backlog.
 pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     bind_with(address, xds_types::listener::DEFAULT_BACKLOG)
+}
+
+/// Binds a Unix socket: `@name` in the abstract namespace, else a path, replacing a stale
+/// socket file left there (as Envoy does) and set to `mode` when it is not 0.
+fn bind_unix(path: &str, mode: u32) -> std::io::Result<UnixListener> {
+    if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        let listener = std::os::unix::net::UnixListener::bind_addr(&address)?;
+        listener.set_nonblocking(true)?;
+        return UnixListener::from_std(listener);
+    }
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    if mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(listener)
 }
 
 fn bind_with(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {

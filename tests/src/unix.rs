@@ -67,3 +67,25 @@ impl Drop for UnixRelay {
         }
     }
 }
+
+/// One HTTP/1.1 GET over a new connection to the Unix socket `path`: the status and the
+/// body.
+pub async fn get(path: &str, host: &str, uri: &str) -> anyhow::Result<(u16, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::UnixStream::connect(path).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(uri)
+        .header("host", host)
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sender.send_request(request),
+    )
+    .await??;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    connection.abort();
+    Ok((status, body))
+}

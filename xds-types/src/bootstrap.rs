@@ -159,7 +159,7 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
         )?;
         let mut addresses = HashSet::new();
         for (i, l) in listeners.iter().enumerate() {
-            if !addresses.insert(l.address) {
+            if !addresses.insert(l.address.clone()) {
                 return Err(ValidationError::new(
                     format!("static_resources.listeners[{i}].address"),
                     format!("{} is used by another listener", l.address),

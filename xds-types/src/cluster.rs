@@ -735,16 +735,15 @@ fn endpoint_address(address: &core::Address, discovery: Discovery) -> Result<End
 /// Host and port of an Envoy `Address` (TCP socket addresses only).
 pub fn socket_address(address: &core::Address) -> Result<(String, u16)> {
     use core::address::Address as A;
-    let sa = match address.address.as_ref() {
-        Some(A::SocketAddress(sa)) => sa,
-        Some(A::Pipe(_)) => {
-            return Err(ValidationError::new(
+    let sa =
+        match address.address.as_ref() {
+            Some(A::SocketAddress(sa)) => sa,
+            Some(A::Pipe(_)) => return Err(ValidationError::new(
                 "pipe",
-                "Unix domain sockets are supported for cluster endpoints only",
-            ))
-        }
-        _ => return Err(ValidationError::required("socket_address")),
-    };
+                "Unix domain sockets are supported for listeners and cluster endpoints, not here",
+            )),
+            _ => return Err(ValidationError::required("socket_address")),
+        };
     if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
         return Err(ValidationError::new(
             "socket_address.protocol",

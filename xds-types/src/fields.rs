@@ -172,11 +172,11 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.core.v3.Locality" => ["region", "zone", "sub_zone"],
     "envoy.config.core.v3.Address" => [
         "socket_address",
-        "pipe": "cluster endpoints (STATIC and EDS clusters, the xDS cluster), plaintext; a path or @abstract name",
+        "pipe": "listeners (no listener filters; one filter chain) and cluster endpoints (STATIC and EDS clusters, the xDS cluster; plaintext); a path or @abstract name",
     ],
     "envoy.config.core.v3.Pipe" => [
         "path",
-        "mode": "accepted; no effect on an endpoint (it sets a listening socket's permissions)",
+        "mode": "a listening socket file's permissions; no effect on an endpoint",
     ],
     "envoy.config.core.v3.SocketAddress" => [
         "address": "an IP literal for listeners and STATIC clusters; a hostname for DNS clusters",

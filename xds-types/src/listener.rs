@@ -34,7 +34,7 @@ pub const DEFAULT_BACKLOG: u32 = 4096;
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub name: String,
-    pub address: SocketAddr,
+    pub address: ListenAddress,
     /// Run in order on each new connection, before a filter chain is chosen.
     pub listener_filters: Vec<ListenerFilter>,
     /// How long the listener filters may wait for bytes; `None`: forever.
@@ -50,6 +50,38 @@ pub struct Listener {
     /// Not held to, nor counted in, the bootstrap's global connection cap (a health or
     /// admin-style listener that must answer when the proxy is full).
     pub ignore_global_conn_limit: bool,
+}
+
+/// Where a listener accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddress {
+    Socket(SocketAddr),
+    /// A Unix domain socket (`pipe`): a path, made with `mode`'s permissions (0: the
+    /// umask's) after a stale file there is removed, or `@name` in the abstract namespace.
+    /// How a sidecar takes its application's traffic without a TCP port.
+    Pipe {
+        path: String,
+        mode: u32,
+    },
+}
+
+impl ListenAddress {
+    /// The TCP address, for a socket listener.
+    pub fn socket(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Socket(a) => Some(*a),
+            Self::Pipe { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Socket(a) => a.fmt(f),
+            Self::Pipe { path, .. } => f.write_str(path),
+        }
+    }
 }
 
 /// What one filter chain does with the connections it takes.
@@ -170,8 +202,10 @@ impl Listener {
             .address
             .as_ref()
             .ok_or_else(|| ValidationError::required("address"))?;
-        let (host, port) = socket_address(address).map_err(|e| e.within("address"))?;
-        named.name = format!("{host}_{port}");
+        named.name = match listen_address(address)? {
+            ListenAddress::Socket(a) => format!("{}_{}", a.ip(), a.port()),
+            ListenAddress::Pipe { path, .. } => path,
+        };
         Self::try_from(&named)
     }
 
@@ -221,6 +255,72 @@ impl Listener {
     }
 }
 
+/// A listener's address: an IP and port, or a Unix socket.
+fn listen_address(address: &core::Address) -> Result<ListenAddress> {
+    use core::address::Address as A;
+    if let Some(A::Pipe(pipe)) = address.address.as_ref() {
+        if pipe.path.is_empty() {
+            return Err(ValidationError::required("address.pipe.path"));
+        }
+        if pipe.mode > 0o777 {
+            return Err(ValidationError::new(
+                "address.pipe.mode",
+                format!(
+                    "{} is over 0777 (511): YAML 1.2 reads 0660 as decimal, where Envoy's parser reads \
+                     a leading 0 as octal; write the mode in decimal ({})",
+                    pipe.mode,
+                    u32::from_str_radix(&pipe.mode.to_string(), 8).map_or_else(|_| "0660 is 432".into(), |m| format!("0{} is {m}", pipe.mode)),
+                ),
+            ));
+        }
+        if pipe.path.starts_with('@') && pipe.mode != 0 {
+            return Err(ValidationError::new(
+                "address.pipe.mode",
+                "an abstract socket has no file to set permissions on",
+            ));
+        }
+        return Ok(ListenAddress::Pipe {
+            path: pipe.path.clone(),
+            mode: pipe.mode,
+        });
+    }
+    let (host, port) = socket_address(address).map_err(|e| e.within("address"))?;
+    let ip: IpAddr = host.parse().map_err(|_| {
+        ValidationError::new(
+            "address.socket_address.address",
+            format!("{host:?} is not an IP address"),
+        )
+    })?;
+    Ok(ListenAddress::Socket(SocketAddr::new(ip, port)))
+}
+
+/// What a Unix socket listener cannot do: its connections carry no TCP facts to inspect
+/// or to match a chain on, so one chain (or the default one) takes them all.
+fn pipe_listener_limits(filters: &[ListenerFilter], chains: &[FilterChain]) -> Result<()> {
+    if !filters.is_empty() {
+        return Err(ValidationError::new(
+            "listener_filters",
+            "not supported on a Unix socket listener (nor a filter_chain_match that needs one)",
+        ));
+    }
+    if let Some(i) = chains
+        .iter()
+        .position(|c| c.matcher != FilterChainMatch::default())
+    {
+        return Err(ValidationError::new(
+            format!("filter_chains[{i}].filter_chain_match"),
+            "a Unix socket listener's chains cannot match on connection facts",
+        ));
+    }
+    if chains.len() > 1 {
+        return Err(ValidationError::new(
+            "filter_chains",
+            "a Unix socket listener has one filter chain (or a default_filter_chain)",
+        ));
+    }
+    Ok(())
+}
+
 impl TryFrom<&pb::Listener> for Listener {
     type Error = ValidationError;
 
@@ -238,13 +338,7 @@ impl TryFrom<&pb::Listener> for Listener {
             .address
             .as_ref()
             .ok_or_else(|| ValidationError::required("address"))?;
-        let (host, port) = socket_address(address).map_err(|e| e.within("address"))?;
-        let ip: IpAddr = host.parse().map_err(|_| {
-            ValidationError::new(
-                "address.socket_address.address",
-                format!("{host:?} is not an IP address"),
-            )
-        })?;
+        let address = listen_address(address)?;
         if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
             return Err(ValidationError::new(
                 "filter_chains",
@@ -306,6 +400,9 @@ impl TryFrom<&pb::Listener> for Listener {
         {
             listener_filters.push(ListenerFilter::HttpInspector);
         }
+        if matches!(address, ListenAddress::Pipe { .. }) {
+            pipe_listener_limits(&listener_filters, &filter_chains)?;
+        }
         if l.bind_to_port.as_ref().is_some_and(|v| !v.value) {
             return Err(ValidationError::new(
                 "bind_to_port",
@@ -327,7 +424,7 @@ impl TryFrom<&pb::Listener> for Listener {
         Ok(Self {
             access_log: AccessLog::list(&l.access_log, "access_log")?,
             name: l.name.clone(),
-            address: SocketAddr::new(ip, port),
+            address,
             listener_filters,
             listener_filters_timeout: optional_timeout(
                 l.listener_filters_timeout.as_ref(),

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::filter_chain::{select, ConnectionFacts};
-use super::inspect::{inspect, InspectError, Prefixed};
+use super::inspect::{inspect, InspectError, Inspected, Prefixed};
 use super::tls::TlsInfo;
 use super::{ChainDrains, Drain};
 use crate::config::{ChainRuntime, ChainTls, ListenerRuntime, Network, SnapshotStore};
@@ -56,9 +57,38 @@ impl Drop for GlobalSlot {
     }
 }
 
+/// A listening socket.
+pub(super) enum Socket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A connection just accepted.
+enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// What filters, access logs and `x-forwarded-for` see as both ends of a Unix socket
+/// connection, which has no IP address: loopback, as the peer is on this host.
+const UNIX_ADDRESS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl Socket {
+    async fn accept(&self) -> std::io::Result<(Accepted, SocketAddr)> {
+        match self {
+            Self::Tcp(l) => l.accept().await.map(|(s, peer)| (Accepted::Tcp(s), peer)),
+            Self::Unix(l) => l
+                .accept()
+                .await
+                .map(|(s, _)| (Accepted::Unix(s), UNIX_ADDRESS)),
+        }
+    }
+}
+
 /// What an accept loop runs with.
 pub(super) struct Acceptor {
-    pub socket: TcpListener,
+    pub socket: Socket,
     pub name: Arc<str>,
     pub store: SnapshotStore,
     pub flags: Arc<FlagCounters>,
@@ -135,14 +165,22 @@ struct Connection {
 
 impl Connection {
     /// Serves the connection, then writes the listener's access logs.
-    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+    async fn serve(self, stream: Accepted, peer: SocketAddr) {
         let start = std::time::SystemTime::now();
         let started = std::time::Instant::now();
-        let local = stream.local_addr().ok();
         let connection_id = crate::access_log::next_connection_id();
         let listener = self.listener.clone();
         let store = self.store.clone();
-        let ended = self.handle(stream, peer, connection_id).await;
+        let (local, ended) = match stream {
+            Accepted::Tcp(stream) => {
+                let local = stream.local_addr().ok();
+                (local, self.handle(stream, peer, connection_id).await)
+            }
+            Accepted::Unix(stream) => (
+                Some(UNIX_ADDRESS),
+                self.handle_unix(stream, connection_id).await,
+            ),
+        };
         if let (Some(logs), Some(local)) = (&listener.access_logs, local) {
             let tcp = ended.tcp.unwrap_or_default();
             logs.write(
@@ -200,7 +238,63 @@ impl Connection {
         };
         ended.remote = Some(facts.source);
         ended.server_name = facts.server_name.clone();
-        let matches: Vec<_> = config.filter_chains.iter().map(|c| &c.matcher).collect();
+        let Some(chain) = self.choose_chain(&facts, peer) else {
+            // Reset, as Envoy does (it closes with the inspected bytes unread).
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            return ended;
+        };
+        self.run_chain(
+            Prefixed::new(buffered, stream),
+            chain,
+            &facts,
+            local,
+            connection_id,
+            peer,
+            ended,
+        )
+        .await
+    }
+
+    /// A Unix socket connection: no listener filters (validation refuses them) and no
+    /// facts to match a chain on beyond the defaults.
+    async fn handle_unix(self, stream: UnixStream, connection_id: u64) -> Ended {
+        let facts = Inspected {
+            source: UNIX_ADDRESS,
+            destination: UNIX_ADDRESS,
+            server_name: None,
+            transport: "raw_buffer",
+            application_protocols: Vec::new(),
+        };
+        let ended = Ended {
+            remote: Some(UNIX_ADDRESS),
+            ..Ended::default()
+        };
+        let Some(chain) = self.choose_chain(&facts, UNIX_ADDRESS) else {
+            return ended;
+        };
+        let stream = Prefixed::new(BytesMut::new(), stream);
+        self.run_chain(
+            stream,
+            chain,
+            &facts,
+            UNIX_ADDRESS,
+            connection_id,
+            UNIX_ADDRESS,
+            ended,
+        )
+        .await
+    }
+
+    /// The filter chain the connection's facts select, else the default chain; `None`
+    /// (counted) when neither takes it.
+    fn choose_chain(&self, facts: &Inspected, peer: SocketAddr) -> Option<Arc<ChainRuntime>> {
+        let matches: Vec<_> = self
+            .listener
+            .config
+            .filter_chains
+            .iter()
+            .map(|c| &c.matcher)
+            .collect();
         let selected = select(
             &matches,
             &ConnectionFacts {
@@ -212,19 +306,33 @@ impl Connection {
                 application_protocols: &facts.application_protocols,
             },
         );
-        let chain = match selected {
-            Some(i) => self.listener.chains[i].clone(),
-            None => match &self.listener.default_chain {
-                Some(chain) => chain.clone(),
-                None => {
+        match selected {
+            Some(i) => Some(self.listener.chains[i].clone()),
+            None => {
+                if self.listener.default_chain.is_none() {
                     self.listener.stats.no_filter_chain_match.inc();
                     debug!(listener = %self.name, %peer, sni = ?facts.server_name, "no filter chain matches; closing");
-                    // Reset, as Envoy does (it closes with the inspected bytes unread).
-                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                    return ended;
                 }
-            },
-        };
+                self.listener.default_chain.clone()
+            }
+        }
+    }
+
+    /// The chosen chain's connection limit, TLS handshake and network filter.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_chain<S>(
+        self,
+        stream: S,
+        chain: Arc<ChainRuntime>,
+        facts: &Inspected,
+        local: SocketAddr,
+        connection_id: u64,
+        peer: SocketAddr,
+        mut ended: Ended,
+    ) -> Ended
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let _permit = match &chain.connection_limit {
             None => None,
             Some((semaphore, delay)) => match semaphore.clone().try_acquire_owned() {
@@ -244,7 +352,6 @@ impl Connection {
             listener: self.listener_drain.clone(),
             chain: self.chains.subscribe(chain.identity),
         };
-        let stream = Prefixed::new(buffered, stream);
         match &chain.tls {
             ChainTls::Plaintext => {
                 ended.tcp = self

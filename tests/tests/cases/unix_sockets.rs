@@ -1,6 +1,7 @@
-//! Cluster endpoints on Unix domain sockets (`Address.pipe`), as a sidecar reaches its
-//! local agent: an HTTP cluster on a socket path and on an abstract name, a TCP proxy to a
-//! socket, the same answers from Envoy, and ADS to a control plane over a socket.
+//! Unix domain sockets (`Address.pipe`), as a sidecar uses them: cluster endpoints on a
+//! socket path and on an abstract name (HTTP and a TCP proxy), a listener on a socket
+//! with its file mode, the same answers from Envoy, and ADS to a control plane over a
+//! socket.
 
 use std::net::SocketAddr;
 
@@ -141,4 +142,68 @@ async fn ads_reaches_the_control_plane_over_a_unix_socket() {
     let _sluice = Sluice::start(&bootstrap.to_string(), admin).await.unwrap();
     assert!(serves(listener, "first", "v1").await);
     assert!(relay.accepted() >= 1);
+}
+
+/// A listener on the Unix socket `listen` (mode 0600) routing everything to the cluster on
+/// the socket `upstream`.
+fn listening_bootstrap(admin: SocketAddr, listen: &str, upstream: &str) -> String {
+    let routes = json!({ "name": "r", "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+        { "match": { "prefix": "/" }, "route": { "cluster": "app" } } ] } ] });
+    let mut listener = http_listener("uds", free_addr(), routes, json!({}));
+    listener["address"] = json!({ "pipe": { "path": listen, "mode": 0o600 } });
+    json!({
+        "node": { "id": "uds-listener", "cluster": "test" },
+        "admin": { "address": address(admin) },
+        "static_resources": { "listeners": [listener], "clusters": [pipe_cluster("app", upstream)] }
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_listener_on_a_unix_socket_serves_as_envoys_does() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let upstream = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_socket = dir.path().join("app.sock").display().to_string();
+    let _relay = UnixRelay::start(&upstream_socket, upstream.addr).unwrap();
+    let mut replies = Vec::new();
+    for proxy in ["envoy", "sluice"] {
+        let listen = dir
+            .path()
+            .join(format!("{proxy}.sock"))
+            .display()
+            .to_string();
+        // A stale socket file, as a crashed process leaves: replaced, not an error.
+        drop(std::os::unix::net::UnixListener::bind(&listen).unwrap());
+        let admin = free_addr();
+        let config = listening_bootstrap(admin, &listen, &upstream_socket);
+        let process: Box<dyn std::any::Any> = match proxy {
+            "envoy" => Box::new(Envoy::start(&config, admin).await.expect("start envoy")),
+            _ => Box::new(Sluice::start(&config, admin).await.unwrap()),
+        };
+        let meta = std::fs::metadata(&listen).unwrap();
+        assert!(
+            meta.file_type().is_socket(),
+            "{proxy}: {listen} is a socket"
+        );
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{proxy}: the mode"
+        );
+        let (status, body) = sluice_tests::unix::get(&listen, "app.test", "/over/uds")
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        replies.push((
+            status,
+            body["server"].clone(),
+            body["path"].clone(),
+            body["headers"]["host"].clone(),
+        ));
+        drop(process);
+    }
+    assert_eq!(replies[0], replies[1], "envoy, then sluice");
+    assert_eq!(replies[1].0, 200);
+    assert_eq!(replies[1].2, json!("/over/uds"));
 }
