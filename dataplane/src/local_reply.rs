@@ -145,6 +145,85 @@ pub struct LocalReply {
     /// A streamed body that replaces `body`, sent with the reply's own headers only (a
     /// file the file server answers with).
     pub stream: Option<Body>,
+    /// The `grpc-status` a gRPC request gets, when not derived from `status`.
+    pub grpc_status: Option<u32>,
+}
+
+/// Marks a response the proxy made itself, with its text, so that a gRPC request's
+/// reply can be turned into gRPC's form at the end.
+#[derive(Debug, Clone)]
+struct Local {
+    message: Bytes,
+    grpc_status: Option<u32>,
+}
+
+/// Marks a response the router made itself (a direct response, a redirect) as a local
+/// reply with `message`, as Envoy sends those through its local reply path too.
+pub fn mark(response: &mut Response<Body>, message: Bytes) {
+    response.extensions_mut().insert(Local {
+        message,
+        grpc_status: None,
+    });
+}
+
+/// `grpc-status` DEADLINE_EXCEEDED, for a stream over its duration.
+pub const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+
+/// Turns a local reply to a gRPC request into gRPC's trailers-only form, as Envoy does:
+/// status 200, `content-type: application/grpc`, `grpc-status` (the reply's, else mapped
+/// from the HTTP status) and the text as a percent-encoded `grpc-message`, no body. A
+/// reply that already carries a `grpc-status` keeps it; upstream responses are untouched.
+pub fn into_grpc(response: Response<Body>) -> Response<Body> {
+    let Some(local) = response.extensions().get::<Local>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    let grpc_status = local
+        .grpc_status
+        .unwrap_or_else(|| grpc_status_for(parts.status));
+    parts.status = StatusCode::OK;
+    let headers = &mut parts.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    let status = HeaderName::from_static("grpc-status");
+    if !headers.contains_key(&status) {
+        headers.insert(status, HeaderValue::from(grpc_status));
+    }
+    let message = local.message.strip_suffix(b"\n").unwrap_or(&local.message);
+    if !message.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(message)) {
+            headers.insert(HeaderName::from_static("grpc-message"), v);
+        }
+    }
+    Response::from_parts(parts, body::empty())
+}
+
+/// Envoy's HTTP status → gRPC status mapping (the gRPC spec's, with 400 as INTERNAL).
+fn grpc_status_for(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// gRPC's percent-encoding of `grpc-message`: printable ASCII but `%` as is.
+fn grpc_message(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl LocalReply {
@@ -156,6 +235,7 @@ impl LocalReply {
             mutations: None,
             flag: None,
             stream: None,
+            grpc_status: None,
         }
     }
 }
@@ -187,6 +267,25 @@ impl ProxyError {
 
 /// The response for a proxy error: the only place errors become responses.
 pub fn render(error: ProxyError) -> Response<Body> {
+    let (message, grpc_status) = match &error {
+        ProxyError::Local(local) if local.stream.is_some() => (None, None),
+        ProxyError::Local(local) => (Some(local.body.clone()), local.grpc_status),
+        ProxyError::Flag(f) | ProxyError::RetriesExhausted(f) => {
+            (Some(Bytes::from_static(flag_text(*f).1.as_bytes())), None)
+        }
+        ProxyError::ClusterNotFound(_) => (Some(Bytes::new()), None),
+    };
+    let mut response = render_http(error);
+    if let Some(message) = message {
+        response.extensions_mut().insert(Local {
+            message,
+            grpc_status,
+        });
+    }
+    response
+}
+
+fn render_http(error: ProxyError) -> Response<Body> {
     match error {
         ProxyError::Flag(flag) => {
             let mut response = for_flag(flag);
@@ -231,6 +330,13 @@ pub fn render(error: ProxyError) -> Response<Body> {
 
 /// The local reply for a flag.
 fn for_flag(flag: ResponseFlag) -> Response<Body> {
+    let (status, text) = flag_text(flag);
+    reply(status, text)
+}
+
+/// The status and Envoy's text of the local reply for a flag.
+fn flag_text(flag: ResponseFlag) -> (StatusCode, &'static str) {
+    let reply = |status, text| (status, text);
     match flag {
         ResponseFlag::NoHealthyUpstream => reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
         ResponseFlag::UpstreamConnectionFailure | ResponseFlag::UpstreamRetryLimitExceeded => reply(

@@ -173,6 +173,7 @@ pub async fn serve(
     let refused = prepare(&ctx, listener, &mut request);
     let method = request.method().clone();
     let version = request.version();
+    let grpc = crate::router::is_grpc(request.headers());
     let request_keeps_alive = version == Version::HTTP_10
         && request
             .headers()
@@ -203,9 +204,7 @@ pub async fn serve(
             .map(|t| Arc::new(body::IdleTimer::new(t))),
         ..Outcome::default()
     };
-    let stream_deadline = hcm
-        .max_stream_duration
-        .map(|d| tokio::time::Instant::now() + d);
+    let stream_start = tokio::time::Instant::now();
     let route = if refused.is_none() {
         listener
             .routes
@@ -213,6 +212,14 @@ pub async fn serve(
     } else {
         None
     };
+    // The route may set the stream's lifetime (from grpc-timeout) or lift the manager's.
+    let stream_limit = match route.map(|m| &m.route.action) {
+        Some(RouteAction::Forward(forward)) => forward
+            .stream_duration
+            .limit(grpc_timeout(request.headers()), hcm.max_stream_duration),
+        _ => hcm.max_stream_duration,
+    };
+    let stream_deadline = stream_limit.map(|d| stream_start + d);
     // The decision follows route selection, as in Envoy (a route may override sampling).
     if let (None, Some(tracer)) = (&refused, tracer) {
         outcome.trace = tracer.start(
@@ -294,16 +301,25 @@ pub async fn serve(
             }
             waiting()
         };
-        let timed_out = |status: StatusCode, text: &'static str| {
-            local_reply::render(ProxyError::Local(LocalReply::new(status, text)))
+        let timed_out = |status: StatusCode, text: &'static str, grpc_status: Option<u32>| {
+            let mut reply = LocalReply::new(status, text);
+            reply.grpc_status = grpc_status;
+            local_reply::render(ProxyError::Local(reply))
         };
         tokio::select! {
             response = in_span(handle(&ctx, &snapshot, listener, request, route, &host, &path, &mut outcome), log_span) => response,
-            () = request_timer => timed_out(StatusCode::REQUEST_TIMEOUT, "request timeout"),
-            status = idle_timer => timed_out(status, "stream timeout"),
-            status = stream_timer => timed_out(status, "downstream duration timeout"),
+            () = request_timer => timed_out(StatusCode::REQUEST_TIMEOUT, "request timeout", None),
+            status = idle_timer => timed_out(status, "stream timeout", None),
+            status = stream_timer => timed_out(
+                status,
+                "downstream duration timeout",
+                Some(local_reply::GRPC_DEADLINE_EXCEEDED),
+            ),
         }
     };
+    if grpc {
+        response = local_reply::into_grpc(response);
+    }
     // An HTTP/1.0 connection closes after the answer unless the client asked to keep it:
     // say so, as Envoy does.
     if version == Version::HTTP_10
@@ -762,6 +778,11 @@ fn direct_response(direct: &DirectResponse) -> Response<Body> {
         None => Response::new(body::empty()),
     };
     *response.status_mut() = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
+    let text = direct
+        .body
+        .as_ref()
+        .map_or_else(Bytes::new, |b| Bytes::from(b.clone()));
+    local_reply::mark(&mut response, text);
     response
 }
 
@@ -811,6 +832,7 @@ fn redirect_response(
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
+    local_reply::mark(&mut response, Bytes::new());
     response
 }
 
@@ -937,12 +959,7 @@ async fn forward(
             original_path: rewritten.is_some().then_some(path),
         });
     }
-    let version = match cluster.config.protocol {
-        // With ALPN the pool speaks HTTP/2 on connections that negotiated it.
-        xds_types::cluster::UpstreamProtocol::Http1
-        | xds_types::cluster::UpstreamProtocol::Auto => Version::HTTP_11,
-        xds_types::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
+    let version = upstream_version(cluster.config.protocol, parts.version);
     let scheme = if cluster.config.tls.is_some() {
         http::uri::Scheme::HTTPS
     } else {
@@ -973,6 +990,7 @@ async fn forward(
             };
             let shadow = Shadow {
                 method: parts.method.clone(),
+                downstream_version: parts.version,
                 headers: headers.clone(),
                 host: if mirror.shadow_suffix {
                     shadow_host(host)
@@ -1072,7 +1090,7 @@ async fn forward(
             plan.policy.and_then(|p| p.per_try_timeout),
         );
 
-        let pool = endpoint.pool_for(host);
+        let pool = endpoint.pool_for(host, version == Version::HTTP_2);
         let context = cluster.context(sni_host);
         let sent = Instant::now();
         let exchange = async {
@@ -1212,6 +1230,7 @@ async fn forward(
 /// A copy of a request for a mirror cluster; its answer is read and dropped.
 struct Shadow {
     method: Method,
+    downstream_version: Version,
     headers: HeaderMap,
     host: String,
     path: http::uri::PathAndQuery,
@@ -1226,10 +1245,7 @@ impl Shadow {
         if let Ok(v) = HeaderValue::from_str(&self.host) {
             self.headers.insert(header::HOST, v);
         }
-        let version = match cluster.config.protocol {
-            xds_types::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
-            _ => Version::HTTP_11,
-        };
+        let version = upstream_version(cluster.config.protocol, self.downstream_version);
         let scheme = if cluster.config.tls.is_some() {
             http::uri::Scheme::HTTPS
         } else {
@@ -1247,13 +1263,48 @@ impl Shadow {
             return;
         };
         cluster.stats.upstream_rq_total.inc();
-        let pool = endpoint.pool_for(&self.host);
+        let pool = endpoint.pool_for(&self.host, version == Version::HTTP_2);
         let sent =
             tokio::time::timeout(MIRROR_TIMEOUT, pool.send(request, &cluster.context(None))).await;
         if let Ok(Ok(response)) = sent {
             cluster.stats.upstream_rq_xx[class_index(response.status().as_u16())].inc();
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, response.into_body().collect()).await;
         }
+    }
+}
+
+/// A `grpc-timeout` header's duration (RFC-style: up to 8 digits and a unit, `H`, `M`,
+/// `S`, `m`, `u` or `n`); `None` when absent or malformed, as Envoy ignores a bad one.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The HTTP version a request goes upstream in: the cluster's, or with the downstream's
+/// protocol the request's own (HTTP/2 for HTTP/2, else HTTP/1.1). With ALPN (`Auto`) the
+/// pool speaks HTTP/2 on connections that negotiated it, whatever this says.
+fn upstream_version(
+    protocol: xds_types::cluster::UpstreamProtocol,
+    downstream: Version,
+) -> Version {
+    use xds_types::cluster::UpstreamProtocol as P;
+    match protocol {
+        P::Http2 => Version::HTTP_2,
+        P::Downstream if downstream == Version::HTTP_2 => Version::HTTP_2,
+        P::Http1 | P::Auto | P::Downstream => Version::HTTP_11,
     }
 }
 
@@ -1929,6 +1980,22 @@ mod tests {
         assert!(!h.contains_key("x-envoy-internal"));
         let h = sanitized(&hcm, [192, 0, 2, 1], None);
         assert_eq!(h["x-envoy-external-address"], "192.0.2.1");
+    }
+
+    #[test]
+    fn grpc_timeout_headers_parse_as_grpc_defines_them() {
+        let of = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(of("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(of("7u"), Some(Duration::from_micros(7)));
+        for bad in ["", "S", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(of(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

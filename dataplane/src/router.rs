@@ -156,12 +156,18 @@ pub(crate) fn request_matches(
         && (!m.grpc || is_grpc(headers))
 }
 
-/// Whether a request is gRPC as Envoy's `grpc` route match decides: by its content-type.
-fn is_grpc(headers: &HeaderMap) -> bool {
+/// Whether a request is gRPC as Envoy decides (for the `grpc` route match and for local
+/// replies): by its content-type, `application/grpc` or `application/grpc+…` (`;` for
+/// parameters); gRPC-Web is not.
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t == "application/grpc" || t.starts_with("application/grpc+"))
+        .is_some_and(|t| {
+            t == "application/grpc"
+                || t.starts_with("application/grpc+")
+                || t.starts_with("application/grpc;")
+        })
 }
 
 /// Whether one header matcher accepts the request (pseudo-headers included).

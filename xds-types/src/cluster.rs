@@ -238,6 +238,9 @@ pub enum UpstreamProtocol {
     /// HTTP/2 when the TLS handshake negotiates `h2` by ALPN, else HTTP/1.1
     /// (`auto_config`).
     Auto,
+    /// The downstream request's own: HTTP/2 for an HTTP/2 request, else HTTP/1.1
+    /// (`use_downstream_protocol_config` with both protocols configured).
+    Downstream,
 }
 
 /// One endpoint, its weight and where it sits (priority, locality).
@@ -549,10 +552,30 @@ fn protocol_options(c: &pb::Cluster) -> Result<ProtocolOptions> {
                 }
                 out.protocol = UpstreamProtocol::Auto;
             }
-            Some(_) => {
-                return Err(ValidationError::unsupported(format!(
-                    "{path}.use_downstream_protocol_config"
-                )))
+            Some(U::UseDownstreamProtocolConfig(d)) => {
+                let at = format!("{path}.use_downstream_protocol_config");
+                if d.http3_protocol_options.is_some() {
+                    return Err(ValidationError::new(
+                        format!("{at}.http3_protocol_options"),
+                        "HTTP/3 upstream is not supported",
+                    ));
+                }
+                // As Envoy: an HTTP/2 request goes upstream over HTTP/2 only when HTTP/2
+                // is configured; everything else over HTTP/1.1.
+                out.protocol = match &d.http2_protocol_options {
+                    None => UpstreamProtocol::Http1,
+                    Some(o) => {
+                        out.http2_keepalive =
+                            upstream_http2_settings(o, &format!("{at}.http2_protocol_options"))?;
+                        if c.transport_socket.is_some() {
+                            return Err(ValidationError::new(
+                                at,
+                                "over TLS the protocol is chosen by ALPN: use auto_config",
+                            ));
+                        }
+                        UpstreamProtocol::Downstream
+                    }
+                };
             }
         }
         if let Some(common) = options.common_http_protocol_options.as_ref() {

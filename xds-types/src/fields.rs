@@ -619,6 +619,9 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "response_headers_to_add", "response_headers_to_remove",
         "validate_clusters": "accepted; inline tables in a bootstrap are always checked against its static clusters, and sluice-cp checks every table against the group's clusters",
     ],
+    "envoy.config.route.v3.RouteAction.MaxStreamDuration" => [
+        "max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset",
+    ],
     "envoy.config.route.v3.VirtualHost" => [
         "name", "domains", "routes", "retry_policy",
         "typed_per_filter_config": "overrides of the HTTP filters for the virtual host's routes",
@@ -664,6 +667,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.route.v3.RouteAction" => [
         "cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
         "host_rewrite_literal", "timeout", "retry_policy",
+        "max_stream_duration": "the stream's lifetime on this route: a grpc-timeout header's (capped, less the offset) when grpc_timeout_header_max is set, else its max_stream_duration (0 lifts the connection manager's)",
         "cluster_not_found_response_code",
         "hash_policy": "for RING_HASH and MAGLEV clusters; no effect on others, as in Envoy",
         "cors": "deprecated in Envoy; used when no per-filter CORS policy is set",
@@ -912,6 +916,10 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "explicit_http_config", "common_http_protocol_options",
         "auto_config": "HTTP/2 when TLS negotiates h2 by ALPN, else HTTP/1.1",
         "upstream_http_protocol_options",
+        "use_downstream_protocol_config": "the downstream request's protocol: HTTP/2 upstream for an HTTP/2 request when http2_protocol_options is set, else HTTP/1.1; plaintext clusters (over TLS use auto_config)",
+    ],
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig" => [
+        "http_protocol_options", "http2_protocol_options",
     ],
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig" => [
         "http_protocol_options", "http2_protocol_options",

@@ -156,6 +156,48 @@ pub enum RouteAction {
     Direct(DirectResponse),
 }
 
+/// A route's `max_stream_duration`: how long a stream on it may last, from the request's
+/// `grpc-timeout` header or in place of the connection manager's limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamDuration {
+    /// Replaces the connection manager's `max_stream_duration`; zero lifts it.
+    pub max: Option<Duration>,
+    /// When set, a `grpc-timeout` header is the stream's duration, capped at this (zero:
+    /// uncapped).
+    pub grpc_timeout_header_max: Option<Duration>,
+    /// Taken off a `grpc-timeout` duration, for the time the hops after this one take.
+    pub grpc_timeout_header_offset: Option<Duration>,
+}
+
+impl StreamDuration {
+    /// The stream's lifetime on this route, as Envoy's connection manager decides it:
+    /// the `grpc-timeout` value (capped, less the offset) when the route honours it and
+    /// the request has one, else the route's limit, else the connection manager's.
+    /// `None`: unbounded.
+    pub fn limit(
+        &self,
+        grpc_timeout: Option<Duration>,
+        manager: Option<Duration>,
+    ) -> Option<Duration> {
+        match (grpc_timeout, self.grpc_timeout_header_max) {
+            (Some(timeout), Some(cap)) => {
+                let capped = if cap.is_zero() {
+                    timeout
+                } else {
+                    timeout.min(cap)
+                };
+                let offset = self.grpc_timeout_header_offset.unwrap_or_default();
+                // A zero duration is no limit, as a zero timeout anywhere in Envoy.
+                Some(capped.saturating_sub(offset)).filter(|d| !d.is_zero())
+            }
+            _ => match self.max {
+                Some(max) => Some(max).filter(|d| !d.is_zero()),
+                None => manager,
+            },
+        }
+    }
+}
+
 /// Send the request upstream.
 #[derive(Debug, Clone)]
 pub struct ForwardAction {
@@ -166,6 +208,8 @@ pub struct ForwardAction {
     pub host_rewrite: Option<String>,
     /// `None` disables the timeout (Envoy's `0s`).
     pub timeout: Option<Duration>,
+    /// The route's `max_stream_duration`: the stream's lifetime, from `grpc-timeout`.
+    pub stream_duration: StreamDuration,
     pub retry_policy: Option<RetryPolicy>,
     /// Status when the named cluster does not exist (503 or 404).
     pub cluster_not_found_status: u16,
@@ -862,6 +906,7 @@ impl TryFrom<&pb::RouteAction> for ForwardAction {
             regex_rewrite,
             host_rewrite,
             timeout: optional_timeout(a.timeout.as_ref(), "timeout", Some(DEFAULT_ROUTE_TIMEOUT))?,
+            stream_duration: stream_duration(a.max_stream_duration.as_ref())?,
             retry_policy: a
                 .retry_policy
                 .as_ref()
@@ -1298,6 +1343,27 @@ pub(crate) fn data_source(d: &core::DataSource) -> Result<Vec<u8>> {
     }
 }
 
+fn stream_duration(d: Option<&pb::route_action::MaxStreamDuration>) -> Result<StreamDuration> {
+    let Some(d) = d else {
+        return Ok(StreamDuration::default());
+    };
+    let at = |field: &str| format!("max_stream_duration.{field}");
+    let exact = |v: Option<&crate::pb::google::protobuf::Duration>, field: &str| {
+        v.map(|v| crate::util::duration(v, &at(field))).transpose()
+    };
+    Ok(StreamDuration {
+        max: exact(d.max_stream_duration.as_ref(), "max_stream_duration")?,
+        grpc_timeout_header_max: exact(
+            d.grpc_timeout_header_max.as_ref(),
+            "grpc_timeout_header_max",
+        )?,
+        grpc_timeout_header_offset: exact(
+            d.grpc_timeout_header_offset.as_ref(),
+            "grpc_timeout_header_offset",
+        )?,
+    })
+}
+
 fn validate_header_name(name: &str) -> Result<String> {
     let lower = name.to_ascii_lowercase();
     if lower.is_empty() {
@@ -1393,6 +1459,51 @@ pub(crate) fn header_addition(o: &core::HeaderValueOption) -> Result<HeaderAddit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_takes_its_stream_duration_from_grpc_timeout_capped_and_offset() {
+        let ms = Duration::from_millis;
+        let honoured = StreamDuration {
+            max: Some(ms(9_000)),
+            grpc_timeout_header_max: Some(ms(1_000)),
+            grpc_timeout_header_offset: Some(ms(100)),
+        };
+        assert_eq!(honoured.limit(Some(ms(500)), None), Some(ms(400)));
+        assert_eq!(
+            honoured.limit(Some(ms(5_000)), None),
+            Some(ms(900)),
+            "capped"
+        );
+        assert_eq!(
+            honoured.limit(Some(ms(50)), None),
+            None,
+            "the offset eats it all"
+        );
+        assert_eq!(
+            honoured.limit(None, Some(ms(7))),
+            Some(ms(9_000)),
+            "no header: the route's"
+        );
+        let uncapped = StreamDuration {
+            grpc_timeout_header_max: Some(Duration::ZERO),
+            ..StreamDuration::default()
+        };
+        assert_eq!(uncapped.limit(Some(ms(60_000)), None), Some(ms(60_000)));
+        assert_eq!(
+            uncapped.limit(None, Some(ms(7))),
+            Some(ms(7)),
+            "the manager's"
+        );
+        let lifted = StreamDuration {
+            max: Some(Duration::ZERO),
+            ..StreamDuration::default()
+        };
+        assert_eq!(
+            lifted.limit(Some(ms(5)), Some(ms(7))),
+            None,
+            "not honoured, and lifted"
+        );
+    }
 
     fn table(yaml: &str) -> Result<RouteTable> {
         let rc: pb::RouteConfiguration =

@@ -69,7 +69,10 @@ pub struct Host {
     pub outlier: HostOutlier,
     health: AtomicU16,
     pool: Arc<HostPool>,
-    /// With auto SNI: one pool per request host.
+    /// With the downstream's protocol (`use_downstream_protocol_config`): the HTTP/2 pool
+    /// for HTTP/2 requests (`pool` speaks HTTP/1.1).
+    h2_pool: Option<Arc<HostPool>>,
+    /// With auto SNI: one pool per request host (and protocol).
     sni_pools: Mutex<HashMap<String, Arc<HostPool>>>,
     settings: Arc<PoolSettings>,
     transport: Transport,
@@ -86,7 +89,11 @@ impl Host {
         flags: u16,
     ) -> Arc<Self> {
         let counters = Arc::new(HostCounters::default());
+        let (settings, h2_settings) = split_by_protocol(settings);
         Arc::new(Self {
+            h2_pool: h2_settings.map(|h2| {
+                HostPool::new(authority.clone(), h2, transport.clone(), counters.clone())
+            }),
             // Over a Unix socket the URI needs some authority; the Host header is the
             // request's own.
             uri_authority: if super::tls::unix_path(&authority).is_some() {
@@ -128,10 +135,12 @@ impl Host {
     }
 
     /// The pool a request for `host` uses: the host's, or with auto SNI the one whose
-    /// connections were made with `host` as SNI.
-    pub fn pool_for(&self, host: &str) -> Arc<HostPool> {
+    /// connections were made with `host` as SNI; an HTTP/2 request (`h2`) takes the
+    /// HTTP/2 pool of a host that follows the downstream's protocol.
+    pub fn pool_for(&self, host: &str, h2: bool) -> Arc<HostPool> {
+        let h2_pool = self.h2_pool.as_ref().filter(|_| h2);
         if !self.transport.tls().is_some_and(|t| t.auto_sni) || host.is_empty() {
-            return self.pool.clone();
+            return h2_pool.unwrap_or(&self.pool).clone();
         }
         let sni = super::host_without_port(host).to_ascii_lowercase();
         let mut pools = self.sni_pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,11 +148,15 @@ impl Host {
             pools.clear();
         }
         pools
-            .entry(sni)
+            .entry(if h2_pool.is_some() {
+                format!("h2 {sni}")
+            } else {
+                sni
+            })
             .or_insert_with(|| {
                 HostPool::new(
                     self.authority.clone(),
-                    self.settings.clone(),
+                    h2_pool.map_or_else(|| self.settings.clone(), |p| p.settings().clone()),
                     self.transport.clone(),
                     self.counters.clone(),
                 )
@@ -153,6 +166,7 @@ impl Host {
 
     pub(super) fn pools(&self) -> Vec<Arc<HostPool>> {
         let mut all = vec![self.pool.clone()];
+        all.extend(self.h2_pool.clone());
         all.extend(
             self.sni_pools
                 .lock()
@@ -232,4 +246,25 @@ impl Host {
     pub fn connections(&self) -> i64 {
         self.counters.cx_active.load(Ordering::Relaxed)
     }
+}
+
+/// The pool settings of a host, and for one that follows the downstream's protocol the
+/// HTTP/2 pool's as well (the first then speaks HTTP/1.1).
+fn split_by_protocol(
+    settings: Arc<PoolSettings>,
+) -> (Arc<PoolSettings>, Option<Arc<PoolSettings>>) {
+    use xds_types::cluster::UpstreamProtocol;
+    if settings.protocol != UpstreamProtocol::Downstream {
+        return (settings, None);
+    }
+    let with = |protocol| {
+        Arc::new(PoolSettings {
+            protocol,
+            ..(*settings).clone()
+        })
+    };
+    (
+        with(UpstreamProtocol::Http1),
+        Some(with(UpstreamProtocol::Http2)),
+    )
 }

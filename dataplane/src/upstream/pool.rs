@@ -341,6 +341,11 @@ impl HostPool {
         }
     }
 
+    /// How this pool makes and keeps connections.
+    pub fn settings(&self) -> &Arc<PoolSettings> {
+        &self.settings
+    }
+
     /// A new connection to the host (TCP, then TLS when the cluster has it).
     async fn dial(&self, cluster: &ClusterContext<'_>) -> Result<UpstreamStream, UpstreamError> {
         cluster.stats.upstream_cx_total.inc();
@@ -372,7 +377,8 @@ impl HostPool {
     ) -> Result<Connected, UpstreamError> {
         let h2 = match self.settings.protocol {
             UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Http1 => false,
+            // A host that follows the downstream splits into one pool per protocol.
+            UpstreamProtocol::Http1 | UpstreamProtocol::Downstream => false,
             UpstreamProtocol::Auto => stream.negotiated_h2(),
         };
         let io = TokioIo::new(stream);
@@ -609,7 +615,7 @@ mod tests {
     #[test]
     fn the_send_future_stays_small() {
         let host = crate::upstream::host::Host::for_tests("127.0.0.1:1", 0);
-        let pool = host.pool_for("127.0.0.1");
+        let pool = host.pool_for("127.0.0.1", false);
         let limits = Limits::new(Default::default());
         let stats = crate::stats::Stats::new().cluster("c");
         let context = ClusterContext {

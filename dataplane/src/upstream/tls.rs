@@ -83,7 +83,10 @@ impl ClientTls {
         };
         config.alpn_protocols = if tls.alpn_protocols.is_empty() {
             match protocol {
-                UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                // Validation keeps the downstream's protocol to plaintext clusters.
+                UpstreamProtocol::Http1 | UpstreamProtocol::Downstream => {
+                    vec![b"http/1.1".to_vec()]
+                }
                 UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
                 UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             }

@@ -214,3 +214,160 @@ async fn an_idle_websocket_is_closed_after_the_stream_idle_timeout_as_envoy() {
     );
     assert_eq!(from_sluice, from_envoy);
 }
+
+/// `use_downstream_protocol_config`: each request goes upstream in its own protocol, as
+/// through Envoy with the same bootstrap.
+#[tokio::test]
+async fn the_upstream_protocol_follows_the_downstream_as_in_envoy() {
+    use sluice_tests::client::HttpClient;
+    let upstream = sluice_tests::upstream::Upstream::start("follows").await;
+    let config = |admin, listener| {
+        let routes = json!({ "name": "r", "virtual_hosts": [ { "name": "all", "domains": ["*"],
+            "routes": [ { "match": { "prefix": "/" }, "route": { "cluster": "a" } } ] } ] });
+        let options = json!({ "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "use_downstream_protocol_config": { "http_protocol_options": {}, "http2_protocol_options": {} }
+            } } });
+        bootstrap(
+            admin,
+            vec![http_listener("ingress", listener, routes, json!({}))],
+            vec![cluster("a", &[(upstream.addr, 1)], options)],
+        )
+    };
+    let mut seen = Vec::new();
+    for proxy in ["envoy", "sluice"] {
+        let (admin, listener) = (free_addr(), free_addr());
+        let process: Box<dyn std::any::Any> = match proxy {
+            "envoy" => Box::new(
+                sluice_tests::envoy::Envoy::start(&config(admin, listener), admin)
+                    .await
+                    .expect("start envoy"),
+            ),
+            _ => Box::new(
+                Sluice::start(&config(admin, listener), admin)
+                    .await
+                    .unwrap(),
+            ),
+        };
+        let mut versions = Vec::new();
+        for client in [
+            HttpClient::http1(),
+            HttpClient::http2(),
+            HttpClient::http1(),
+        ] {
+            let reply = client.get(listener, "follow.test", "/", &[]).await.unwrap();
+            assert_eq!(reply.status, 200, "{proxy}");
+            versions.push(reply.json()["version"].clone());
+        }
+        seen.push(versions);
+        drop(process);
+    }
+    assert_eq!(seen[0], seen[1], "envoy, then sluice");
+    assert_eq!(
+        seen[1],
+        vec![json!("HTTP/1.1"), json!("HTTP/2.0"), json!("HTTP/1.1")]
+    );
+}
+
+/// Local replies to gRPC requests take gRPC's trailers-only form (status 200,
+/// `grpc-status`, `grpc-message`), and a route's `max_stream_duration` takes the
+/// request's `grpc-timeout`: the same answers from Envoy and sluice.
+#[tokio::test]
+async fn grpc_requests_get_local_replies_in_grpc_form_as_from_envoy() {
+    use sluice_tests::client::HttpClient;
+    let upstream = sluice_tests::upstream::Upstream::start("grpc-ish").await;
+    let config = |admin, listener| {
+        let routes = json!({ "name": "r", "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+            { "match": { "prefix": "/nohost" }, "route": { "cluster": "empty" } },
+            { "match": { "prefix": "/direct" }, "direct_response": { "status": 403, "body": { "inline_string": "not 100% allowed" } } },
+            { "match": { "prefix": "/deadline" }, "route": { "cluster": "a", "timeout": "0s",
+                "max_stream_duration": { "grpc_timeout_header_max": "30s" } } },
+            { "match": { "prefix": "/capped" }, "route": { "cluster": "a", "timeout": "0s",
+                "max_stream_duration": { "grpc_timeout_header_max": "0.2s" } } },
+            { "match": { "prefix": "/timeout" }, "route": { "cluster": "a", "timeout": "0.2s" } },
+            { "match": { "prefix": "/ok" }, "route": { "cluster": "a" } } ] } ] });
+        bootstrap(
+            admin,
+            vec![http_listener("ingress", listener, routes, json!({}))],
+            vec![
+                cluster("a", &[(upstream.addr, 1)], json!({})),
+                cluster("empty", &[], json!({})),
+            ],
+        )
+    };
+    let probes: [(&str, &[(&str, &str)]); 8] = [
+        ("/nohost", &[]),
+        ("/direct", &[]),
+        (
+            "/deadline",
+            &[("grpc-timeout", "200m"), ("x-test-delay-ms", "3000")],
+        ),
+        ("/deadline", &[("grpc-timeout", "5S")]),
+        (
+            "/capped",
+            &[("grpc-timeout", "10S"), ("x-test-delay-ms", "3000")],
+        ),
+        ("/timeout", &[("x-test-delay-ms", "3000")]),
+        ("/missing", &[]),
+        ("/ok", &[]),
+    ];
+    let mut seen = Vec::new();
+    for proxy in ["envoy", "sluice"] {
+        let (admin, listener) = (free_addr(), free_addr());
+        let process: Box<dyn std::any::Any> = match proxy {
+            "envoy" => Box::new(
+                sluice_tests::envoy::Envoy::start(&config(admin, listener), admin)
+                    .await
+                    .expect("start envoy"),
+            ),
+            _ => Box::new(
+                Sluice::start(&config(admin, listener), admin)
+                    .await
+                    .unwrap(),
+            ),
+        };
+        let mut answers = Vec::new();
+        for (path, extra) in probes {
+            let mut headers = vec![("content-type", "application/grpc")];
+            headers.extend_from_slice(extra);
+            let r = HttpClient::http2()
+                .send(
+                    listener,
+                    http::Method::POST,
+                    "grpc.test",
+                    path,
+                    &headers,
+                    "",
+                )
+                .await
+                .unwrap();
+            answers.push((
+                path,
+                r.status.as_u16(),
+                r.header("content-type"),
+                r.header("grpc-status"),
+                r.header("grpc-message"),
+            ));
+        }
+        // A request that is not gRPC keeps the HTTP form.
+        let plain = HttpClient::http1()
+            .get(listener, "grpc.test", "/direct", &[])
+            .await
+            .unwrap();
+        answers.push((
+            "/direct (not gRPC)",
+            plain.status.as_u16(),
+            plain.header("content-type"),
+            None,
+            None,
+        ));
+        seen.push(answers);
+        drop(process);
+    }
+    assert_eq!(seen[0], seen[1], "envoy, then sluice");
+    let status_of = |path: &str| seen[1].iter().find(|a| a.0 == path).unwrap().3.clone();
+    assert_eq!(status_of("/nohost").as_deref(), Some("14"));
+    assert_eq!(status_of("/deadline").as_deref(), Some("4"));
+    assert_eq!(seen[1][1].4.as_deref(), Some("not 100%25 allowed"));
+}

@@ -69,7 +69,7 @@ async fn exchange(snapshot: &Snapshot, call: Call<'_>) -> Option<(http::response
         "x-envoy-expected-rq-timeout-ms",
         http::HeaderValue::from(call.timeout.as_millis() as u64),
     );
-    let pool = host.pool_for(call.authority);
+    let pool = host.pool_for(call.authority, false);
     let response = pool
         .send(request, &cluster.context(Some(call.authority)))
         .await
