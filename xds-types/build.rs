@@ -19,6 +19,7 @@ const ROOTS: &[&str] = &[
     "envoy.config.cluster.v3.Cluster",
     "envoy.config.endpoint.v3.ClusterLoadAssignment",
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+    "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
     // The shape of a path_config_source file.
     "envoy.service.discovery.v3.DiscoveryResponse",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 /// What the timeout monitor needs to know about a connection, updated lock-free.
 #[derive(Debug, Default)]
@@ -30,9 +31,22 @@ pub struct ConnState {
     /// Set by the connection task when the request headers took too long: the stream
     /// answers 408 on hyper's next read, then reports end of stream.
     pub header_timed_out: AtomicBool,
+    /// A request asked the connection to drain (the overload manager's
+    /// disable_http_keepalive on HTTP/2); the connection task sends GOAWAY.
+    drain_requested: AtomicBool,
+    pub drain: Notify,
 }
 
 impl ConnState {
+    /// Asks the connection task to drain the connection; false when already asked.
+    pub fn request_drain(&self) -> bool {
+        let first = !self.drain_requested.swap(true, Ordering::Relaxed);
+        if first {
+            self.drain.notify_one();
+        }
+        first
+    }
+
     /// Records that a request's headers were parsed.
     pub fn request_started(self: &Arc<Self>) -> ActiveRequest {
         self.head_pending.store(false, Ordering::Relaxed);

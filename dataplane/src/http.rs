@@ -121,6 +121,10 @@ pub async fn serve_connection<S>(
                 conn.as_mut().graceful_shutdown();
                 drain_deadline = Some(tokio::time::Instant::now() + hcm.drain_timeout);
             }
+            () = state.drain.notified(), if drain_deadline.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                drain_deadline = Some(tokio::time::Instant::now() + hcm.drain_timeout);
+            }
             _ = sleep_until_opt(drain_deadline) => break Ending::DrainTimeout,
             _ = sleep_until_opt(reply_deadline) => break Ending::HeaderTimeout,
             _ = ticker.tick(), if reply_deadline.is_none() => {

@@ -30,6 +30,7 @@ pub mod http;
 pub mod listener;
 pub mod local_reply;
 pub mod otlp;
+pub mod overload;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 use tracing::{debug, Instrument};
 use xds_types::hcm::{HttpConnectionManager, ServerHeader, StripPort, UnderscoresAction};
+use xds_types::overload::ActionKind;
 use xds_types::route::{
     AppendAction, ClusterTarget, DirectResponse, ForwardAction, HeaderMutations, Redirect,
     RedirectPath, RetryPolicy, RouteAction,
@@ -74,6 +75,8 @@ pub struct ConnContext {
     pub flags: Arc<FlagCounters>,
     /// Rate limiters kept per downstream connection.
     pub limiters: ConnLimiters,
+    /// The listener bypasses the overload manager (`bypass_overload_manager`).
+    pub overload_exempt: bool,
 }
 
 /// One counter per [`ResponseFlag`].
@@ -330,6 +333,12 @@ pub async fn serve(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if !ctx.overload_exempt
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && crate::overload::applies(ActionKind::DisableHttpKeepalive)
+    {
+        disable_keepalive(&ctx, version, &mut response, &stats);
+    }
     let set_server = match listener.config.server_header {
         ServerHeader::Overwrite => true,
         ServerHeader::AppendIfAbsent => !response.headers().contains_key(header::SERVER),
@@ -476,6 +485,15 @@ fn prepare(
             }
         }
     }
+    // As Envoy, right after the codec's checks: no filter, route or header work is spent
+    // on a request the overload manager turns away.
+    if !ctx.overload_exempt && crate::overload::applies(ActionKind::StopAcceptingRequests) {
+        listener.stats.downstream_rq_overload_close.inc();
+        return Some(ProxyError::Local(LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "envoy overloaded",
+        )));
+    }
     if hcm.strip_port != StripPort::Keep {
         let stripped = request
             .headers()
@@ -572,6 +590,24 @@ fn prepare(
 
 /// What Envoy's HTTP/1 codec answers to a request it refuses: the answer, then the
 /// connection closes.
+/// The disable_http_keepalive action on one response: an HTTP/1 connection closes after
+/// it, an HTTP/2 connection starts draining (GOAWAY), as Envoy's connection manager.
+fn disable_keepalive(
+    ctx: &ConnContext,
+    version: Version,
+    response: &mut Response<Body>,
+    stats: &crate::stats::HttpStats,
+) {
+    if version <= Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        stats.downstream_cx_overload_disable_keepalive.inc();
+    } else if ctx.conn.request_drain() {
+        stats.downstream_cx_overload_disable_keepalive.inc();
+    }
+}
+
 fn codec_refusal(status: StatusCode, body: &'static str) -> ProxyError {
     let mut reply = LocalReply::new(status, body);
     reply

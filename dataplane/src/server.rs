@@ -53,6 +53,7 @@ pub enum ServerError {
 pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerError> {
     let stats = Stats::new();
     crate::listener::set_global_connection_cap(bootstrap.max_downstream_connections);
+    crate::overload::start(&bootstrap.overload, &stats);
     for key in bootstrap.runtime.keys() {
         if !xds_types::overload::HONOURED_RUNTIME_KEYS.contains(&key.as_str()) {
             warn!(%key, "runtime key accepted without effect: sluice does not read it");

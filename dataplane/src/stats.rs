@@ -54,6 +54,10 @@ pub struct HttpStats {
     pub no_cluster: Counter,
     pub requests_rejected_with_underscores_in_headers: Counter,
     pub dropped_headers_with_underscores: Counter,
+    /// Requests answered 503 by stop_accepting_requests.
+    pub downstream_rq_overload_close: Counter,
+    /// Connections told to close (HTTP/1) or drained (HTTP/2) by disable_http_keepalive.
+    pub downstream_cx_overload_disable_keepalive: Counter,
 }
 
 /// Counters of one listener (Envoy's `listener.<address>.*`).
@@ -62,6 +66,8 @@ pub struct ListenerStats {
     pub downstream_cx_total: Counter,
     /// Connections closed at accept because the global cap was reached.
     pub downstream_global_cx_overflow: Counter,
+    /// Connections closed at accept by reject_incoming_connections or tcp_listener_accept.
+    pub downstream_cx_overload_reject: Counter,
     pub no_filter_chain_match: Counter,
     /// Listener filters timed out (Envoy's `downstream_pre_cx_timeout`).
     pub downstream_pre_cx_timeout: Counter,
@@ -262,6 +268,18 @@ impl Stats {
                 l(),
                 name("dropped_headers_with_underscores"),
             ),
+            downstream_rq_overload_close: self.counter(
+                "envoy_http_downstream_rq_overload_close",
+                "Requests refused by the overload manager (503)",
+                l(),
+                name("downstream_rq_overload_close"),
+            ),
+            downstream_cx_overload_disable_keepalive: self.counter(
+                "envoy_http_downstream_cx_overload_disable_keepalive",
+                "Connections closed or drained by the overload manager",
+                l(),
+                name("downstream_cx_overload_disable_keepalive"),
+            ),
         }
     }
 
@@ -281,6 +299,11 @@ impl Stats {
                 "envoy_listener_downstream_global_cx_overflow",
                 "Connections closed at accept because the global connection cap was reached",
                 "downstream_global_cx_overflow",
+            ),
+            downstream_cx_overload_reject: c(
+                "envoy_listener_downstream_cx_overload_reject",
+                "Connections closed at accept by the overload manager",
+                "downstream_cx_overload_reject",
             ),
             no_filter_chain_match: c(
                 "envoy_listener_no_filter_chain_match",
@@ -660,6 +683,56 @@ impl Stats {
             help,
             vec![("event".to_string(), event.to_string())],
             format!("tracing.opentelemetry.spans_{event}"),
+        )
+    }
+
+    /// An overload action's gauges: `overload.<action>.active` (1 when saturated) and
+    /// `overload.<action>.scale_percent` (its state, 0 to 100).
+    pub fn overload_action(&self, action: &str) -> (Gauge, Gauge) {
+        let l = || vec![("envoy_overload_action".to_string(), action.to_string())];
+        (
+            self.gauge(
+                "envoy_overload_active",
+                "Overload action saturated (1) or not (0)",
+                l(),
+                format!("overload.{action}.active"),
+            ),
+            self.gauge(
+                "envoy_overload_scale_percent",
+                "Overload action state, 0 to 100",
+                l(),
+                format!("overload.{action}.scale_percent"),
+            ),
+        )
+    }
+
+    /// A resource monitor's pressure as a percent (`overload.<monitor>.pressure`).
+    pub fn overload_monitor_pressure(&self, monitor: &str) -> Gauge {
+        self.gauge(
+            "envoy_overload_pressure",
+            "Resource monitor pressure, percent",
+            vec![("envoy_resource_monitor".to_string(), monitor.to_string())],
+            format!("overload.{monitor}.pressure"),
+        )
+    }
+
+    /// Samples a monitor could not take (`overload.<monitor>.failed_updates`).
+    pub fn overload_monitor_failed_updates(&self, monitor: &str) -> Counter {
+        self.counter(
+            "envoy_overload_failed_updates",
+            "Resource monitor samples that failed",
+            vec![("envoy_resource_monitor".to_string(), monitor.to_string())],
+            format!("overload.{monitor}.failed_updates"),
+        )
+    }
+
+    /// Times the shrink_heap action returned memory (`overload.<action>.shrink_count`).
+    pub fn overload_shrink_count(&self, action: &str) -> Counter {
+        self.counter(
+            "envoy_overload_shrink_count",
+            "Times free heap was returned to the system",
+            vec![("envoy_overload_action".to_string(), action.to_string())],
+            format!("overload.{action}.shrink_count"),
         )
     }
 

@@ -42,6 +42,8 @@ pub struct Bootstrap {
     /// At most this many downstream connections at once, across the listeners that do not
     /// set `ignore_global_conn_limit`; `None`: no cap.
     pub max_downstream_connections: Option<u64>,
+    /// The heap monitors and the actions they trigger.
+    pub overload: crate::overload::OverloadConfig,
     pub raw: pb::Bootstrap,
 }
 
@@ -89,8 +91,8 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
     fn try_from(raw: pb::Bootstrap) -> Result<Self> {
         let node = raw.node.clone().unwrap_or_default();
         let runtime = crate::overload::static_runtime(raw.layered_runtime.as_ref());
-        let max_downstream_connections =
-            crate::overload::max_downstream_connections(raw.overload_manager.as_ref(), &runtime)?;
+        let (max_downstream_connections, overload) =
+            crate::overload::overload(raw.overload_manager.as_ref(), &runtime)?;
         let admin = match raw.admin.as_ref().and_then(|a| a.address.as_ref()) {
             None => None,
             Some(address) => {
@@ -276,6 +278,7 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             files,
             runtime,
             max_downstream_connections,
+            overload,
             raw,
         })
     }

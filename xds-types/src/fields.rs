@@ -34,7 +34,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.bootstrap.v3.Bootstrap" => [
         "node", "admin", "static_resources", "dynamic_resources",
         "layered_runtime": "static layers are read (flattened, a later layer winning); sluice honours overload.global_downstream_max_connections and logs every other key at start as without effect",
-        "overload_manager": "the global_downstream_max_connections monitor only: a connection past the cap is closed at accept and counted in listener.<address>.downstream_global_cx_overflow",
+        "overload_manager": "the global_downstream_max_connections monitor (a connection past the cap is closed at accept and counted in listener.<address>.downstream_global_cx_overflow) and the fixed_heap monitor with the actions and load shed points its pressure triggers",
         "stats_config": "accepted; sluice's stat names and Prometheus labels are fixed, and every stat is kept",
         "stats_flush_interval": "accepted; sluice has no stats sinks to flush (stats are read from /stats)",
     ],
@@ -46,10 +46,27 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     ],
     "envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer" => [],
     "envoy.config.overload.v3.OverloadManager" => [
-        "refresh_interval": "accepted; the connection count is exact at every accept, not sampled",
-        "resource_monitors": "envoy.resource_monitors.global_downstream_max_connections",
+        "refresh_interval": "how often the heap monitors are sampled and the actions' states updated (default 1s); the connection count is exact at every accept, not sampled",
+        "resource_monitors": "envoy.resource_monitors.global_downstream_max_connections and envoy.resource_monitors.fixed_heap (names unique)",
+        "actions": "envoy.overload_actions.stop_accepting_requests (503 envoy overloaded before any filter, http.<prefix>.downstream_rq_overload_close), disable_http_keepalive (HTTP/1 responses say connection: close, HTTP/2 connections drain with GOAWAY; http.<prefix>.downstream_cx_overload_disable_keepalive), stop_accepting_connections (saturated: the listeners stop accepting), reject_incoming_connections (accepted connections closed at once, listener.<address>.downstream_cx_overload_reject) and shrink_heap (saturated: free heap returned to the system every 10 s, overload.<action>.shrink_count); per request or connection with probability equal to the state, as Envoy. Listeners with bypass_overload_manager are exempt. Others are refused by name",
+        "loadshed_points": "envoy.load_shed_points.tcp_listener_accept (as reject_incoming_connections) and envoy.load_shed_points.http_connection_manager_decode_headers (as stop_accepting_requests); others are refused by name",
     ],
     "envoy.config.overload.v3.ResourceMonitor" => ["name", "typed_config"],
+    "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig" => [
+        "max_heap_size_bytes": "required, greater than 0; pressure is the heap in use (glibc's mallinfo2 arena and mmapped bytes, which include free memory not yet returned, as tcmalloc's figure Envoy reads) over this",
+    ],
+    "envoy.config.overload.v3.OverloadAction" => ["name", "triggers"],
+    "envoy.config.overload.v3.LoadShedPoint" => ["name", "triggers"],
+    "envoy.config.overload.v3.Trigger" => [
+        "name": "a fixed_heap monitor's name, once per action",
+        "threshold",
+        "scaled",
+    ],
+    "envoy.config.overload.v3.ThresholdTrigger" => ["value": "0 to 1; state 1 at or above it"],
+    "envoy.config.overload.v3.ScaledTrigger" => [
+        "scaling_threshold": "0 to 1, less than saturation_threshold",
+        "saturation_threshold": "0 to 1",
+    ],
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig" => [
         "max_active_downstream_connections": "required, greater than 0",
     ],
@@ -206,7 +223,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "drain_type": "accepted; every drain closes listeners of both kinds",
         "connection_balance_config": "accepted; tuning (the kernel balances SO_REUSEPORT sockets)",
         "ignore_global_conn_limit": "the listener's connections are neither held to nor counted in the global cap (overload_manager's global_downstream_max_connections)",
-        "bypass_overload_manager": "accepted; sluice's overload manager has no actions to bypass (only the global connection cap, which ignore_global_conn_limit governs)",
+        "bypass_overload_manager": "the listener's connections and requests are exempt from the overload actions and load shed points (the global connection cap is ignore_global_conn_limit's)",
         "access_log": "one line per connection, when it closes (for HTTP connections too: connection fields only)",
     ],
     "envoy.config.core.v3.Metadata" => ["filter_metadata"],

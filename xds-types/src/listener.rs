@@ -50,6 +50,8 @@ pub struct Listener {
     /// Not held to, nor counted in, the bootstrap's global connection cap (a health or
     /// admin-style listener that must answer when the proxy is full).
     pub ignore_global_conn_limit: bool,
+    /// Exempt from the overload actions (a health listener that must keep answering).
+    pub bypass_overload_manager: bool,
 }
 
 /// Where a listener accepts connections.
@@ -436,6 +438,7 @@ impl TryFrom<&pb::Listener> for Listener {
             default_filter_chain,
             socket: socket_settings(l)?,
             ignore_global_conn_limit: l.ignore_global_conn_limit,
+            bypass_overload_manager: l.bypass_overload_manager,
         })
     }
 }

@@ -25,6 +25,9 @@ pub const HTTP_CONNECTION_MANAGER: &str = "type.googleapis.com/envoy.extensions.
 pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 pub const CONNECTION_LIMIT: &str =
     "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
+/// `envoy.resource_monitors.fixed_heap`.
+pub const FIXED_HEAP_MONITOR: &str =
+    "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig";
 pub const DOWNSTREAM_CONNECTIONS_MONITOR: &str = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
 pub const HTTP_PROTOCOL_OPTIONS: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
+use xds_types::overload::ActionKind;
 
 use super::filter_chain::{select, ConnectionFacts};
 use super::inspect::{inspect, InspectError, Inspected, Prefixed};
@@ -97,9 +98,24 @@ pub(super) struct Acceptor {
 }
 
 pub(super) async fn accept_loop(mut acceptor: Acceptor) {
+    let mut paused = crate::overload::accept_paused();
     loop {
+        let exempt = acceptor
+            .store
+            .load()
+            .listeners
+            .get(&*acceptor.name)
+            .is_some_and(|l| l.config.bypass_overload_manager);
+        if !exempt && *paused.borrow_and_update() {
+            // As Envoy: the listener stops accepting; new peers wait in the backlog.
+            tokio::select! {
+                _ = acceptor.drain.changed() => return,
+                _ = paused.wait_for(|p| !*p) => continue,
+            }
+        }
         let (stream, peer) = tokio::select! {
             _ = acceptor.drain.changed() => return,
+            _ = paused.changed(), if !exempt => continue,
             accepted = acceptor.socket.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
@@ -128,6 +144,14 @@ pub(super) async fn accept_loop(mut acceptor: Acceptor) {
                 }
             },
         };
+        if !listener.config.bypass_overload_manager
+            && crate::overload::applies(ActionKind::RejectIncomingConnections)
+        {
+            listener.stats.downstream_cx_overload_reject.inc();
+            debug!(listener = %acceptor.name, %peer, "connection rejected by the overload manager");
+            drop(stream);
+            continue;
+        }
         listener.stats.downstream_cx_total.inc();
         let connection = Connection {
             _global_slot: global_slot,
@@ -441,6 +465,7 @@ impl Connection {
                     conn: Arc::new(ConnState::default()),
                     flags: self.flags.clone(),
                     limiters: Default::default(),
+                    overload_exempt: self.listener.config.bypass_overload_manager,
                 });
                 crate::http::serve_connection(stream, http, ctx, drain).await;
                 None
