@@ -38,9 +38,11 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
     "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
     "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-    // Filters sluice does not implement yet, common in real configs: they decode, so they
-    // are refused by name (or skipped when optional) instead of failing as unknown types.
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
+    // Lua is common in real configs and not implemented: it decodes, so it is refused by
+    // name (or skipped when optional) instead of failing as an unknown type.
+    "envoy.extensions.filters.http.lua.v3.Lua",
+    "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
     "envoy.extensions.filters.http.compressor.v3.Compressor",
     "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
     "envoy.extensions.compression.gzip.compressor.v3.Gzip",

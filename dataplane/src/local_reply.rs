@@ -201,8 +201,13 @@ pub fn into_grpc(response: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, body::empty())
 }
 
+/// The text of a reply the proxy made itself; `None` for an upstream's response.
+pub(crate) fn message_of(response: &http::response::Parts) -> Option<&Bytes> {
+    response.extensions.get::<Local>().map(|l| &l.message)
+}
+
 /// Envoy's HTTP status → gRPC status mapping (the gRPC spec's, with 400 as INTERNAL).
-fn grpc_status_for(status: StatusCode) -> u32 {
+pub(crate) fn grpc_status_for(status: StatusCode) -> u32 {
     match status.as_u16() {
         400 => 13,
         401 => 16,
@@ -214,7 +219,7 @@ fn grpc_status_for(status: StatusCode) -> u32 {
 }
 
 /// gRPC's percent-encoding of `grpc-message`: printable ASCII but `%` as is.
-fn grpc_message(text: &[u8]) -> String {
+pub(crate) fn grpc_message(text: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     for &b in text {
         if (0x20..=0x7e).contains(&b) && b != b'%' {

@@ -5,7 +5,10 @@
 //! - `x-test-fail-first: K` with `x-test-key: ID` — the first K requests of that key get 503;
 //! - `x-test-delay-ms: N` — wait before answering;
 //! - `x-test-response-bytes: N` — stream N bytes instead of JSON;
-//! - `x-test-echo-body: 1` — stream the request body back.
+//! - `x-test-echo-body: 1` — stream the request body back;
+//! - a gRPC request (`application/grpc`) to `/test.Echo/…` — a gRPC answer: the request's
+//!   messages back, trailers `grpc-status: 0` and `grpc-message: echoed`, and the request's
+//!   `content-type`, `te`, `grpc-accept-encoding` and `content-length` in `x-seen-*`.
 //!
 //! A test can also make requests fail (`fail_with`: all of them, or all but health checks
 //! on `/healthz`) and stop the upstream, closing its open connections as a crashed process
@@ -252,6 +255,11 @@ async fn handle(
         all_headers.insert(name.to_string(), values.join(",").into());
     }
 
+    if path.starts_with("/test.Echo/")
+        && header(&request, "content-type") == Some("application/grpc")
+    {
+        return Ok(grpc_echo(request).await);
+    }
     if echo {
         let seen = state.seen.clone();
         let (_, body) = request.into_parts();
@@ -349,6 +357,43 @@ async fn handle(
     r.headers_mut()
         .insert("x-upstream", state.name.parse().unwrap());
     Ok(r)
+}
+
+/// The gRPC echo (see the module's docs).
+async fn grpc_echo(request: Request<Incoming>) -> Response<Body> {
+    let mut seen = HeaderMap::new();
+    for name in [
+        "content-type",
+        "te",
+        "grpc-accept-encoding",
+        "content-length",
+    ] {
+        if let Some(v) = request.headers().get(name) {
+            if let Ok(seen_name) = http::HeaderName::try_from(format!("x-seen-{name}")) {
+                seen.insert(seen_name, v.clone());
+            }
+        }
+    }
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    trailers.insert("grpc-message", http::HeaderValue::from_static("echoed"));
+    let frames = futures_util::stream::iter([
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(body)),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    *response.headers_mut() = seen;
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// A text answer the request asks for, for the web-filter tests: `x-test-text-bytes: N`

@@ -359,6 +359,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "disable_shadow_host_suffix_append",
     ],
     "envoy.extensions.filters.http.cors.v3.Cors" => [],
+    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb" => [],
     "envoy.extensions.filters.http.cors.v3.CorsPolicy" => [
         "allow_origin_string_match", "allow_methods": "`*` echoes Access-Control-Request-Method",
         "allow_headers": "`*` echoes Access-Control-Request-Headers", "expose_headers", "max_age",

@@ -87,6 +87,9 @@ pub enum FilterConfig {
     Decompressor(Box<Decompressor>),
     FileServer(Box<FileServer>),
     Cache(Box<Cache>),
+    /// `envoy.filters.http.grpc_web`: gRPC-Web (binary or base64 text) from browsers
+    /// becomes gRPC upstream, and the answer gRPC-Web again (trailers in the body).
+    GrpcWeb,
 }
 
 /// `envoy.filters.http.health_check`: which requests are health checks, and whether the
@@ -158,6 +161,7 @@ const FILTERS: &[(&str, &str)] = &[
     (type_urls::DECOMPRESSOR, "envoy.filters.http.decompressor"),
     (type_urls::FILE_SERVER, "sluice.filters.http.file_server"),
     (type_urls::CACHE, "envoy.filters.http.cache"),
+    (type_urls::GRPC_WEB, "envoy.filters.http.grpc_web"),
 ];
 
 /// Whether `type_url` is the config of an HTTP filter Sluice implements (the field check
@@ -327,6 +331,7 @@ fn filter_config(any: &Any, path: &str) -> Result<Option<FilterConfig>> {
                 FileServer::try_from(&f).map_err(|e| e.within(path))?,
             ))
         }
+        type_urls::GRPC_WEB => FilterConfig::GrpcWeb,
         type_urls::CACHE => FilterConfig::Cache(Box::new(
             Cache::try_from(&unpack_any(any, type_urls::CACHE, path)?)
                 .map_err(|e| e.within(path))?,
@@ -603,7 +608,8 @@ mod tests {
     }
 
     const ROUTER: &str = "{name: r, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}";
-    const UNKNOWN: &str = "typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb}";
+    const UNKNOWN: &str =
+        "typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}";
 
     #[test]
     fn unknown_filters_are_named_unless_optional() {
@@ -611,7 +617,7 @@ mod tests {
         assert_eq!(err.path, "http_filters[0]");
         assert!(
             err.message
-                == "hm (envoy.extensions.filters.http.grpc_web.v3.GrpcWeb) is not supported by sluice",
+                == "hm (envoy.extensions.filters.http.lua.v3.Lua) is not supported by sluice",
             "{err}"
         );
         let ok = hcm(&format!(

@@ -236,6 +236,7 @@ impl HttpFilterChain {
                     FilterConfig::FileServer(c) => {
                         Box::new(filters::file_server::FileServerFilter::new(c))
                     }
+                    FilterConfig::GrpcWeb => Box::new(filters::grpc_web::GrpcWebFilter),
                     FilterConfig::Cache(c) => {
                         Box::new(filters::cache::CacheFilter::new(c, hcm_prefix, stats))
                     }
@@ -319,6 +320,9 @@ impl HttpFilterChain {
                         decision = entry
                             .filter
                             .on_request_body(ctx, per_route, request, held, ended);
+                        for transform in ctx.request_body.drain(..) {
+                            body.wrap(transform);
+                        }
                     }
                 }
             }

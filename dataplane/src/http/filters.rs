@@ -13,6 +13,7 @@ pub mod ext_authz;
 pub mod fault;
 pub mod file_server;
 pub mod grpc;
+pub mod grpc_web;
 pub mod header_mutation;
 pub mod health_check;
 pub mod jwt_authn;

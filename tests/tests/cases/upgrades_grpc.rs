@@ -371,3 +371,126 @@ async fn grpc_requests_get_local_replies_in_grpc_form_as_from_envoy() {
     assert_eq!(status_of("/deadline").as_deref(), Some("4"));
     assert_eq!(seen[1][1].4.as_deref(), Some("not 100%25 allowed"));
 }
+
+/// One gRPC message frame: uncompressed, 32-bit length, the bytes.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+#[tokio::test]
+async fn grpc_web_requests_reach_a_grpc_upstream_and_come_back_as_grpc_web_as_through_envoy() {
+    use base64::Engine as _;
+    use sluice_tests::client::HttpClient;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let upstream = sluice_tests::upstream::Upstream::start("grpc").await;
+    let config = |admin, listener| {
+        let routes = json!({ "name": "r", "virtual_hosts": [ { "name": "all", "domains": ["*"], "routes": [
+            { "match": { "prefix": "/test.Echo/" }, "route": { "cluster": "grpc" } },
+            { "match": { "prefix": "/down/" }, "route": { "cluster": "empty" } } ] } ] });
+        let mut listener = http_listener("web", listener, routes, json!({}));
+        let hcm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+        let router = hcm["http_filters"][0].clone();
+        hcm["http_filters"] = json!([
+            { "name": "envoy.filters.http.grpc_web", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb" } },
+            router,
+        ]);
+        bootstrap(
+            admin,
+            vec![listener],
+            vec![
+                cluster("grpc", &[(upstream.addr, 1)], http2_options()),
+                cluster("empty", &[], json!({})),
+            ],
+        )
+    };
+    let two_messages = [grpc_frame(b"hello"), grpc_frame(b"again")].concat();
+    let binary = ("application/grpc-web+proto", None, two_messages.clone());
+    // One base64 segment: Envoy refuses padding inside the body (two messages encoded on
+    // their own), which sluice decodes (docs/differences.md).
+    let text_body = b64.encode(&two_messages);
+    let probes: Vec<(&str, &str, Option<&str>, Vec<u8>)> = vec![
+        ("/test.Echo/Say", binary.0, binary.1, binary.2),
+        (
+            "/test.Echo/Say",
+            "application/grpc-web-text",
+            Some("application/grpc-web-text"),
+            text_body.into_bytes(),
+        ),
+        (
+            "/test.Echo/Say",
+            "application/grpc-web-text",
+            None,
+            b"not base64!".to_vec(),
+        ),
+        ("/down/Say", "application/grpc-web", None, grpc_frame(b"x")),
+    ];
+    let mut seen = Vec::new();
+    for proxy in ["envoy", "sluice"] {
+        let (admin, listener) = (free_addr(), free_addr());
+        let process: Box<dyn std::any::Any> = match proxy {
+            "envoy" => Box::new(
+                sluice_tests::envoy::Envoy::start(&config(admin, listener), admin)
+                    .await
+                    .expect("start envoy"),
+            ),
+            _ => Box::new(
+                Sluice::start(&config(admin, listener), admin)
+                    .await
+                    .unwrap(),
+            ),
+        };
+        let mut answers = Vec::new();
+        for (path, content_type, accept, body) in &probes {
+            let mut headers = vec![("content-type", *content_type), ("x-grpc-web", "1")];
+            if let Some(accept) = accept {
+                headers.push(("accept", accept));
+            }
+            let r = HttpClient::http1()
+                .send(
+                    listener,
+                    http::Method::POST,
+                    "web.test",
+                    path,
+                    &headers,
+                    body.clone(),
+                )
+                .await
+                .unwrap();
+            answers.push(json!({
+                "path": path,
+                "request": content_type,
+                "status": r.status.as_u16(),
+                "content_type": r.header("content-type"),
+                "grpc_status": r.header("grpc-status"),
+                "grpc_message": r.header("grpc-message"),
+                "upstream_saw": [r.header("x-seen-content-type"), r.header("x-seen-te"),
+                    r.header("x-seen-grpc-accept-encoding"), r.header("x-seen-content-length")],
+                "body": String::from_utf8_lossy(&r.body),
+            }));
+        }
+        drop(process);
+        seen.push(answers);
+    }
+    let sluice = &seen[1];
+    // The binary answer: both messages, then the trailers frame.
+    let mut expected = two_messages.clone();
+    let trailers = b"grpc-status:0\r\ngrpc-message:echoed\r\n";
+    expected.push(0x80);
+    expected.extend_from_slice(&(trailers.len() as u32).to_be_bytes());
+    expected.extend_from_slice(trailers);
+    assert_eq!(
+        sluice[0]["body"],
+        String::from_utf8_lossy(&expected).as_ref(),
+        "{sluice:?}"
+    );
+    assert_eq!(sluice[0]["upstream_saw"][0], "application/grpc");
+    assert_eq!(sluice[0]["upstream_saw"][1], "trailers");
+    assert_eq!(sluice[1]["content_type"], "application/grpc-web-text+proto");
+    assert_eq!(sluice[2]["status"], 400, "{sluice:?}");
+    assert_eq!(sluice[3]["grpc_status"], "14", "{sluice:?}");
+    assert_eq!(seen[0], seen[1], "sluice answers as Envoy");
+}
