@@ -288,6 +288,60 @@ pub struct Locality {
     pub sub_zone: String,
 }
 
+/// The `envoy.cluster.dns` extension (`cluster_type` with a `DnsCluster`), which newer
+/// control planes emit instead of `type: STRICT_DNS` / `LOGICAL_DNS`: the same discovery,
+/// its refresh rate and lookup family in the extension's config.
+fn dns_cluster(custom: &pb::cluster::CustomClusterType) -> Result<(Discovery, DnsLookupFamily)> {
+    use crate::pb::envoy::extensions::clusters::common::dns::v3::DnsLookupFamily as F;
+    use crate::pb::envoy::extensions::clusters::dns::v3::DnsCluster;
+    let path = "cluster_type.typed_config";
+    let any = custom
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ValidationError::required(path))?;
+    if any.type_url != type_urls::DNS_CLUSTER {
+        return Err(ValidationError::new(
+            "cluster_type",
+            format!(
+                "{} ({}) is not supported by sluice (it implements envoy.cluster.dns)",
+                custom.name,
+                any.type_url.rsplit('/').next().unwrap_or_default()
+            ),
+        ));
+    }
+    let config: DnsCluster = unpack_any(any, type_urls::DNS_CLUSTER, path)?;
+    let refresh = optional_timeout(
+        config.dns_refresh_rate.as_ref(),
+        &format!("{path}.dns_refresh_rate"),
+        Some(DEFAULT_DNS_REFRESH),
+    )?
+    .unwrap_or(DEFAULT_DNS_REFRESH);
+    if refresh < Duration::from_millis(1) {
+        return Err(ValidationError::new(
+            format!("{path}.dns_refresh_rate"),
+            "must be at least 1ms",
+        ));
+    }
+    let family = match F::try_from(config.dns_lookup_family) {
+        Ok(F::Unspecified | F::Auto) => DnsLookupFamily::Auto,
+        Ok(F::V4Only) => DnsLookupFamily::V4Only,
+        Ok(F::V6Only) => DnsLookupFamily::V6Only,
+        Ok(F::V4Preferred) => DnsLookupFamily::V4Preferred,
+        Ok(F::All) => DnsLookupFamily::All,
+        Err(_) => {
+            return Err(ValidationError::new(
+                format!("{path}.dns_lookup_family"),
+                "unknown value",
+            ))
+        }
+    };
+    let discovery = match config.all_addresses_in_single_endpoint {
+        true => Discovery::LogicalDns { refresh },
+        false => Discovery::StrictDns { refresh },
+    };
+    Ok((discovery, family))
+}
+
 impl TryFrom<&pb::Cluster> for Cluster {
     type Error = ValidationError;
 
@@ -308,8 +362,16 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 "must be at least 1ms",
             ));
         }
+        let dns_cluster = match c.cluster_discovery_type.as_ref() {
+            Some(T::ClusterType(custom)) => Some(dns_cluster(custom)?),
+            _ => None,
+        };
         let discovery = match c.cluster_discovery_type.as_ref() {
             None => Discovery::Static,
+            Some(T::ClusterType(_)) => {
+                let (discovery, ..) = dns_cluster.expect("parsed above");
+                discovery
+            }
             Some(T::Type(t)) => match D::try_from(*t) {
                 Ok(D::Static) => Discovery::Static,
                 Ok(D::StrictDns) => Discovery::StrictDns { refresh },
@@ -323,10 +385,11 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 }
                 Err(_) => return Err(ValidationError::new("type", "unknown cluster type")),
             },
-            Some(_) => return Err(ValidationError::unsupported("cluster_type")),
         };
         let lb = crate::lb::lb_config(c)?;
-        let dns_lookup_family = {
+        let dns_lookup_family = if let Some((_, family)) = dns_cluster {
+            family
+        } else {
             use pb::cluster::DnsLookupFamily as F;
             match F::try_from(c.dns_lookup_family) {
                 Ok(F::Auto) => DnsLookupFamily::Auto,
@@ -956,5 +1019,38 @@ transport_socket:
         assert_eq!((e.priority, e.locality_weight), (1, Some(3)));
         assert_eq!(e.locality.zone, "z1");
         assert_eq!(e.health, EdsHealth::Draining);
+    }
+
+    #[test]
+    fn the_dns_cluster_extension_is_strict_or_logical_dns() {
+        let cluster = |config: &str| {
+            let yaml = format!(
+                "name: c\ncluster_type: {{name: envoy.cluster.dns, typed_config: {{'@type': type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster{config}}}}}\n\
+                 load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: localhost, port_value: 80}}}}}}}}]}}]}}"
+            );
+            let raw: pb::Cluster =
+                crate::decode::from_yaml(&yaml, "envoy.config.cluster.v3.Cluster")?;
+            Cluster::try_from(&raw)
+        };
+        let strict = cluster(", dns_refresh_rate: 2s").unwrap();
+        assert_eq!(
+            strict.discovery,
+            Discovery::StrictDns {
+                refresh: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(strict.dns_lookup_family, DnsLookupFamily::Auto);
+        let logical =
+            cluster(", all_addresses_in_single_endpoint: true, dns_lookup_family: V6_ONLY")
+                .unwrap();
+        assert_eq!(
+            logical.discovery,
+            Discovery::LogicalDns {
+                refresh: DEFAULT_DNS_REFRESH
+            }
+        );
+        assert_eq!(logical.dns_lookup_family, DnsLookupFamily::V6Only);
+        let err = cluster(", respect_dns_ttl: true").unwrap_err();
+        assert!(err.path.contains("respect_dns_ttl"), "{err}");
     }
 }

@@ -734,8 +734,15 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.core.v3.HeaderValue" => [
         "key", "value": "literal values; `%` command operators are rejected",
     ],
+    "envoy.config.cluster.v3.Cluster.CustomClusterType" => ["name", "typed_config"],
+    "envoy.extensions.clusters.dns.v3.DnsCluster" => [
+        "dns_refresh_rate": "default 5s",
+        "dns_lookup_family": "AUTO (also when unset), V4_ONLY, V6_ONLY, V4_PREFERRED, ALL",
+        "all_addresses_in_single_endpoint": "true: logical DNS (one endpoint, the first address); false: strict DNS (an endpoint per address)",
+    ],
     "envoy.config.cluster.v3.Cluster" => [
         "name", "type": "STATIC, STRICT_DNS, LOGICAL_DNS, EDS",
+        "cluster_type": "envoy.cluster.dns (DnsCluster: strict DNS, or logical DNS with all_addresses_in_single_endpoint); other cluster extensions are refused by name",
         "eds_cluster_config": "endpoints over ADS; the cluster warms until they arrive",
         "connect_timeout", "lb_policy": "ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV",
         "load_assignment", "dns_refresh_rate", "dns_lookup_family": "AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL",

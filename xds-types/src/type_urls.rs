@@ -108,6 +108,8 @@ pub const FILE_SERVER: &str =
     "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServer";
 pub const FILE_SERVER_PER_ROUTE: &str =
     "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServerPerRoute";
+/// The `envoy.cluster.dns` cluster extension's config.
+pub const DNS_CLUSTER: &str = "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster";
 pub const GRPC_WEB: &str = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb";
 pub const CACHE: &str = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig";
 pub const SIMPLE_HTTP_CACHE: &str =

@@ -91,6 +91,7 @@ fn routes() -> Value {
                 { "match": { "prefix": "/random" }, "route": { "cluster": "random" } },
                 { "match": { "prefix": "/strictdns" }, "route": { "cluster": "strict_dns" } },
                 { "match": { "prefix": "/logicaldns" }, "route": { "cluster": "logical_dns" } },
+                { "match": { "prefix": "/dnsextension" }, "route": { "cluster": "dns_extension" } },
                 { "match": { "prefix": "/h2up" }, "route": { "cluster": "h2" } },
                 { "match": { "prefix": "/" }, "route": { "cluster": "a" } }
               ]
@@ -145,6 +146,13 @@ impl Fixture {
                 ),
                 dns("strict_dns", "STRICT_DNS", b.addr.port()),
                 dns("logical_dns", "LOGICAL_DNS", b.addr.port()),
+                // The same, as newer control planes write it: the envoy.cluster.dns extension.
+                json!({ "name": "dns_extension", "connect_timeout": "1s",
+                        "cluster_type": { "name": "envoy.cluster.dns", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+                            "dns_refresh_rate": "1s", "dns_lookup_family": "V4_ONLY" } },
+                        "load_assignment": { "cluster_name": "dns_extension", "endpoints": [ { "lb_endpoints": [
+                            { "endpoint": { "address": { "socket_address": { "address": "localhost", "port_value": b.addr.port() } } } } ] } ] } }),
                 cluster("h2", &[ep(&b)], http2_options()),
             ],
         );
@@ -566,7 +574,7 @@ async fn load_balancers_and_cluster_types() {
         }
     }
     assert!(servers["a"] > 10 && servers["b"] > 10, "{servers:?}");
-    for path in ["/strictdns", "/logicaldns"] {
+    for path in ["/strictdns", "/logicaldns", "/dnsextension"] {
         let r = f.get("h", path, &[]).await;
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.json()["server"], "b");
@@ -630,7 +638,7 @@ async fn admin_endpoints() {
         .unwrap();
     assert_eq!(
         clusters_dump["static_clusters"].as_array().unwrap().len(),
-        9
+        10
     );
     let clusters = f.sluice.admin_get("/clusters").await.unwrap();
     assert!(
