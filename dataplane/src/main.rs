@@ -43,11 +43,18 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let text = match std::fs::read_to_string(&cli.config_path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", cli.config_path.display());
+            return ExitCode::from(1);
+        }
+    };
     let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
+    if cli.log_format == "json" || xds_types::Bootstrap::wants_json_logs(&text) {
         logs.json().init();
     } else {
         logs.init();
@@ -58,13 +65,6 @@ fn main() -> ExitCode {
         cli.trace_flush_interval_ms,
     ));
 
-    let text = match std::fs::read_to_string(&cli.config_path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", cli.config_path.display());
-            return ExitCode::from(1);
-        }
-    };
     if cli.mode == "validate" {
         return validate(&cli.config_path, &text);
     }

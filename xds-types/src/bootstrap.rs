@@ -76,6 +76,21 @@ impl Bootstrap {
         Self::try_from(raw)
     }
 
+    /// Whether the bootstrap asks for JSON application logs
+    /// (`application_log_config.log_format.json_format`); read before the bootstrap is
+    /// validated, since logging starts first. A bootstrap that does not decode says no.
+    pub fn wants_json_logs(text: &str) -> bool {
+        use pb::bootstrap::application_log_config::log_format::LogFormat;
+        decode::from_yaml::<pb::Bootstrap>(text, BOOTSTRAP).is_ok_and(|raw| {
+            matches!(
+                raw.application_log_config
+                    .and_then(|c| c.log_format)
+                    .and_then(|f| f.log_format),
+                Some(LogFormat::JsonFormat(_))
+            )
+        })
+    }
+
     /// Every extension and field of a YAML or JSON bootstrap that sluice lacks, each
     /// with its path, and every setting accepted without effect: what `--mode validate`
     /// and the compatibility report show. [`Bootstrap::from_yaml`] may still refuse the
@@ -127,6 +142,20 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
                     .map_err(|e| e.within(format!("static_resources.clusters[{i}]")))
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(local) = raw
+            .cluster_manager
+            .as_ref()
+            .map(|m| m.local_cluster_name.as_str())
+            .filter(|n| !n.is_empty())
+        {
+            // As Envoy, the local cluster must be a static one.
+            if !clusters.iter().any(|c| c.name == local) {
+                return Err(ValidationError::new(
+                    "cluster_manager.local_cluster_name",
+                    format!("local cluster {local:?} must be defined in static_resources.clusters"),
+                ));
+            }
+        }
         let listeners = statics
             .listeners
             .iter()
@@ -451,5 +480,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.path, "dynamic_resources.ads_config");
+    }
+
+    #[test]
+    fn the_local_cluster_must_exist_and_json_logs_are_asked_for() {
+        let err = crate::Bootstrap::from_yaml("cluster_manager: {local_cluster_name: nowhere}")
+            .unwrap_err();
+        assert_eq!(err.path, "cluster_manager.local_cluster_name", "{err}");
+        assert!(crate::Bootstrap::wants_json_logs(
+            "application_log_config: {log_format: {json_format: {message: '%v'}}}"
+        ));
+        assert!(!crate::Bootstrap::wants_json_logs(
+            "application_log_config: {log_format: {text_format: '%v'}}"
+        ));
+        assert!(!crate::Bootstrap::wants_json_logs("{}"));
     }
 }

@@ -288,6 +288,30 @@ pub struct Locality {
     pub sub_zone: String,
 }
 
+/// A `typed_dns_resolver_config` that only picks a resolver implementation; sluice asks the
+/// system resolver, which is what both mean when no name servers are given.
+fn dns_resolver(config: Option<&core::TypedExtensionConfig>, path: &str) -> Result<()> {
+    let Some(config) = config else {
+        return Ok(());
+    };
+    let any = config
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ValidationError::required(format!("{path}.typed_config")))?;
+    match any.type_url.as_str() {
+        // The field policy refuses a c-ares config that names its own resolvers.
+        type_urls::GETADDRINFO_DNS_RESOLVER | type_urls::CARES_DNS_RESOLVER => Ok(()),
+        other => Err(ValidationError::new(
+            path,
+            format!(
+                "{} ({}) is not supported by sluice",
+                config.name,
+                other.rsplit('/').next().unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 /// The `envoy.cluster.dns` extension (`cluster_type` with a `DnsCluster`), which newer
 /// control planes emit instead of `type: STRICT_DNS` / `LOGICAL_DNS`: the same discovery,
 /// its refresh rate and lookup family in the extension's config.
@@ -310,6 +334,10 @@ fn dns_cluster(custom: &pb::cluster::CustomClusterType) -> Result<(Discovery, Dn
         ));
     }
     let config: DnsCluster = unpack_any(any, type_urls::DNS_CLUSTER, path)?;
+    dns_resolver(
+        config.typed_dns_resolver_config.as_ref(),
+        &format!("{path}.typed_dns_resolver_config"),
+    )?;
     let refresh = optional_timeout(
         config.dns_refresh_rate.as_ref(),
         &format!("{path}.dns_refresh_rate"),
@@ -386,6 +414,10 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 Err(_) => return Err(ValidationError::new("type", "unknown cluster type")),
             },
         };
+        dns_resolver(
+            c.typed_dns_resolver_config.as_ref(),
+            "typed_dns_resolver_config",
+        )?;
         let lb = crate::lb::lb_config(c)?;
         let dns_lookup_family = if let Some((_, family)) = dns_cluster {
             family
@@ -1052,5 +1084,16 @@ transport_socket:
         assert_eq!(logical.dns_lookup_family, DnsLookupFamily::V6Only);
         let err = cluster(", respect_dns_ttl: true").unwrap_err();
         assert!(err.path.contains("respect_dns_ttl"), "{err}");
+        let err = cluster(
+            ", typed_dns_resolver_config: {name: envoy.network.dns_resolver.cares, typed_config: \
+             {'@type': type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig, \
+              resolvers: [{socket_address: {address: 10.0.0.53, port_value: 53}}]}}",
+        )
+        .unwrap_err();
+        assert!(
+            err.path
+                .ends_with("typed_dns_resolver_config.typed_config.resolvers"),
+            "{err}"
+        );
     }
 }

@@ -110,6 +110,10 @@ pub const FILE_SERVER_PER_ROUTE: &str =
     "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServerPerRoute";
 /// The `envoy.cluster.dns` cluster extension's config.
 pub const DNS_CLUSTER: &str = "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster";
+/// DNS resolver implementations a cluster may name (`typed_dns_resolver_config`).
+pub const CARES_DNS_RESOLVER: &str =
+    "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
+pub const GETADDRINFO_DNS_RESOLVER: &str = "type.googleapis.com/envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig";
 pub const GRPC_WEB: &str = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb";
 pub const CACHE: &str = "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig";
 pub const SIMPLE_HTTP_CACHE: &str =
