@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -159,6 +160,16 @@ pub struct DynamicResources {
     pub received: BTreeMap<(String, String), Received>,
 }
 
+/// RDS and EDS resources read from files (`path_config_source`), by file and name. They
+/// are kept apart from what ADS delivers (which publishes its whole set of resources at
+/// each update), and a file's resource serves only the listeners and clusters that name
+/// that file, as an Envoy subscription is per config source.
+#[derive(Debug, Clone, Default)]
+pub struct FileResources {
+    pub routes: BTreeMap<(PathBuf, String), RouteTable>,
+    pub assignments: BTreeMap<(PathBuf, String), Assignment>,
+}
+
 /// One accepted xDS resource as the control plane sent it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -174,9 +185,27 @@ pub struct Dependency {
     pub name: String,
     /// Envoy's `initial_fetch_timeout` of the config source; `None` waits forever.
     pub initial_fetch_timeout: Option<Duration>,
+    /// The file it is read from (`path_config_source`); `None`: ADS delivers it.
+    pub file: Option<PathBuf>,
 }
 
 impl Sources {
+    /// The route table `name`, from ADS or from `file`.
+    fn routes(&self, name: &str, file: Option<&PathBuf>) -> Option<&RouteTable> {
+        match file {
+            None => self.dynamic.routes.get(name),
+            Some(f) => self.files.routes.get(&(f.clone(), name.to_string())),
+        }
+    }
+
+    /// The endpoints `name`, from ADS or from `file`.
+    fn assignment(&self, name: &str, file: Option<&PathBuf>) -> Option<&Assignment> {
+        match file {
+            None => self.dynamic.assignments.get(name),
+            Some(f) => self.files.assignments.get(&(f.clone(), name.to_string())),
+        }
+    }
+
     fn clusters(&self) -> impl Iterator<Item = &Cluster> {
         self.bootstrap
             .clusters
@@ -199,8 +228,11 @@ impl Sources {
                 type_url: type_urls::CLUSTER_LOAD_ASSIGNMENT,
                 name: eds.service_name.clone(),
                 initial_fetch_timeout: eds.initial_fetch_timeout,
+                file: eds.file.clone(),
             };
-            let arrived = self.dynamic.assignments.contains_key(&eds.service_name);
+            let arrived = self
+                .assignment(&eds.service_name, eds.file.as_ref())
+                .is_some();
             (dependency, arrived)
         });
         let routes = self
@@ -211,13 +243,15 @@ impl Sources {
                 RouteSource::Rds {
                     name,
                     initial_fetch_timeout,
+                    file,
                 } => Some((
                     Dependency {
                         type_url: type_urls::ROUTE_CONFIGURATION,
                         name: name.clone(),
                         initial_fetch_timeout: *initial_fetch_timeout,
+                        file: file.clone(),
                     },
-                    self.dynamic.routes.contains_key(name),
+                    self.routes(name, file.as_ref()).is_some(),
                 )),
             });
         let secret_refs = self.listeners().flat_map(|l| l.sds_refs()).chain(
@@ -234,6 +268,7 @@ impl Sources {
                     type_url: type_urls::SECRET,
                     name: r.name.clone(),
                     initial_fetch_timeout,
+                    file: None,
                 },
                 self.dynamic.secrets.contains_key(&r.name)
                     || self.dynamic.expired_secrets.contains(&r.name),
@@ -250,6 +285,7 @@ impl Sources {
 struct Sources {
     bootstrap: Arc<Bootstrap>,
     dynamic: DynamicResources,
+    files: FileResources,
 }
 
 /// Where the current snapshot lives; cheap to clone.
@@ -268,6 +304,7 @@ impl SnapshotStore {
         let sources = Sources {
             bootstrap: Arc::new(bootstrap),
             dynamic: DynamicResources::default(),
+            files: FileResources::default(),
         };
         let snapshot = build(&sources, None, &stats, 1);
         Self {
@@ -296,6 +333,34 @@ impl SnapshotStore {
         let mut sources = self.sources.lock().expect("sources lock");
         sources.dynamic = dynamic;
         self.rebuild(&sources)
+    }
+
+    /// Replaces what `file` holds of `type_url` (routes or endpoints, by name) and
+    /// publishes the merged snapshot.
+    pub fn publish_file(
+        &self,
+        file: &std::path::Path,
+        routes: BTreeMap<String, RouteTable>,
+        assignments: BTreeMap<String, Assignment>,
+    ) -> Arc<Snapshot> {
+        let mut sources = self.sources.lock().expect("sources lock");
+        let files = &mut sources.files;
+        files.routes.retain(|(f, _), _| f != file);
+        files.assignments.retain(|(f, _), _| f != file);
+        for (name, table) in routes {
+            files.routes.insert((file.to_path_buf(), name), table);
+        }
+        for (name, assignment) in assignments {
+            files
+                .assignments
+                .insert((file.to_path_buf(), name), assignment);
+        }
+        self.rebuild(&sources)
+    }
+
+    /// What the RDS and EDS files hold now, for the file watcher to start from.
+    pub fn files(&self) -> FileResources {
+        self.sources.lock().expect("sources lock").files.clone()
     }
 
     /// The resources last received over xDS.
@@ -353,9 +418,9 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
     let clusters = cluster_configs
         .filter_map(|config| {
             let live = || previous.and_then(|p| p.clusters.get(&config.name)).cloned();
-            let assignment = match config.eds_name() {
+            let assignment = match config.eds.as_ref() {
                 None => None,
-                Some(eds_name) => match dynamic.assignments.get(eds_name) {
+                Some(eds) => match sources.assignment(&eds.service_name, eds.file.as_ref()) {
                     Some(endpoints) => Some(endpoints),
                     None => return live().map(|l| (config.name.clone(), l)),
                 },
@@ -374,7 +439,7 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
     let listeners = listener_configs
         .filter_map(|l| {
             let live = previous.and_then(|p| p.listeners.get(&l.name));
-            match listener_runtime(l, live, dynamic, &secrets, bootstrap, stats) {
+            match listener_runtime(l, live, sources, &secrets, bootstrap, stats) {
                 Ok(runtime) => Some((l.name.clone(), Arc::new(runtime))),
                 Err(Warming) => live.map(|r| (l.name.clone(), r.clone())),
             }
@@ -455,14 +520,14 @@ fn cluster_state(
 fn listener_runtime(
     l: &Listener,
     live: Option<&Arc<ListenerRuntime>>,
-    dynamic: &DynamicResources,
+    sources: &Sources,
     secrets: &Secrets<'_>,
     node: &Bootstrap,
     stats: &Stats,
 ) -> Result<ListenerRuntime, Warming> {
     let chain = |c: &FilterChain| -> Result<Arc<ChainRuntime>, Warming> {
         let previous = live.and_then(|r| r.chain(c.identity));
-        chain_runtime(l, c, previous, dynamic, secrets, node, stats).map(Arc::new)
+        chain_runtime(l, c, previous, sources, secrets, node, stats).map(Arc::new)
     };
     let chains = l
         .filter_chains
@@ -483,7 +548,7 @@ fn chain_runtime(
     listener: &Listener,
     c: &FilterChain,
     previous: Option<&Arc<ChainRuntime>>,
-    dynamic: &DynamicResources,
+    sources: &Sources,
     secrets: &Secrets<'_>,
     node: &Bootstrap,
     stats: &Stats,
@@ -492,7 +557,9 @@ fn chain_runtime(
         NetworkFilter::Http(h) => {
             let table = match &h.routes {
                 RouteSource::Inline(table) => table,
-                RouteSource::Rds { name, .. } => dynamic.routes.get(name).ok_or(Warming)?,
+                RouteSource::Rds { name, file, .. } => {
+                    sources.routes(name, file.as_ref()).ok_or(Warming)?
+                }
             };
             let previous = previous.and_then(|p| match &p.network {
                 Network::Http(http) => Some(http),
@@ -539,7 +606,7 @@ fn chain_runtime(
         None => ChainTls::Plaintext,
         Some(tls) => {
             let refs: Vec<&SdsRef> = tls.sds_names().collect();
-            let expired = |r: &&SdsRef| dynamic.expired_secrets.contains(&r.name);
+            let expired = |r: &&SdsRef| sources.dynamic.expired_secrets.contains(&r.name);
             if let Some(missing) = refs.iter().find(|r| secrets.get(r).is_none()) {
                 if !expired(missing) {
                     return Err(Warming);

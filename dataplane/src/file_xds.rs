@@ -11,10 +11,17 @@
 //! so a request sees the old set or the new one, never a mixture. A file that cannot be
 //! read or parsed keeps the last good resources.
 //!
-//! Without ADS nothing can deliver EDS, RDS or SDS, so a resource that needs one is refused
-//! rather than left warming forever.
+//! Without ADS nothing can deliver EDS, RDS or SDS over the wire, so a resource that needs
+//! one from ADS is refused rather than left warming forever.
+//!
+//! RDS and EDS config sources may name files too (`path_config_source` under `rds` or
+//! `eds_config`), whoever delivered the listener or cluster: [`run_resource_files`] watches
+//! every file the current config names, the same way, and a listener or cluster uses only
+//! what the file it names holds. A file without the named resource gives an empty route
+//! table or no endpoints at once (nothing more can arrive until the file changes), as an
+//! expired `initial_fetch_timeout` would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +32,9 @@ use xds_types::bootstrap::FileSources;
 use xds_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use xds_types::tls::SecretSource;
 use xds_types::{type_urls, ValidationError};
+
+use xds_types::cluster::Assignment;
+use xds_types::RouteTable;
 
 use crate::config::{DynamicResources, Received, SnapshotStore};
 use crate::listener::ListenerManager;
@@ -154,6 +164,149 @@ fn load(file: &Watched, store: &SnapshotStore, listeners: &ListenerManager) {
     info!(%path, version = snapshot.version, "config file applied");
 }
 
+/// Watches the RDS and EDS files the current listeners and clusters name, until the
+/// process exits.
+pub async fn run_resource_files(store: SnapshotStore, listeners: Arc<ListenerManager>) {
+    let mut stamps: HashMap<PathBuf, Option<Stamp>> = HashMap::new();
+    let mut seen_version = 0;
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let version = store.load().version;
+        if stamps.is_empty() && version == seen_version {
+            continue;
+        }
+        seen_version = version;
+        // Per file: the resources named from it, and whether each is there.
+        let mut wanted: BTreeMap<PathBuf, Vec<(&'static str, String, bool)>> = BTreeMap::new();
+        for (dependency, arrived) in store.dependencies() {
+            if let Some(file) = dependency.file {
+                wanted.entry(file).or_default().push((
+                    dependency.type_url,
+                    dependency.name,
+                    arrived,
+                ));
+            }
+        }
+        let gone: Vec<PathBuf> = stamps
+            .keys()
+            .filter(|p| !wanted.contains_key(*p))
+            .cloned()
+            .collect();
+        for path in gone {
+            stamps.remove(&path);
+            store.publish_file(&path, BTreeMap::new(), BTreeMap::new());
+        }
+        for (path, names) in &wanted {
+            let now = stamp(path);
+            let last = stamps.entry(path.clone()).or_default();
+            let missing = names.iter().any(|(_, _, arrived)| !arrived);
+            match now {
+                Err(error) => {
+                    if last.take().is_some() || missing {
+                        warn!(path = %path.display(), %error, "config file unreadable; keeping the last good resources");
+                    }
+                }
+                Ok(now) if last.as_ref() != Some(&now) || missing => {
+                    *last = Some(now);
+                    load_resources(path, names, &store, &listeners);
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Reads one RDS or EDS file and publishes what it holds, plus an empty resource for each
+/// name the config wants from it that it lacks.
+fn load_resources(
+    path: &Path,
+    names: &[(&'static str, String, bool)],
+    store: &SnapshotStore,
+    listeners: &ListenerManager,
+) {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(error) => {
+            warn!(path = %shown, %error, "cannot read config file; keeping the last good resources");
+            return;
+        }
+    };
+    let response = match parse_response(&text) {
+        Ok(r) => r,
+        Err(error) => {
+            warn!(path = %shown, %error, "config file refused; keeping the last good resources");
+            return;
+        }
+    };
+    let type_url = match response.type_url.as_str() {
+        "" => response
+            .resources
+            .first()
+            .map_or(names[0].0, |r| r.type_url.as_str()),
+        t => t,
+    };
+    if type_url != type_urls::ROUTE_CONFIGURATION && type_url != type_urls::CLUSTER_LOAD_ASSIGNMENT
+    {
+        warn!(path = %shown, %type_url, "config file refused: an RDS or EDS file holds RouteConfiguration or ClusterLoadAssignment resources");
+        return;
+    }
+    // A refused resource keeps the version this file gave before.
+    let held = store.files();
+    let mut before = DynamicResources::default();
+    for ((file, name), table) in held.routes {
+        if file == path {
+            before.routes.insert(name, table);
+        }
+    }
+    for ((file, name), assignment) in held.assignments {
+        if file == path {
+            before.assignments.insert(name, assignment);
+        }
+    }
+    let (rejected, mut next) = convert_all(
+        type_url,
+        &response.version_info,
+        response.resources.iter().map(|a| (None, a)),
+        &before,
+        true,
+    );
+    if !rejected.is_empty() {
+        warn!(path = %shown, errors = %nack(&rejected).message, "resources refused; each keeps its last good version");
+    }
+    for (wanted_type, name, _) in names {
+        let lacks = match *wanted_type {
+            type_urls::ROUTE_CONFIGURATION => !next.routes.contains_key(name),
+            _ => !next.assignments.contains_key(name),
+        };
+        if !lacks {
+            continue;
+        }
+        warn!(path = %shown, %name, "config file holds no such resource; going live without it");
+        match *wanted_type {
+            type_urls::ROUTE_CONFIGURATION => {
+                let table = RouteTable {
+                    name: name.clone(),
+                    ..RouteTable::default()
+                };
+                next.routes.insert(name.clone(), table);
+            }
+            _ => {
+                next.assignments
+                    .insert(name.clone(), Assignment::empty(name));
+            }
+        }
+    }
+    let snapshot = store.publish_file(path, next.routes, next.assignments);
+    // The latest snapshot: the ADS client may have published after this one.
+    if let Err(error) = listeners.reconcile(&store.load()) {
+        warn!(%error, "listener using a config file failed to start");
+    }
+    info!(path = %shown, version = snapshot.version, "config file applied");
+}
+
 /// Converts a file's `DiscoveryResponse` of `type_url` over `current`: the rejected
 /// resources and the resulting set, or why the whole file is refused.
 fn convert_file(
@@ -213,7 +366,7 @@ fn refuse_xds_dependencies(
         received,
         rejected,
         |c| {
-            if c.eds.is_some() {
+            if c.eds.as_ref().is_some_and(|e| e.file.is_none()) {
                 Some("eds_cluster_config: EDS")
             } else if c.tls.iter().flat_map(|t| t.sds_names()).any(over_ads) {
                 Some("transport_socket: SDS")
@@ -229,7 +382,7 @@ fn refuse_xds_dependencies(
         received,
         rejected,
         |l| {
-            if l.rds_names().next().is_some() {
+            if l.needs_ads_routes() {
                 Some("filter_chains: RDS")
             } else if l.sds_refs().any(over_ads) {
                 Some("filter_chains: SDS")

@@ -112,6 +112,10 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
             ready,
         ));
     }
+    tokio::spawn(file_xds::run_resource_files(
+        store.clone(),
+        listeners.clone(),
+    ));
     // Config decoding keeps Envoy's descriptors in memory; free them once config is quiet.
     tokio::spawn(async {
         let mut tick = tokio::time::interval(DESCRIPTOR_IDLE);

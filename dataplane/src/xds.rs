@@ -247,7 +247,8 @@ fn wanted(dependencies: &[(Dependency, bool)]) -> Vec<(&'static str, BTreeSet<St
     .map(|type_url| {
         let names = dependencies
             .iter()
-            .filter(|(d, _)| d.type_url == type_url)
+            // What files hold is the file watcher's, not the control plane's.
+            .filter(|(d, _)| d.type_url == type_url && d.file.is_none())
             .map(|(d, _)| d.name.clone())
             .collect();
         (type_url, names)
@@ -266,7 +267,8 @@ impl Warming {
     fn track(&mut self, dependencies: &[(Dependency, bool)]) {
         let now = Instant::now();
         let mut missing = HashMap::new();
-        for (dependency, arrived) in dependencies {
+        // A file's resources are the file watcher's to wait for.
+        for (dependency, arrived) in dependencies.iter().filter(|(d, _)| d.file.is_none()) {
             if let (false, Some(timeout)) = (arrived, dependency.initial_fetch_timeout) {
                 missing.insert(
                     (dependency.type_url, dependency.name.clone()),

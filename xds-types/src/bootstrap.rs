@@ -255,17 +255,18 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             }
         }
         if ads.is_none() {
-            // EDS and RDS arrive over ADS: without it they would warm forever.
-            if let Some(i) = clusters.iter().position(|c| c.eds.is_some()) {
+            // EDS and RDS not read from files arrive over ADS: without it they would warm
+            // forever.
+            if let Some(i) = clusters
+                .iter()
+                .position(|c| c.eds.as_ref().is_some_and(|e| e.file.is_none()))
+            {
                 return Err(ValidationError::new(
                     format!("static_resources.clusters[{i}].eds_cluster_config"),
                     "EDS needs dynamic_resources.ads_config",
                 ));
             }
-            if let Some(i) = listeners
-                .iter()
-                .position(|l| l.rds_names().next().is_some())
-            {
+            if let Some(i) = listeners.iter().position(|l| l.needs_ads_routes()) {
                 return Err(ValidationError::new(
                     format!("static_resources.listeners[{i}].filter_chains"),
                     "RDS needs dynamic_resources.ads_config",
@@ -494,5 +495,28 @@ mod tests {
             "application_log_config: {log_format: {text_format: '%v'}}"
         ));
         assert!(!crate::Bootstrap::wants_json_logs("{}"));
+    }
+
+    #[test]
+    fn routes_and_endpoints_from_files_need_no_ads() {
+        let listener = |source: &str| {
+            format!(
+                "static_resources: {{listeners: [{{name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}, \
+                 filter_chains: [{{filters: [{{name: hcm, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, \
+                 stat_prefix: s, rds: {{route_config_name: r, config_source: {source}}}, \
+                 http_filters: [{{name: router, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]}}}}]}}]}}]}}"
+            )
+        };
+        let b = crate::Bootstrap::from_yaml(&listener(
+            "{path_config_source: {path: /etc/routes.yaml}}",
+        ))
+        .unwrap();
+        let hcm = b.listeners[0].http_managers().next().unwrap();
+        assert!(matches!(
+            &hcm.routes,
+            crate::hcm::RouteSource::Rds { file: Some(f), .. } if f == std::path::Path::new("/etc/routes.yaml")
+        ));
+        let err = crate::Bootstrap::from_yaml(&listener("{ads: {}}")).unwrap_err();
+        assert!(err.message.contains("ads_config"), "{err}");
     }
 }

@@ -106,7 +106,7 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name", "authority": "ext_authz: :authority of the checks; refused on the xDS stream"],
     "envoy.config.core.v3.ConfigSource" => [
         "ads", "resource_api_version": "V3",
-        "path_config_source": "lds_config and cds_config only (a file per type); refused for RDS, EDS and SDS",
+        "path_config_source": "lds_config and cds_config (a file per type, holding the whole set), rds and eds_config (a file holding the named RouteConfiguration or ClusterLoadAssignment, with or without ADS); refused for SDS",
         "path": "deprecated; as path_config_source",
         "initial_fetch_timeout": "lds/cds: readiness waits at most this long for the first response; eds/rds: a cluster or listener warms at most this long, then goes live with no endpoints or an empty route table (default 15s; 0 waits forever)",
     ],

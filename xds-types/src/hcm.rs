@@ -9,7 +9,7 @@ use crate::error::{Result, ValidationError};
 use crate::http_filter::HttpFilters;
 use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
 use crate::route::RouteTable;
-use crate::util::{ads_config_source, optional_timeout};
+use crate::util::{optional_timeout, resource_config_source};
 
 /// Envoy's default downstream idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -199,12 +199,14 @@ pub struct ClientCertDetails {
 #[derive(Debug, Clone)]
 pub enum RouteSource {
     Inline(RouteTable),
-    /// A `RouteConfiguration` resource delivered over RDS (through ADS).
+    /// A `RouteConfiguration` resource delivered over RDS (through ADS, or from a file).
     Rds {
         name: String,
         /// How long the listener warms waiting for it before it goes live with an empty
         /// table; `None` waits forever.
         initial_fetch_timeout: Option<Duration>,
+        /// The watched file that holds it (`path_config_source`); `None`: ADS.
+        file: Option<std::path::PathBuf>,
     },
 }
 
@@ -259,13 +261,16 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
                 if rds.route_config_name.is_empty() {
                     return Err(ValidationError::required("rds.route_config_name"));
                 }
-                let source = rds
+                let source_config = rds
                     .config_source
                     .as_ref()
                     .ok_or_else(|| ValidationError::required("rds.config_source"))?;
+                let (initial_fetch_timeout, file) =
+                    resource_config_source(source_config, "rds.config_source")?;
                 RouteSource::Rds {
                     name: rds.route_config_name.clone(),
-                    initial_fetch_timeout: ads_config_source(source, "rds.config_source")?,
+                    initial_fetch_timeout,
+                    file,
                 }
             }
             Some(_) => return Err(ValidationError::unsupported("route_specifier")),

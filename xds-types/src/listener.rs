@@ -231,6 +231,13 @@ impl Listener {
         self.http_managers().filter_map(|h| h.rds_name())
     }
 
+    /// Whether a connection manager waits for routes that only ADS can deliver (RDS not
+    /// read from a file).
+    pub fn needs_ads_routes(&self) -> bool {
+        self.http_managers()
+            .any(|h| matches!(&h.routes, crate::hcm::RouteSource::Rds { file: None, .. }))
+    }
+
     /// The clusters its chains send to directly: TCP proxies' and inline route tables'.
     pub fn referenced_clusters(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
