@@ -19,6 +19,7 @@ const ROOTS: &[&str] = &[
     "envoy.config.cluster.v3.Cluster",
     "envoy.config.endpoint.v3.ClusterLoadAssignment",
     "envoy.extensions.clusters.dns.v3.DnsCluster",
+    "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
     "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
     "envoy.extensions.network.dns_resolver.getaddrinfo.v3.GetAddrInfoDnsResolverConfig",
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",

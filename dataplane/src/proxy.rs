@@ -930,6 +930,10 @@ async fn forward(
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return Err(ProxyError::ClusterNotFound(status));
     };
+    // An aggregate cluster hands the request to one of its clusters.
+    let Some(cluster) = cluster.resolve(&snapshot.clusters) else {
+        return Err(ProxyError::Flag(ResponseFlag::NoHealthyUpstream));
+    };
 
     let upgrade = requested_upgrade(request.headers());
     if let Some(protocol) = &upgrade {

@@ -110,6 +110,11 @@ async fn run<S>(
         debug!(cluster = %name, "tcp proxy: no such cluster");
         return;
     };
+    // An aggregate cluster hands the connection to one of its clusters.
+    let Some(cluster) = cluster.resolve(&snapshot.clusters) else {
+        outcome.flags.push(ResponseFlag::NoHealthyUpstream);
+        return;
+    };
     drop(snapshot);
     let mut upstream = None;
     for attempt in 1..=tcp.config.max_connect_attempts {

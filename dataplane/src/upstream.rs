@@ -549,6 +549,36 @@ impl ClusterState {
         Some(host)
     }
 
+    /// The cluster a request to this one goes to: itself, or for an aggregate cluster one
+    /// of its clusters in `all`, chosen by their health (a missing or aggregate member
+    /// counts as having no hosts). `None`: no member has any host.
+    pub fn resolve(
+        self: &Arc<Self>,
+        all: &HashMap<String, Arc<ClusterState>>,
+    ) -> Option<Arc<ClusterState>> {
+        if self.config.aggregate.is_empty() {
+            return Some(self.clone());
+        }
+        let members: Vec<Option<&Arc<ClusterState>>> = self
+            .config
+            .aggregate
+            .iter()
+            .map(|name| all.get(name).filter(|c| c.config.aggregate.is_empty()))
+            .collect();
+        let (availability, counts): (Vec<f64>, Vec<usize>) = members
+            .iter()
+            .map(|m| match m {
+                Some(c) => {
+                    let view = c.lb.load();
+                    (view.availability, view.census.total)
+                }
+                None => (0.0, 0),
+            })
+            .unzip();
+        let chosen = lb::pick_aggregate(&availability, &counts)?;
+        members[chosen].cloned()
+    }
+
     /// Picks a host with nothing to hash on (the TCP proxy, the xDS client).
     pub fn pick_any(&self) -> Option<Arc<Host>> {
         self.pick(&PickRequest::default())

@@ -28,6 +28,9 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub struct Cluster {
     pub name: String,
     pub discovery: Discovery,
+    /// An aggregate cluster (`envoy.clusters.aggregate`): these clusters, in priority
+    /// order; a request goes to one of them by their health. Empty for other clusters.
+    pub aggregate: Vec<String>,
     pub lb: LbConfig,
     pub connect_timeout: Duration,
     pub endpoints: Vec<LbEndpoint>,
@@ -314,6 +317,39 @@ fn dns_resolver(config: Option<&core::TypedExtensionConfig>, path: &str) -> Resu
     }
 }
 
+/// A `cluster_type` extension sluice implements.
+enum Custom {
+    Dns(Discovery, DnsLookupFamily),
+    /// `envoy.clusters.aggregate`: the clusters, in priority order.
+    Aggregate(Vec<String>),
+}
+
+fn custom_cluster(custom: &pb::cluster::CustomClusterType) -> Result<Custom> {
+    use crate::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig;
+    let path = "cluster_type.typed_config";
+    match custom.typed_config.as_ref().map(|a| a.type_url.as_str()) {
+        Some(type_urls::AGGREGATE_CLUSTER) => {
+            let any = custom.typed_config.as_ref().expect("matched");
+            let config: ClusterConfig = unpack_any(any, type_urls::AGGREGATE_CLUSTER, path)?;
+            if config.clusters.is_empty() {
+                return Err(ValidationError::required(format!("{path}.clusters")));
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = config.clusters.iter().find(|c| !seen.insert(c.as_str())) {
+                return Err(ValidationError::new(
+                    format!("{path}.clusters"),
+                    format!("{twice:?} is listed twice"),
+                ));
+            }
+            Ok(Custom::Aggregate(config.clusters))
+        }
+        _ => {
+            let (discovery, family) = dns_cluster(custom)?;
+            Ok(Custom::Dns(discovery, family))
+        }
+    }
+}
+
 /// The `envoy.cluster.dns` extension (`cluster_type` with a `DnsCluster`), which newer
 /// control planes emit instead of `type: STRICT_DNS` / `LOGICAL_DNS`: the same discovery,
 /// its refresh rate and lookup family in the extension's config.
@@ -329,7 +365,7 @@ fn dns_cluster(custom: &pb::cluster::CustomClusterType) -> Result<(Discovery, Dn
         return Err(ValidationError::new(
             "cluster_type",
             format!(
-                "{} ({}) is not supported by sluice (it implements envoy.cluster.dns)",
+                "{} ({}) is not supported by sluice (it implements envoy.cluster.dns and envoy.clusters.aggregate)",
                 custom.name,
                 any.type_url.rsplit('/').next().unwrap_or_default()
             ),
@@ -392,16 +428,29 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 "must be at least 1ms",
             ));
         }
-        let dns_cluster = match c.cluster_discovery_type.as_ref() {
-            Some(T::ClusterType(custom)) => Some(dns_cluster(custom)?),
+        let custom = match c.cluster_discovery_type.as_ref() {
+            Some(T::ClusterType(custom)) => Some(custom_cluster(custom)?),
             _ => None,
+        };
+        let (dns_cluster, aggregate) = match custom {
+            Some(Custom::Dns(discovery, family)) => (Some((discovery, family)), Vec::new()),
+            Some(Custom::Aggregate(clusters)) => {
+                if clusters.contains(&c.name) {
+                    return Err(ValidationError::new(
+                        "cluster_type.typed_config.clusters",
+                        "an aggregate cluster cannot include itself",
+                    ));
+                }
+                (None, clusters)
+            }
+            None => (None, Vec::new()),
         };
         let discovery = match c.cluster_discovery_type.as_ref() {
             None => Discovery::Static,
-            Some(T::ClusterType(_)) => {
-                let (discovery, ..) = dns_cluster.expect("parsed above");
-                discovery
-            }
+            Some(T::ClusterType(_)) => match dns_cluster {
+                Some((discovery, _)) => discovery,
+                None => Discovery::Static,
+            },
             Some(T::Type(t)) => match D::try_from(*t) {
                 Ok(D::Static) => Discovery::Static,
                 Ok(D::StrictDns) => Discovery::StrictDns { refresh },
@@ -420,7 +469,25 @@ impl TryFrom<&pb::Cluster> for Cluster {
             c.typed_dns_resolver_config.as_ref(),
             "typed_dns_resolver_config",
         )?;
-        let lb = crate::lb::lb_config(c)?;
+        let lb = if aggregate.is_empty() {
+            crate::lb::lb_config(c)?
+        } else {
+            use pb::cluster::LbPolicy as L;
+            // As Envoy: the aggregate's own balancing is its clusters' priority order.
+            if L::try_from(c.lb_policy) != Ok(L::ClusterProvided) {
+                return Err(ValidationError::new(
+                    "lb_policy",
+                    "an aggregate cluster needs CLUSTER_PROVIDED",
+                ));
+            }
+            if c.load_assignment.is_some() {
+                return Err(ValidationError::new(
+                    "load_assignment",
+                    "an aggregate cluster has no endpoints of its own",
+                ));
+            }
+            crate::lb::LbConfig::default()
+        };
         let dns_lookup_family = if let Some((_, family)) = dns_cluster {
             family
         } else {
@@ -541,6 +608,7 @@ impl TryFrom<&pb::Cluster> for Cluster {
             keepalive,
             name: c.name.clone(),
             discovery,
+            aggregate,
             lb,
             connect_timeout: match c.connect_timeout.as_ref() {
                 Some(d) => duration(d, "connect_timeout")?,
@@ -1097,5 +1165,22 @@ transport_socket:
                 .ends_with("typed_dns_resolver_config.typed_config.resolvers"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_aggregate_lists_its_clusters_and_needs_cluster_provided() {
+        let aggregate = |extra: &str, clusters: &str| {
+            cluster(&format!(
+                "name: agg\n{extra}cluster_type: {{name: envoy.clusters.aggregate, typed_config: \
+                 {{'@type': type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig, clusters: {clusters}}}}}"
+            ))
+        };
+        let ok = aggregate("lb_policy: CLUSTER_PROVIDED\n", "[a, b]").unwrap();
+        assert_eq!(ok.aggregate, ["a", "b"]);
+        assert_eq!(aggregate("", "[a]").unwrap_err().path, "lb_policy");
+        let err = aggregate("lb_policy: CLUSTER_PROVIDED\n", "[a, agg]").unwrap_err();
+        assert!(err.message.contains("itself"), "{err}");
+        let err = aggregate("lb_policy: CLUSTER_PROVIDED\n", "[a, a]").unwrap_err();
+        assert!(err.message.contains("twice"), "{err}");
     }
 }

@@ -767,6 +767,9 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "num_retries": "accepted; the system resolver's retries apply",
         "num_resolver_threads": "accepted; lookups run on tokio's blocking pool",
     ],
+    "envoy.extensions.clusters.aggregate.v3.ClusterConfig" => [
+        "clusters": "at least one, each once, not the aggregate itself; a cluster that does not exist (or is itself an aggregate) counts as one with no healthy hosts",
+    ],
     "envoy.extensions.clusters.dns.v3.DnsCluster" => [
         "typed_dns_resolver_config": "as the cluster's",
         "dns_refresh_rate": "default 5s",
@@ -776,9 +779,9 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.cluster.v3.Cluster" => [
         "name", "type": "STATIC, STRICT_DNS, LOGICAL_DNS, EDS",
         "typed_dns_resolver_config": "envoy.network.dns_resolver.cares (without resolvers: the system's name servers) or envoy.network.dns_resolver.getaddrinfo, which only pick a resolver implementation; sluice resolves through the system resolver either way. A c-ares config naming its own resolvers is refused",
-        "cluster_type": "envoy.cluster.dns (DnsCluster: strict DNS, or logical DNS with all_addresses_in_single_endpoint); other cluster extensions are refused by name",
+        "cluster_type": "envoy.cluster.dns (DnsCluster: strict DNS, or logical DNS with all_addresses_in_single_endpoint) and envoy.clusters.aggregate (with lb_policy CLUSTER_PROVIDED: a request goes to the first listed cluster while it is healthy enough, spilling over by the clusters' health as Envoy's priority levels do; the choice is made once per request, retries stay on it); other cluster extensions are refused by name",
         "eds_cluster_config": "endpoints over ADS; the cluster warms until they arrive",
-        "connect_timeout", "lb_policy": "ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV",
+        "connect_timeout", "lb_policy": "ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV; CLUSTER_PROVIDED for an aggregate cluster",
         "load_assignment", "dns_refresh_rate", "dns_lookup_family": "AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL",
         "least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "round_robin_lb_config",
         "load_balancing_policy": "replaces lb_policy and its lb_config",

@@ -110,6 +110,9 @@ pub const FILE_SERVER_PER_ROUTE: &str =
     "type.googleapis.com/sluice.extensions.filters.http.file_server.v1.FileServerPerRoute";
 /// The `envoy.cluster.dns` cluster extension's config.
 pub const DNS_CLUSTER: &str = "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster";
+/// The `envoy.clusters.aggregate` cluster extension's config.
+pub const AGGREGATE_CLUSTER: &str =
+    "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig";
 /// DNS resolver implementations a cluster may name (`typed_dns_resolver_config`).
 pub const CARES_DNS_RESOLVER: &str =
     "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";

@@ -49,6 +49,9 @@ pub struct Census {
 /// The cluster's load balancer state.
 #[derive(Debug, Default)]
 pub struct LbView {
+    /// How much traffic the cluster can take, as a share in percent (its levels'
+    /// availability, summed and capped at 100): what an aggregate cluster weighs it by.
+    pub availability: f64,
     levels: Vec<Level>,
     /// Each level's share of the traffic, in percent, summing to 100.
     load: Vec<u32>,
@@ -428,6 +431,7 @@ impl LbView {
         }
         let load = priority_load(&availability, &counts, levels.iter().all(|l| l.panic));
         Self {
+            availability: availability.iter().sum::<f64>().min(100.0),
             levels,
             load,
             census,
@@ -577,6 +581,25 @@ fn locality_normalized_weights(chosen: &[&Member]) -> Vec<f64> {
             }
         })
         .collect()
+}
+
+/// Which of an aggregate cluster's clusters (by index) takes a request, given each one's
+/// availability and host count: the clusters are priority levels, as in Envoy's aggregate
+/// cluster. `None` when there is none to take it.
+pub fn pick_aggregate(availability: &[f64], counts: &[usize]) -> Option<usize> {
+    if counts.iter().all(|c| *c == 0) {
+        return None;
+    }
+    let all_down = availability.iter().all(|a| *a == 0.0);
+    let load = priority_load(availability, counts, all_down);
+    let mut roll = rand::random_range(0..100u32);
+    for (i, share) in load.iter().enumerate() {
+        if roll < *share {
+            return Some(i);
+        }
+        roll -= share;
+    }
+    load.iter().position(|s| *s > 0)
 }
 
 /// Each priority level's share of the traffic: in order, as much as its availability

@@ -790,3 +790,122 @@ async fn sluice_serves_after_the_first_health_checks() {
 async fn envoy_serves_after_the_first_health_checks() {
     first_requests_after_the_first_checks(Kind::Envoy).await;
 }
+
+/// Which upstreams 60 requests to `path` reach.
+async fn spread(listener: SocketAddr, path: &str) -> HashMap<String, usize> {
+    let client = HttpClient::http1();
+    let mut by_server: HashMap<String, usize> = HashMap::new();
+    for _ in 0..60 {
+        let r = client.get(listener, "x", path, &[]).await.unwrap();
+        let server = r.json()["server"].as_str().unwrap_or("none").to_string();
+        *by_server.entry(server).or_default() += 1;
+    }
+    by_server
+}
+
+/// An aggregate cluster over `primary` (a, b, health checked) and `secondary` (c): all
+/// traffic to the primary while it is healthy, spilling over to the secondary as its
+/// hosts fail (half of them: 70% availability with the 1.4 overprovisioning factor), all
+/// to the secondary once none is left.
+async fn aggregate_failover(kind: Kind) {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let c = Upstream::start("c").await;
+    let (listener, admin) = (free_addr(), free_addr());
+    let primary = cluster(
+        "primary",
+        &[a.addr, b.addr],
+        json!({ "health_checks": [health_check()] }),
+    );
+    let secondary = cluster("secondary", &[c.addr], json!({}));
+    let failover = json!({ "name": "failover", "connect_timeout": "0.5s", "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": { "name": "envoy.clusters.aggregate", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+            "clusters": ["primary", "secondary"] } } });
+    let config = proxy_config(
+        admin,
+        listener,
+        vec![primary, secondary, failover],
+        json!({}),
+    );
+    let proxy = Proxy::start(kind, &config, admin).await;
+    for host in [a.addr, b.addr] {
+        proxy
+            .await_flags(
+                kind,
+                "primary",
+                host,
+                Duration::from_secs(5),
+                "healthy",
+                |f| f == "healthy",
+            )
+            .await;
+    }
+    let healthy = spread(listener, "/failover").await;
+    assert_eq!(
+        healthy.get("c"),
+        None,
+        "{kind:?}: a healthy primary takes everything: {healthy:?}"
+    );
+    a.fail_with(503, false);
+    proxy
+        .await_flags(
+            kind,
+            "primary",
+            a.addr,
+            Duration::from_secs(5),
+            "failed",
+            |f| f == "/failed_active_hc",
+        )
+        .await;
+    // The aggregate sees a member's health change shortly after the member does.
+    let spills = |m: &HashMap<String, usize>| {
+        m.get("a").is_none() && m.get("b") > Some(&15) && m.get("c") > Some(&3)
+    };
+    let mut half = HashMap::new();
+    for _ in 0..20 {
+        half = spread(listener, "/failover").await;
+        if spills(&half) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        spills(&half),
+        "{kind:?}: with half the primary down, some traffic spills over: {half:?}"
+    );
+    b.fail_with(503, false);
+    proxy
+        .await_flags(
+            kind,
+            "primary",
+            b.addr,
+            Duration::from_secs(5),
+            "failed",
+            |f| f == "/failed_active_hc",
+        )
+        .await;
+    let all_c = HashMap::from([("c".to_string(), 60)]);
+    let mut down = HashMap::new();
+    for _ in 0..20 {
+        down = spread(listener, "/failover").await;
+        if down == all_c {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        down, all_c,
+        "{kind:?}: with the primary down the secondary takes everything"
+    );
+}
+
+#[tokio::test]
+async fn sluice_fails_over_across_an_aggregate_cluster() {
+    aggregate_failover(Kind::Sluice).await;
+}
+
+#[tokio::test]
+async fn envoy_fails_over_across_an_aggregate_cluster() {
+    aggregate_failover(Kind::Envoy).await;
+}
