@@ -377,7 +377,7 @@ impl Served for Listener {
 fn secrets_of<'a>(
     refs: impl Iterator<Item = &'a xds_types::tls::SdsRef> + 'a,
 ) -> impl Iterator<Item = (&'static str, String)> + 'a {
-    refs.filter(|r| matches!(r.source, xds_types::tls::SecretSource::Ads { .. }))
+    refs.filter(|r| matches!(r.source, xds_types::tls::SecretSource::Xds { .. }))
         .map(|r| (type_urls::SECRET, r.name.clone()))
 }
 

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use tracing::warn;
 use xds_types::cluster::Assignment;
+use xds_types::config_source::Origin;
 use xds_types::hcm::RouteSource;
 use xds_types::listener::{FilterChain, NetworkFilter};
 use xds_types::secret::{Secret, SecretValue};
@@ -185,24 +186,27 @@ pub struct Dependency {
     pub name: String,
     /// Envoy's `initial_fetch_timeout` of the config source; `None` waits forever.
     pub initial_fetch_timeout: Option<Duration>,
-    /// The file it is read from (`path_config_source`); `None`: ADS delivers it.
-    pub file: Option<PathBuf>,
+    /// Where it arrives from: ADS, a stream of its type's own service, or a file.
+    pub origin: Origin,
 }
 
 impl Sources {
-    /// The route table `name`, from ADS or from `file`.
-    fn routes(&self, name: &str, file: Option<&PathBuf>) -> Option<&RouteTable> {
-        match file {
+    /// The route table `name`, from xDS or from the file `origin` names.
+    fn routes(&self, name: &str, origin: &Origin) -> Option<&RouteTable> {
+        match origin.file() {
             None => self.dynamic.routes.get(name),
-            Some(f) => self.files.routes.get(&(f.clone(), name.to_string())),
+            Some(f) => self.files.routes.get(&(f.to_path_buf(), name.to_string())),
         }
     }
 
-    /// The endpoints `name`, from ADS or from `file`.
-    fn assignment(&self, name: &str, file: Option<&PathBuf>) -> Option<&Assignment> {
-        match file {
+    /// The endpoints `name`, from xDS or from the file `origin` names.
+    fn assignment(&self, name: &str, origin: &Origin) -> Option<&Assignment> {
+        match origin.file() {
             None => self.dynamic.assignments.get(name),
-            Some(f) => self.files.assignments.get(&(f.clone(), name.to_string())),
+            Some(f) => self
+                .files
+                .assignments
+                .get(&(f.to_path_buf(), name.to_string())),
         }
     }
 
@@ -228,11 +232,9 @@ impl Sources {
                 type_url: type_urls::CLUSTER_LOAD_ASSIGNMENT,
                 name: eds.service_name.clone(),
                 initial_fetch_timeout: eds.initial_fetch_timeout,
-                file: eds.file.clone(),
+                origin: eds.origin.clone(),
             };
-            let arrived = self
-                .assignment(&eds.service_name, eds.file.as_ref())
-                .is_some();
+            let arrived = self.assignment(&eds.service_name, &eds.origin).is_some();
             (dependency, arrived)
         });
         let routes = self
@@ -243,15 +245,15 @@ impl Sources {
                 RouteSource::Rds {
                     name,
                     initial_fetch_timeout,
-                    file,
+                    origin,
                 } => Some((
                     Dependency {
                         type_url: type_urls::ROUTE_CONFIGURATION,
                         name: name.clone(),
                         initial_fetch_timeout: *initial_fetch_timeout,
-                        file: file.clone(),
+                        origin: origin.clone(),
                     },
-                    self.routes(name, file.as_ref()).is_some(),
+                    self.routes(name, origin).is_some(),
                 )),
             });
         let secret_refs = self.listeners().flat_map(|l| l.sds_refs()).chain(
@@ -259,16 +261,17 @@ impl Sources {
                 .filter_map(|c| c.tls.as_ref())
                 .flat_map(|t| t.sds_names()),
         );
-        let secrets = secret_refs.filter_map(|r| match r.source {
+        let secrets = secret_refs.filter_map(|r| match &r.source {
             SecretSource::Static => None,
-            SecretSource::Ads {
+            SecretSource::Xds {
+                origin,
                 initial_fetch_timeout,
             } => Some((
                 Dependency {
                     type_url: type_urls::SECRET,
                     name: r.name.clone(),
-                    initial_fetch_timeout,
-                    file: None,
+                    initial_fetch_timeout: *initial_fetch_timeout,
+                    origin: origin.clone(),
                 },
                 self.dynamic.secrets.contains_key(&r.name)
                     || self.dynamic.expired_secrets.contains(&r.name),
@@ -294,8 +297,11 @@ pub struct SnapshotStore {
     current: Arc<ArcSwap<Snapshot>>,
     versions: Arc<AtomicU64>,
     stats: Arc<Stats>,
-    /// Serialises publishers (SIGHUP and xDS); never touched by requests.
+    /// Serialises publishers (SIGHUP, xDS streams, files); never touched by requests.
     sources: Arc<Mutex<Sources>>,
+    /// The version of every snapshot published, for the xDS streams to follow each
+    /// other's changes (a cluster from CDS naming endpoints another stream delivers).
+    published: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl SnapshotStore {
@@ -312,6 +318,7 @@ impl SnapshotStore {
             versions: Arc::new(AtomicU64::new(1)),
             stats,
             sources: Arc::new(Mutex::new(sources)),
+            published: Arc::new(tokio::sync::watch::Sender::new(1)),
         }
     }
 
@@ -328,11 +335,23 @@ impl SnapshotStore {
         self.rebuild(&sources)
     }
 
-    /// Replaces the resources received over xDS and publishes the merged snapshot.
-    pub fn publish_dynamic(&self, dynamic: DynamicResources) -> Arc<Snapshot> {
+    /// Computes the next resources received over xDS from the current ones and publishes
+    /// the merged snapshot, under the lock every publisher takes: each xDS stream (and
+    /// file) changes only its own types, and none overwrites another's. `change` returns
+    /// `None` to publish nothing.
+    pub fn update_dynamic<R>(
+        &self,
+        change: impl FnOnce(&DynamicResources) -> Option<(DynamicResources, R)>,
+    ) -> Option<(R, Arc<Snapshot>)> {
         let mut sources = self.sources.lock().expect("sources lock");
-        sources.dynamic = dynamic;
-        self.rebuild(&sources)
+        let (next, result) = change(&sources.dynamic)?;
+        sources.dynamic = next;
+        Some((result, self.rebuild(&sources)))
+    }
+
+    /// Follows the published snapshot versions.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// Replaces what `file` holds of `type_url` (routes or endpoints, by name) and
@@ -379,6 +398,7 @@ impl SnapshotStore {
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         let next = Arc::new(build(sources, Some(&previous), &self.stats, version));
         self.current.store(next.clone());
+        self.published.send_replace(version);
         next
     }
 
@@ -420,7 +440,7 @@ fn build(sources: &Sources, previous: Option<&Snapshot>, stats: &Stats, version:
             let live = || previous.and_then(|p| p.clusters.get(&config.name)).cloned();
             let assignment = match config.eds.as_ref() {
                 None => None,
-                Some(eds) => match sources.assignment(&eds.service_name, eds.file.as_ref()) {
+                Some(eds) => match sources.assignment(&eds.service_name, &eds.origin) {
                     Some(endpoints) => Some(endpoints),
                     None => return live().map(|l| (config.name.clone(), l)),
                 },
@@ -557,8 +577,8 @@ fn chain_runtime(
         NetworkFilter::Http(h) => {
             let table = match &h.routes {
                 RouteSource::Inline(table) => table,
-                RouteSource::Rds { name, file, .. } => {
-                    sources.routes(name, file.as_ref()).ok_or(Warming)?
+                RouteSource::Rds { name, origin, .. } => {
+                    sources.routes(name, origin).ok_or(Warming)?
                 }
             };
             let previous = previous.and_then(|p| match &p.network {

@@ -11,8 +11,9 @@
 //! so a request sees the old set or the new one, never a mixture. A file that cannot be
 //! read or parsed keeps the last good resources.
 //!
-//! Without ADS nothing can deliver EDS, RDS or SDS over the wire, so a resource that needs
-//! one from ADS is refused rather than left warming forever.
+//! Files and ADS are not mixed, so a resource that needs EDS, RDS or SDS from ADS is
+//! refused rather than left warming forever; one naming its own `api_config_source` gets
+//! its stream (see [`crate::xds`]).
 //!
 //! RDS and EDS config sources may name files too (`path_config_source` under `rds` or
 //! `eds_config`), whoever delivered the listener or cluster: [`run_resource_files`] watches
@@ -29,6 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 use xds_types::bootstrap::FileSources;
+use xds_types::config_source::Origin;
 use xds_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use xds_types::tls::SecretSource;
 use xds_types::{type_urls, ValidationError};
@@ -146,19 +148,23 @@ fn load(file: &Watched, store: &SnapshotStore, listeners: &ListenerManager) {
             return;
         }
     };
-    let current = store.dynamic();
-    let (rejected, next) = match convert_file(file.type_url, &text, &current) {
-        Ok(converted) => converted,
-        Err(error) => {
-            warn!(%path, %error, "config file refused; keeping the last good resources");
-            return;
-        }
+    let updated =
+        store.update_dynamic(
+            |current| match convert_file(file.type_url, &text, current) {
+                Ok((rejected, next)) => Some((next, rejected)),
+                Err(error) => {
+                    warn!(%path, %error, "config file refused; keeping the last good resources");
+                    None
+                }
+            },
+        );
+    let Some((rejected, snapshot)) = updated else {
+        return;
     };
     if !rejected.is_empty() {
         warn!(%path, errors = %nack(&rejected).message, "resources refused; each keeps its last good version");
     }
-    let snapshot = store.publish_dynamic(next);
-    if let Err(error) = listeners.reconcile(&snapshot) {
+    if let Err(error) = listeners.reconcile_latest() {
         warn!(%error, "listener from a config file failed to start");
     }
     info!(%path, version = snapshot.version, "config file applied");
@@ -181,7 +187,7 @@ pub async fn run_resource_files(store: SnapshotStore, listeners: Arc<ListenerMan
         // Per file: the resources named from it, and whether each is there.
         let mut wanted: BTreeMap<PathBuf, Vec<(&'static str, String, bool)>> = BTreeMap::new();
         for (dependency, arrived) in store.dependencies() {
-            if let Some(file) = dependency.file {
+            if let Origin::File(file) = dependency.origin {
                 wanted.entry(file).or_default().push((
                     dependency.type_url,
                     dependency.name,
@@ -352,9 +358,10 @@ fn parse_response(text: &str) -> Result<DiscoveryResponse, ValidationError> {
         .map_err(|e| ValidationError::new("", format!("cannot convert {RESPONSE}: {e}")))
 }
 
-/// Without ADS, EDS, RDS and SDS never arrive: a resource that needs one is refused (its
-/// previous version, which could not have needed one either, stays).
-fn refuse_xds_dependencies(
+/// Without `ads_config` (files, or only per-type streams) an EDS, RDS or SDS source of
+/// `ads: {}` would never deliver: a resource that names one is refused (its previous
+/// version, which could not have named one either, stays).
+pub(crate) fn refuse_xds_dependencies(
     next: &mut DynamicResources,
     current: &DynamicResources,
     rejected: &mut Vec<Rejection>,
@@ -366,7 +373,7 @@ fn refuse_xds_dependencies(
         received,
         rejected,
         |c| {
-            if c.eds.as_ref().is_some_and(|e| e.file.is_none()) {
+            if c.eds.as_ref().is_some_and(|e| e.origin == Origin::Ads) {
                 Some("eds_cluster_config: EDS")
             } else if c.tls.iter().flat_map(|t| t.sds_names()).any(over_ads) {
                 Some("transport_socket: SDS")
@@ -382,7 +389,7 @@ fn refuse_xds_dependencies(
         received,
         rejected,
         |l| {
-            if l.needs_ads_routes() {
+            if l.route_origins().any(|o| *o == Origin::Ads) {
                 Some("filter_chains: RDS")
             } else if l.sds_refs().any(over_ads) {
                 Some("filter_chains: SDS")
@@ -444,7 +451,13 @@ impl TypeUrl for xds_types::Listener {
 }
 
 fn over_ads(sds: &xds_types::tls::SdsRef) -> bool {
-    matches!(sds.source, SecretSource::Ads { .. })
+    matches!(
+        sds.source,
+        SecretSource::Xds {
+            origin: Origin::Ads,
+            ..
+        }
+    )
 }
 
 #[cfg(test)]

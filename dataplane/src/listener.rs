@@ -116,6 +116,22 @@ impl ListenerManager {
     /// filter chains the update removed from listeners that stay.
     pub fn reconcile(&self, snapshot: &Snapshot) -> Result<(), ListenerError> {
         let mut running = self.running.lock().expect("listener lock");
+        self.reconcile_locked(&mut running, snapshot)
+    }
+
+    /// Reconciles with the store's latest snapshot, read under the lock: publishers that
+    /// race (several xDS streams, files) never put back an older listener set.
+    pub fn reconcile_latest(&self) -> Result<(), ListenerError> {
+        let mut running = self.running.lock().expect("listener lock");
+        let snapshot = self.store.load();
+        self.reconcile_locked(&mut running, &snapshot)
+    }
+
+    fn reconcile_locked(
+        &self,
+        running: &mut HashMap<String, Running>,
+        snapshot: &Snapshot,
+    ) -> Result<(), ListenerError> {
         let stale: Vec<String> = running
             .iter()
             .filter(|(name, r)| {

@@ -61,14 +61,18 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
     }
     let admin_address = bootstrap.admin;
     let admin_access_log = bootstrap.admin_access_log.clone();
-    let ads = bootstrap.ads.clone();
+    let xds = bootstrap.xds.clone();
     let node = Node {
         id: bootstrap.node_id.clone(),
         cluster: bootstrap.node_cluster.clone(),
         ..Default::default()
     };
     let files = bootstrap.files.clone();
-    let ready = Arc::new(AtomicBool::new(ads.is_none() && files.is_none()));
+    // Ready at once unless listeners or clusters are still to come (xDS or files), or
+    // secrets over ADS.
+    let ready = Arc::new(AtomicBool::new(
+        xds.ads.is_none() && xds.listeners.is_none() && xds.clusters.is_none() && files.is_none(),
+    ));
     let store = SnapshotStore::new(bootstrap, stats.clone());
     let listeners = Arc::new(ListenerManager::new(
         store.clone(),
@@ -102,9 +106,16 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         tokio::spawn(admin::serve(socket, admin_state.clone()));
     }
 
-    if let Some(ads) = ads {
-        tokio::spawn(xds::run(ads, node, store.clone(), listeners.clone(), ready));
-    } else if let Some(files) = files {
+    // Runs even when nothing is dynamic yet: a listener or cluster from a file may name a
+    // server of its own for its routes, endpoints or secrets.
+    tokio::spawn(xds::run(
+        xds,
+        node,
+        store.clone(),
+        listeners.clone(),
+        ready.clone(),
+    ));
+    if let Some(files) = files {
         tokio::spawn(file_xds::run(
             files,
             store.clone(),

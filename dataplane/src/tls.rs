@@ -47,7 +47,7 @@ impl<'a> Secrets<'a> {
     pub fn get(&self, sds: &SdsRef) -> Option<&'a Secret> {
         match sds.source {
             SecretSource::Static => self.static_secrets.iter().find(|s| s.name == sds.name),
-            SecretSource::Ads { .. } => self.dynamic.get(&sds.name),
+            SecretSource::Xds { .. } => self.dynamic.get(&sds.name),
         }
     }
 }

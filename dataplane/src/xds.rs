@@ -1,42 +1,49 @@
-//! The xDS client: one ADS stream (state of the world or delta) to the control plane named
-//! in the bootstrap's `dynamic_resources`.
+//! The xDS client: gRPC streams (state of the world or delta) to the control planes that
+//! the bootstrap and the resources name: the ADS stream of `ads_config`, which every
+//! `ads: {}` source shares, and one stream per resource type to each server an
+//! `api_config_source` names (LDS, CDS, RDS, EDS and SDS services, as Envoy's per-type
+//! subscriptions). A supervisor opens the streams the current config needs and closes
+//! those it no longer does; every stream applies what it receives to the one set of
+//! dynamic resources, under the store's lock, so streams never overwrite each other.
 //!
 //! Each response is converted resource by resource with `xds-types` (the same code the
 //! control plane validates with): valid resources apply, rejected ones are named with their
 //! field paths in one NACK, and a rejected resource keeps its last accepted version. Every
-//! accepted update becomes one new snapshot. When the control plane is away the last good
-//! config keeps serving and the client reconnects with exponential back-off and jitter.
+//! accepted update becomes one new snapshot. When a control plane is away the last good
+//! config keeps serving and its stream reconnects with exponential back-off and jitter.
 //!
 //! Listeners and clusters are subscribed by wildcard; the RDS route configurations, EDS
-//! endpoints and SDS secrets they name are subscribed by name, following every change of
-//! those names. A cluster or listener waiting for them is warming (see [`crate::config`]);
-//! when one does not arrive within its `initial_fetch_timeout` it is taken as empty (no
-//! endpoints, no routes) or, for a secret, as absent (TLS that needs it fails), as in
-//! Envoy. Certificate, key and CA files a resource names are read and checked when it
-//! arrives, so a missing or broken file is a NACK naming the field.
+//! endpoints and SDS secrets they name are subscribed by name on the stream their config
+//! source names, following every change of those names, whichever stream delivered the
+//! listener or cluster. A cluster or listener waiting for them is warming (see
+//! [`crate::config`]); when one does not arrive within its `initial_fetch_timeout` it is
+//! taken as empty (no endpoints, no routes) or, for a secret, as absent (TLS that needs it
+//! fails), as in Envoy. Certificate, key and CA files a resource names are read and checked
+//! when it arrives, so a missing or broken file is a NACK naming the field.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
-use xds_types::bootstrap::AdsSource;
+use xds_types::bootstrap::XdsSources;
 use xds_types::cluster::Assignment;
+use xds_types::config_source::{GrpcServer, Origin};
 use xds_types::pb::envoy::config::cluster::v3::Cluster as ClusterPb;
 use xds_types::pb::envoy::config::core::v3::Node;
 use xds_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as AssignmentPb;
 use xds_types::pb::envoy::config::listener::v3::Listener as ListenerPb;
 use xds_types::pb::envoy::config::route::v3::RouteConfiguration as RoutesPb;
 use xds_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as SecretPb;
-use xds_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use xds_types::pb::google::protobuf::Any;
 use xds_types::pb::google::rpc::Status as RpcStatus;
@@ -50,6 +57,13 @@ use crate::upstream::tls::{connect_unix, unix_path};
 /// Back-off bounds between reconnect attempts.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The types subscribed by name, in push order.
+const NAMED_TYPES: [&str; 3] = [
+    type_urls::SECRET,
+    type_urls::CLUSTER_LOAD_ASSIGNMENT,
+    type_urls::ROUTE_CONFIGURATION,
+];
 
 /// Why one stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -150,39 +164,207 @@ fn client_tls(
     Ok(config)
 }
 
-/// Runs the client until the process exits; `ready` turns true after the first response
-/// of every subscribed type (or after `initial_fetch_timeout`).
+/// Which discovery service a stream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Service {
+    /// The aggregated service: every type on one stream.
+    Aggregated,
+    /// One type's own service (`ListenerDiscoveryService` and the like).
+    Only(&'static str),
+}
+
+/// One stream: the server it goes to and the service it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct StreamKey {
+    server: GrpcServer,
+    service: Service,
+}
+
+impl std::fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.service {
+            Service::Aggregated => write!(f, "ADS to {}", self.server.cluster),
+            Service::Only(t) => write!(
+                f,
+                "{} to {}",
+                type_urls::message_name(t),
+                self.server.cluster
+            ),
+        }
+    }
+}
+
+/// What the streams share.
+struct Shared {
+    sources: XdsSources,
+    node: Node,
+    store: SnapshotStore,
+    listeners: Arc<ListenerManager>,
+    ready: Arc<AtomicBool>,
+    /// Whether readiness waits for xDS (`ads_config`, or listeners or clusters over xDS);
+    /// else it is the bootstrap's or the files' to give.
+    gates_readiness: bool,
+    /// The wildcard types (listeners, clusters) that have had a first response.
+    answered: Mutex<BTreeSet<String>>,
+}
+
+impl Shared {
+    /// The stream that carries resources of `type_url` from `origin` (none for a file, or
+    /// for ADS when there is no `ads_config`).
+    fn stream_of(&self, origin: &Origin, type_url: &'static str) -> Option<StreamKey> {
+        match origin {
+            Origin::Ads => self.sources.ads.clone().map(|server| StreamKey {
+                server,
+                service: Service::Aggregated,
+            }),
+            Origin::Grpc(server) => Some(StreamKey {
+                server: server.clone(),
+                service: Service::Only(type_url),
+            }),
+            Origin::File(_) => None,
+        }
+    }
+
+    /// The wildcard types and where each comes from, clusters first (make before break).
+    fn wildcard_sources(&self) -> impl Iterator<Item = (&'static str, &Origin)> {
+        [
+            (type_urls::CLUSTER, self.sources.clusters.as_ref()),
+            (type_urls::LISTENER, self.sources.listeners.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(type_url, origin)| Some((type_url, origin?)))
+    }
+
+    /// The streams the bootstrap and the current dependencies need.
+    fn needed(&self, dependencies: &[(Dependency, bool)]) -> BTreeSet<StreamKey> {
+        let wildcard = self
+            .wildcard_sources()
+            .filter_map(|(type_url, origin)| self.stream_of(origin, type_url));
+        let named = dependencies
+            .iter()
+            .filter_map(|(d, _)| self.stream_of(&d.origin, d.type_url));
+        wildcard.chain(named).collect()
+    }
+}
+
+/// Runs the xDS client until the process exits: opens the streams the config needs as it
+/// changes. `ready` turns true after the first response of every wildcard type with
+/// nothing warming (or after the listeners' and clusters' `initial_fetch_timeout`).
 pub async fn run(
-    source: AdsSource,
+    sources: XdsSources,
     node: Node,
     store: SnapshotStore,
     listeners: Arc<ListenerManager>,
     ready: Arc<AtomicBool>,
 ) {
-    let deadline = ready.clone();
-    let timeout = source.initial_fetch_timeout;
-    tokio::spawn(async move {
-        tokio::time::sleep(timeout).await;
-        if !deadline.swap(true, Ordering::Relaxed) {
-            warn!(
-                ?timeout,
-                "initial fetch timeout: serving without a full xDS sync"
-            );
-        }
+    let gates_readiness =
+        sources.ads.is_some() || sources.listeners.is_some() || sources.clusters.is_some();
+    if gates_readiness {
+        let deadline = ready.clone();
+        let timeout = sources.initial_fetch_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if !deadline.swap(true, Ordering::Relaxed) {
+                warn!(
+                    ?timeout,
+                    "initial fetch timeout: serving without a full xDS sync"
+                );
+            }
+        });
+    }
+    let mut published = store.subscribe();
+    let shared = Arc::new(Shared {
+        sources,
+        node,
+        store,
+        listeners,
+        ready,
+        gates_readiness,
+        answered: Mutex::new(BTreeSet::new()),
     });
+    let mut streams: HashMap<StreamKey, JoinHandle<()>> = HashMap::new();
+    loop {
+        let needed = shared.needed(&shared.store.dependencies());
+        let unneeded: Vec<StreamKey> = streams
+            .keys()
+            .filter(|k| !needed.contains(*k))
+            .cloned()
+            .collect();
+        for key in &unneeded {
+            info!(stream = %key, "xDS stream no longer needed; closing it");
+            if let Some(task) = streams.remove(key) {
+                task.abort();
+            }
+        }
+        if !unneeded.is_empty() {
+            forget_unused(&shared.store);
+        }
+        for key in needed {
+            if let std::collections::hash_map::Entry::Vacant(slot) = streams.entry(key) {
+                let task = tokio::spawn(run_stream(shared.clone(), slot.key().clone()));
+                slot.insert(task);
+            }
+        }
+        if published.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Drops the EDS, RDS and SDS resources that nothing names any longer (those a closed
+/// stream delivered).
+fn forget_unused(store: &SnapshotStore) {
+    let dependencies = store.dependencies();
+    let wanted: HashSet<(&str, &str)> = dependencies
+        .iter()
+        .filter(|(d, _)| d.origin.file().is_none())
+        .map(|(d, _)| (d.type_url, d.name.as_str()))
+        .collect();
+    store.update_dynamic(|current| {
+        let held = current
+            .routes
+            .keys()
+            .map(|n| (type_urls::ROUTE_CONFIGURATION, n))
+            .chain(
+                current
+                    .assignments
+                    .keys()
+                    .map(|n| (type_urls::CLUSTER_LOAD_ASSIGNMENT, n)),
+            )
+            .chain(current.secrets.keys().map(|n| (type_urls::SECRET, n)))
+            .chain(
+                current
+                    .expired_secrets
+                    .iter()
+                    .map(|n| (type_urls::SECRET, n)),
+            );
+        let unused: Vec<(&str, String)> = held
+            .filter(|(t, n)| !wanted.contains(&(*t, n.as_str())))
+            .map(|(t, n)| (t, n.clone()))
+            .collect();
+        if unused.is_empty() {
+            return None;
+        }
+        let mut next = current.clone();
+        for (type_url, name) in unused {
+            forget(&mut next, type_url, &name);
+        }
+        Some((next, ()))
+    });
+}
+
+/// One stream, reconnected with back-off until it is no longer needed.
+async fn run_stream(shared: Arc<Shared>, key: StreamKey) {
     let mut failures = 0u32;
-    // What the client has accepted, kept across reconnects: SotW sends the last accepted
+    // What the stream has accepted, kept across reconnects: SotW sends the last accepted
     // version per type, delta the version of every resource it holds.
     let mut accepted = Accepted::default();
     loop {
         let client = Client {
-            source: &source,
-            node: &node,
-            store: &store,
-            listeners: &listeners,
-            ready: &ready,
+            shared: &shared,
+            key: &key,
         };
-        let result = if source.delta {
+        let result = if key.server.delta {
             client.delta(&mut accepted).await
         } else {
             client.sotw(&mut accepted).await
@@ -191,7 +373,7 @@ pub async fn run(
             Ok(()) => failures = 0,
             Err(error) => {
                 failures = failures.saturating_add(1);
-                warn!(%error, attempt = failures, "xDS stream failed; keeping the last good config");
+                warn!(stream = %key, %error, attempt = failures, "xDS stream failed; keeping the last good config");
             }
         }
         let ceiling = BACKOFF_BASE
@@ -213,62 +395,22 @@ struct Accepted {
     resource_versions: HashMap<String, BTreeMap<String, String>>,
 }
 
-struct Client<'a> {
-    source: &'a AdsSource,
-    node: &'a Node,
-    store: &'a SnapshotStore,
-    listeners: &'a ListenerManager,
-    ready: &'a AtomicBool,
-}
-
-/// The types subscribed by wildcard, clusters first (make-before-break).
-fn wildcard_types(source: &AdsSource) -> Vec<&'static str> {
-    let mut types = Vec::new();
-    if source.clusters {
-        types.push(type_urls::CLUSTER);
-    }
-    if source.listeners {
-        types.push(type_urls::LISTENER);
-    }
-    types
-}
-
-/// Names subscribed per named type (EDS, then RDS).
+/// Names subscribed per named type (SDS, EDS, RDS).
 type NamedSubscriptions = BTreeMap<&'static str, BTreeSet<String>>;
 
-/// The SDS, EDS and RDS names the current clusters and listeners need, in push order.
-fn wanted(dependencies: &[(Dependency, bool)]) -> Vec<(&'static str, BTreeSet<String>)> {
-    [
-        type_urls::SECRET,
-        type_urls::CLUSTER_LOAD_ASSIGNMENT,
-        type_urls::ROUTE_CONFIGURATION,
-    ]
-    .into_iter()
-    .map(|type_url| {
-        let names = dependencies
-            .iter()
-            // What files hold is the file watcher's, not the control plane's.
-            .filter(|(d, _)| d.type_url == type_url && d.file.is_none())
-            .map(|(d, _)| d.name.clone())
-            .collect();
-        (type_url, names)
-    })
-    .collect()
-}
-
-/// Deadlines of the EDS and RDS resources that clusters and listeners are warming for.
+/// Deadlines of the EDS, RDS and SDS resources that clusters and listeners are warming for.
 #[derive(Debug, Default)]
 struct Warming {
     deadlines: HashMap<(&'static str, String), Instant>,
 }
 
 impl Warming {
-    /// Starts a deadline for every dependency still missing and forgets those that arrived.
-    fn track(&mut self, dependencies: &[(Dependency, bool)]) {
+    /// Starts a deadline for every dependency of `mine` still missing and forgets those
+    /// that arrived.
+    fn track<'a>(&mut self, mine: impl Iterator<Item = &'a (Dependency, bool)>) {
         let now = Instant::now();
         let mut missing = HashMap::new();
-        // A file's resources are the file watcher's to wait for.
-        for (dependency, arrived) in dependencies.iter().filter(|(d, _)| d.file.is_none()) {
+        for (dependency, arrived) in mine {
             if let (false, Some(timeout)) = (arrived, dependency.initial_fetch_timeout) {
                 missing.insert(
                     (dependency.type_url, dependency.name.clone()),
@@ -306,15 +448,110 @@ impl Warming {
     }
 }
 
+/// A request that carries the node (both protocols' requests).
+trait XdsRequest {
+    fn set_node(&mut self, node: Option<Node>);
+}
+
+impl XdsRequest for DiscoveryRequest {
+    fn set_node(&mut self, node: Option<Node>) {
+        self.node = node;
+    }
+}
+
+impl XdsRequest for DeltaDiscoveryRequest {
+    fn set_node(&mut self, node: Option<Node>) {
+        self.node = node;
+    }
+}
+
+/// The requests of one stream: each gets the node, or only the first one when the server
+/// asked for that (`set_node_on_first_message_only`).
+struct Outbox<T> {
+    tx: mpsc::Sender<T>,
+    node: Node,
+    first_only: bool,
+    sent: bool,
+}
+
+impl<T: XdsRequest> Outbox<T> {
+    /// Sends `request`; false once the stream is gone.
+    async fn send(&mut self, mut request: T) -> bool {
+        let node = (!self.first_only || !self.sent).then(|| self.node.clone());
+        request.set_node(node);
+        self.sent = true;
+        self.tx.send(request).await.is_ok()
+    }
+}
+
+/// What a stream waits for next.
+enum Event<T> {
+    Response(T),
+    /// Another publisher changed the config: the names to subscribe may have changed.
+    Changed,
+    Ended,
+}
+
+struct Client<'a> {
+    shared: &'a Shared,
+    key: &'a StreamKey,
+}
+
 impl Client<'_> {
-    async fn connect(
-        &self,
-    ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamError> {
-        let snapshot = self.store.load();
-        let cluster = snapshot.clusters.get(&self.source.cluster);
+    /// The wildcard types this stream carries.
+    fn wildcard_types(&self) -> Vec<&'static str> {
+        self.shared
+            .wildcard_sources()
+            .filter(|(type_url, origin)| {
+                self.shared.stream_of(origin, type_url).as_ref() == Some(self.key)
+            })
+            .map(|(type_url, _)| type_url)
+            .collect()
+    }
+
+    /// Whether this stream delivers `dependency`.
+    fn carries(&self, dependency: &Dependency) -> bool {
+        self.shared
+            .stream_of(&dependency.origin, dependency.type_url)
+            .as_ref()
+            == Some(self.key)
+    }
+
+    /// The names this stream should subscribe to per named type, in push order.
+    fn wanted(&self, dependencies: &[(Dependency, bool)]) -> Vec<(&'static str, BTreeSet<String>)> {
+        NAMED_TYPES
+            .into_iter()
+            .filter(|t| match self.key.service {
+                Service::Aggregated => true,
+                Service::Only(only) => only == *t,
+            })
+            .map(|type_url| {
+                let names = dependencies
+                    .iter()
+                    .filter(|(d, _)| d.type_url == type_url && self.carries(d))
+                    .map(|(d, _)| d.name.clone())
+                    .collect();
+                (type_url, names)
+            })
+            .collect()
+    }
+
+    fn outbox<T>(&self, tx: mpsc::Sender<T>) -> Outbox<T> {
+        Outbox {
+            tx,
+            node: self.shared.node.clone(),
+            first_only: self.key.server.node_on_first_message_only,
+            sent: false,
+        }
+    }
+
+    async fn connect(&self) -> Result<tonic::transport::Channel, StreamError> {
+        let snapshot = self.shared.store.load();
+        let name = &self.key.server.cluster;
+        let cluster = snapshot.clusters.get(name);
         let endpoint = cluster
             .and_then(|c| c.pick_any())
-            .ok_or_else(|| StreamError::NoEndpoint(self.source.cluster.clone()))?;
+            .ok_or_else(|| StreamError::NoEndpoint(name.clone()))?;
         let tls = cluster.and_then(|c| c.config.tls.as_ref());
         let scheme = if tls.is_some() { "https" } else { "http" };
         // The xDS cluster's `connection_keepalive`, else a PING every 30 s.
@@ -347,136 +584,294 @@ impl Client<'_> {
             }
             (None, None) => channel.connect().await?,
         };
-        info!(control_plane = %endpoint.authority, delta = self.source.delta, "xDS connected");
-        Ok(AggregatedDiscoveryServiceClient::new(channel))
+        info!(stream = %self.key, control_plane = %endpoint.authority, delta = self.key.server.delta, "xDS connected");
+        Ok(channel)
     }
 
-    /// Publishes the dynamic resources after an update of `type_url`, restarts warming
-    /// deadlines, and turns ready once every wildcard type has answered and nothing warms.
-    /// Returns what the published clusters and listeners depend on.
-    fn publish(
+    /// Applies `change` to the dynamic resources and publishes them, reconciles the
+    /// listeners, restarts this stream's warming deadlines, and turns ready once every
+    /// wildcard type has answered and nothing warms. Returns `change`'s result (`None` when
+    /// it published nothing) and what the clusters and listeners depend on.
+    fn update<R>(
         &self,
-        type_url: &str,
-        dynamic: DynamicResources,
         warming: &mut Warming,
-        received: &[String],
-    ) -> Vec<(Dependency, bool)> {
-        let snapshot = self.store.publish_dynamic(dynamic);
-        if let Err(error) = self.listeners.reconcile(&snapshot) {
-            warn!(%error, "listener from xDS failed to start");
-        }
-        debug!(%type_url, version = snapshot.version, "xDS update applied");
-        let dependencies = self.store.dependencies();
-        warming.track(&dependencies);
-        let synced = wildcard_types(self.source)
-            .iter()
-            .all(|t| received.iter().any(|r| r == t))
+        change: impl FnOnce(&DynamicResources) -> Option<(DynamicResources, R)>,
+    ) -> (Option<R>, Vec<(Dependency, bool)>) {
+        let result = self
+            .shared
+            .store
+            .update_dynamic(change)
+            .map(|(result, snapshot)| {
+                if let Err(error) = self.shared.listeners.reconcile_latest() {
+                    warn!(%error, "listener from xDS failed to start");
+                }
+                debug!(stream = %self.key, version = snapshot.version, "xDS update applied");
+                result
+            });
+        let dependencies = self.shared.store.dependencies();
+        warming.track(dependencies.iter().filter(|(d, _)| self.carries(d)));
+        let answered = self.shared.answered.lock().expect("answered lock");
+        let synced = self
+            .shared
+            .wildcard_sources()
+            .all(|(t, _)| answered.contains(t))
             && dependencies.iter().all(|(_, arrived)| *arrived);
-        if synced && !self.ready.swap(true, Ordering::Relaxed) {
+        drop(answered);
+        if synced && self.shared.gates_readiness && !self.shared.ready.swap(true, Ordering::Relaxed)
+        {
             info!("first xDS sync complete");
         }
-        dependencies
+        (result, dependencies)
+    }
+
+    /// Applies a response of `type_url` (`resources` with their delta entry when delta;
+    /// `replace` when it is the whole set; `removed`: the names delta deletes) and records a
+    /// wildcard type as answered. Returns the rejections and the dependencies after it.
+    fn apply_response<'r>(
+        &self,
+        warming: &mut Warming,
+        type_url: &str,
+        version_info: &str,
+        resources: impl Iterator<Item = (Option<&'r Resource>, &'r Any)>,
+        replace: bool,
+        removed: &[String],
+    ) -> (Vec<Rejection>, Vec<(Dependency, bool)>) {
+        if self.wildcard_types().contains(&type_url) {
+            self.shared
+                .answered
+                .lock()
+                .expect("answered lock")
+                .insert(type_url.to_string());
+        }
+        let without_ads = self.shared.sources.ads.is_none();
+        let (rejected, dependencies) = self.update(warming, |current| {
+            let (mut rejected, mut next) =
+                convert_all(type_url, version_info, resources, current, replace);
+            for name in removed {
+                remove(&mut next, type_url, name);
+            }
+            if without_ads {
+                crate::file_xds::refuse_xds_dependencies(&mut next, current, &mut rejected);
+            }
+            Some((next, rejected))
+        });
+        (rejected.unwrap_or_default(), dependencies)
     }
 
     /// Takes every dependency whose `initial_fetch_timeout` passed as empty, as Envoy does:
     /// its cluster goes live with no endpoints, its listener with no routes; a missing
     /// secret makes the TLS that needs it fail.
-    fn expire(&self, warming: &mut Warming, current: &mut DynamicResources, received: &[String]) {
-        for (type_url, name) in warming.expired() {
-            warn!(%type_url, %name, "initial fetch timeout: going live without it");
-            if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
-                current
-                    .assignments
-                    .insert(name.clone(), Assignment::empty(&name));
-            } else if type_url == type_urls::SECRET {
-                current.expired_secrets.insert(name);
-            } else {
-                current.routes.insert(
-                    name.clone(),
-                    RouteTable {
-                        name,
-                        ..RouteTable::default()
-                    },
-                );
-            }
+    fn expire(&self, warming: &mut Warming) {
+        let expired = warming.expired();
+        if expired.is_empty() {
+            return;
         }
-        // Names do not change on expiry, so subscriptions stay as they are.
-        self.publish("initial_fetch_timeout", current.clone(), warming, received);
+        self.update(warming, |current| {
+            let mut next = current.clone();
+            for (type_url, name) in expired {
+                warn!(%type_url, %name, "initial fetch timeout: going live without it");
+                if type_url == type_urls::CLUSTER_LOAD_ASSIGNMENT {
+                    next.assignments
+                        .insert(name.clone(), Assignment::empty(&name));
+                } else if type_url == type_urls::SECRET {
+                    next.expired_secrets.insert(name);
+                } else {
+                    next.routes.insert(
+                        name.clone(),
+                        RouteTable {
+                            name,
+                            ..RouteTable::default()
+                        },
+                    );
+                }
+            }
+            Some((next, ()))
+        });
     }
 
-    /// The next response of the stream (`None` when it ends); a warming deadline that
-    /// passes meanwhile is applied first.
-    async fn next_response<T: prost::Message + Default>(
+    /// Drops the resources of names this stream no longer subscribes to.
+    fn forget(&self, warming: &mut Warming, gone: Vec<(&'static str, String)>) {
+        if gone.is_empty() {
+            return;
+        }
+        self.update(warming, |current| {
+            let mut next = current.clone();
+            for (type_url, name) in &gone {
+                forget(&mut next, type_url, name);
+            }
+            Some((next, ()))
+        });
+    }
+
+    /// The next thing to act on: a response, or a config change made elsewhere; a warming
+    /// deadline that passes meanwhile is applied first.
+    async fn next_event<T: prost::Message + Default>(
         &self,
         responses: &mut tonic::Streaming<T>,
         warming: &mut Warming,
-        current: &mut DynamicResources,
-        received: &[String],
-    ) -> Result<Option<T>, StreamError> {
+        published: &mut watch::Receiver<u64>,
+    ) -> Result<Event<T>, StreamError> {
         loop {
             tokio::select! {
-                message = responses.message() => return Ok(message?),
-                () = warming.next_expiry() => self.expire(warming, current, received),
+                message = responses.message() => return Ok(match message? {
+                    Some(response) => Event::Response(response),
+                    None => Event::Ended,
+                }),
+                changed = published.changed() => return Ok(match changed {
+                    Ok(()) => Event::Changed,
+                    Err(_) => Event::Ended,
+                }),
+                () = warming.next_expiry() => self.expire(warming),
             }
         }
     }
 
-    async fn sotw(&self, accepted: &mut Accepted) -> Result<(), StreamError> {
-        let mut client = self.connect().await?;
-        let (tx, rx) = mpsc::channel(16);
-        let versions = &mut accepted.type_versions;
-        let request = |type_url: &str, names: Vec<String>, versions: &HashMap<String, String>| {
-            DiscoveryRequest {
-                node: Some(self.node.clone()),
-                type_url: type_url.to_string(),
-                version_info: versions.get(type_url).cloned().unwrap_or_default(),
-                resource_names: names,
-                ..Default::default()
+    async fn open_sotw(
+        &self,
+        requests: ReceiverStream<DiscoveryRequest>,
+    ) -> Result<tonic::Streaming<DiscoveryResponse>, StreamError> {
+        use xds_types::pb::envoy::service as s;
+        let channel = self.connect().await?;
+        let response = match self.key.service {
+            Service::Aggregated => {
+                s::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::new(channel)
+                    .stream_aggregated_resources(requests)
+                    .await?
+            }
+            Service::Only(type_urls::LISTENER) => {
+                s::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient::new(channel)
+                    .stream_listeners(requests)
+                    .await?
+            }
+            Service::Only(type_urls::CLUSTER) => {
+                s::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient::new(channel)
+                    .stream_clusters(requests)
+                    .await?
+            }
+            Service::Only(type_urls::ROUTE_CONFIGURATION) => {
+                s::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient::new(channel)
+                    .stream_routes(requests)
+                    .await?
+            }
+            Service::Only(type_urls::CLUSTER_LOAD_ASSIGNMENT) => {
+                s::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient::new(channel)
+                    .stream_endpoints(requests)
+                    .await?
+            }
+            Service::Only(_) => {
+                s::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient::new(channel)
+                    .stream_secrets(requests)
+                    .await?
             }
         };
-        for type_url in wildcard_types(self.source) {
-            let _ = tx.send(request(type_url, Vec::new(), versions)).await;
+        Ok(response.into_inner())
+    }
+
+    async fn open_delta(
+        &self,
+        requests: ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> Result<tonic::Streaming<DeltaDiscoveryResponse>, StreamError> {
+        use xds_types::pb::envoy::service as s;
+        let channel = self.connect().await?;
+        let response = match self.key.service {
+            Service::Aggregated => {
+                s::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::new(channel)
+                    .delta_aggregated_resources(requests)
+                    .await?
+            }
+            Service::Only(type_urls::LISTENER) => {
+                s::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient::new(channel)
+                    .delta_listeners(requests)
+                    .await?
+            }
+            Service::Only(type_urls::CLUSTER) => {
+                s::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient::new(channel)
+                    .delta_clusters(requests)
+                    .await?
+            }
+            Service::Only(type_urls::ROUTE_CONFIGURATION) => {
+                s::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient::new(channel)
+                    .delta_routes(requests)
+                    .await?
+            }
+            Service::Only(type_urls::CLUSTER_LOAD_ASSIGNMENT) => {
+                s::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient::new(channel)
+                    .delta_endpoints(requests)
+                    .await?
+            }
+            Service::Only(_) => {
+                s::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient::new(channel)
+                    .delta_secrets(requests)
+                    .await?
+            }
+        };
+        Ok(response.into_inner())
+    }
+
+    async fn sotw(&self, accepted: &mut Accepted) -> Result<(), StreamError> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut outbox = self.outbox(tx);
+        let versions = &mut accepted.type_versions;
+        let request = |type_url: &str, versions: &HashMap<String, String>| DiscoveryRequest {
+            type_url: type_url.to_string(),
+            version_info: versions.get(type_url).cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        for type_url in self.wildcard_types() {
+            outbox.send(request(type_url, versions)).await;
         }
-        let mut current = self.store.dynamic();
         let mut named = NamedSubscriptions::new();
         let mut nonces: HashMap<String, String> = HashMap::new();
-        let dependencies = self.store.dependencies();
-        for request in
-            self.sotw_subscriptions(&dependencies, &mut named, &mut current, versions, &nonces)
-        {
-            let _ = tx.send(request).await;
-        }
-        let mut responses = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let mut received = Vec::new();
+        let mut published = self.shared.store.subscribe();
+        published.borrow_and_update();
         let mut warming = Warming::default();
-        warming.track(&dependencies);
-        while let Some(response) = self
-            .next_response(&mut responses, &mut warming, &mut current, &received)
-            .await?
-        {
+        let dependencies = self.shared.store.dependencies();
+        warming.track(dependencies.iter().filter(|(d, _)| self.carries(d)));
+        let (requests, gone) =
+            self.sotw_subscriptions(&dependencies, &mut named, versions, &nonces);
+        self.forget(&mut warming, gone);
+        for request in requests {
+            outbox.send(request).await;
+        }
+        let mut responses = self.open_sotw(ReceiverStream::new(rx)).await?;
+        loop {
+            let response = match self
+                .next_event(&mut responses, &mut warming, &mut published)
+                .await?
+            {
+                Event::Response(response) => response,
+                Event::Ended => break,
+                Event::Changed => {
+                    let dependencies = self.shared.store.dependencies();
+                    warming.track(dependencies.iter().filter(|(d, _)| self.carries(d)));
+                    let (requests, gone) =
+                        self.sotw_subscriptions(&dependencies, &mut named, versions, &nonces);
+                    self.forget(&mut warming, gone);
+                    for request in requests {
+                        if !outbox.send(request).await {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+            };
             let type_url = response.type_url.clone();
             // Listeners and clusters are whole sets; EDS and RDS responses name only what
             // they carry, and an absent one is not deleted.
             let replace = type_url == type_urls::LISTENER || type_url == type_urls::CLUSTER;
-            let (rejected, next) = convert_all(
+            let (rejected, dependencies) = self.apply_response(
+                &mut warming,
                 &type_url,
                 &response.version_info,
                 response.resources.iter().map(|a| (None, a)),
-                &current,
                 replace,
+                &[],
             );
-            current = next;
-            if !received.contains(&type_url) {
-                received.push(type_url.clone());
-            }
-            let dependencies = self.publish(&type_url, current.clone(), &mut warming, &received);
+            published.borrow_and_update();
             if rejected.is_empty() {
                 versions.insert(type_url.clone(), response.version_info.clone());
             } else {
-                warn!(%type_url, version = %response.version_info, errors = %nack(&rejected).message, "NACK");
+                warn!(stream = %self.key, %type_url, version = %response.version_info, errors = %nack(&rejected).message, "NACK");
             }
             nonces.insert(type_url.clone(), response.nonce.clone());
             let ack = DiscoveryRequest {
@@ -486,16 +881,17 @@ impl Client<'_> {
                     .get(type_url.as_str())
                     .map(|n| n.iter().cloned().collect())
                     .unwrap_or_default(),
-                ..request(&type_url, Vec::new(), versions)
+                ..request(&type_url, versions)
             };
-            if tx.send(ack).await.is_err() {
+            if !outbox.send(ack).await {
                 break;
             }
-            for request in
-                self.sotw_subscriptions(&dependencies, &mut named, &mut current, versions, &nonces)
-            {
-                if tx.send(request).await.is_err() {
-                    break;
+            let (requests, gone) =
+                self.sotw_subscriptions(&dependencies, &mut named, versions, &nonces);
+            self.forget(&mut warming, gone);
+            for request in requests {
+                if !outbox.send(request).await {
+                    return Ok(());
                 }
             }
         }
@@ -503,27 +899,26 @@ impl Client<'_> {
     }
 
     /// State of the world: a request for every named type whose wanted names changed (the
-    /// full new list), dropping the resources no longer wanted.
+    /// full new list), and the resources no longer wanted.
     fn sotw_subscriptions(
         &self,
         dependencies: &[(Dependency, bool)],
         named: &mut NamedSubscriptions,
-        current: &mut DynamicResources,
         versions: &HashMap<String, String>,
         nonces: &HashMap<String, String>,
-    ) -> Vec<DiscoveryRequest> {
+    ) -> (Vec<DiscoveryRequest>, Vec<(&'static str, String)>) {
         let mut requests = Vec::new();
-        for (type_url, names) in wanted(dependencies) {
+        let mut gone = Vec::new();
+        for (type_url, names) in self.wanted(dependencies) {
             let had = named.get(type_url);
             if had == Some(&names) || (had.is_none() && names.is_empty()) {
                 continue;
             }
-            for gone in had.into_iter().flat_map(|h| h.difference(&names)) {
-                forget(current, type_url, gone);
+            for name in had.into_iter().flat_map(|h| h.difference(&names)) {
+                gone.push((type_url, name.clone()));
             }
-            debug!(%type_url, ?names, "subscribing");
+            debug!(stream = %self.key, %type_url, ?names, "subscribing");
             requests.push(DiscoveryRequest {
-                node: Some(self.node.clone()),
                 type_url: type_url.to_string(),
                 version_info: versions.get(type_url).cloned().unwrap_or_default(),
                 resource_names: names.iter().cloned().collect(),
@@ -532,21 +927,19 @@ impl Client<'_> {
             });
             named.insert(type_url, names);
         }
-        requests
+        (requests, gone)
     }
 
     async fn delta(&self, accepted: &mut Accepted) -> Result<(), StreamError> {
-        let mut client = self.connect().await?;
         let (tx, rx) = mpsc::channel(16);
-        let mut current = self.store.dynamic();
+        let mut outbox = self.outbox(tx);
         let known = &mut accepted.resource_versions;
-        for type_url in wildcard_types(self.source) {
+        for type_url in self.wildcard_types() {
             // Reconnect: tell the server what we hold, so it sends only what changed and
             // removes what was deleted meanwhile.
             let initial = known.get(type_url).cloned().unwrap_or_default();
-            let _ = tx
+            outbox
                 .send(DeltaDiscoveryRequest {
-                    node: Some(self.node.clone()),
                     type_url: type_url.to_string(),
                     initial_resource_versions: initial.into_iter().collect(),
                     ..Default::default()
@@ -554,27 +947,52 @@ impl Client<'_> {
                 .await;
         }
         let mut named = NamedSubscriptions::new();
-        let dependencies = self.store.dependencies();
-        for request in self.delta_subscriptions(&dependencies, &mut named, &mut current, known) {
-            let _ = tx.send(request).await;
-        }
-        let mut responses = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let mut received = Vec::new();
+        let mut published = self.shared.store.subscribe();
+        published.borrow_and_update();
         let mut warming = Warming::default();
-        warming.track(&dependencies);
-        while let Some(response) = self
-            .next_response(&mut responses, &mut warming, &mut current, &received)
-            .await?
-        {
+        let dependencies = self.shared.store.dependencies();
+        warming.track(dependencies.iter().filter(|(d, _)| self.carries(d)));
+        let (requests, gone) = self.delta_subscriptions(&dependencies, &mut named, known);
+        self.forget(&mut warming, gone);
+        for request in requests {
+            outbox.send(request).await;
+        }
+        let mut responses = self.open_delta(ReceiverStream::new(rx)).await?;
+        loop {
+            let response = match self
+                .next_event(&mut responses, &mut warming, &mut published)
+                .await?
+            {
+                Event::Response(response) => response,
+                Event::Ended => break,
+                Event::Changed => {
+                    let dependencies = self.shared.store.dependencies();
+                    warming.track(dependencies.iter().filter(|(d, _)| self.carries(d)));
+                    let (requests, gone) =
+                        self.delta_subscriptions(&dependencies, &mut named, known);
+                    self.forget(&mut warming, gone);
+                    for request in requests {
+                        if !outbox.send(request).await {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+            };
             let type_url = response.type_url.clone();
             let updates = response
                 .resources
                 .iter()
                 .filter_map(|r: &Resource| r.resource.as_ref().map(|a| (Some(r), a)));
-            let (rejected, mut next) = convert_all(&type_url, "", updates, &current, false);
+            let (rejected, dependencies) = self.apply_response(
+                &mut warming,
+                &type_url,
+                "",
+                updates,
+                false,
+                &response.removed_resources,
+            );
+            published.borrow_and_update();
             let versions = known.entry(type_url.clone()).or_default();
             for r in &response.resources {
                 if !rejected.iter().any(|x| x.name == r.name) {
@@ -583,48 +1001,42 @@ impl Client<'_> {
             }
             for name in &response.removed_resources {
                 versions.remove(name);
-                remove(&mut next, &type_url, name);
             }
-            current = next;
-            if !received.contains(&type_url) {
-                received.push(type_url.clone());
-            }
-            let dependencies = self.publish(&type_url, current.clone(), &mut warming, &received);
             if !rejected.is_empty() {
-                warn!(%type_url, errors = %nack(&rejected).message, "NACK");
+                warn!(stream = %self.key, %type_url, errors = %nack(&rejected).message, "NACK");
             }
             let ack = DeltaDiscoveryRequest {
-                node: Some(self.node.clone()),
                 type_url,
                 response_nonce: response.nonce,
                 error_detail: (!rejected.is_empty()).then(|| nack(&rejected)),
                 ..Default::default()
             };
-            if tx.send(ack).await.is_err() {
+            if !outbox.send(ack).await {
                 break;
             }
-            for request in self.delta_subscriptions(&dependencies, &mut named, &mut current, known)
-            {
-                if tx.send(request).await.is_err() {
-                    break;
+            let (requests, gone) = self.delta_subscriptions(&dependencies, &mut named, known);
+            self.forget(&mut warming, gone);
+            for request in requests {
+                if !outbox.send(request).await {
+                    return Ok(());
                 }
             }
         }
         Ok(())
     }
 
-    /// Delta: subscribes to newly wanted EDS/RDS names and unsubscribes from those no longer
-    /// wanted (dropping their resources); the first request of a type carries the versions
-    /// already held.
+    /// Delta: subscribes to newly wanted names and unsubscribes from those no longer
+    /// wanted (returned, for their resources to be dropped); the first request of a type
+    /// carries the versions already held.
     fn delta_subscriptions(
         &self,
         dependencies: &[(Dependency, bool)],
         named: &mut NamedSubscriptions,
-        current: &mut DynamicResources,
         known: &mut HashMap<String, BTreeMap<String, String>>,
-    ) -> Vec<DeltaDiscoveryRequest> {
+    ) -> (Vec<DeltaDiscoveryRequest>, Vec<(&'static str, String)>) {
         let mut requests = Vec::new();
-        for (type_url, names) in wanted(dependencies) {
+        let mut gone = Vec::new();
+        for (type_url, names) in self.wanted(dependencies) {
             let first = !named.contains_key(type_url);
             let had = named.entry(type_url).or_default();
             let subscribe: Vec<String> = names.difference(had).cloned().collect();
@@ -633,9 +1045,9 @@ impl Client<'_> {
                 continue;
             }
             let versions = known.entry(type_url.to_string()).or_default();
-            for gone in &unsubscribe {
-                forget(current, type_url, gone);
-                versions.remove(gone);
+            for name in &unsubscribe {
+                gone.push((type_url, name.clone()));
+                versions.remove(name);
             }
             let initial = if first {
                 versions
@@ -646,9 +1058,8 @@ impl Client<'_> {
             } else {
                 HashMap::new()
             };
-            debug!(%type_url, ?subscribe, ?unsubscribe, "subscription change");
+            debug!(stream = %self.key, %type_url, ?subscribe, ?unsubscribe, "subscription change");
             requests.push(DeltaDiscoveryRequest {
-                node: Some(self.node.clone()),
                 type_url: type_url.to_string(),
                 resource_names_subscribe: subscribe,
                 resource_names_unsubscribe: unsubscribe,
@@ -657,7 +1068,7 @@ impl Client<'_> {
             });
             *had = names;
         }
-        requests
+        (requests, gone)
     }
 }
 

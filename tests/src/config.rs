@@ -162,6 +162,40 @@ pub fn ads_bootstrap(admin: SocketAddr, xds: SocketAddr, api_type: &str, node_id
     .to_string()
 }
 
+/// A `ConfigSource` for a stream of its own (`api_config_source`) to the static cluster
+/// `cluster`; `api_type` is `GRPC` or `DELTA_GRPC`. The node goes on the first request of
+/// each stream only, as Istio and go-control-plane set it.
+pub fn api_config_source(api_type: &str, cluster: &str) -> Value {
+    json!({ "api_config_source": { "api_type": api_type, "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [ { "envoy_grpc": { "cluster_name": cluster } } ] },
+            "resource_api_version": "V3" })
+}
+
+/// A bootstrap without ADS: listeners and clusters each over a stream of its own (LDS and
+/// CDS) to `xds`. Envoy and sluice read the same document.
+pub fn per_type_bootstrap(
+    admin: SocketAddr,
+    xds: SocketAddr,
+    api_type: &str,
+    node_id: &str,
+) -> String {
+    let mut xds_cluster = cluster("xds", &[(xds, 1)], json!({}));
+    merge(&mut xds_cluster, http2_options());
+    let mut lds = api_config_source(api_type, "xds");
+    merge(&mut lds, json!({ "initial_fetch_timeout": "60s" }));
+    json!({
+        "node": { "id": node_id, "cluster": "default" },
+        "admin": { "address": address(admin) },
+        "dynamic_resources": {
+            "lds_config": lds,
+            "cds_config": api_config_source(api_type, "xds")
+        },
+        "static_resources": { "clusters": [ xds_cluster ] }
+    })
+    .to_string()
+}
+
 /// A bootstrap with one listener running `routes` (plus `hcm_extra` HCM fields) and one
 /// cluster `a` over `upstream`: the setup most suites share.
 pub fn single_cluster(

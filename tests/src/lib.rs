@@ -11,6 +11,7 @@ pub mod load;
 pub mod otlp;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod unix;
 pub mod upstream;
 

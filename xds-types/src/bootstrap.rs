@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::access_log::AccessLog;
 use crate::cluster::{socket_address, Cluster};
+use crate::config_source::{config_source, grpc_server, GrpcServer, Origin};
 use crate::decode;
 use crate::error::{Result, ValidationError};
 use crate::listener::Listener;
@@ -17,7 +18,7 @@ use crate::tls::SecretSource;
 /// Full name of the bootstrap message.
 pub const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 
-pub use crate::util::DEFAULT_INITIAL_FETCH_TIMEOUT;
+pub use crate::config_source::DEFAULT_INITIAL_FETCH_TIMEOUT;
 
 /// A validated bootstrap. `raw` keeps the accepted proto for `/config_dump`.
 #[derive(Debug, Clone)]
@@ -33,8 +34,9 @@ pub struct Bootstrap {
     pub clusters: Vec<Cluster>,
     /// `static_resources.secrets`, which `SdsSecretConfig`s without `sds_config` name.
     pub secrets: Vec<Secret>,
-    /// Where listeners and clusters come from besides the static ones.
-    pub ads: Option<AdsSource>,
+    /// The gRPC xDS servers: the ADS stream, and where dynamic listeners and clusters
+    /// come from when not from files.
+    pub xds: XdsSources,
     /// Listeners and clusters read from watched files instead (`path_config_source`).
     pub files: Option<FileSources>,
     /// The static layers of `layered_runtime`, flattened (see [`crate::overload`]).
@@ -56,17 +58,30 @@ pub struct FileSources {
     pub clusters: Option<PathBuf>,
 }
 
-/// `dynamic_resources`: listeners and clusters over one ADS stream.
+/// `dynamic_resources` served by gRPC xDS servers: the ADS stream that every `ads: {}`
+/// source shares, and where listeners and clusters come from (the ADS stream, or each its
+/// own stream to a server of its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdsSource {
-    /// The static cluster the control plane is reached through.
-    pub cluster: String,
-    /// `DELTA_GRPC` rather than `GRPC`.
-    pub delta: bool,
-    pub listeners: bool,
-    pub clusters: bool,
+pub struct XdsSources {
+    /// `ads_config`.
+    pub ads: Option<GrpcServer>,
+    /// `lds_config`, when not a file: [`Origin::Ads`] or [`Origin::Grpc`].
+    pub listeners: Option<Origin>,
+    /// `cds_config`, when not a file.
+    pub clusters: Option<Origin>,
     /// How long readiness waits for the first response of each type.
     pub initial_fetch_timeout: Duration,
+}
+
+impl Default for XdsSources {
+    fn default() -> Self {
+        Self {
+            ads: None,
+            listeners: None,
+            clusters: None,
+            initial_fetch_timeout: DEFAULT_INITIAL_FETCH_TIMEOUT,
+        }
+    }
 }
 
 impl Bootstrap {
@@ -214,11 +229,31 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             None => None,
             Some(d) => file_sources(d).map_err(|e| e.within("dynamic_resources"))?,
         };
-        let ads = match raw.dynamic_resources.as_ref() {
+        let xds = match raw.dynamic_resources.as_ref() {
             Some(d) if files.is_none() => {
-                Some(ads_source(d).map_err(|e| e.within("dynamic_resources"))?)
+                xds_sources(d).map_err(|e| e.within("dynamic_resources"))?
             }
-            _ => None,
+            _ => XdsSources::default(),
+        };
+        // Every source a static listener or cluster names must be one that is configured:
+        // ADS needs `ads_config`, a server of its own a static cluster to reach it by.
+        let check_origin = |path: String, what: &str, origin: &Origin| -> Result<()> {
+            match origin {
+                Origin::Ads if xds.ads.is_none() => Err(ValidationError::new(
+                    path,
+                    format!("{what} needs dynamic_resources.ads_config"),
+                )),
+                Origin::Grpc(server) if !names.contains(server.cluster.as_str()) => {
+                    Err(ValidationError::new(
+                        path,
+                        format!(
+                            "{what} names the xDS cluster {:?}, which is not a static cluster",
+                            server.cluster
+                        ),
+                    ))
+                }
+                _ => Ok(()),
+            }
         };
         let secret_names: HashSet<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
         let sds_users = listeners
@@ -235,45 +270,51 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
                     .map(move |r| (format!("static_resources.clusters[{i}]"), r))
             }));
         for (path, sds) in sds_users {
-            match sds.source {
+            match &sds.source {
                 SecretSource::Static if !secret_names.contains(sds.name.as_str()) => {
                     return Err(ValidationError::new(
                         path,
                         format!(
-                            "names secret {:?}, which is not in static_resources.secrets (add sds_config to fetch it over ADS)",
+                            "names secret {:?}, which is not in static_resources.secrets (add sds_config to fetch it over SDS)",
                             sds.name
                         ),
                     ))
                 }
-                SecretSource::Ads { .. } if ads.is_none() => {
-                    return Err(ValidationError::new(
-                        path,
-                        format!("secret {:?} over SDS needs dynamic_resources.ads_config", sds.name),
-                    ))
-                }
-                _ => {}
+                SecretSource::Xds { origin, .. } => check_origin(
+                    path,
+                    &format!("secret {:?} over SDS", sds.name),
+                    origin,
+                )?,
+                SecretSource::Static => {}
             }
         }
-        if ads.is_none() {
-            // EDS and RDS not read from files arrive over ADS: without it they would warm
-            // forever.
-            if let Some(i) = clusters
-                .iter()
-                .position(|c| c.eds.as_ref().is_some_and(|e| e.file.is_none()))
-            {
-                return Err(ValidationError::new(
+        for (i, c) in clusters.iter().enumerate() {
+            if let Some(eds) = &c.eds {
+                check_origin(
                     format!("static_resources.clusters[{i}].eds_cluster_config"),
-                    "EDS needs dynamic_resources.ads_config",
-                ));
-            }
-            if let Some(i) = listeners.iter().position(|l| l.needs_ads_routes()) {
-                return Err(ValidationError::new(
-                    format!("static_resources.listeners[{i}].filter_chains"),
-                    "RDS needs dynamic_resources.ads_config",
-                ));
+                    "EDS",
+                    &eds.origin,
+                )?;
             }
         }
-        if let Some(ads) = &ads {
+        for (i, l) in listeners.iter().enumerate() {
+            for origin in l.route_origins() {
+                check_origin(
+                    format!("static_resources.listeners[{i}].filter_chains"),
+                    "RDS",
+                    origin,
+                )?;
+            }
+        }
+        for (field, origin) in [
+            ("lds_config", &xds.listeners),
+            ("cds_config", &xds.clusters),
+        ] {
+            if let Some(origin) = origin {
+                check_origin(format!("dynamic_resources.{field}"), field, origin)?;
+            }
+        }
+        if let Some(ads) = &xds.ads {
             match clusters.iter().find(|c| c.name == ads.cluster) {
                 None => {
                     return Err(ValidationError::new(
@@ -283,8 +324,15 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
                 }
                 Some(c)
                     if c.tls.as_ref().is_some_and(|t| {
-                        t.sds_names()
-                            .any(|r| matches!(r.source, SecretSource::Ads { .. }))
+                        t.sds_names().any(|r| {
+                            matches!(
+                                r.source,
+                                SecretSource::Xds {
+                                    origin: Origin::Ads,
+                                    ..
+                                }
+                            )
+                        })
                     }) =>
                 {
                     return Err(ValidationError::new(
@@ -304,7 +352,7 @@ impl TryFrom<pb::Bootstrap> for Bootstrap {
             listeners,
             clusters,
             secrets,
-            ads,
+            xds,
             files,
             runtime,
             max_downstream_connections,
@@ -376,68 +424,34 @@ fn file_sources(d: &pb::bootstrap::DynamicResources) -> Result<Option<FileSource
     }))
 }
 
-fn ads_source(d: &pb::bootstrap::DynamicResources) -> Result<AdsSource> {
-    use crate::pb::envoy::config::core::v3 as core;
+/// The gRPC sources of `dynamic_resources` (none of them a file).
+fn xds_sources(d: &pb::bootstrap::DynamicResources) -> Result<XdsSources> {
     let ads = d
         .ads_config
         .as_ref()
-        .ok_or_else(|| ValidationError::required("ads_config"))?;
-    let delta = match core::api_config_source::ApiType::try_from(ads.api_type) {
-        Ok(core::api_config_source::ApiType::Grpc) => false,
-        Ok(core::api_config_source::ApiType::DeltaGrpc) => true,
-        _ => {
-            return Err(ValidationError::new(
-                "ads_config.api_type",
-                "only GRPC and DELTA_GRPC are supported",
-            ))
-        }
-    };
-    let [service] = ads.grpc_services.as_slice() else {
-        return Err(ValidationError::new(
-            "ads_config.grpc_services",
-            "exactly one gRPC service is supported",
-        ));
-    };
-    if service.timeout.is_some() {
-        return Err(ValidationError::new(
-            "ads_config.grpc_services[0].timeout",
-            "not supported on the xDS stream",
-        ));
-    }
-    let cluster = match service.target_specifier.as_ref() {
-        Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(g)) if !g.cluster_name.is_empty() => {
-            if !g.authority.is_empty() {
-                return Err(ValidationError::new(
-                    "ads_config.grpc_services[0].envoy_grpc.authority",
-                    "not supported on the xDS stream",
-                ));
-            }
-            g.cluster_name.clone()
-        }
-        _ => {
-            return Err(ValidationError::required(
-                "ads_config.grpc_services[0].envoy_grpc.cluster_name",
-            ))
-        }
-    };
+        .map(|a| grpc_server(a).map_err(|e| e.within("ads_config")))
+        .transpose()?;
     let mut initial_fetch_timeout = DEFAULT_INITIAL_FETCH_TIMEOUT;
-    let mut source = |config: Option<&core::ConfigSource>, field: &str| -> Result<bool> {
+    let mut source = |config: Option<&crate::pb::envoy::config::core::v3::ConfigSource>,
+                      field: &str|
+     -> Result<Option<Origin>> {
         let Some(config) = config else {
-            return Ok(false);
+            return Ok(None);
         };
-        // A zero timeout (wait forever) keeps readiness waiting at most the default.
-        if let Some(t) = crate::util::ads_config_source(config, field)? {
-            if config.initial_fetch_timeout.is_some() {
-                initial_fetch_timeout = t;
-            }
+        let source = config_source(config, field, true)?;
+        if source.origin == Origin::Ads && ads.is_none() {
+            return Err(ValidationError::required("ads_config"));
         }
-        Ok(true)
+        // A zero timeout (wait forever) keeps readiness waiting at most the default.
+        if let (Some(t), Some(_)) = (source.initial_fetch_timeout, &config.initial_fetch_timeout) {
+            initial_fetch_timeout = t;
+        }
+        Ok(Some(source.origin))
     };
     let listeners = source(d.lds_config.as_ref(), "lds_config")?;
     let clusters = source(d.cds_config.as_ref(), "cds_config")?;
-    Ok(AdsSource {
-        cluster,
-        delta,
+    Ok(XdsSources {
+        ads,
         listeners,
         clusters,
         initial_fetch_timeout,
@@ -458,6 +472,44 @@ mod tests {
     }
 
     #[test]
+    fn each_type_may_have_a_stream_of_its_own_to_a_static_cluster() {
+        let own = |cluster: &str| {
+            format!(
+                "{{api_config_source: {{api_type: GRPC, grpc_services: [{{envoy_grpc: {{cluster_name: {cluster}}}}}]}}}}"
+            )
+        };
+        let xds = "{name: xds, load_assignment: {cluster_name: xds, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}}";
+        let b = Bootstrap::from_yaml(&format!(
+            "dynamic_resources: {{lds_config: {}, cds_config: {}}}\nstatic_resources: {{clusters: [{xds}]}}",
+            own("xds"),
+            own("xds")
+        ))
+        .unwrap();
+        let server = GrpcServer {
+            cluster: "xds".into(),
+            delta: false,
+            node_on_first_message_only: false,
+        };
+        assert_eq!(b.xds.listeners, Some(Origin::Grpc(server.clone())));
+        assert_eq!(b.xds.clusters, Some(Origin::Grpc(server)));
+        assert_eq!(b.xds.ads, None);
+        // The server's cluster must be a static one.
+        let err = Bootstrap::from_yaml(&format!(
+            "dynamic_resources: {{lds_config: {}}}",
+            own("nowhere")
+        ))
+        .unwrap_err();
+        assert_eq!(err.path, "dynamic_resources.lds_config", "{err}");
+        // ads: {} beside per-type streams still needs ads_config.
+        let err = Bootstrap::from_yaml(&format!(
+            "dynamic_resources: {{lds_config: {}, cds_config: {{ads: {{}}}}}}\nstatic_resources: {{clusters: [{xds}]}}",
+            own("xds")
+        ))
+        .unwrap_err();
+        assert_eq!(err.path, "dynamic_resources.ads_config", "{err}");
+    }
+
+    #[test]
     fn listeners_and_clusters_come_from_files_or_ads_never_both() {
         let b = Bootstrap::from_yaml(
             "dynamic_resources: {lds_config: {path_config_source: {path: /l.yaml}}, cds_config: {path: /c.yaml}}",
@@ -470,7 +522,7 @@ mod tests {
                 clusters: Some("/c.yaml".into()),
             })
         );
-        assert!(b.ads.is_none());
+        assert_eq!(b.xds, XdsSources::default());
         let err = Bootstrap::from_yaml(
             "dynamic_resources: {lds_config: {path_config_source: {path: /l.yaml}}, cds_config: {ads: {}}}",
         )
@@ -514,7 +566,7 @@ mod tests {
         let hcm = b.listeners[0].http_managers().next().unwrap();
         assert!(matches!(
             &hcm.routes,
-            crate::hcm::RouteSource::Rds { file: Some(f), .. } if f == std::path::Path::new("/etc/routes.yaml")
+            crate::hcm::RouteSource::Rds { origin: Origin::File(f), .. } if f == std::path::Path::new("/etc/routes.yaml")
         ));
         let err = crate::Bootstrap::from_yaml(&listener("{ads: {}}")).unwrap_err();
         assert!(err.message.contains("ads_config"), "{err}");

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::config_source::{config_source, Origin};
 use crate::error::{Result, ValidationError};
 pub use crate::health_check::HealthCheck;
 pub use crate::lb::{LbConfig, LbPolicy};
@@ -14,7 +15,7 @@ use crate::pb::envoy::config::endpoint::v3 as endpoint;
 use crate::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use crate::tls::{self, UpstreamTls};
 use crate::type_urls;
-use crate::util::{duration, fingerprint, optional_timeout, resource_config_source, unpack_any};
+use crate::util::{duration, fingerprint, optional_timeout, unpack_any};
 
 /// Envoy's default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -165,8 +166,7 @@ pub struct EdsConfig {
     /// How long the cluster warms waiting for its endpoints before it goes live with none;
     /// `None` waits forever.
     pub initial_fetch_timeout: Option<Duration>,
-    /// The watched file that holds them (`path_config_source`); `None`: ADS.
-    pub file: Option<std::path::PathBuf>,
+    pub origin: Origin,
 }
 
 /// The endpoints of one cluster, as an EDS `ClusterLoadAssignment` resource delivers them.
@@ -509,16 +509,15 @@ impl TryFrom<&pb::Cluster> for Cluster {
                     .eds_config
                     .as_ref()
                     .ok_or_else(|| ValidationError::required("eds_cluster_config.eds_config"))?;
-                let (initial_fetch_timeout, file) =
-                    resource_config_source(source, "eds_cluster_config.eds_config")?;
+                let source = config_source(source, "eds_cluster_config.eds_config", true)?;
                 Some(EdsConfig {
                     service_name: if config.service_name.is_empty() {
                         c.name.clone()
                     } else {
                         config.service_name.clone()
                     },
-                    initial_fetch_timeout,
-                    file,
+                    initial_fetch_timeout: source.initial_fetch_timeout,
+                    origin: source.origin,
                 })
             }
             (_, Some(_)) => {

@@ -86,9 +86,9 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
     "envoy.config.metrics.v3.TagSpecifier" => ["tag_name", "regex", "fixed_value"],
     "envoy.config.metrics.v3.StatsMatcher" => ["reject_all", "exclusion_list", "inclusion_list"],
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => [
-        "ads_config",
-        "lds_config": "ads, or path_config_source (then cds_config too, and no ads_config)",
-        "cds_config": "ads, or path_config_source (then lds_config too, and no ads_config)",
+        "ads_config": "the stream every ads: {} source shares",
+        "lds_config": "ads, api_config_source (a ListenerDiscoveryService stream), or path_config_source (then cds_config too, and no ads_config)",
+        "cds_config": "ads, api_config_source (a ClusterDiscoveryService stream), or path_config_source (then lds_config too, and no ads_config)",
     ],
     "envoy.config.core.v3.PathConfigSource" => [
         "path": "lds_config and cds_config: a DiscoveryResponse (YAML or JSON) with version_info (reported by /config_dump), resources (the whole set of the type; each one refused alone, with its field path, keeping its last good version) and optionally type_url; it must exist at start, and is re-read whenever it is replaced or rewritten (checked every 100ms: a rename onto it, as a Kubernetes ConfigMap update does, is seen whole); a file that does not load keeps the last good resources and logs the field path",
@@ -100,12 +100,13 @@ pub const SUPPORTED: &[SupportedMessage] = supported! {
         "api_type": "GRPC (state of the world) or DELTA_GRPC",
         "transport_api_version": "V3",
         "grpc_services": "exactly one, envoy_grpc naming a static cluster",
-        "set_node_on_first_message_only": "accepted; the node is sent on every request",
+        "set_node_on_first_message_only": "the node is sent on the first request of each stream only (default: on every request)",
     ],
     "envoy.config.core.v3.GrpcService" => ["envoy_grpc", "timeout": "ext_authz: the check's deadline (default 200ms); OpenTelemetry: the export's (default 5s); refused on the xDS stream"],
     "envoy.config.core.v3.GrpcService.EnvoyGrpc" => ["cluster_name", "authority": "ext_authz: :authority of the checks; refused on the xDS stream"],
     "envoy.config.core.v3.ConfigSource" => [
         "ads", "resource_api_version": "V3",
+        "api_config_source": "lds_config, cds_config, rds, eds_config and sds_config: a stream of the type's own discovery service (LDS, CDS, RDS, EDS, SDS) to the server the static cluster reaches; sources naming the same server and protocol share one stream per type; opened when a listener or cluster first names it, closed when none does",
         "path_config_source": "lds_config and cds_config (a file per type, holding the whole set), rds and eds_config (a file holding the named RouteConfiguration or ClusterLoadAssignment, with or without ADS); refused for SDS",
         "path": "deprecated; as path_config_source",
         "initial_fetch_timeout": "lds/cds: readiness waits at most this long for the first response; eds/rds: a cluster or listener warms at most this long, then goes live with no endpoints or an empty route table (default 15s; 0 waits forever)",

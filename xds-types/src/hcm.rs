@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use crate::access_log::AccessLog;
 use crate::cluster::http_idle_timeout;
+use crate::config_source::{config_source, Origin};
 use crate::error::{Result, ValidationError};
 use crate::http_filter::HttpFilters;
 use crate::pb::envoy::extensions::filters::network::http_connection_manager::v3 as pb;
 use crate::route::RouteTable;
-use crate::util::{optional_timeout, resource_config_source};
+use crate::util::optional_timeout;
 
 /// Envoy's default downstream idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -199,14 +200,14 @@ pub struct ClientCertDetails {
 #[derive(Debug, Clone)]
 pub enum RouteSource {
     Inline(RouteTable),
-    /// A `RouteConfiguration` resource delivered over RDS (through ADS, or from a file).
+    /// A `RouteConfiguration` resource delivered over RDS (through ADS, its own stream,
+    /// or from a file).
     Rds {
         name: String,
         /// How long the listener warms waiting for it before it goes live with an empty
         /// table; `None` waits forever.
         initial_fetch_timeout: Option<Duration>,
-        /// The watched file that holds it (`path_config_source`); `None`: ADS.
-        file: Option<std::path::PathBuf>,
+        origin: Origin,
     },
 }
 
@@ -265,12 +266,11 @@ impl TryFrom<&pb::HttpConnectionManager> for HttpConnectionManager {
                     .config_source
                     .as_ref()
                     .ok_or_else(|| ValidationError::required("rds.config_source"))?;
-                let (initial_fetch_timeout, file) =
-                    resource_config_source(source_config, "rds.config_source")?;
+                let source = config_source(source_config, "rds.config_source", true)?;
                 RouteSource::Rds {
                     name: rds.route_config_name.clone(),
-                    initial_fetch_timeout,
-                    file,
+                    initial_fetch_timeout: source.initial_fetch_timeout,
+                    origin: source.origin,
                 }
             }
             Some(_) => return Err(ValidationError::unsupported("route_specifier")),

@@ -16,12 +16,14 @@
 //!   Every conversion is pure: no I/O, no locks; regexes compile here, once.
 //! - [`http_filter`] (with [`rate_limit`]): the HTTP filters in front of the router and
 //!   their per-route overrides.
+//! - [`config_source`]: where dynamic resources come from (ADS, a per-type stream, a file).
 //! - [`access_log`]: access logs and Envoy's substitution format strings.
 //! - [`error`]: [`ValidationError`], which always names the field path.
 
 pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
+pub mod config_source;
 pub mod decode;
 pub mod error;
 pub mod fields;

@@ -231,11 +231,12 @@ impl Listener {
         self.http_managers().filter_map(|h| h.rds_name())
     }
 
-    /// Whether a connection manager waits for routes that only ADS can deliver (RDS not
-    /// read from a file).
-    pub fn needs_ads_routes(&self) -> bool {
-        self.http_managers()
-            .any(|h| matches!(&h.routes, crate::hcm::RouteSource::Rds { file: None, .. }))
+    /// Where the RDS route configurations its connection managers wait for come from.
+    pub fn route_origins(&self) -> impl Iterator<Item = &crate::config_source::Origin> {
+        self.http_managers().filter_map(|h| match &h.routes {
+            crate::hcm::RouteSource::Rds { origin, .. } => Some(origin),
+            crate::hcm::RouteSource::Inline(_) => None,
+        })
     }
 
     /// The clusters its chains send to directly: TCP proxies' and inline route tables'.

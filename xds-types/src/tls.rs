@@ -10,12 +10,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config_source::{config_source, Origin};
 use crate::error::{Result, ValidationError};
 use crate::pb::envoy::config::core::v3 as core;
 use crate::pb::envoy::extensions::transport_sockets::tls::v3 as pb;
 use crate::route::{string_matcher, StringMatcher};
 use crate::type_urls;
-use crate::util::{ads_config_source, unpack_any};
+use crate::util::unpack_any;
 
 /// Bytes from a config: inline, or a file on the node.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -85,12 +86,13 @@ pub struct SdsRef {
 }
 
 /// Where a named secret comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SecretSource {
     /// `static_resources.secrets` (an `SdsSecretConfig` without `sds_config`).
     Static,
-    /// SDS over ADS.
-    Ads {
+    /// SDS, over ADS or an SDS stream of its own (never a file).
+    Xds {
+        origin: Origin,
         /// How long the listener or cluster warms waiting for it; `None` waits forever.
         initial_fetch_timeout: Option<Duration>,
     },
@@ -456,9 +458,13 @@ fn sds_ref(s: &pb::SdsSecretConfig) -> Result<SdsRef> {
     }
     let source = match s.sds_config.as_ref() {
         None => SecretSource::Static,
-        Some(config) => SecretSource::Ads {
-            initial_fetch_timeout: ads_config_source(config, "sds_config")?,
-        },
+        Some(config) => {
+            let source = config_source(config, "sds_config", false)?;
+            SecretSource::Xds {
+                origin: source.origin,
+                initial_fetch_timeout: source.initial_fetch_timeout,
+            }
+        }
     };
     Ok(SdsRef {
         name: s.name.clone(),
@@ -481,7 +487,8 @@ fn validation(common: &pb::CommonTlsContext, path: &str) -> Result<Option<Valida
         Some(V::CombinedValidationContext(c)) => {
             let at = format!("{path}.combined_validation_context");
             let defaults = match c.default_validation_context.as_ref() {
-                Some(v) => validation_context(v)
+                // The SDS secret may bring the CA: the defaults can be empty, as Istio sends.
+                Some(v) => validation_settings(v)
                     .map_err(|e| e.within(format!("{at}.default_validation_context")))?,
                 None => ValidationContext {
                     trusted_ca: None,
@@ -511,6 +518,15 @@ fn validation(common: &pb::CommonTlsContext, path: &str) -> Result<Option<Valida
 
 /// A `CertificateValidationContext` (inline, or as an SDS secret's content).
 pub fn validation_context(v: &pb::CertificateValidationContext) -> Result<ValidationContext> {
+    let context = validation_settings(v)?;
+    if context.trusted_ca.is_none() && context.subject_alt_names.is_empty() {
+        return Err(ValidationError::required("trusted_ca"));
+    }
+    Ok(context)
+}
+
+/// A validation context that may be empty (the defaults of a combined one).
+fn validation_settings(v: &pb::CertificateValidationContext) -> Result<ValidationContext> {
     let trusted_ca = match v.trusted_ca.as_ref() {
         None => None,
         Some(source) => {
@@ -544,9 +560,6 @@ pub fn validation_context(v: &pb::CertificateValidationContext) -> Result<Valida
             matcher: string_matcher(m)
                 .map_err(|e| e.within(format!("match_subject_alt_names[{i}]")))?,
         });
-    }
-    if trusted_ca.is_none() && subject_alt_names.is_empty() {
-        return Err(ValidationError::required("trusted_ca"));
     }
     Ok(ValidationContext {
         trusted_ca,

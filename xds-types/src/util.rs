@@ -47,61 +47,6 @@ pub(crate) fn unpack_any<T: prost::Message + Default>(
         .map_err(|e| ValidationError::new(path, format!("cannot decode {expected_url}: {e}")))
 }
 
-/// Envoy's default `ConfigSource.initial_fetch_timeout`.
-pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Checks that a `ConfigSource` points at ADS (the only source Sluice speaks) and returns
-/// its `initial_fetch_timeout`: Envoy's 15s by default, `None` (wait forever) when zero.
-pub(crate) fn ads_config_source(
-    config: &crate::pb::envoy::config::core::v3::ConfigSource,
-    path: &str,
-) -> Result<Option<Duration>> {
-    use crate::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
-    if !matches!(
-        config.config_source_specifier,
-        Some(ConfigSourceSpecifier::Ads(_))
-    ) {
-        return Err(ValidationError::new(
-            path,
-            "only ads config sources are supported here (path_config_source works for lds_config, cds_config, rds and eds_config)",
-        ));
-    }
-    optional_timeout(
-        config.initial_fetch_timeout.as_ref(),
-        &format!("{path}.initial_fetch_timeout"),
-        Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
-    )
-}
-
-/// Where an RDS or EDS resource comes from: its `initial_fetch_timeout`, and the file it
-/// is read from when the source is a `path_config_source` (else ADS delivers it).
-pub(crate) fn resource_config_source(
-    config: &crate::pb::envoy::config::core::v3::ConfigSource,
-    path: &str,
-) -> Result<(Option<Duration>, Option<std::path::PathBuf>)> {
-    use crate::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
-    let file = match &config.config_source_specifier {
-        Some(ConfigSourceSpecifier::PathConfigSource(p)) => {
-            Some((&p.path, "path_config_source.path"))
-        }
-        #[allow(deprecated)]
-        Some(ConfigSourceSpecifier::Path(p)) => Some((p, "path")),
-        _ => None,
-    };
-    let Some((file, field)) = file else {
-        return Ok((ads_config_source(config, path)?, None));
-    };
-    if file.is_empty() {
-        return Err(ValidationError::required(format!("{path}.{field}")));
-    }
-    let timeout = optional_timeout(
-        config.initial_fetch_timeout.as_ref(),
-        &format!("{path}.initial_fetch_timeout"),
-        Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
-    )?;
-    Ok((timeout, Some(std::path::PathBuf::from(file))))
-}
-
 /// A hash of a message that is equal for equal messages: map fields (which prost keeps in
 /// hash maps, in no fixed order) are hashed in key order, through the message's canonical
 /// proto3-JSON.

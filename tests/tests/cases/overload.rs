@@ -18,6 +18,7 @@ use sluice_tests::config::{address, answer, http_listener};
 use sluice_tests::envoy::Envoy;
 use sluice_tests::free_addr;
 use sluice_tests::process::Sluice;
+use sluice_tests::proxy::{Kind, Proxy};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -166,28 +167,6 @@ fn heap_bootstrap(
     .to_string()
 }
 
-/// One proxy under test, by its admin stats.
-enum Proxy {
-    Sluice(Sluice),
-    Envoy(Envoy),
-}
-
-impl Proxy {
-    async fn start(bootstrap: &str, admin: SocketAddr, envoy: bool) -> Self {
-        match envoy {
-            false => Self::Sluice(Sluice::start(bootstrap, admin).await.unwrap()),
-            true => Self::Envoy(Envoy::start(bootstrap, admin).await.unwrap()),
-        }
-    }
-
-    async fn stat(&self, name: &str) -> Option<i64> {
-        match self {
-            Self::Sluice(s) => s.stat(name).await.ok(),
-            Self::Envoy(e) => e.stat(name).await,
-        }
-    }
-}
-
 /// Sends GETs until `overloaded` says the action has taken effect (the first sample comes
 /// one refresh interval after start), bounded to 100 tries.
 async fn first_overloaded(
@@ -216,7 +195,8 @@ async fn refused_requests(envoy: bool) -> serde_json::Value {
         health,
         &["envoy.overload_actions.stop_accepting_requests"],
     );
-    let proxy = Proxy::start(&bootstrap, admin, envoy).await;
+    let kind = if envoy { Kind::Envoy } else { Kind::Sluice };
+    let proxy = Proxy::start(kind, &bootstrap, admin).await.unwrap();
     let reply = first_overloaded(pressed, |r| r.status == 503).await;
     let grpc = HttpClient::http2()
         .send(
@@ -370,7 +350,8 @@ async fn keepalive_disabled(envoy: bool) -> serde_json::Value {
         health,
         &["envoy.overload_actions.disable_http_keepalive"],
     );
-    let proxy = Proxy::start(&bootstrap, admin, envoy).await;
+    let kind = if envoy { Kind::Envoy } else { Kind::Sluice };
+    let proxy = Proxy::start(kind, &bootstrap, admin).await.unwrap();
     first_overloaded(pressed, |r| {
         r.header("connection").as_deref() == Some("close")
     })
@@ -415,7 +396,8 @@ async fn disable_http_keepalive_closes_http1_and_drains_http2_as_envoy() {
 async fn connections_refused(envoy: bool, action: &str) -> serde_json::Value {
     let (admin, pressed, health) = (free_addr(), free_addr(), free_addr());
     let bootstrap = heap_bootstrap(admin, pressed, health, &[action]);
-    let proxy = Proxy::start(&bootstrap, admin, envoy).await;
+    let kind = if envoy { Kind::Envoy } else { Kind::Sluice };
+    let proxy = Proxy::start(kind, &bootstrap, admin).await.unwrap();
     // The first sample lands one refresh interval after start.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let answer = sluice_tests::client::raw_exchange(

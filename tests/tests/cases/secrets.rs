@@ -3,7 +3,8 @@
 //! load loop fails no request, new handshakes present it once the node ACKed, and open
 //! connections keep working; a broken key is NACKed with its field while the old
 //! certificate serves; `sluice-cp` refuses listeners naming absent secrets or duplicate
-//! filter chain matches before any node sees them.
+//! filter chain matches before any node sees them; and a sidecar's certificate from a
+//! local agent over an SDS stream of its own on a Unix socket, as Istio sets it up.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,9 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_tests::config::{address, ads_bootstrap, answer, hcm_filter};
+use sluice_tests::config::{
+    address, ads_bootstrap, answer, api_config_source, hcm_filter, http2_options, merge,
+};
 use sluice_tests::pki::{handshake, http1_over, Authority, ClientSpec, Issued, LeafSpec};
 use sluice_tests::process::{ControlPlane, Sluice};
+use sluice_tests::proxy::{Kind, Proxy};
+use sluice_tests::unix::UnixRelay;
 use sluice_tests::{eventually, free_addr};
 
 fn secret_doc(name: &str, issued: &Issued) -> Value {
@@ -342,4 +347,63 @@ async fn a_cluster_whose_secret_never_arrives_fails_its_connections_never_in_pla
             .unwrap()
             >= 1
     );
+}
+
+/// The sidecar pattern of Istio: no ADS, a static listener whose certificate comes over an
+/// SDS stream of its own (`api_config_source`) from a local agent on a Unix socket (here
+/// `sluice-cp` behind a relay). The listener serves once the secret arrives and a rotated
+/// secret reaches new handshakes, through sluice and Envoy alike.
+async fn certificate_from_a_local_agent(kind: Kind) {
+    let ca = Authority::new("agent CA").unwrap();
+    let (xds, listener, admin) = (free_addr(), free_addr(), free_addr());
+    let cp = ControlPlane::start(&documents(&[secret_doc("default", &cert(&ca, "one"))]), xds)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let relay = UnixRelay::start(&socket, xds).unwrap();
+    let mut edge = sds_listener(listener, "default", "ok");
+    edge.as_object_mut().unwrap().remove("@type");
+    edge["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+        ["tls_certificate_sds_secret_configs"][0]["sds_config"] =
+        api_config_source("GRPC", "sds-grpc");
+    let mut agent = json!({ "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": "sds-grpc", "endpoints": [ { "lb_endpoints": [
+            { "endpoint": { "address": { "pipe": { "path": socket } } } } ] } ] } });
+    merge(&mut agent, http2_options());
+    let bootstrap = json!({
+        "node": { "id": format!("sidecar-{kind:?}"), "cluster": "default" },
+        "admin": { "address": address(admin) },
+        "static_resources": { "listeners": [edge], "clusters": [agent] }
+    });
+    let _proxy = Proxy::start(kind, &bootstrap.to_string(), admin)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            presented(listener).await.as_deref() == Some("one")
+        })
+        .await,
+        "{kind:?} presents the agent's certificate"
+    );
+    cp.update(&documents(&[secret_doc("default", &cert(&ca, "two"))]))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            presented(listener).await.as_deref() == Some("two")
+        })
+        .await,
+        "{kind:?} presents the rotated certificate"
+    );
+    assert!(relay.accepted() >= 1, "the SDS stream went over the socket");
+}
+
+#[tokio::test]
+async fn sluice_takes_its_certificate_from_a_local_agent() {
+    certificate_from_a_local_agent(Kind::Sluice).await;
+}
+
+#[tokio::test]
+async fn envoy_takes_its_certificate_from_a_local_agent() {
+    certificate_from_a_local_agent(Kind::Envoy).await;
 }
