@@ -41,6 +41,9 @@ pub struct ListenerManager {
     store: SnapshotStore,
     flags: Arc<FlagCounters>,
     running: Mutex<HashMap<String, Running>>,
+    /// The workers' runtime: accept loops (and the connections they spawn) run there,
+    /// whichever runtime reconciles (the control runtime, for xDS and reloads).
+    workers: tokio::runtime::Handle,
 }
 
 struct Running {
@@ -103,12 +106,14 @@ impl Drain {
 }
 
 impl ListenerManager {
-    /// A manager with no listeners yet.
+    /// A manager with no listeners yet, whose listeners will accept on the runtime it is
+    /// created on.
     pub fn new(store: SnapshotStore, flags: Arc<FlagCounters>) -> Self {
         Self {
             store,
             flags,
             running: Mutex::new(HashMap::new()),
+            workers: tokio::runtime::Handle::current(),
         }
     }
 
@@ -190,7 +195,7 @@ impl ListenerManager {
             chains.subscribe(identity);
         }
         info!(listener = %name, %address, chains = listener.chains.len(), "listening");
-        tokio::spawn(accept::accept_loop(accept::Acceptor {
+        self.workers.spawn(accept::accept_loop(accept::Acceptor {
             socket,
             name: Arc::from(name.as_str()),
             store: self.store.clone(),

@@ -1,5 +1,7 @@
 //! The process: build the first snapshot, start listeners and the admin server, reload on
-//! `SIGHUP`, drain on `SIGTERM`/`SIGINT`/`/quitquitquit`.
+//! `SIGHUP`, drain on `SIGTERM`/`SIGINT`/`/quitquitquit`. Traffic runs on the worker
+//! runtime; everything else (xDS, admin, reloads, snapshot compilation, health checks,
+//! DNS) on a control runtime of its own thread.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,13 +49,31 @@ pub enum ServerError {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("cannot start the control runtime: {0}")]
+    Control(std::io::Error),
+}
+
+/// Starts the control runtime: one thread of its own for xDS, the admin server, config
+/// files, `SIGHUP` reloads, snapshot compilation and what snapshots start (health checks,
+/// DNS, exporters), so none of that runs on a worker between requests. It lives as long as
+/// the process.
+fn control_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("sluice-control")
+        .build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("sluice-control".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 /// Runs until asked to stop, then drains.
 pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerError> {
     let stats = Stats::new();
+    let control = control_runtime().map_err(ServerError::Control)?;
     crate::listener::set_global_connection_cap(bootstrap.max_downstream_connections);
-    crate::overload::start(&bootstrap.overload, &stats);
     for key in bootstrap.runtime.keys() {
         if !xds_types::overload::HONOURED_RUNTIME_KEYS.contains(&key.as_str()) {
             warn!(%key, "runtime key accepted without effect: sluice does not read it");
@@ -73,7 +93,12 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
     let ready = Arc::new(AtomicBool::new(
         xds.ads.is_none() && xds.listeners.is_none() && xds.clusters.is_none() && files.is_none(),
     ));
-    let store = SnapshotStore::new(bootstrap, stats.clone());
+    // Built in the control runtime, so what the snapshot starts runs there.
+    let store = {
+        let _control = control.enter();
+        crate::overload::start(&bootstrap.overload, &stats);
+        SnapshotStore::new(bootstrap, stats.clone())
+    };
     let listeners = Arc::new(ListenerManager::new(
         store.clone(),
         FlagCounters::new(&stats),
@@ -100,15 +125,26 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         concurrency: options.concurrency,
         access_logs: AccessLogs::new(&admin_access_log, &store.load().bootstrap, store.stats()),
     });
-    if let Some(address) = admin_address {
-        let socket = bind(address).map_err(|source| ServerError::AdminBind { address, source })?;
-        info!(%address, "admin listening");
-        tokio::spawn(admin::serve(socket, admin_state.clone()));
-    }
-
+    // The admin socket and the SIGHUP handler are registered with the control runtime.
+    let hangup = {
+        let _control = control.enter();
+        if let Some(address) = admin_address {
+            let socket =
+                bind(address).map_err(|source| ServerError::AdminBind { address, source })?;
+            info!(%address, "admin listening");
+            control.spawn(admin::serve(socket, admin_state.clone()));
+        }
+        signal(SignalKind::hangup()).map_err(ServerError::Signal)?
+    };
+    control.spawn(reload_on_hangup(
+        hangup,
+        options.clone(),
+        store.clone(),
+        listeners.clone(),
+    ));
     // Runs even when nothing is dynamic yet: a listener or cluster from a file may name a
     // server of its own for its routes, endpoints or secrets.
-    tokio::spawn(xds::run(
+    control.spawn(xds::run(
         xds,
         node,
         store.clone(),
@@ -116,35 +152,31 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
         ready.clone(),
     ));
     if let Some(files) = files {
-        tokio::spawn(file_xds::run(
+        control.spawn(file_xds::run(
             files,
             store.clone(),
             listeners.clone(),
             ready,
         ));
     }
-    tokio::spawn(file_xds::run_resource_files(
+    control.spawn(file_xds::run_resource_files(
         store.clone(),
         listeners.clone(),
     ));
     // Config decoding keeps Envoy's descriptors in memory; free them once config is quiet.
-    tokio::spawn(async {
+    control.spawn(async {
         let mut tick = tokio::time::interval(DESCRIPTOR_IDLE);
         loop {
             tick.tick().await;
             xds_types::decode::release_idle_pool(DESCRIPTOR_IDLE);
         }
     });
-    let mut hangup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => reload(&options, &store, &listeners).await,
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = shutdown.notified() => break,
-        }
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+        _ = shutdown.notified() => {}
     }
     info!(drain_time = ?options.drain_time, "draining");
     admin_state.draining.store(true, Ordering::Relaxed);
@@ -153,10 +185,23 @@ pub async fn run(bootstrap: Bootstrap, options: Options) -> Result<(), ServerErr
     Ok(())
 }
 
+/// Reloads the bootstrap at every `SIGHUP`, one reload at a time.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    options: Options,
+    store: SnapshotStore,
+    listeners: Arc<ListenerManager>,
+) {
+    while hangup.recv().await.is_some() {
+        reload(&options, &store, &listeners).await;
+    }
+}
+
 /// Re-reads the bootstrap; a valid one is published as a new snapshot, an invalid one is
 /// logged and the current config keeps serving. Reading and validating run on a blocking
-/// thread, so a reload never stalls the workers serving traffic (with one worker, parsing
-/// on it added tens of milliseconds to every in-flight request's latency).
+/// thread, and the compilation on the control runtime, so a reload never stalls the
+/// workers serving traffic (with one worker, parsing on it added tens of milliseconds to
+/// every in-flight request's latency).
 async fn reload(options: &Options, store: &SnapshotStore, listeners: &ListenerManager) {
     let path = options.config_path.clone();
     let parsed = tokio::task::spawn_blocking(move || {
@@ -182,7 +227,7 @@ async fn reload(options: &Options, store: &SnapshotStore, listeners: &ListenerMa
         }
     };
     let snapshot = store.publish(bootstrap);
-    if let Err(e) = listeners.reconcile(&snapshot) {
+    if let Err(e) = listeners.reconcile_latest() {
         error!(error = %e, "reload: listener failed to start");
     }
     info!(version = snapshot.version, "reloaded bootstrap");

@@ -475,9 +475,9 @@ def measure(proxy, fn, duration):
         result["peak_rss_mb"] = rss_bytes(pid, "VmHWM") / 1e6
     return result
 
-def reload_under_load(workdir, duration):
+def reload_under_load(workdir, duration, kind=None, name="sluice"):
     """sluice alone: throughput while the route table is swapped 10 times a second."""
-    p = Sluice("sluice", workdir).start()
+    p = (kind or Sluice)(name, workdir).start()
     try:
         base = json.loads(p.config.read_text())
         stop = time.time() + duration
@@ -571,8 +571,14 @@ def main():
                 r = results["control_plane"]["runs"]["sluice-cp"][-1]
                 print(f"control_plane      sluice-cp        median {r['apply_to_last_ack_ms']['median']:.1f} ms, RSS {r['cp_rss_mb']:.1f} MB", flush=True)
         if not wanted or "reload_10hz" in wanted:
+            # With SLUICE_BEFORE_BIN the earlier build runs too, rep by rep after this one.
+            builds = [("sluice", Sluice)] + ([("sluice-before", SluiceBefore)] if os.environ.get("SLUICE_BEFORE_BIN") else [])
+            runs = {name: [] for name, _ in builds}
+            for _ in range(args.reps):
+                for name, kind in builds:
+                    runs[name].append(reload_under_load(workdir, max(args.duration, 5), kind, name))
             results["reload_10hz"] = {"description": "sluice alone: wrk 50 connections while the route table is swapped 10 times a second",
-                                      "runs": {"sluice": [reload_under_load(workdir, max(args.duration, 5)) for _ in range(args.reps)]}}
+                                      "runs": runs}
     finally:
         upstream.send_signal(signal.SIGTERM); upstream.wait(5)
     out = Path(args.out); (out / "benchmarks").mkdir(parents=True, exist_ok=True)
